@@ -1,0 +1,77 @@
+// Hugging Face model directories: `model.safetensors`, or shards
+// `model-0000i-of-0000N.safetensors` with `model.safetensors.index.json`
+// (diffusers: `diffusion_pytorch_model.safetensors.index.json`).
+#ifndef CKPT_HF_H_
+#define CKPT_HF_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ckpt/safetensors.h"
+#include "ckpt/status.h"
+#include "ckpt/storage.h"
+
+namespace ckpt {
+
+inline constexpr std::string_view kHfIndexName = "model.safetensors.index.json";
+inline constexpr std::string_view kDiffusersIndexName =
+    "diffusion_pytorch_model.safetensors.index.json";
+inline constexpr std::string_view kHfSingleFileName = "model.safetensors";
+
+struct HfIndex {
+  std::optional<uint64_t> total_size;
+  // Other "metadata" entries, each as compact JSON text, kept so a rewritten
+  // index loses nothing.
+  std::map<std::string, std::string> extra_metadata;
+  std::map<std::string, std::string> weight_map;  // tensor → shard file name
+};
+
+// Parses an index; rejects weight-map values that are not plain file names
+// (absolute, containing '/' or '\\', "." or ".."). `source` names the file.
+Result<HfIndex> ParseHfIndex(std::string_view text, std::string_view source);
+// As transformers writes it: sorted keys, 2-space indent, ASCII escapes,
+// trailing newline.
+std::string SerializeHfIndex(const HfIndex& index);
+// OK when `name` is a plain file name inside the model directory.
+Status CheckShardFileName(std::string_view name);
+
+// An opened model directory: every shard's header, and which file holds
+// which tensor. Opening checks that every shard exists and that every
+// weight-map tensor is in its shard.
+class HfModelDir {
+ public:
+  struct Location {
+    size_t file;  // index into files()
+    const TensorInfo* info;
+  };
+
+  static Result<HfModelDir> Open(Storage& storage, const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  // Index file name, empty for a single-file model.
+  const std::string& index_name() const { return index_name_; }
+  const std::optional<HfIndex>& index() const { return index_; }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Every tensor the model exposes, by name.
+  const std::map<std::string, Location>& tensors() const { return tensors_; }
+  // Tensors present in a shard but absent from the weight map; loaders
+  // ignore them.
+  const std::vector<std::string>& unindexed() const { return unindexed_; }
+
+ private:
+  std::string dir_;
+  std::string index_name_;
+  std::optional<HfIndex> index_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, Location> tensors_;
+  std::vector<std::string> unindexed_;
+};
+
+}  // namespace ckpt
+
+#endif  // CKPT_HF_H_

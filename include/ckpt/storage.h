@@ -1,0 +1,159 @@
+// Storage: the one interface through which ckpt touches files.
+//
+// Backends: POSIX files (PosixStorage) and an in-process memory filesystem
+// (NewMemoryStorage) for tests; both pass the same conformance suite. Paths
+// are '/'-separated strings; a backend interprets them (the POSIX backend as
+// ordinary paths). All methods are thread-safe unless a comment says
+// otherwise; a single WritableFile must be used by one thread at a time.
+//
+// Committed data is never written in place. To publish a file, use
+// AtomicFileWriter: it writes a temporary file in the destination directory,
+// fsyncs it, renames it over the destination and fsyncs the directory, so a
+// reader sees either the old file or the complete new one.
+#ifndef CKPT_STORAGE_H_
+#define CKPT_STORAGE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ckpt/status.h"
+
+namespace ckpt {
+
+// A read-only view of bytes that stays valid while `owner` is alive.
+struct MappedRegion {
+  std::span<const std::byte> bytes;
+  std::shared_ptr<const void> owner;
+};
+
+class ReadableFile {
+ public:
+  virtual ~ReadableFile() = default;
+  // Size when the file was opened.
+  virtual uint64_t Size() const = 0;
+  // Fills all of `dst` from `offset`. A range past the end of the file is
+  // DataLoss naming the range and the file size. Safe to call concurrently.
+  virtual Status ReadAt(uint64_t offset, std::span<std::byte> dst) const = 0;
+  // Maps [offset, offset + length) read-only without copying.
+  // FailedPrecondition when the backend cannot map; DataLoss past the end.
+  virtual Result<MappedRegion> Map(uint64_t offset, uint64_t length) const = 0;
+  virtual const std::string& path() const = 0;
+};
+
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;
+  // Appends at the current end of the file.
+  virtual Status Append(std::span<const std::byte> data) = 0;
+  // Writes at an absolute offset; the file grows as needed (holes read as
+  // zeros). Later Appends continue from the largest offset written.
+  virtual Status WriteAt(uint64_t offset, std::span<const std::byte> data) = 0;
+  // Makes everything written so far durable.
+  virtual Status Sync() = 0;
+  // Releases the file. Idempotent; further writes fail.
+  virtual Status Close() = 0;
+  virtual uint64_t Size() const = 0;
+  virtual const std::string& path() const = 0;
+};
+
+enum class EntryType { kFile, kDirectory, kOther };
+
+struct DirEntry {
+  std::string name;  // base name
+  EntryType type = EntryType::kOther;
+  uint64_t size = 0;  // bytes, for files
+};
+
+enum class CreateMode {
+  kTruncate,   // create, or truncate an existing file
+  kExclusive,  // AlreadyExists when the file exists
+};
+
+class Storage {
+ public:
+  virtual ~Storage() = default;
+
+  // Short name of the backend ("posix", "memory").
+  virtual std::string_view name() const = 0;
+  // NotFound when the file does not exist.
+  virtual Result<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) = 0;
+  // NotFound when the parent directory does not exist.
+  virtual Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path,
+                                                          CreateMode mode) = 0;
+  // Entries of a directory sorted by name, without "." and "..".
+  virtual Result<std::vector<DirEntry>> List(const std::string& dir) = 0;
+  // NotFound when nothing exists at `path`.
+  virtual Result<DirEntry> Stat(const std::string& path) = 0;
+  // Removes a file or an empty directory. NotFound when absent.
+  virtual Status Remove(const std::string& path) = 0;
+  // Atomically renames a file or directory, replacing an existing file.
+  virtual Status Rename(const std::string& from, const std::string& to) = 0;
+  // Creates a directory and its missing parents; OK when it exists.
+  virtual Status MakeDirs(const std::string& path) = 0;
+  // Makes the directory's entries (creations, renames, removals) durable.
+  virtual Status SyncDir(const std::string& dir) = 0;
+};
+
+// The process-wide POSIX backend (stateless).
+std::shared_ptr<Storage> PosixStorage();
+// A fresh, empty in-memory filesystem whose root "/" exists.
+std::shared_ptr<Storage> NewMemoryStorage();
+
+// ---- Helpers built only on the interface above. ----
+
+std::string JoinPath(std::string_view a, std::string_view b);
+std::string_view Dirname(std::string_view path);   // "." when there is no '/'
+std::string_view Basename(std::string_view path);
+
+Result<bool> Exists(Storage& storage, const std::string& path);
+Result<std::string> ReadFileToString(Storage& storage, const std::string& path);
+// Removes a file or a directory tree. OK when nothing exists.
+Status RemoveAll(Storage& storage, const std::string& path);
+// Publishes `contents` at `path` through AtomicFileWriter.
+Status WriteFileAtomically(Storage& storage, const std::string& path, std::string_view contents);
+
+// Writes a file that appears at its destination only on Commit().
+//
+// Protocol: create "<dir>/.<name>.tmp-<unique>" exclusively → caller writes →
+// Commit: fsync file → close → rename over `<dir>/<name>` → fsync <dir>.
+// Destroying an uncommitted writer (or a failed Commit) removes the temporary
+// file, so a crash or error never leaves a partial file at the destination.
+class AtomicFileWriter {
+ public:
+  static Result<std::unique_ptr<AtomicFileWriter>> Create(Storage& storage, std::string path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  Status Append(std::span<const std::byte> data);
+  Status WriteAt(uint64_t offset, std::span<const std::byte> data);
+  uint64_t Size() const;
+  Status Commit();
+  // Removes the temporary file; the destination is untouched.
+  void Abort();
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_path_; }
+
+ private:
+  AtomicFileWriter(Storage& storage, std::string path, std::string temp_path,
+                   std::unique_ptr<WritableFile> file);
+  Storage& storage_;
+  std::string path_;
+  std::string temp_path_;
+  std::unique_ptr<WritableFile> file_;
+  bool done_ = false;
+};
+
+inline std::span<const std::byte> AsBytes(std::string_view s) {
+  return std::as_bytes(std::span<const char>(s.data(), s.size()));
+}
+
+}  // namespace ckpt
+
+#endif  // CKPT_STORAGE_H_

@@ -1,0 +1,35 @@
+// Subcommands of the `ckpt` executable. Each returns the process exit code:
+// 0 on success, 1 when the input is invalid or an operation failed.
+#ifndef CKPT_CLI_COMMANDS_H_
+#define CKPT_CLI_COMMANDS_H_
+
+#include <cstdint>
+#include <string>
+
+namespace ckpt::cli {
+
+struct InspectOptions {
+  std::string path;
+  bool json = false;
+};
+int RunInspect(const InspectOptions& opts);
+
+struct VerifyOptions {
+  std::string path;
+  bool quick = false;  // headers and structure only, skip reading tensor data
+  bool json = false;
+};
+int RunVerify(const VerifyOptions& opts);
+
+struct SampleOptions {
+  std::string out_dir;
+  int layers = 2;
+  int hidden = 256;
+  int shards = 2;
+  uint64_t seed = 1;
+};
+int RunSample(const SampleOptions& opts);
+
+}  // namespace ckpt::cli
+
+#endif  // CKPT_CLI_COMMANDS_H_

@@ -1,0 +1,43 @@
+// The `ckpt` command line.
+#include <CLI/CLI.hpp>
+
+#include "ckpt/version.h"
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ckpt: checkpoints for distributed training of large models.\n"
+               "Reads and writes safetensors, Hugging Face model directories and sharded "
+               "training checkpoints."};
+  app.set_version_flag("--version", std::string("ckpt ") + CKPT_VERSION_STRING);
+  app.require_subcommand(1);
+
+  ckpt::cli::InspectOptions inspect;
+  CLI::App* inspect_cmd = app.add_subcommand(
+      "inspect", "List the tensors (dtype, shape, bytes, file), metadata and totals of a "
+                 "safetensors file or a model directory");
+  inspect_cmd->add_option("PATH", inspect.path, "safetensors file or directory")->required();
+  inspect_cmd->add_flag("--json", inspect.json, "print machine-readable JSON");
+
+  ckpt::cli::VerifyOptions verify;
+  CLI::App* verify_cmd = app.add_subcommand(
+      "verify", "Validate a safetensors file or model directory; exit 0 when valid, 1 otherwise");
+  verify_cmd->add_option("PATH", verify.path, "safetensors file or directory")->required();
+  verify_cmd->add_flag("--quick", verify.quick, "check headers and structure, skip reading data");
+  verify_cmd->add_flag("--json", verify.json, "print the result as JSON");
+
+  ckpt::cli::SampleOptions sample;
+  CLI::App* sample_cmd = app.add_subcommand(
+      "sample", "Write a small Llama-shaped Hugging Face model directory to try the commands on");
+  sample_cmd->add_option("DIR", sample.out_dir, "output directory")->required();
+  sample_cmd->add_option("--layers", sample.layers, "decoder layers")->capture_default_str();
+  sample_cmd->add_option("--hidden", sample.hidden, "hidden size")->capture_default_str();
+  sample_cmd->add_option("--shards", sample.shards, "number of safetensors files")
+      ->capture_default_str();
+  sample_cmd->add_option("--seed", sample.seed, "random seed")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
+  if (*verify_cmd) return ckpt::cli::RunVerify(verify);
+  if (*sample_cmd) return ckpt::cli::RunSample(sample);
+  return 1;
+}

@@ -1,0 +1,110 @@
+// `ckpt sample DIR`: a small Llama-shaped Hugging Face model directory with
+// deterministic bf16 weights, for trying the other commands.
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/hf.h"
+#include "ckpt/safetensors.h"
+#include "cli/commands.h"
+
+namespace ckpt::cli {
+namespace {
+
+struct SampleTensor {
+  std::string name;
+  Shape shape;
+  std::vector<std::byte> data;
+};
+
+uint64_t SplitMix64(uint64_t* state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// bf16 values in about [-0.05, 0.05): a float32's top 16 bits.
+std::vector<std::byte> RandomBf16(uint64_t n, uint64_t* rng) {
+  std::vector<std::byte> out(n * 2);
+  for (uint64_t i = 0; i < n; ++i) {
+    float f = (static_cast<float>(SplitMix64(rng) >> 40) / 16777216.0f - 0.5f) * 0.1f;
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    uint16_t h = static_cast<uint16_t>(bits >> 16);
+    out[2 * i] = static_cast<std::byte>(h & 0xFF);
+    out[2 * i + 1] = static_cast<std::byte>(h >> 8);
+  }
+  return out;
+}
+
+}  // namespace
+
+int RunSample(const SampleOptions& o) {
+  if (o.layers < 1 || o.hidden < 8 || o.hidden % 8 != 0 || o.shards < 1) {
+    std::fprintf(stderr, "ckpt sample: need --layers >= 1, --hidden a multiple of 8, --shards >= 1\n");
+    return 1;
+  }
+  const uint64_t h = static_cast<uint64_t>(o.hidden), inter = h * 8 / 3 / 8 * 8, vocab = 1024;
+  uint64_t rng = o.seed;
+  std::vector<SampleTensor> ts;
+  auto add = [&](std::string name, Shape shape) {
+    uint64_t n = *shape.NumElements();
+    ts.push_back({std::move(name), shape, RandomBf16(n, &rng)});
+  };
+  add("model.embed_tokens.weight", {vocab, h});
+  for (int l = 0; l < o.layers; ++l) {
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {h});
+    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+      add(p + "self_attn." + m + ".weight", {h, h});
+    }
+    add(p + "post_attention_layernorm.weight", {h});
+    add(p + "mlp.gate_proj.weight", {inter, h});
+    add(p + "mlp.up_proj.weight", {inter, h});
+    add(p + "mlp.down_proj.weight", {h, inter});
+  }
+  add("model.norm.weight", {h});
+  add("lm_head.weight", {vocab, h});
+
+  Storage& fs = *PosixStorage();
+  Status s = fs.MakeDirs(o.out_dir);
+  // Equal division of the tensors over the shards, in state-dict order.
+  const size_t n = ts.size(), shards = std::min<size_t>(static_cast<size_t>(o.shards), n);
+  HfIndex index;
+  uint64_t total = 0;
+  for (size_t i = 0, begin = 0; i < shards && s.ok(); ++i) {
+    size_t count = n / shards + (i < n % shards ? 1 : 0);
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards);
+    std::vector<TensorData> part;
+    for (size_t k = begin; k < begin + count; ++k) {
+      part.push_back({ts[k].name, DType::kBF16, ts[k].shape, ts[k].data});
+      index.weight_map[ts[k].name] = name;
+      total += ts[k].data.size();
+    }
+    begin += count;
+    s = WriteSafetensors(fs, JoinPath(o.out_dir, name), part, SafetensorsMetadata{{"format", "pt"}});
+  }
+  index.total_size = total;
+  if (s.ok()) s = WriteFileAtomically(fs, JoinPath(o.out_dir, kHfIndexName), SerializeHfIndex(index));
+  if (s.ok()) {
+    nlohmann::json config = {
+        {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
+        {"hidden_size", h},  {"intermediate_size", inter}, {"num_hidden_layers", o.layers},
+        {"num_attention_heads", std::max<uint64_t>(1, h / 64)},
+        {"vocab_size", vocab}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false}};
+    s = WriteFileAtomically(fs, JoinPath(o.out_dir, "config.json"), config.dump(2) + "\n");
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "ckpt sample: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s: %zu tensors in %zu shards, %llu bytes of bf16 weights\n",
+              o.out_dir.c_str(), n, shards, static_cast<unsigned long long>(total));
+  return 0;
+}
+
+}  // namespace ckpt::cli

@@ -1,0 +1,68 @@
+#include <set>
+
+#include "ckpt/hf.h"
+#include "format/json_util.h"
+
+namespace ckpt {
+
+Result<HfModelDir> HfModelDir::Open(Storage& storage, const std::string& dir) {
+  HfModelDir m;
+  m.dir_ = dir;
+  for (std::string_view name : {kHfIndexName, kDiffusersIndexName}) {
+    std::string path = JoinPath(dir, name);
+    CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, path));
+    if (!exists) continue;
+    CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+    CKPT_ASSIGN_OR_RETURN(HfIndex index, ParseHfIndex(text, path));
+    m.index_name_ = std::string(name);
+    m.index_ = std::move(index);
+    break;
+  }
+
+  if (!m.index_) {
+    std::string path = JoinPath(dir, kHfSingleFileName);
+    CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, path));
+    if (!exists) {
+      return NotFoundError(dir + ": not a Hugging Face model directory (no " +
+                           std::string(kHfIndexName) + ", " + std::string(kDiffusersIndexName) +
+                           " or " + std::string(kHfSingleFileName) + ")");
+    }
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(storage, path));
+    for (const TensorInfo& t : f->header().tensors()) m.tensors_.emplace(t.name, Location{0, &t});
+    m.files_.push_back(std::move(f));
+    return m;
+  }
+
+  std::map<std::string, size_t> file_ids;
+  for (const auto& [tensor, file] : m.index_->weight_map) file_ids.emplace(file, 0);
+  for (auto& [file, id] : file_ids) {
+    std::string path = JoinPath(dir, file);
+    Result<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(storage, path);
+    if (!f.ok()) {
+      if (f.status().code() == StatusCode::kNotFound) {
+        return NotFoundError(JoinPath(dir, m.index_name_) + ": shard '" + file +
+                             "' named in weight_map does not exist");
+      }
+      return f.status();
+    }
+    id = m.files_.size();
+    m.files_.push_back(std::move(*f));
+  }
+  for (const auto& [tensor, file] : m.index_->weight_map) {
+    size_t id = file_ids.at(file);
+    const TensorInfo* info = m.files_[id]->header().Find(tensor);
+    if (info == nullptr) {
+      return DataLossError(JoinPath(dir, m.index_name_) + ": tensor '" + Printable(tensor) +
+                           "' is mapped to '" + file + "' but that shard does not contain it");
+    }
+    m.tensors_.emplace(tensor, Location{id, info});
+  }
+  for (const auto& f : m.files_) {
+    for (const TensorInfo& t : f->header().tensors()) {
+      if (!m.tensors_.count(t.name)) m.unindexed_.push_back(t.name);
+    }
+  }
+  return m;
+}
+
+}  // namespace ckpt

@@ -1,0 +1,62 @@
+#include "ckpt/storage.h"
+
+namespace ckpt {
+
+std::string JoinPath(std::string_view a, std::string_view b) {
+  if (a.empty()) return std::string(b);
+  if (b.empty()) return std::string(a);
+  std::string out(a);
+  if (out.back() != '/') out += '/';
+  out.append(b.front() == '/' ? b.substr(1) : b);
+  return out;
+}
+
+std::string_view Dirname(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t slash = path.rfind('/');
+  if (slash == std::string_view::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string_view Basename(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+Result<bool> Exists(Storage& storage, const std::string& path) {
+  Result<DirEntry> st = storage.Stat(path);
+  if (st.ok()) return true;
+  if (st.status().code() == StatusCode::kNotFound) return false;
+  return st.status();
+}
+
+Result<std::string> ReadFileToString(Storage& storage, const std::string& path) {
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenRead(path));
+  std::string out(file->Size(), '\0');
+  CKPT_RETURN_IF_ERROR(
+      file->ReadAt(0, std::as_writable_bytes(std::span<char>(out.data(), out.size()))));
+  return out;
+}
+
+Status RemoveAll(Storage& storage, const std::string& path) {
+  Result<DirEntry> st = storage.Stat(path);
+  if (!st.ok()) return st.status().code() == StatusCode::kNotFound ? Status() : st.status();
+  if (st->type == EntryType::kDirectory) {
+    CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(path));
+    for (const DirEntry& e : entries) {
+      CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(path, e.name)));
+    }
+  }
+  Status s = storage.Remove(path);
+  return s.code() == StatusCode::kNotFound ? Status() : s;
+}
+
+Status WriteFileAtomically(Storage& storage, const std::string& path, std::string_view contents) {
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> w, AtomicFileWriter::Create(storage, path));
+  CKPT_RETURN_IF_ERROR(w->Append(AsBytes(contents)));
+  return w->Commit();
+}
+
+}  // namespace ckpt
