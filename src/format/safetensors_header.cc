@@ -134,6 +134,12 @@ Result<SafetensorsHeader> SafetensorsHeader::Parse(std::string_view text, uint64
     return DataLossError(src + ": header is not valid UTF-8 (byte " + std::to_string(bad) +
                          " of the header)");
   }
+  // JSON text never contains a raw NUL, and the JSON parser would take one
+  // for the end of input, accepting whatever follows.
+  if (size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return DataLossError(src + ": header contains a NUL byte at byte " + std::to_string(nul) +
+                         " of the header");
+  }
   // Padding after the JSON is spaces; the JSON parser accepts all JSON
   // whitespace, which the reference reader does too.
   CKPT_ASSIGN_OR_RETURN(json root, ParseJson(text, source));

@@ -1,0 +1,136 @@
+// Runs the real `ckpt` executable.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/safetensors.h"
+#include "test_util.h"
+
+namespace ckpt {
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out;  // stdout and stderr
+};
+
+CliRun RunCkpt(const std::string& args) {
+  std::string cmd = std::string(CKPT_BINARY) + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return {-1, ""};
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int st = ::pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+TEST(CliTest, HelpAndVersion) {
+  CliRun help = RunCkpt("--help");
+  EXPECT_EQ(help.code, 0);
+  for (const char* cmd : {"inspect", "verify", "sample"}) {
+    EXPECT_NE(help.out.find(cmd), std::string::npos) << help.out;
+  }
+  CliRun version = RunCkpt("--version");
+  EXPECT_EQ(version.code, 0);
+  EXPECT_EQ(version.out.rfind("ckpt ", 0), 0u) << version.out;
+  EXPECT_NE(RunCkpt("").code, 0);
+  EXPECT_NE(RunCkpt("frobnicate").code, 0);
+}
+
+TEST(CliTest, SampleInspectVerifyAgree) {
+  testing::TempDir tmp;
+  std::string dir = tmp / "model";
+  ASSERT_EQ(RunCkpt("sample " + dir + " --layers 2 --hidden 64 --shards 3").code, 0);
+  CliRun inspect = RunCkpt("inspect --json " + dir);
+  ASSERT_EQ(inspect.code, 0) << inspect.out;
+  auto j = nlohmann::json::parse(inspect.out);
+  EXPECT_EQ(j["kind"], "hf-sharded");
+  EXPECT_EQ(j["num_files"], 3);
+  EXPECT_EQ(j["num_tensors"], 2 + 2 * 9 + 1);
+  uint64_t sum = 0;
+  for (const auto& t : j["tensors"]) {
+    EXPECT_EQ(t["dtype"], "BF16");
+    uint64_t n = 2;
+    for (const auto& d : t["shape"]) n *= d.get<uint64_t>();
+    EXPECT_EQ(t["bytes"].get<uint64_t>(), n) << t["name"];
+    sum += n;
+  }
+  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), sum);
+  EXPECT_EQ(j["index"]["total_size"].get<uint64_t>(), sum);
+
+  CliRun verify = RunCkpt("verify " + dir);
+  EXPECT_EQ(verify.code, 0) << verify.out;
+  EXPECT_NE(verify.out.find("OK"), std::string::npos);
+  CliRun vjson = RunCkpt("verify --json " + dir);
+  EXPECT_EQ(nlohmann::json::parse(vjson.out)["total_bytes"].get<uint64_t>(), sum);
+
+  CliRun text = RunCkpt("inspect " + dir);
+  EXPECT_EQ(text.code, 0);
+  EXPECT_NE(text.out.find("model.layers.1.mlp.down_proj.weight"), std::string::npos);
+  EXPECT_NE(text.out.find("total: 21 tensors"), std::string::npos) << text.out;
+}
+
+TEST(CliTest, BadFilesFailInspectAndVerifyWithTheSameError) {
+  testing::TempDir tmp;
+  const std::pair<const char*, std::string> bad[] = {
+      {"trailing", testing::RawSafetensors(
+                       R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "abc")},
+      {"cap", std::string("\xff\xff\xff\xff\xff\xff\xff\x00", 8)},
+      {"dtype", testing::RawSafetensors(
+                    R"({"w":{"dtype":"Q8","shape":[2],"data_offsets":[0,2]}})", "ab")},
+  };
+  for (const auto& [name, bytes] : bad) {
+    std::string path = tmp / (std::string(name) + ".safetensors");
+    CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), path, bytes));
+    CliRun v = RunCkpt("verify " + path);
+    CliRun i = RunCkpt("inspect --json " + path);
+    EXPECT_EQ(v.code, 1) << name;
+    EXPECT_EQ(i.code, 1) << name;
+    EXPECT_NE(v.out.find(path), std::string::npos) << v.out;
+    // Both report the same underlying error.
+    std::string err = v.out.substr(v.out.find("DataLoss"));
+    EXPECT_NE(i.out.find(err), std::string::npos) << i.out << "\nvs\n" << v.out;
+    CliRun vj = RunCkpt("verify --json " + path);
+    EXPECT_EQ(vj.code, 1);
+    EXPECT_FALSE(nlohmann::json::parse(vj.out)["valid"].get<bool>());
+  }
+  CliRun missing = RunCkpt("verify " + tmp / "nope.safetensors");
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.out.find("NotFound"), std::string::npos);
+}
+
+TEST(CliTest, VerifyReadsDataAndCatchesAMissingShard) {
+  testing::TempDir tmp;
+  std::string dir = tmp / "m";
+  ASSERT_EQ(RunCkpt("sample " + dir + " --hidden 32 --shards 2").code, 0);
+  ASSERT_EQ(std::remove((dir + "/model-00002-of-00002.safetensors").c_str()), 0);
+  CliRun v = RunCkpt("verify " + dir);
+  EXPECT_EQ(v.code, 1);
+  EXPECT_NE(v.out.find("model-00002-of-00002.safetensors' named in weight_map does not exist"),
+            std::string::npos)
+      << v.out;
+}
+
+TEST(CliTest, InspectsADirectoryOfPlainShards) {
+  testing::TempDir tmp;
+  for (int r = 1; r <= 2; ++r) {
+    char name[64];
+    std::snprintf(name, sizeof name, "shard-%05d-model-00001-of-00001.safetensors", r);
+    TensorData t{"w", DType::kF32, Shape({2}), AsBytes("abcdefgh")};
+    CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), tmp / name, std::span(&t, 1)));
+  }
+  CliRun i = RunCkpt("inspect --json " + tmp.path());
+  ASSERT_EQ(i.code, 0) << i.out;
+  auto j = nlohmann::json::parse(i.out);
+  EXPECT_EQ(j["kind"], "directory");
+  EXPECT_EQ(j["num_files"], 2);
+  EXPECT_EQ(j["num_tensors"], 2);
+}
+
+}  // namespace
+}  // namespace ckpt

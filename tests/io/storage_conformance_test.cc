@@ -1,0 +1,251 @@
+// One suite that every Storage backend must pass.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <thread>
+
+#include "ckpt/storage.h"
+#include "test_util.h"
+
+namespace ckpt {
+namespace {
+
+using testing::TempDir;
+using testing::ToString;
+
+struct Backend {
+  const char* name;
+  std::function<std::shared_ptr<Storage>()> make;
+  bool real_dir;  // root is a fresh POSIX temp dir
+};
+
+class StorageConformanceTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    storage_ = GetParam().make();
+    if (GetParam().real_dir) {
+      tmp_ = std::make_unique<TempDir>();
+      root_ = tmp_->path();
+    } else {
+      root_ = "/root";
+      ASSERT_TRUE(storage_->MakeDirs(root_).ok());
+    }
+  }
+  std::string P(std::string_view rel) const { return JoinPath(root_, rel); }
+  Status Write(const std::string& path, std::string_view contents) {
+    CKPT_ASSIGN_OR_RETURN(auto f, storage_->OpenWrite(path, CreateMode::kTruncate));
+    CKPT_RETURN_IF_ERROR(f->Append(AsBytes(contents)));
+    return f->Close();
+  }
+
+  std::shared_ptr<Storage> storage_;
+  std::unique_ptr<TempDir> tmp_;
+  std::string root_;
+};
+
+TEST_P(StorageConformanceTest, WriteThenReadBack) {
+  CKPT_ASSERT_OK(Write(P("a.bin"), "hello world"));
+  auto f = storage_->OpenRead(P("a.bin"));
+  CKPT_ASSERT_OK(f);
+  EXPECT_EQ((*f)->Size(), 11u);
+  std::vector<std::byte> buf(5);
+  CKPT_ASSERT_OK((*f)->ReadAt(6, buf));
+  EXPECT_EQ(ToString(buf), "world");
+  CKPT_ASSERT_OK(ReadFileToString(*storage_, P("a.bin")));
+  EXPECT_EQ(*ReadFileToString(*storage_, P("a.bin")), "hello world");
+}
+
+TEST_P(StorageConformanceTest, ReadPastEndIsDataLossNamingTheRange) {
+  CKPT_ASSERT_OK(Write(P("a.bin"), "0123456789"));
+  auto f = storage_->OpenRead(P("a.bin"));
+  CKPT_ASSERT_OK(f);
+  std::vector<std::byte> buf(4);
+  Status s = (*f)->ReadAt(8, buf);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("[8, 12)"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("10-byte file"), std::string::npos) << s.message();
+  EXPECT_EQ((*f)->ReadAt(~0ull, buf).code(), StatusCode::kDataLoss);
+  std::vector<std::byte> none;
+  CKPT_EXPECT_OK((*f)->ReadAt(10, none));
+}
+
+TEST_P(StorageConformanceTest, MapGivesTheBytesAndOutlivesTheFile) {
+  CKPT_ASSERT_OK(Write(P("m.bin"), std::string(10000, 'x') + "tail"));
+  MappedRegion region;
+  {
+    auto f = storage_->OpenRead(P("m.bin"));
+    CKPT_ASSERT_OK(f);
+    auto m = (*f)->Map(10000, 4);
+    CKPT_ASSERT_OK(m);
+    region = *m;
+    EXPECT_EQ((*f)->Map(10000, 5).status().code(), StatusCode::kDataLoss);
+  }
+  EXPECT_EQ(ToString(region.bytes), "tail");
+}
+
+TEST_P(StorageConformanceTest, PositionalWritesAndHoles) {
+  auto f = storage_->OpenWrite(P("p.bin"), CreateMode::kTruncate);
+  CKPT_ASSERT_OK(f);
+  CKPT_ASSERT_OK((*f)->WriteAt(4, AsBytes("EF")));
+  CKPT_ASSERT_OK((*f)->WriteAt(0, AsBytes("AB")));
+  EXPECT_EQ((*f)->Size(), 6u);
+  CKPT_ASSERT_OK((*f)->Append(AsBytes("GH")));
+  CKPT_ASSERT_OK((*f)->Sync());
+  CKPT_ASSERT_OK((*f)->Close());
+  CKPT_EXPECT_OK((*f)->Close());
+  EXPECT_FALSE((*f)->Append(AsBytes("x")).ok());
+  EXPECT_EQ(*ReadFileToString(*storage_, P("p.bin")), std::string("AB\0\0EFGH", 8));
+}
+
+TEST_P(StorageConformanceTest, CreateModes) {
+  CKPT_ASSERT_OK(Write(P("x"), "old"));
+  auto excl = storage_->OpenWrite(P("x"), CreateMode::kExclusive);
+  EXPECT_EQ(excl.status().code(), StatusCode::kAlreadyExists);
+  CKPT_ASSERT_OK(Write(P("x"), "n"));
+  EXPECT_EQ(*ReadFileToString(*storage_, P("x")), "n");
+  auto missing_parent = storage_->OpenWrite(P("no/such/x"), CreateMode::kTruncate);
+  EXPECT_EQ(missing_parent.status().code(), StatusCode::kNotFound);
+}
+
+TEST_P(StorageConformanceTest, MissingThingsAreNotFound) {
+  EXPECT_EQ(storage_->OpenRead(P("nope")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(storage_->Stat(P("nope")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(storage_->List(P("nope")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(storage_->Remove(P("nope")).code(), StatusCode::kNotFound);
+  EXPECT_EQ(storage_->Rename(P("nope"), P("b")).code(), StatusCode::kNotFound);
+  EXPECT_FALSE(*Exists(*storage_, P("nope")));
+  CKPT_EXPECT_OK(RemoveAll(*storage_, P("nope")));
+}
+
+TEST_P(StorageConformanceTest, DirectoriesListSortedWithTypesAndSizes) {
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("d/e/f")));
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("d/e/f")));  // idempotent
+  CKPT_ASSERT_OK(Write(P("d/b.txt"), "12345"));
+  CKPT_ASSERT_OK(Write(P("d/a.txt"), ""));
+  CKPT_ASSERT_OK(Write(P("d/e/deep"), "z"));
+  auto list = storage_->List(P("d"));
+  CKPT_ASSERT_OK(list);
+  ASSERT_EQ(list->size(), 3u);
+  EXPECT_EQ((*list)[0].name, "a.txt");
+  EXPECT_EQ((*list)[0].type, EntryType::kFile);
+  EXPECT_EQ((*list)[1].name, "b.txt");
+  EXPECT_EQ((*list)[1].size, 5u);
+  EXPECT_EQ((*list)[2].name, "e");
+  EXPECT_EQ((*list)[2].type, EntryType::kDirectory);
+  auto st = storage_->Stat(P("d/e"));
+  CKPT_ASSERT_OK(st);
+  EXPECT_EQ(st->type, EntryType::kDirectory);
+  EXPECT_EQ(storage_->OpenRead(P("d/e")).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(storage_->MakeDirs(P("d/a.txt/x")).code() == StatusCode::kOk, false);
+}
+
+TEST_P(StorageConformanceTest, RemoveRefusesNonEmptyDirsAndRemoveAllDoesNot) {
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("t/u")));
+  CKPT_ASSERT_OK(Write(P("t/u/f"), "1"));
+  EXPECT_EQ(storage_->Remove(P("t")).code(), StatusCode::kFailedPrecondition);
+  CKPT_ASSERT_OK(RemoveAll(*storage_, P("t")));
+  EXPECT_FALSE(*Exists(*storage_, P("t")));
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("empty")));
+  CKPT_ASSERT_OK(storage_->Remove(P("empty")));
+}
+
+TEST_P(StorageConformanceTest, RenameReplacesFilesAndMovesDirectories) {
+  CKPT_ASSERT_OK(Write(P("src"), "new"));
+  CKPT_ASSERT_OK(Write(P("dst"), "old"));
+  CKPT_ASSERT_OK(storage_->Rename(P("src"), P("dst")));
+  EXPECT_EQ(*ReadFileToString(*storage_, P("dst")), "new");
+  EXPECT_FALSE(*Exists(*storage_, P("src")));
+
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("tree/sub")));
+  CKPT_ASSERT_OK(Write(P("tree/sub/leaf"), "L"));
+  CKPT_ASSERT_OK(storage_->Rename(P("tree"), P("moved")));
+  EXPECT_EQ(*ReadFileToString(*storage_, P("moved/sub/leaf")), "L");
+  EXPECT_FALSE(*Exists(*storage_, P("tree")));
+  CKPT_EXPECT_OK(storage_->SyncDir(P("moved")));
+}
+
+TEST_P(StorageConformanceTest, OpenReadersKeepTheirSnapshotAcrossReplace) {
+  CKPT_ASSERT_OK(Write(P("f"), "version-one"));
+  auto reader = storage_->OpenRead(P("f"));
+  CKPT_ASSERT_OK(reader);
+  CKPT_ASSERT_OK(WriteFileAtomically(*storage_, P("f"), "v2"));
+  std::vector<std::byte> buf(11);
+  CKPT_ASSERT_OK((*reader)->ReadAt(0, buf));
+  EXPECT_EQ(ToString(buf), "version-one");
+  EXPECT_EQ(*ReadFileToString(*storage_, P("f")), "v2");
+}
+
+TEST_P(StorageConformanceTest, AtomicWriterPublishesOnlyOnCommit) {
+  {
+    auto w = AtomicFileWriter::Create(*storage_, P("pub.json"));
+    CKPT_ASSERT_OK(w);
+    CKPT_ASSERT_OK((*w)->Append(AsBytes("partial")));
+    EXPECT_FALSE(*Exists(*storage_, P("pub.json")));
+    EXPECT_TRUE(*Exists(*storage_, (*w)->temp_path()));
+    EXPECT_EQ(Dirname((*w)->temp_path()), Dirname(P("pub.json")));
+    // Destroyed without Commit: the temporary file goes away.
+  }
+  auto list = storage_->List(root_);
+  CKPT_ASSERT_OK(list);
+  EXPECT_TRUE(list->empty()) << (*list)[0].name;
+
+  auto w = AtomicFileWriter::Create(*storage_, P("pub.json"));
+  CKPT_ASSERT_OK(w);
+  CKPT_ASSERT_OK((*w)->Append(AsBytes("{}")));
+  CKPT_ASSERT_OK((*w)->Commit());
+  EXPECT_EQ(*ReadFileToString(*storage_, P("pub.json")), "{}");
+  EXPECT_EQ((*w)->Append(AsBytes("x")).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*w)->Commit().code(), StatusCode::kFailedPrecondition);
+  list = storage_->List(root_);
+  ASSERT_EQ(list->size(), 1u);
+}
+
+TEST_P(StorageConformanceTest, AtomicWriterNeedsAnExistingDirectory) {
+  auto w = AtomicFileWriter::Create(*storage_, P("missing/f"));
+  EXPECT_EQ(w.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(w.status().message().find("missing/f"), std::string::npos);
+}
+
+TEST_P(StorageConformanceTest, ConcurrentReadersAndAtomicWriters) {
+  CKPT_ASSERT_OK(WriteFileAtomically(*storage_, P("shared"), std::string(4096, 'a')));
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        if (t % 2 == 0) {
+          std::string body(4096, static_cast<char>('b' + t));
+          if (!WriteFileAtomically(*storage_, P("shared"), body).ok()) ++failures;
+        } else {
+          Result<std::string> s = ReadFileToString(*storage_, P("shared"));
+          // A reader sees one complete version, never a mix.
+          if (!s.ok() || s->size() != 4096 || s->find_first_not_of((*s)[0]) != std::string::npos) {
+            ++failures;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST(PathTest, JoinDirnameBasename) {
+  EXPECT_EQ(JoinPath("a", "b"), "a/b");
+  EXPECT_EQ(JoinPath("a/", "b"), "a/b");
+  EXPECT_EQ(JoinPath("", "b"), "b");
+  EXPECT_EQ(Dirname("/x/y/z"), "/x/y");
+  EXPECT_EQ(Dirname("z"), ".");
+  EXPECT_EQ(Dirname("/z"), "/");
+  EXPECT_EQ(Basename("/x/y/z"), "z");
+  EXPECT_EQ(Basename("/x/y/"), "y");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Backends, StorageConformanceTest,
+    ::testing::Values(Backend{"posix", [] { return PosixStorage(); }, true},
+                      Backend{"memory", [] { return NewMemoryStorage(); }, false}),
+    [](const ::testing::TestParamInfo<Backend>& p) { return std::string(p.param.name); });
+
+}  // namespace
+}  // namespace ckpt
