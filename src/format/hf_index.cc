@@ -77,7 +77,7 @@ std::string SerializeHfIndex(const HfIndex& index) {
   json root = json::object();
   root["metadata"] = std::move(md);
   root["weight_map"] = std::move(wm);
-  return root.dump(2, ' ', /*ensure_ascii=*/true) + "\n";
+  return root.dump(2, ' ', /*ensure_ascii=*/true, json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace ckpt

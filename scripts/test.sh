@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds and runs every test: the test suite (warnings are errors) and a short
+# fuzzing run of every parser. Extra presets may be named: "asan" runs the
+# suite under AddressSanitizer + UndefinedBehaviorSanitizer, "tsan" under
+# ThreadSanitizer. Installs missing Debian packages first.
+#
+#   scripts/test.sh                 # default suite + fuzz
+#   scripts/test.sh default asan    # what CI adds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+presets=("$@")
+[ ${#presets[@]} -eq 0 ] && presets=(default fuzz)
+jobs=$(nproc)
+fuzz_seconds=${CKPT_FUZZ_SECONDS:-20}
+
+for preset in "${presets[@]}"; do
+  echo "== ckpt tests: $preset =="
+  case "$preset" in
+    default|asan|tsan)
+      scripts/deps.sh
+      cmake --preset "$preset" >/dev/null
+      cmake --build --preset "$preset" -j "$jobs"
+      ctest --preset "$preset" -j "$jobs"
+      ;;
+    fuzz)
+      scripts/deps.sh fuzz
+      cmake --preset fuzz >/dev/null
+      cmake --build --preset fuzz -j "$jobs"
+      for target in fuzz/*_fuzz.cc; do
+        name=$(basename "$target" .cc)
+        corpus=build/fuzz/corpus/$name
+        mkdir -p "$corpus"
+        echo "-- $name: ${fuzz_seconds}s"
+        build/fuzz/fuzz/"$name" -max_total_time="$fuzz_seconds" -print_final_stats=0 \
+          -artifact_prefix=build/fuzz/"$name"- "$corpus" "fuzz/corpus/$name" 2>&1 | tail -n 2
+      done
+      ;;
+    *) echo "test.sh: unknown preset '$preset'" >&2; exit 2 ;;
+  esac
+done
+echo "== all tests passed =="
