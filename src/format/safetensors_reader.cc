@@ -62,7 +62,7 @@ Status SafetensorsFile::ReadRange(std::string_view name, uint64_t offset,
                                 std::to_string(offset + dst.size()) + ") is outside its " +
                                 std::to_string(t->nbytes()) + " bytes");
   }
-  return file_->ReadAt(header_.data_offset() + t->begin + offset, dst);
+  return ReadAtParallel(*file_, header_.data_offset() + t->begin + offset, dst);
 }
 
 Status SafetensorsFile::ReadTensor(std::string_view name, std::span<std::byte> dst) const {
@@ -72,7 +72,7 @@ Status SafetensorsFile::ReadTensor(std::string_view name, std::span<std::byte> d
                                 std::to_string(t->nbytes()) + " bytes, destination has " +
                                 std::to_string(dst.size()));
   }
-  return file_->ReadAt(header_.data_offset() + t->begin, dst);
+  return ReadAtParallel(*file_, header_.data_offset() + t->begin, dst);
 }
 
 Status SafetensorsFile::ReadAllData() const {

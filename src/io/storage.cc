@@ -1,5 +1,9 @@
 #include "ckpt/storage.h"
 
+#include <algorithm>
+#include <mutex>
+#include <thread>
+
 namespace ckpt {
 
 std::string JoinPath(std::string_view a, std::string_view b) {
@@ -38,6 +42,32 @@ Result<std::string> ReadFileToString(Storage& storage, const std::string& path) 
   CKPT_RETURN_IF_ERROR(
       file->ReadAt(0, std::as_writable_bytes(std::span<char>(out.data(), out.size()))));
   return out;
+}
+
+Status ReadAtParallel(const ReadableFile& file, uint64_t offset, std::span<std::byte> dst,
+                      unsigned threads, uint64_t min_piece) {
+  if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  min_piece = std::max<uint64_t>(min_piece, 1);
+  const uint64_t pieces = std::min<uint64_t>(threads, dst.size() / min_piece);
+  if (pieces <= 1) return file.ReadAt(offset, dst);
+  // Contiguous slices, one per thread; the calling thread takes the first.
+  const uint64_t per = (dst.size() + pieces - 1) / pieces;
+  std::mutex mu;
+  Status first_error;
+  auto work = [&](uint64_t i) {
+    uint64_t begin = i * per, n = std::min<uint64_t>(per, dst.size() - begin);
+    Status s = file.ReadAt(offset + begin, dst.subspan(begin, n));
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_error.ok()) first_error = s;
+    }
+  };
+  std::vector<std::thread> helpers;
+  helpers.reserve(pieces - 1);
+  for (uint64_t i = 1; i < pieces; ++i) helpers.emplace_back(work, i);
+  work(0);
+  for (std::thread& t : helpers) t.join();
+  return first_error;
 }
 
 Status RemoveAll(Storage& storage, const std::string& path) {

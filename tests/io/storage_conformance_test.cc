@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <random>
 #include <thread>
 
 #include "ckpt/storage.h"
@@ -67,6 +68,22 @@ TEST_P(StorageConformanceTest, ReadPastEndIsDataLossNamingTheRange) {
   EXPECT_EQ((*f)->ReadAt(~0ull, buf).code(), StatusCode::kDataLoss);
   std::vector<std::byte> none;
   CKPT_EXPECT_OK((*f)->ReadAt(10, none));
+}
+
+TEST_P(StorageConformanceTest, ParallelReadsMatchSerialReads) {
+  std::mt19937_64 rng(3);
+  std::vector<std::byte> data = testing::RandomBytes(1 << 20, rng);
+  CKPT_ASSERT_OK(WriteFileAtomically(*storage_, P("big"), ToString(data)));
+  auto f = storage_->OpenRead(P("big"));
+  CKPT_ASSERT_OK(f);
+  for (unsigned threads : {0u, 1u, 3u, 8u}) {
+    std::vector<std::byte> got(data.size() - 100);
+    CKPT_ASSERT_OK(ReadAtParallel(**f, 100, got, threads, 4096));
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + 100)) << threads;
+  }
+  std::vector<std::byte> past(data.size());
+  Status s = ReadAtParallel(**f, 1, past, 4, 4096);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
 }
 
 TEST_P(StorageConformanceTest, MapGivesTheBytesAndOutlivesTheFile) {
