@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config coreutils
-          libgtest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libxxhash-dev)
+          libgtest-dev nlohmann-json3-dev libcli11-dev libxxhash-dev)
 for group in "$@"; do
   case "$group" in
     fuzz) packages+=(clang libclang-rt-dev) ;;

@@ -20,6 +20,8 @@ struct Backend {
   bool real_dir;  // root is a fresh POSIX temp dir
 };
 
+void PrintTo(const Backend& b, std::ostream* os) { *os << b.name; }
+
 class StorageConformanceTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
