@@ -22,6 +22,8 @@ inline constexpr std::string_view kHfIndexName = "model.safetensors.index.json";
 inline constexpr std::string_view kDiffusersIndexName =
     "diffusion_pytorch_model.safetensors.index.json";
 inline constexpr std::string_view kHfSingleFileName = "model.safetensors";
+// Largest index file read (real ones are a few MB).
+inline constexpr uint64_t kHfIndexMaxSize = 100'000'000;
 
 struct HfIndex {
   std::optional<uint64_t> total_size;

@@ -97,7 +97,7 @@ int RunInspect(const InspectOptions& opts) {
     return 1;
   }
   if (opts.json) {
-    std::cout << TargetJson(*t).dump(2) << "\n";
+    std::cout << TargetJson(*t).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     PrintText(*t);
   }

@@ -50,7 +50,7 @@ int RunVerify(const VerifyOptions& opts) {
       j["num_files"] = t->files.size();
       j["total_bytes"] = total;
     }
-    std::cout << j.dump(2) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return s.ok() ? 0 : 1;
   }
   for (const std::string& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());

@@ -25,12 +25,7 @@ Status CheckShardFileName(std::string_view name) {
 
 Result<HfIndex> ParseHfIndex(std::string_view text, std::string_view source) {
   std::string src(source);
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return DataLossError(src + ": not valid JSON: " + e.what());
-  }
+  CKPT_ASSIGN_OR_RETURN(json root, ParseStrictJson(text, source, /*max_depth=*/16));
   if (!root.is_object()) return DataLossError(src + ": index must be a JSON object");
   HfIndex index;
   if (auto md = root.find("metadata"); md != root.end() && !md->is_null()) {

@@ -10,8 +10,14 @@ Result<HfModelDir> HfModelDir::Open(Storage& storage, const std::string& dir) {
   m.dir_ = dir;
   for (std::string_view name : {kHfIndexName, kDiffusersIndexName}) {
     std::string path = JoinPath(dir, name);
-    CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, path));
-    if (!exists) continue;
+    Result<DirEntry> st = storage.Stat(path);
+    if (!st.ok() && st.status().code() == StatusCode::kNotFound) continue;
+    CKPT_RETURN_IF_ERROR(st);
+    if (st->size > kHfIndexMaxSize) {
+      return DataLossError(path + ": index is " + std::to_string(st->size) +
+                           " bytes, more than the " + std::to_string(kHfIndexMaxSize) +
+                           "-byte limit");
+    }
     CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
     CKPT_ASSIGN_OR_RETURN(HfIndex index, ParseHfIndex(text, path));
     m.index_name_ = std::string(name);

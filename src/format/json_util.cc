@@ -1,5 +1,8 @@
 #include "format/json_util.h"
 
+#include <set>
+#include <vector>
+
 namespace ckpt {
 
 size_t FindInvalidUtf8(std::string_view s) {
@@ -78,6 +81,58 @@ std::string Printable(std::string_view s, size_t max) {
   }
   if (s.size() > max) out += "...";
   return out;
+}
+
+namespace {
+
+// Thrown from the parser callback to stop parsing at once; never escapes.
+struct StopParsing {
+  std::string message;
+};
+
+}  // namespace
+
+Result<nlohmann::json> ParseStrictJson(std::string_view text, std::string_view source,
+                                       int max_depth) {
+  using json = nlohmann::json;
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  int depth = 0;
+  auto cb = [&](int /*parser_depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (++depth > max_depth) {
+          throw StopParsing{"nests objects and arrays deeper than " + std::to_string(max_depth) +
+                            " levels"};
+        }
+        if (event == json::parse_event_t::object_start) keys.emplace_back();
+        break;
+      case json::parse_event_t::object_end:
+        keys.pop_back();
+        --depth;
+        break;
+      case json::parse_event_t::array_end:
+        --depth;
+        break;
+      case json::parse_event_t::key:
+        if (!keys.back().insert(parsed.get<std::string>()).second) {
+          std::string where = depth <= 1 ? "top-level key" : "key in a nested object";
+          throw StopParsing{"has a duplicate " + where + " '" + Printable(parsed.get<std::string>()) +
+                            "'"};
+        }
+        break;
+      case json::parse_event_t::value:
+        break;
+    }
+    return true;
+  };
+  try {
+    return json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true);
+  } catch (const StopParsing& stop) {
+    return DataLossError(std::string(source) + ": JSON " + stop.message);
+  } catch (const json::exception& e) {
+    return DataLossError(std::string(source) + ": not valid JSON: " + e.what());
+  }
 }
 
 }  // namespace ckpt

@@ -3,7 +3,6 @@
 // numbers. Files are untrusted: all size arithmetic is checked.
 #include <algorithm>
 #include <cstring>
-#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -16,50 +15,6 @@ namespace {
 using json = nlohmann::json;
 
 std::string Q(std::string_view name) { return "'" + Printable(name) + "'"; }
-
-// Parses with a callback that records the first duplicate key at any depth.
-struct DuplicateTracker {
-  std::vector<std::set<std::string>> keys;
-  std::string duplicate;
-  int duplicate_depth = -1;
-};
-
-Result<json> ParseJson(std::string_view text, std::string_view source) {
-  DuplicateTracker dup;
-  auto cb = [&dup](int depth, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        dup.keys.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!dup.keys.empty()) dup.keys.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!dup.keys.empty() && !dup.keys.back().insert(parsed.get<std::string>()).second &&
-            dup.duplicate_depth < 0) {
-          dup.duplicate = parsed.get<std::string>();
-          dup.duplicate_depth = depth;
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  json j;
-  try {
-    j = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true);
-  } catch (const json::exception& e) {
-    return DataLossError(std::string(source) + ": header is not valid JSON: " + e.what());
-  }
-  if (dup.duplicate_depth >= 0) {
-    std::string where = dup.duplicate_depth <= 1 ? "tensor name or top-level key"
-                                                 : "key inside a tensor entry or __metadata__";
-    return DataLossError(std::string(source) + ": header has duplicate " + where + " " +
-                         Q(dup.duplicate));
-  }
-  return j;
-}
 
 Result<uint64_t> AsU64(const json& v, std::string_view source, std::string_view tensor,
                        std::string_view field) {
@@ -142,7 +97,7 @@ Result<SafetensorsHeader> SafetensorsHeader::Parse(std::string_view text, uint64
   }
   // Padding after the JSON is spaces; the JSON parser accepts all JSON
   // whitespace, which the reference reader does too.
-  CKPT_ASSIGN_OR_RETURN(json root, ParseJson(text, source));
+  CKPT_ASSIGN_OR_RETURN(json root, ParseStrictJson(text, src + ": header", /*max_depth=*/4));
   if (!root.is_object()) {
     return DataLossError(src + ": header must be a JSON object, got " +
                          std::string(root.type_name()));

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/safetensors.h"
+#include "format/hostile_files.h"
 #include "test_util.h"
 
 namespace ckpt {
@@ -102,6 +103,26 @@ TEST(CliTest, BadFilesFailInspectAndVerifyWithTheSameError) {
   CliRun missing = RunCkpt("verify " + tmp / "nope.safetensors");
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.out.find("NotFound"), std::string::npos);
+}
+
+// Every file of the hostile table: verify and inspect both refuse it, with
+// the reader's message, and verify --json says the same.
+TEST(CliTest, VerifyAndInspectRefuseEveryHostileFile) {
+  testing::TempDir tmp;
+  for (const testing::HostileCase& c : testing::HostileFiles()) {
+    std::string path = tmp / (std::string(c.label) + ".safetensors");
+    CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), path, c.bytes));
+    CliRun v = RunCkpt("verify " + path);
+    CliRun i = RunCkpt("inspect --json " + path);
+    EXPECT_EQ(v.code, 1) << c.label;
+    EXPECT_EQ(i.code, 1) << c.label;
+    EXPECT_NE(v.out.find(c.want), std::string::npos) << c.label << ": " << v.out;
+    EXPECT_NE(i.out.find(c.want), std::string::npos) << c.label << ": " << i.out;
+    CliRun vj = RunCkpt("verify --json " + path);
+    auto j = nlohmann::json::parse(vj.out);
+    EXPECT_FALSE(j["valid"].get<bool>());
+    EXPECT_NE(j["error"].get<std::string>().find(c.want), std::string::npos) << c.label;
+  }
 }
 
 TEST(CliTest, VerifyReadsDataAndCatchesAMissingShard) {

@@ -58,6 +58,8 @@ TEST(HfIndexTest, RejectsHostileWeightMaps) {
       {R"({"metadata": {"total_size": -3}, "weight_map": {}})", "total_size must be"},
       {R"([])", "index must be a JSON object"},
       {R"({"weight_map": )", "not valid JSON"},
+      {R"({"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}})",
+       "duplicate key in a nested object 'a'"},
   };
   for (const Case& c : cases) {
     auto idx = ParseHfIndex(c.json, "model.safetensors.index.json");
@@ -151,6 +153,19 @@ TEST_F(HfModelDirTest, TraversalInIndexIsRefused) {
   auto m = HfModelDir::Open(*fs_, "/m");
   ASSERT_FALSE(m.ok());
   EXPECT_NE(m.status().message().find("weight_map['a']"), std::string::npos);
+}
+
+TEST(HfModelDirSizeTest, OversizedIndexIsRefusedBeforeReading) {
+  testing::TempDir tmp;
+  auto w = PosixStorage()->OpenWrite(tmp / "model.safetensors.index.json", CreateMode::kTruncate);
+  CKPT_ASSERT_OK(w);
+  CKPT_ASSERT_OK((*w)->WriteAt(kHfIndexMaxSize, AsBytes("}")));  // sparse: cheap to make
+  CKPT_ASSERT_OK((*w)->Close());
+  auto m = HfModelDir::Open(*PosixStorage(), tmp.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("index is 100000001 bytes, more than the 100000000-byte limit"),
+            std::string::npos)
+      << m.status().message();
 }
 
 TEST_F(HfModelDirTest, NotAModelDirectory) {
