@@ -146,10 +146,14 @@ class SafetensorsWriter {
   const SafetensorsLayout& layout() const { return layout_; }
   // Writes `data` at byte `offset` within tensor `name`.
   Status Write(std::string_view name, uint64_t offset, std::span<const std::byte> data);
+  // Replaces __metadata__ before Commit, e.g. with checksums computed while
+  // writing. The new header must have exactly the old header's length.
+  Status ReplaceMetadata(const SafetensorsMetadata& metadata);
   Status Commit();
 
  private:
   SafetensorsWriter(SafetensorsLayout layout, std::unique_ptr<AtomicFileWriter> out);
+  std::vector<TensorSpec> specs_;
   SafetensorsLayout layout_;
   std::unique_ptr<AtomicFileWriter> out_;
   std::unordered_map<std::string, size_t> by_name_;

@@ -89,6 +89,7 @@ Result<SafetensorsLayout> PlanSafetensors(std::vector<TensorSpec> specs,
 Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
     Storage& storage, const std::string& path, std::vector<TensorSpec> specs,
     const std::optional<SafetensorsMetadata>& metadata) {
+  std::vector<TensorSpec> kept = specs;
   Result<SafetensorsLayout> layout = PlanSafetensors(std::move(specs), metadata);
   if (!layout.ok()) return layout.status().WithContext("writing \"" + path + "\"");
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out,
@@ -98,8 +99,21 @@ Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   for (int i = 0; i < 8; ++i) len[i] = static_cast<std::byte>((n >> (8 * i)) & 0xFF);
   CKPT_RETURN_IF_ERROR(out->Append(len));
   CKPT_RETURN_IF_ERROR(out->Append(AsBytes(layout->header)));
-  return std::unique_ptr<SafetensorsWriter>(
-      new SafetensorsWriter(std::move(*layout), std::move(out)));
+  auto w = std::unique_ptr<SafetensorsWriter>(new SafetensorsWriter(std::move(*layout), std::move(out)));
+  w->specs_ = std::move(kept);
+  return w;
+}
+
+Status SafetensorsWriter::ReplaceMetadata(const SafetensorsMetadata& metadata) {
+  CKPT_ASSIGN_OR_RETURN(SafetensorsLayout again, PlanSafetensors(specs_, metadata));
+  if (again.header.size() != layout_.header.size()) {
+    return InvalidArgumentError("writing \"" + out_->path() + "\": new metadata changes the header length from " +
+                                std::to_string(layout_.header.size()) + " to " +
+                                std::to_string(again.header.size()) + " bytes");
+  }
+  CKPT_RETURN_IF_ERROR(out_->WriteAt(8, AsBytes(again.header)));
+  layout_.header = std::move(again.header);
+  return Status();
 }
 
 SafetensorsWriter::SafetensorsWriter(SafetensorsLayout layout,

@@ -1,0 +1,99 @@
+// Sharded checkpoints in the PyTorch DCP Hugging Face layout.
+//
+// SaveSharded: every rank passes its StateDict; ranks agree on a global
+// plan, replicated chunks are written once (balanced by bytes), and each
+// writing rank writes `shard-{rank+1:05}-model-00001-of-00001.safetensors`
+// whose header shapes are its chunk shapes and whose __metadata__ holds
+// DCP_SHARDING_INFO, DCP_VERSION, format, and ckpt's per-chunk checksums.
+// Files are written into a hidden staging directory beside `dir`; after
+// every rank has synced its file, rank 0 writes the manifest and renames
+// the staging directory to `dir`. A directory at `dir` is therefore always a
+// complete checkpoint.
+//
+// LoadSharded: fills every local chunk of a StateDict from any checkpoint
+// in that layout (written by ckpt with any number of ranks and any
+// sharding, by PyTorch/NeMo, or a plain Hugging Face directory), reading only
+// the byte ranges each rank needs.
+//
+// Both are collective: every rank of the communicator must call them, and
+// every rank returns the same error when any rank fails.
+#ifndef CKPT_SHARDED_H_
+#define CKPT_SHARDED_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ckpt/comm.h"
+#include "ckpt/state_dict.h"
+#include "ckpt/status.h"
+#include "ckpt/storage.h"
+
+namespace ckpt {
+
+inline constexpr std::string_view kDcpShardingInfoKey = "DCP_SHARDING_INFO";
+inline constexpr std::string_view kDcpVersionKey = "DCP_VERSION";
+inline constexpr std::string_view kDcpVersion = "1.0";
+inline constexpr std::string_view kChunkChecksumKey = "ckpt_chunk_xxh64";
+inline constexpr std::string_view kManifestName = "ckpt_manifest.json";
+inline constexpr std::string_view kExtraStateName = "ckpt_extra_state.json";
+
+// "shard-00003-model-00001-of-00001.safetensors" for rank 2.
+std::string ShardFileName(int rank);
+
+struct SaveOptions {
+  Timeout timeout = kDefaultCollectiveTimeout;
+};
+
+Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
+                   const StateDict& state, const SaveOptions& options = {});
+
+struct LoadOptions {
+  Timeout timeout = kDefaultCollectiveTimeout;
+  // State-dict tensors absent from the checkpoint are left untouched.
+  bool allow_missing = false;
+  // Checkpoint tensors no rank asked for are ignored (load a subset).
+  bool allow_unexpected = false;
+};
+
+struct LoadStats {
+  uint64_t bytes_needed = 0;  // bytes of the local chunks filled
+  uint64_t bytes_read = 0;    // bytes read from files
+  uint64_t reads = 0;         // read calls issued
+};
+
+Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir, StateDict& state,
+                   const LoadOptions& options = {}, LoadStats* stats = nullptr);
+
+// What a sharded checkpoint directory holds, read by one process.
+struct ShardedChunkInfo {
+  std::string file;
+  std::vector<uint64_t> offsets;
+  std::vector<uint64_t> shape;
+  std::string checksum;  // hex xxh64, empty when the file has none
+};
+struct ShardedTensorInfo {
+  std::string fqn;
+  DType dtype = DType::kF32;
+  Shape global;
+  std::vector<ShardedChunkInfo> chunks;
+};
+struct ShardedCheckpointInfo {
+  std::vector<std::string> files;
+  bool has_manifest = false;
+  bool has_sharding_info = false;  // some file carries DCP_SHARDING_INFO
+  std::vector<ShardedTensorInfo> tensors;  // sorted by fqn
+};
+
+// Reads and validates every header, the sharding info and the manifest;
+// checks that each tensor's chunks tile it and agree on dtype.
+Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std::string& dir);
+// ReadShardedCheckpoint plus a full read of every chunk, comparing checksums
+// where the files have them.
+Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir);
+
+}  // namespace ckpt
+
+#endif  // CKPT_SHARDED_H_

@@ -1,0 +1,156 @@
+#include "engine/shard_dir.h"
+
+#include <algorithm>
+
+#include "ckpt/sharded.h"
+#include "ckpt/version.h"
+#include "format/json_util.h"
+
+namespace ckpt::engine {
+
+using json = nlohmann::json;
+
+namespace {
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+}  // namespace
+
+std::string ShardFileNameImpl(int rank) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "shard-%05d-model-00001-of-00001.safetensors", rank + 1);
+  return buf;
+}
+
+Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
+  CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
+  ShardListing l;
+  for (const DirEntry& e : entries) {
+    if (e.type != EntryType::kFile || e.name.empty() || e.name[0] == '.') continue;
+    if (EndsWith(e.name, ".safetensors")) {
+      l.files.push_back(e.name);
+      l.sizes.push_back(e.size);
+    } else if (e.name == kManifestName) {
+      CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, JoinPath(dir, e.name)));
+      l.manifest = std::move(text);
+    } else if (e.name == kExtraStateName) {
+      l.has_extra_state = true;
+    }
+  }
+  if (l.files.empty()) return NotFoundError(dir + ": no .safetensors files");
+  return l;
+}
+
+std::string EncodeListing(const ShardListing& l) {
+  json j = {{"files", l.files}, {"sizes", l.sizes}, {"extra", l.has_extra_state}};
+  j["manifest"] = l.manifest ? json(*l.manifest) : json(nullptr);
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Result<ShardListing> DecodeListing(std::string_view text) {
+  CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, "directory listing", 4));
+  ShardListing l;
+  try {
+    l.files = j.at("files").get<std::vector<std::string>>();
+    l.sizes = j.at("sizes").get<std::vector<uint64_t>>();
+    l.has_extra_state = j.at("extra").get<bool>();
+    if (!j.at("manifest").is_null()) l.manifest = j.at("manifest").get<std::string>();
+  } catch (const json::exception& e) {
+    return InternalError(std::string("malformed directory listing: ") + e.what());
+  }
+  return l;
+}
+
+Status CheckManifest(const ShardListing& l, const std::string& dir) {
+  if (!l.manifest) return Status();
+  const std::string src = JoinPath(dir, kManifestName);
+  CKPT_ASSIGN_OR_RETURN(json m, ParseStrictJson(*l.manifest, src, 8));
+  auto files = m.find("files");
+  if (!m.is_object() || files == m.end() || !files->is_object()) {
+    return DataLossError(src + ": missing \"files\" object");
+  }
+  for (const auto& [name, size] : files->items()) {
+    auto it = std::find(l.files.begin(), l.files.end(), name);
+    if (it == l.files.end()) {
+      return DataLossError(src + ": shard '" + name + "' is missing from " + dir);
+    }
+    uint64_t actual = l.sizes[static_cast<size_t>(it - l.files.begin())];
+    if (!size.is_number_unsigned() || size.get<uint64_t>() != actual) {
+      return DataLossError(src + ": shard '" + name + "' is " + std::to_string(actual) +
+                           " bytes but the manifest records " + size.dump());
+    }
+  }
+  for (const std::string& f : l.files) {
+    if (!files->contains(f)) {
+      return DataLossError(dir + ": file '" + f + "' is not part of the checkpoint's manifest");
+    }
+  }
+  return Status();
+}
+
+Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path) {
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, storage.OpenRead(path));
+  const uint64_t size = f->Size();
+  std::string out(std::min<uint64_t>(size, 8), '\0');
+  auto bytes = [&](size_t from) {
+    return std::as_writable_bytes(std::span<char>(out.data() + from, out.size() - from));
+  };
+  CKPT_RETURN_IF_ERROR(f->ReadAt(0, bytes(0)));
+  if (size >= 8) {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(out[static_cast<size_t>(i)]);
+    if (n <= kSafetensorsMaxHeaderSize && n <= size - 8) {
+      out.resize(8 + n);
+      CKPT_RETURN_IF_ERROR(f->ReadAt(8, bytes(8)));
+    }
+  }
+  return out;
+}
+
+Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::string& path,
+                  plan::SavedIndex* index) {
+  json info = json::object();
+  auto it = header.metadata().find(std::string(kDcpShardingInfoKey));
+  if (it != header.metadata().end()) {
+    CKPT_ASSIGN_OR_RETURN(info, ParseStrictJson(it->second, path + ": " + std::string(kDcpShardingInfoKey), 8));
+    if (!info.is_object()) return DataLossError(path + ": DCP_SHARDING_INFO is not a JSON object");
+  }
+  for (const TensorInfo& t : header.tensors()) {
+    plan::SavedChunk c;
+    c.file = file;
+    c.box.sizes = t.shape.dims();
+    c.box.offsets.assign(t.shape.rank(), 0);
+    c.data_offset = header.data_offset() + t.begin;
+    if (auto e = info.find(t.name); e != info.end()) {
+      auto offs = e->is_object() ? e->find("saved_offsets") : e->end();
+      if (offs == e->end() || !offs->is_array() || offs->size() != t.shape.rank()) {
+        return DataLossError(path + ": tensor '" + t.name + "': DCP_SHARDING_INFO needs " +
+                             std::to_string(t.shape.rank()) + " saved_offsets, got " +
+                             (e->is_object() && offs != e->end() ? offs->dump() : e->dump()));
+      }
+      for (size_t d = 0; d < t.shape.rank(); ++d) {
+        if (!(*offs)[d].is_number_unsigned()) {
+          return DataLossError(path + ": tensor '" + t.name + "': saved_offsets " + offs->dump() +
+                               " must be non-negative integers");
+        }
+        c.box.offsets[d] = (*offs)[d].get<uint64_t>();
+      }
+    }
+    CKPT_RETURN_IF_ERROR(index->Add(t.name, t.dtype, std::move(c), path));
+  }
+  return Status();
+}
+
+std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
+                         int world_size) {
+  json f = json::object();
+  for (size_t i = 0; i < files.size(); ++i) f[files[i]] = sizes[i];
+  json m = {{"format", "ckpt-sharded"},
+            {"version", 1},
+            {"writer", std::string("ckpt ") + CKPT_VERSION_STRING},
+            {"world_size", world_size},
+            {"files", f}};
+  return m.dump(2) + "\n";
+}
+
+}  // namespace ckpt::engine

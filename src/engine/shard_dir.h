@@ -1,0 +1,48 @@
+// Reading the structure of a sharded checkpoint directory: which files it
+// has, their headers, the chunks they hold, the manifest. Shared by load,
+// verify and the CLI.
+#ifndef CKPT_ENGINE_SHARD_DIR_H_
+#define CKPT_ENGINE_SHARD_DIR_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckpt/safetensors.h"
+#include "ckpt/storage.h"
+#include "plan/load_plan.h"
+
+namespace ckpt::engine {
+
+struct ShardListing {
+  std::vector<std::string> files;  // visible *.safetensors, sorted
+  std::vector<uint64_t> sizes;
+  std::optional<std::string> manifest;     // text of ckpt_manifest.json
+  bool has_extra_state = false;
+};
+
+Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir);
+std::string EncodeListing(const ShardListing& l);
+Result<ShardListing> DecodeListing(std::string_view text);
+
+// Checks the manifest against the listing: every file it names exists with
+// its recorded size, and no other shard file is present.
+Status CheckManifest(const ShardListing& l, const std::string& dir);
+
+// The 8-byte length and the header of a safetensors file.
+Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path);
+
+// Adds the chunks a file holds (its DCP_SHARDING_INFO, or zero offsets when
+// it has none) to `index`.
+Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::string& path,
+                  plan::SavedIndex* index);
+
+// "shard-00003-model-00001-of-00001.safetensors" for rank 2.
+std::string ShardFileNameImpl(int rank);
+
+std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
+                         int world_size);
+
+}  // namespace ckpt::engine
+
+#endif  // CKPT_ENGINE_SHARD_DIR_H_

@@ -1,0 +1,260 @@
+// LoadSharded. Every rank:
+//   1. rank 0 lists the directory and broadcasts the listing (and manifest);
+//   2. headers are read once, file i by rank i mod world, and all-gathered;
+//   3. every rank indexes all saved chunks per tensor and checks they tile;
+//   4. the key sets of all ranks are compared with the checkpoint's: missing
+//      and unexpected keys and shape/dtype mismatches make one error;
+//   5. each local chunk is filled from the overlapping byte ranges only.
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <unordered_map>
+
+#include "ckpt/sharded.h"
+#include "engine/shard_dir.h"
+#include "format/json_util.h"
+#include "plan/codec.h"
+
+namespace ckpt {
+namespace {
+
+using json = nlohmann::json;
+
+std::string List(const std::vector<std::string>& v, size_t max = 10) {
+  std::string s;
+  for (size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
+  if (v.size() > max) s += ", ... (" + std::to_string(v.size() - max) + " more)";
+  return s;
+}
+
+Status CompareKeys(const plan::SavedIndex& index, const std::vector<std::string>& per_rank_keys,
+                   const StateDict& sd, const LoadOptions& o, const std::string& dir) {
+  std::set<std::string> wanted;
+  for (const std::string& keys : per_rank_keys) {
+    plan::Decoder d(keys);
+    std::string k;
+    while (d.Str(&k)) wanted.insert(k);
+  }
+  std::vector<std::string> missing, unexpected, mismatch;
+  for (const DistTensor& t : sd.tensors) {
+    const plan::SavedTensor* s = index.Find(t.fqn);
+    if (s == nullptr) {
+      missing.push_back(t.fqn);
+    } else if (s->dtype != t.dtype || !(s->global == t.global_shape)) {
+      mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s->dtype)) + " " +
+                         s->global.ToString() + " in the checkpoint but " +
+                         std::string(DTypeName(t.dtype)) + " " + t.global_shape.ToString() +
+                         " in the state dict");
+    }
+  }
+  for (const auto& [fqn, t] : index.tensors()) {
+    if (!wanted.count(fqn)) unexpected.push_back(fqn);
+  }
+  std::string msg;
+  if (!missing.empty() && !o.allow_missing) {
+    msg += "missing keys (" + std::to_string(missing.size()) + "): " + List(missing);
+  }
+  if (!unexpected.empty() && !o.allow_unexpected) {
+    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" +
+           std::to_string(unexpected.size()) + "): " + List(unexpected);
+  }
+  if (!mismatch.empty()) {
+    msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) +
+           "): " + List(mismatch, 5);
+  }
+  if (msg.empty()) return Status();
+  return InvalidArgumentError("checkpoint " + dir + " does not match the state dict: " + msg);
+}
+
+// Executes the reads, opening each file once.
+Status RunReads(Storage& storage, const std::string& dir, const std::vector<std::string>& files,
+                std::byte* base, const std::vector<plan::ReadOp>& ops, LoadStats* stats) {
+  std::unordered_map<uint32_t, std::unique_ptr<ReadableFile>> open;
+  std::vector<std::byte> bounce;
+  for (const plan::ReadOp& op : ops) {
+    auto it = open.find(op.file);
+    if (it == open.end()) {
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f,
+                            storage.OpenRead(JoinPath(dir, files[op.file])));
+      it = open.emplace(op.file, std::move(f)).first;
+    }
+    ReadableFile& f = *it->second;
+    stats->bytes_read += op.length;
+    ++stats->reads;
+    if (op.Direct()) {
+      CKPT_RETURN_IF_ERROR(ReadAtParallel(
+          f, op.file_offset, std::span<std::byte>(base + op.pieces[0].dest_offset, op.length)));
+      continue;
+    }
+    bounce.resize(op.length);
+    CKPT_RETURN_IF_ERROR(f.ReadAt(op.file_offset, bounce));
+    for (const plan::ReadOp::Piece& p : op.pieces) {
+      const std::byte* src = bounce.data() + p.window_offset;
+      std::byte* dst = base + p.dest_offset;
+      if (op.dest_step == static_cast<int64_t>(op.elem_bytes)) {
+        std::memcpy(dst, src, p.count * op.elem_bytes);
+      } else {
+        for (uint64_t i = 0; i < p.count; ++i) {
+          std::memcpy(dst + static_cast<int64_t>(i) * op.dest_step, src + i * op.elem_bytes, op.elem_bytes);
+        }
+      }
+    }
+  }
+  return Status();
+}
+
+Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDict& sd) {
+  if (sd.json.empty() && sd.bytes.empty()) return Status();
+  const std::string path = JoinPath(dir, kExtraStateName);
+  if (!present) return NotFoundError(path + " does not exist but the state dict has non-tensor entries");
+  CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+  CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, path, 64));
+  for (auto& [k, v] : sd.json) {
+    if (!j.contains("json") || !j["json"].contains(k)) return NotFoundError(path + ": no json entry '" + k + "'");
+    v = j["json"][k].dump();
+  }
+  for (auto& [k, v] : sd.bytes) {
+    if (!j.contains("bytes") || !j["bytes"].contains(k) || !j["bytes"][k].is_string()) {
+      return NotFoundError(path + ": no bytes entry '" + k + "'");
+    }
+    const std::string s = j["bytes"][k].get<std::string>();
+    v.clear();
+    uint32_t acc = 0;
+    int bits = 0;
+    for (char ch : s) {
+      int val;
+      if (ch >= 'A' && ch <= 'Z') val = ch - 'A';
+      else if (ch >= 'a' && ch <= 'z') val = ch - 'a' + 26;
+      else if (ch >= '0' && ch <= '9') val = ch - '0' + 52;
+      else if (ch == '+') val = 62;
+      else if (ch == '/') val = 63;
+      else if (ch == '=') break;
+      else return DataLossError(path + ": bytes entry '" + k + "' is not base64");
+      acc = (acc << 6) | static_cast<uint32_t>(val);
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        v.push_back(static_cast<std::byte>((acc >> bits) & 0xFF));
+      }
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
+Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd,
+                   const LoadOptions& o, LoadStats* stats_out) {
+  const Timeout to = o.timeout;
+  const std::string what = "loading " + dir;
+  LoadStats stats;
+
+  // 1. One listing for everyone.
+  std::string listing_text;
+  Status listed;
+  if (comm.rank() == 0) {
+    Result<engine::ShardListing> l = engine::ListShardDir(storage, dir);
+    listed = l.status();
+    if (l.ok()) listing_text = engine::EncodeListing(*l);
+  }
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(listed, to).WithContext(what));
+  CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &listing_text, to));
+  CKPT_ASSIGN_OR_RETURN(engine::ShardListing listing, engine::DecodeListing(listing_text));
+  CKPT_RETURN_IF_ERROR(engine::CheckManifest(listing, dir).WithContext(what));
+
+  // 2. Headers: each file read by one rank, then shared.
+  plan::Encoder mine;
+  Status read_ok;
+  for (size_t i = static_cast<size_t>(comm.rank()); i < listing.files.size() && read_ok.ok();
+       i += static_cast<size_t>(comm.size())) {
+    Result<std::string> prefix = engine::ReadHeaderPrefix(storage, JoinPath(dir, listing.files[i]));
+    if (!prefix.ok()) {
+      read_ok = prefix.status();
+      break;
+    }
+    mine.U64(i);
+    mine.Str(*prefix);
+  }
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(read_ok, to).WithContext(what));
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> gathered, comm.AllGather(mine.Take(), to));
+  std::vector<std::string> prefixes(listing.files.size());
+  for (const std::string& g : gathered) {
+    plan::Decoder d(g);
+    uint64_t i;
+    std::string p;
+    while (d.U64(&i) && d.Str(&p)) {
+      if (i < prefixes.size()) prefixes[i] = std::move(p);
+    }
+  }
+
+  // 3. Index every saved chunk.
+  plan::SavedIndex index;
+  Status indexed;
+  for (size_t i = 0; i < listing.files.size() && indexed.ok(); ++i) {
+    const std::string path = JoinPath(dir, listing.files[i]);
+    Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
+        std::as_bytes(std::span<const char>(prefixes[i].data(), prefixes[i].size())),
+        listing.sizes[i], path);
+    indexed = h.ok() ? engine::IndexShard(*h, static_cast<uint32_t>(i), path, &index) : h.status();
+  }
+  if (indexed.ok()) indexed = index.Finalize();
+  CKPT_RETURN_IF_ERROR(indexed.WithContext(what));
+
+  // 4. Keys of all ranks against the checkpoint.
+  plan::Encoder keys;
+  for (const DistTensor& t : sd.tensors) keys.Str(t.fqn);
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> all_keys, comm.AllGather(keys.Take(), to));
+  Status matched = CompareKeys(index, all_keys, sd, o, dir);
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(matched, to).WithContext(what));
+
+  // 5. Fill the local chunks.
+  Status filled;
+  std::vector<const plan::SavedChunk*> overlapping;
+  std::vector<plan::ReadOp> ops;
+  for (DistTensor& t : sd.tensors) {
+    const plan::SavedTensor* saved = index.Find(t.fqn);
+    if (saved == nullptr) continue;  // allowed missing
+    for (LocalChunk& c : t.chunks) {
+      plan::Box box{c.offsets, c.shape.dims()};
+      Status s;
+      if (box.offsets.size() != t.global_shape.rank() || box.sizes.size() != t.global_shape.rank()) {
+        s = InvalidArgumentError("tensor '" + t.fqn + "': chunk rank differs from the global shape " +
+                                 t.global_shape.ToString());
+      }
+      for (size_t d = 0; s.ok() && d < box.offsets.size(); ++d) {
+        if (box.offsets[d] + box.sizes[d] > t.global_shape[d]) {
+          s = InvalidArgumentError("tensor '" + t.fqn + "': local chunk " + box.ToString() +
+                                   " is outside the global shape " + t.global_shape.ToString());
+        }
+      }
+      Result<uint64_t> nbytes = c.shape.NumBytes(t.dtype);
+      if (s.ok() && !nbytes.ok()) s = nbytes.status();
+      if (s.ok() && *nbytes > 0 && c.data == nullptr) {
+        s = InvalidArgumentError("tensor '" + t.fqn + "': chunk has no data pointer");
+      }
+      if (!s.ok()) {
+        filled = s;
+        break;
+      }
+      stats.bytes_needed += *nbytes;
+      overlapping.clear();
+      ops.clear();
+      plan::SavedIndex::Overlapping(*saved, box, &overlapping);
+      for (const plan::SavedChunk* sc : overlapping) {
+        s = plan::PlanChunkReads(*sc, t.dtype, box, c.strides, &ops);
+        if (!s.ok()) break;
+      }
+      if (s.ok()) s = RunReads(storage, dir, listing.files, c.data, ops, &stats);
+      if (!s.ok()) {
+        filled = s.WithContext("tensor '" + t.fqn + "'");
+        break;
+      }
+    }
+    if (!filled.ok()) break;
+  }
+  if (filled.ok()) filled = LoadExtra(storage, dir, listing.has_extra_state, sd);
+  if (stats_out) *stats_out = stats;
+  return comm.AgreeOnStatus(filled, to).WithContext(what);
+}
+
+}  // namespace ckpt

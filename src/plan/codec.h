@@ -1,0 +1,65 @@
+// A small binary encoding for plans exchanged between ranks: little-endian
+// varints and length-prefixed strings. The decoder checks every length.
+#ifndef CKPT_PLAN_CODEC_H_
+#define CKPT_PLAN_CODEC_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "ckpt/status.h"
+
+namespace ckpt::plan {
+
+class Encoder {
+ public:
+  void U64(uint64_t v) {
+    while (v >= 0x80) {
+      out_.push_back(static_cast<char>(v | 0x80));
+      v >>= 7;
+    }
+    out_.push_back(static_cast<char>(v));
+  }
+  void Str(std::string_view s) {
+    U64(s.size());
+    out_.append(s);
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+class Decoder {
+ public:
+  explicit Decoder(std::string_view in) : in_(in) {}
+  bool U64(uint64_t* v) {
+    uint64_t r = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (pos_ >= in_.size()) return false;
+      auto b = static_cast<unsigned char>(in_[pos_++]);
+      r |= static_cast<uint64_t>(b & 0x7F) << shift;
+      if (!(b & 0x80)) {
+        *v = r;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool Str(std::string* s) {
+    uint64_t n;
+    if (!U64(&n) || n > in_.size() - pos_) return false;
+    s->assign(in_.substr(pos_, n));
+    pos_ += n;
+    return true;
+  }
+  bool done() const { return pos_ == in_.size(); }
+
+ private:
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+}  // namespace ckpt::plan
+
+#endif  // CKPT_PLAN_CODEC_H_
