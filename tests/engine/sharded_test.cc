@@ -1,0 +1,382 @@
+// Sharded save and resharding load with thread ranks.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/safetensors.h"
+#include "ckpt/sharded.h"
+#include "engine/layouts.h"
+#include "test_util.h"
+
+namespace ckpt {
+namespace {
+
+using std::chrono::milliseconds;
+using testing::Layout;
+using testing::Split;
+
+template <typename Fn>
+std::vector<Status> OnRanks(int n, Fn fn) {
+  auto comms = NewThreadCommunicators(n);
+  std::vector<Status> out(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+Status Save(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs,
+            const Layout& l) {
+  std::vector<Status> st = OnRanks(l.world, [&](Communicator& c) {
+    testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), true);
+    return SaveSharded(c, fs, dir, rs.sd, {milliseconds(20000)});
+  });
+  for (const Status& s : st) {
+    if (!s.ok()) return s;
+  }
+  return Status();
+}
+
+Status LoadAndCheck(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs,
+                    const Layout& l, LoadStats* stats = nullptr) {
+  std::vector<LoadStats> all(static_cast<size_t>(l.world));
+  std::vector<Status> st = OnRanks(l.world, [&](Communicator& c) -> Status {
+    testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), false);
+    CKPT_RETURN_IF_ERROR(LoadSharded(c, fs, dir, rs.sd, {milliseconds(20000)},
+                                     &all[static_cast<size_t>(c.rank())]));
+    std::string why;
+    if (!testing::MatchesReference(defs, rs, &why)) {
+      return DataLossError("rank " + std::to_string(c.rank()) + ": " + why);
+    }
+    return Status();
+  });
+  if (stats) {
+    for (const LoadStats& s : all) {
+      stats->bytes_needed += s.bytes_needed;
+      stats->bytes_read += s.bytes_read;
+    }
+  }
+  for (const Status& s : st) {
+    if (!s.ok()) return s;
+  }
+  return Status();
+}
+
+std::vector<Layout> AllLayouts() {
+  std::vector<Layout> out;
+  for (int w : {1, 2, 4, 8}) {
+    for (Split s : {Split::kDim0, Split::kDim1, Split::k2D, Split::kReplicated}) {
+      if (w == 1 && s != Split::kDim0) continue;
+      out.push_back({w, s});
+    }
+  }
+  return out;
+}
+
+// Every save layout loads bit-exactly into every load layout.
+TEST(ShardedMatrixTest, AnyLayoutLoadsIntoAnyOther) {
+  auto fs = NewMemoryStorage();
+  const auto defs = testing::MixedModel();
+  int checkpoints = 0, loads = 0;
+  for (const Layout& save : AllLayouts()) {
+    const std::string dir = "/ckpt/" + save.Name();
+    Status s = Save(*fs, dir, defs, save);
+    ASSERT_TRUE(s.ok()) << save.Name() << ": " << s.ToString();
+    ++checkpoints;
+    for (const Layout& load : AllLayouts()) {
+      Status l = LoadAndCheck(*fs, dir, defs, load);
+      ASSERT_TRUE(l.ok()) << save.Name() << " -> " << load.Name() << ": " << l.ToString();
+      ++loads;
+    }
+  }
+  EXPECT_EQ(checkpoints, 13);
+  EXPECT_EQ(loads, 13 * 13);
+}
+
+TEST(ShardedSaveTest, FilesFollowTheDcpLayoutExactly) {
+  testing::TempDir tmp;
+  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({4, 2})},
+                                          {"r", DType::kBF16, Shape({3})}};
+  const std::string dir = tmp / "model";
+  CKPT_ASSERT_OK(Save(*PosixStorage(), dir, defs, {2, Split::kDim0}));
+  auto list = PosixStorage()->List(dir);
+  CKPT_ASSERT_OK(list);
+  std::vector<std::string> names;
+  for (const auto& e : *list) names.push_back(e.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt_manifest.json",
+                                             "shard-00001-model-00001-of-00001.safetensors",
+                                             "shard-00002-model-00001-of-00001.safetensors"}));
+  auto f = SafetensorsFile::Open(*PosixStorage(), dir + "/shard-00002-model-00001-of-00001.safetensors");
+  CKPT_ASSERT_OK(f);
+  const auto& md = (*f)->header().metadata();
+  EXPECT_EQ(md.at("DCP_VERSION"), "1.0");
+  EXPECT_EQ(md.at("format"), "pt");
+  auto info = nlohmann::json::parse(md.at("DCP_SHARDING_INFO"));
+  EXPECT_EQ(info["w"]["saved_offsets"], nlohmann::json({2, 0}));
+  EXPECT_EQ((*f)->header().Find("w")->shape, Shape({2, 2}));  // the chunk shape
+  EXPECT_TRUE(nlohmann::json::parse(md.at("ckpt_chunk_xxh64"))["w"].is_string());
+  EXPECT_EQ(md.size(), 4u);
+  auto manifest = nlohmann::json::parse(*ReadFileToString(*PosixStorage(), dir + "/ckpt_manifest.json"));
+  EXPECT_EQ(manifest["world_size"], 2);
+  EXPECT_EQ(manifest["files"].size(), 2u);
+  CKPT_EXPECT_OK(VerifyShardedCheckpoint(*PosixStorage(), dir));
+  // Nothing but the checkpoint is left in the parent.
+  EXPECT_EQ(PosixStorage()->List(tmp.path())->size(), 1u);
+}
+
+TEST(ShardedSaveTest, ReplicatedChunksAreWrittenOnceAndBalanced) {
+  auto fs = NewMemoryStorage();
+  std::vector<testing::TensorDef> defs;
+  for (int i = 0; i < 40; ++i) defs.push_back({"t" + std::to_string(i), DType::kF32, Shape({256})});
+  CKPT_ASSERT_OK(Save(*fs, "/c", defs, {4, Split::kReplicated}));
+  uint64_t total = 0, largest = 0;
+  std::set<std::string> seen;
+  for (int r = 0; r < 4; ++r) {
+    auto f = SafetensorsFile::Open(*fs, "/c/" + ShardFileName(r));
+    CKPT_ASSERT_OK(f);
+    uint64_t bytes = (*f)->header().data_size();
+    total += bytes;
+    largest = std::max(largest, bytes);
+    for (const auto& t : (*f)->header().tensors()) EXPECT_TRUE(seen.insert(t.name).second) << t.name;
+  }
+  EXPECT_EQ(seen.size(), 40u);
+  EXPECT_EQ(total, 40u * 1024);
+  EXPECT_LE(static_cast<double>(largest), 1.1 * static_cast<double>(total) / 4);
+}
+
+TEST(ShardedSaveTest, StridedSourcesAndDestinations) {
+  auto fs = NewMemoryStorage();
+  // A 6x4 F32 tensor held transposed in memory (column-major): strides {1, 6}.
+  std::vector<float> colmajor(24);
+  for (int i = 0; i < 6; ++i) {
+    for (int j = 0; j < 4; ++j) colmajor[static_cast<size_t>(j * 6 + i)] = static_cast<float>(i * 10 + j);
+  }
+  StateDict sd;
+  sd.tensors.push_back({"t", DType::kF32, Shape({6, 4}),
+                        {{{0, 0}, Shape({6, 4}), reinterpret_cast<std::byte*>(colmajor.data()), {1, 6}}}});
+  auto one = NewSingleRankCommunicator();
+  CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/s", sd));
+  // Load rows 2..5 into a strided destination as well (every other float).
+  std::vector<float> wide(32, -1.f);
+  StateDict dst;
+  dst.tensors.push_back({"t", DType::kF32, Shape({6, 4}),
+                         {{{2, 0}, Shape({4, 4}), reinterpret_cast<std::byte*>(wide.data()), {8, 2}}}});
+  LoadOptions o;
+  CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/s", dst, o));
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      EXPECT_EQ(wide[static_cast<size_t>(i * 8 + j * 2)], static_cast<float>((i + 2) * 10 + j));
+      EXPECT_EQ(wide[static_cast<size_t>(i * 8 + j * 2 + 1)], -1.f);
+    }
+  }
+}
+
+TEST(ShardedSaveTest, NonTensorEntriesRoundTrip) {
+  auto fs = NewMemoryStorage();
+  auto one = NewSingleRankCommunicator();
+  float w = 1.5f;
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w)));
+  sd.json["step"] = "{\"step\": 120, \"lr\": 0.5}";
+  sd.bytes["rng"] = {std::byte{0}, std::byte{255}, std::byte{7}, std::byte{42}};
+  CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/x", sd));
+  float w2 = 0;
+  StateDict back;
+  back.tensors.push_back(WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w2)));
+  back.json["step"] = "";
+  back.bytes["rng"] = {};
+  CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/x", back));
+  EXPECT_EQ(w2, 1.5f);
+  EXPECT_EQ(nlohmann::json::parse(back.json["step"])["step"], 120);
+  EXPECT_EQ(back.bytes["rng"], sd.bytes["rng"]);
+}
+
+TEST(ShardedSaveTest, ExistingDirectoryIsNeverOverwritten) {
+  auto fs = NewMemoryStorage();
+  std::vector<testing::TensorDef> defs = {{"w", DType::kU8, Shape({4})}};
+  CKPT_ASSERT_OK(Save(*fs, "/c", defs, {2, Split::kDim0}));
+  Status again = Save(*fs, "/c", defs, {2, Split::kDim0});
+  EXPECT_EQ(again.code(), StatusCode::kAlreadyExists) << again.ToString();
+  CKPT_EXPECT_OK(LoadAndCheck(*fs, "/c", defs, {1, Split::kDim0}));
+}
+
+TEST(ShardedSaveTest, BadGlobalPlansNameTensorAndChunks) {
+  auto fs = NewMemoryStorage();
+  std::vector<std::byte> buf(64);
+  auto chunk = [&](std::vector<uint64_t> off, std::vector<uint64_t> len) {
+    return LocalChunk{off, Shape(len), buf.data(), {}};
+  };
+  struct Case {
+    std::vector<std::vector<DistTensor>> per_rank;
+    std::string want;
+  };
+  std::vector<Case> cases = {
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {3})}}}, {{"w", DType::kU8, Shape({4}), {chunk({2}, {2})}}}},
+       "tensor 'w' of shape [4]: chunks [0:3] and [2:4] overlap in [2:3]"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {1})}}}, {{"w", DType::kU8, Shape({4}), {chunk({2}, {2})}}}},
+       "chunks cover 3 of 4 elements (a hole)"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2})}}}, {{"w", DType::kU8, Shape({4}), {chunk({3}, {2})}}}},
+       "chunk [3:5] is out of bounds in dimension 0"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2})}}}, {{"w", DType::kI8, Shape({4}), {chunk({2}, {2})}}}},
+       "tensor 'w': rank 0 has U8 [4] but rank 1 has I8 [4]"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2}), chunk({2}, {2})}}}, {}},
+       "tensor 'w': rank 0 holds 2 different chunks"},
+  };
+  for (const Case& c : cases) {
+    std::vector<Status> st = OnRanks(2, [&](Communicator& comm) {
+      StateDict sd;
+      sd.tensors = c.per_rank[static_cast<size_t>(comm.rank())];
+      return SaveSharded(comm, *fs, "/bad", sd, {milliseconds(5000)});
+    });
+    for (const Status& s : st) {
+      EXPECT_FALSE(s.ok());
+      EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
+    }
+    EXPECT_FALSE(*Exists(*fs, "/bad"));
+  }
+}
+
+TEST(ShardedLoadTest, KeyProblemsAreReportedTogether) {
+  auto fs = NewMemoryStorage();
+  std::vector<testing::TensorDef> saved = {{"a", DType::kF32, Shape({4})},
+                                           {"b", DType::kF32, Shape({4})},
+                                           {"c", DType::kF32, Shape({4})}};
+  CKPT_ASSERT_OK(Save(*fs, "/k", saved, {2, Split::kDim0}));
+  std::vector<testing::TensorDef> wanted = {{"a", DType::kF32, Shape({4, 1})},
+                                            {"b", DType::kF16, Shape({4})},
+                                            {"z", DType::kF32, Shape({4})}};
+  Status s = LoadAndCheck(*fs, "/k", wanted, {2, Split::kDim0});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  for (const char* part : {"missing keys (1): z", "unexpected keys (1): c",
+                           "'a' is F32 [4] in the checkpoint but F32 [4, 1] in the state dict",
+                           "'b' is F32 [4] in the checkpoint but F16 [4] in the state dict"}) {
+    EXPECT_NE(s.message().find(part), std::string::npos) << s.message();
+  }
+  // A subset of the checkpoint loads when asked.
+  std::vector<Status> st = OnRanks(2, [&](Communicator& c) {
+    testing::RankState rs = testing::MakeRankState({saved[1]}, {2, Split::kDim1}, c.rank(), false);
+    LoadOptions o{milliseconds(5000), false, true};
+    CKPT_RETURN_IF_ERROR(LoadSharded(c, *fs, "/k", rs.sd, o));
+    std::string why;
+    return testing::MatchesReference({saved[1]}, rs, &why) ? Status() : DataLossError(why);
+  });
+  for (const Status& x : st) CKPT_EXPECT_OK(x);
+}
+
+// A directory as PyTorch/NeMo write it: shard files with DCP metadata, no
+// manifest, no checksums; and a plain HF directory (no sharding info).
+TEST(ShardedLoadTest, ForeignDirectories) {
+  auto fs = NewMemoryStorage();
+  CKPT_ASSERT_OK(fs->MakeDirs("/torch"));
+  std::vector<float> g(12);
+  for (int i = 0; i < 12; ++i) g[static_cast<size_t>(i)] = static_cast<float>(i);
+  for (int r = 0; r < 2; ++r) {
+    TensorData t{"w", DType::kF32, Shape({2, 3}),
+                 std::as_bytes(std::span<const float>(g.data() + r * 6, 6))};
+    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + ", 0]}}"},
+                           {"DCP_VERSION", "1.0"},
+                           {"format", "pt"}};
+    CKPT_ASSERT_OK(WriteSafetensors(*fs, "/torch/" + ShardFileName(r), std::span(&t, 1), md));
+  }
+  auto one = NewSingleRankCommunicator();
+  std::vector<float> got(12, -1);
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({4, 3}), reinterpret_cast<std::byte*>(got.data())));
+  CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/torch", sd));
+  EXPECT_EQ(got, g);
+
+  CKPT_ASSERT_OK(fs->MakeDirs("/hf"));
+  TensorData whole{"w", DType::kF32, Shape({4, 3}), std::as_bytes(std::span<const float>(g))};
+  CKPT_ASSERT_OK(WriteSafetensors(*fs, "/hf/model.safetensors", std::span(&whole, 1)));
+  std::vector<Status> st = OnRanks(2, [&](Communicator& c) -> Status {
+    std::vector<float> half(6, -1);
+    StateDict part;
+    part.tensors.push_back({"w", DType::kF32, Shape({4, 3}),
+                            {{{static_cast<uint64_t>(2 * c.rank()), 0}, Shape({2, 3}),
+                              reinterpret_cast<std::byte*>(half.data()), {}}}});
+    CKPT_RETURN_IF_ERROR(LoadSharded(c, *fs, "/hf", part));
+    for (int i = 0; i < 6; ++i) {
+      if (half[static_cast<size_t>(i)] != g[static_cast<size_t>(c.rank() * 6 + i)]) return DataLossError("mismatch");
+    }
+    return Status();
+  });
+  for (const Status& s : st) CKPT_EXPECT_OK(s);
+}
+
+TEST(ShardedLoadTest, ResavedDirectoryWithOverlapOrHoleIsRefused) {
+  auto fs = NewMemoryStorage();
+  CKPT_ASSERT_OK(fs->MakeDirs("/o"));
+  std::vector<float> g(6, 1.f);
+  for (int r = 0; r < 2; ++r) {
+    TensorData t{"w", DType::kF32, Shape({3}), std::as_bytes(std::span<const float>(g.data(), 3))};
+    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + "]}}"}};
+    CKPT_ASSERT_OK(WriteSafetensors(*fs, "/o/" + ShardFileName(r), std::span(&t, 1), md));
+  }
+  auto one = NewSingleRankCommunicator();
+  std::vector<float> got(5);
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({5}), reinterpret_cast<std::byte*>(got.data())));
+  Status s = LoadSharded(*one, *fs, "/o", sd);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("chunks [0:3] and [2:5] overlap in [2:3]"), std::string::npos) << s.message();
+  Status v = VerifyShardedCheckpoint(*fs, "/o");
+  EXPECT_NE(v.message().find("overlap"), std::string::npos) << v.message();
+}
+
+TEST(ShardedVerifyTest, ChecksumsCatchFlippedDataAndManifestCatchesMissingFiles) {
+  testing::TempDir tmp;
+  const std::string dir = tmp / "c";
+  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({64, 4})}};
+  CKPT_ASSERT_OK(Save(*PosixStorage(), dir, defs, {2, Split::kDim0}));
+  CKPT_ASSERT_OK(VerifyShardedCheckpoint(*PosixStorage(), dir));
+  const std::string shard = dir + "/" + ShardFileName(1);
+  std::string bytes = *ReadFileToString(*PosixStorage(), shard);
+  bytes[bytes.size() - 5] ^= 0x10;
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), shard, bytes));
+  Status v = VerifyShardedCheckpoint(*PosixStorage(), dir);
+  EXPECT_EQ(v.code(), StatusCode::kDataLoss);
+  EXPECT_NE(v.message().find("tensor 'w' bytes ["), std::string::npos) << v.message();
+  EXPECT_NE(v.message().find("does not match the recorded"), std::string::npos);
+  CKPT_ASSERT_OK(PosixStorage()->Remove(shard));
+  v = VerifyShardedCheckpoint(*PosixStorage(), dir);
+  EXPECT_NE(v.message().find("shard-00002-model-00001-of-00001.safetensors' is missing"), std::string::npos)
+      << v.message();
+}
+
+TEST(ShardedSaveTest, ARankThatStopsMidSaveFailsTheOthersAndPublishesNothing) {
+  auto fs = NewMemoryStorage();
+  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({8, 8})}};
+  auto comms = NewThreadCommunicators(4);
+  std::vector<Status> st(4);
+  std::vector<double> secs(4);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 4; ++r) {
+    threads.emplace_back([&, r] {
+      Communicator& c = *comms[static_cast<size_t>(r)];
+      testing::RankState rs = testing::MakeRankState(defs, {4, Split::kDim0}, r, true);
+      if (r == 2) {
+        // Takes part in planning, then stops answering.
+        (void)c.AllGather("", milliseconds(2000));
+        return;
+      }
+      auto t0 = std::chrono::steady_clock::now();
+      st[static_cast<size_t>(r)] = SaveSharded(c, *fs, "/dead", rs.sd, {milliseconds(300)});
+      secs[static_cast<size_t>(r)] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r : {0, 1, 3}) {
+    EXPECT_FALSE(st[static_cast<size_t>(r)].ok()) << r;
+    EXPECT_LT(secs[static_cast<size_t>(r)], 10.0);
+  }
+  EXPECT_FALSE(*Exists(*fs, "/dead"));
+}
+
+}  // namespace
+}  // namespace ckpt
