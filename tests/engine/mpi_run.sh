@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs an MPI scenario in a fresh directory:  mpi_run.sh BINARY NP SCENARIO
+# SCENARIO "rank-dies": a job saves, a second job loses rank 1 mid-save, and
+# a third job checks that the first checkpoint loads and nothing partial of
+# the second was published.
+set -u
+bin=$1 np=$2 scenario=$3
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+mpirun=(mpirun --allow-run-as-root --oversubscribe -np "$np" --mca btl self,vader
+        --mca btl_vader_single_copy_mechanism none)
+case "$scenario" in
+  rank-dies)
+    "${mpirun[@]}" "$bin" save "$dir/good" || exit 1
+    if "${mpirun[@]}" "$bin" save-die "$dir/dead" >/dev/null 2>&1; then
+      echo "the job with a dead rank reported success"; exit 1
+    fi
+    "${mpirun[@]}" "$bin" check "$dir/good" "$dir/dead"
+    ;;
+  *) "${mpirun[@]}" "$bin" "$scenario" "$dir" ;;
+esac
