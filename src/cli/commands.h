@@ -26,6 +26,7 @@ struct SampleOptions {
   int layers = 2;
   int hidden = 256;
   int shards = 2;
+  int ranks = 0;  // > 0: write a sharded checkpoint saved by this many thread ranks
   uint64_t seed = 1;
 };
 int RunSample(const SampleOptions& opts);

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -12,7 +13,31 @@ namespace {
 
 using json = nlohmann::json;
 
+json ShardedJson(const Target& t) {
+  json out = {{"path", t.path}, {"kind", t.kind}, {"files", t.sharded->files},
+              {"manifest", t.sharded->has_manifest}};
+  json tensors = json::array();
+  uint64_t total = 0;
+  for (const ShardedTensorInfo& ti : t.sharded->tensors) {
+    std::vector<std::string> files;
+    for (const ShardedChunkInfo& c : ti.chunks) {
+      if (std::find(files.begin(), files.end(), c.file) == files.end()) files.push_back(c.file);
+    }
+    uint64_t bytes = ti.global.NumBytes(ti.dtype).value();
+    total += bytes;
+    tensors.push_back({{"name", ti.fqn}, {"dtype", std::string(DTypeName(ti.dtype))},
+                       {"shape", ti.global.dims()}, {"bytes", bytes},
+                       {"chunks", ti.chunks.size()}, {"files", files}});
+  }
+  out["tensors"] = std::move(tensors);
+  out["num_tensors"] = t.sharded->tensors.size();
+  out["num_files"] = t.sharded->files.size();
+  out["total_bytes"] = total;
+  return out;
+}
+
 json TargetJson(const Target& t) {
+  if (t.sharded) return ShardedJson(t);
   json out;
   out["path"] = t.path;
   out["kind"] = t.kind;
@@ -55,7 +80,35 @@ json TargetJson(const Target& t) {
   return out;
 }
 
+void PrintSharded(const Target& t) {
+  const ShardedCheckpointInfo& info = *t.sharded;
+  size_t name_w = 4;
+  for (const auto& ti : info.tensors) name_w = std::max(name_w, ti.fqn.size());
+  name_w = std::min<size_t>(name_w, 60);
+  std::printf("%s (sharded checkpoint, %zu file%s%s)\n", t.path.c_str(), info.files.size(),
+              info.files.size() == 1 ? "" : "s", info.has_manifest ? ", manifest" : "");
+  std::printf("  %-*s  %-11s  %-20s  %12s  %6s  %s\n", static_cast<int>(name_w), "NAME", "DTYPE",
+              "GLOBAL SHAPE", "BYTES", "CHUNKS", "FILES");
+  uint64_t total = 0;
+  for (const ShardedTensorInfo& ti : info.tensors) {
+    std::string files;
+    for (const ShardedChunkInfo& c : ti.chunks) {
+      std::string shard = c.file.substr(0, c.file.find("-model-"));
+      if (files.find(shard) == std::string::npos) files += (files.empty() ? "" : ",") + shard;
+    }
+    uint64_t bytes = ti.global.NumBytes(ti.dtype).value();
+    total += bytes;
+    std::printf("  %-*s  %-11s  %-20s  %12llu  %6zu  %s\n", static_cast<int>(name_w), ti.fqn.c_str(),
+                std::string(DTypeName(ti.dtype)).c_str(), ti.global.ToString().c_str(),
+                static_cast<unsigned long long>(bytes), ti.chunks.size(), files.c_str());
+  }
+  std::printf("total: %zu tensors, %s (%llu bytes) in %zu file%s\n", info.tensors.size(),
+              HumanBytes(total).c_str(), static_cast<unsigned long long>(total), info.files.size(),
+              info.files.size() == 1 ? "" : "s");
+}
+
 void PrintText(const Target& t) {
+  if (t.sharded) return PrintSharded(t);
   size_t name_w = 4;
   for (const auto& e : t.tensors) name_w = std::max(name_w, e.name.size());
   name_w = std::min<size_t>(name_w, 60);

@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
   sample_cmd->add_option("--shards", sample.shards, "number of safetensors files")
       ->capture_default_str();
   sample_cmd->add_option("--seed", sample.seed, "random seed")->capture_default_str();
+  sample_cmd->add_option("--ranks", sample.ranks,
+                         "write a sharded checkpoint (DCP layout) saved by this many ranks, "
+                         "each holding a dim-0 slice of every matrix");
 
   CLI11_PARSE(app, argc, argv);
   if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);

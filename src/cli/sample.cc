@@ -2,12 +2,14 @@
 // deterministic bf16 weights, for trying the other commands.
 #include <cstdio>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
+#include "ckpt/sharded.h"
 #include "cli/commands.h"
 
 namespace ckpt::cli {
@@ -40,6 +42,37 @@ std::vector<std::byte> RandomBf16(uint64_t n, uint64_t* rng) {
   return out;
 }
 
+// Each rank holds a dim-0 slice of every tensor, as FSDP would.
+int WriteSharded(Storage& fs, const SampleOptions& o, const std::vector<SampleTensor>& ts) {
+  auto comms = NewThreadCommunicators(o.ranks);
+  std::vector<Status> results(static_cast<size_t>(o.ranks));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < o.ranks; ++r) {
+    threads.emplace_back([&, r] {
+      StateDict sd;
+      for (const SampleTensor& t : ts) {
+        const uint64_t rows = t.shape[0], step = (rows + static_cast<uint64_t>(o.ranks) - 1) / static_cast<uint64_t>(o.ranks);
+        const uint64_t begin = std::min(rows, step * static_cast<uint64_t>(r)), end = std::min(rows, begin + step);
+        std::vector<uint64_t> dims = t.shape.dims(), offsets(dims.size(), 0);
+        dims[0] = end - begin;
+        offsets[0] = begin;
+        const uint64_t row_bytes = t.data.size() / rows;
+        auto* data = const_cast<std::byte*>(t.data.data()) + begin * row_bytes;
+        sd.tensors.push_back({t.name, DType::kBF16, t.shape, {{offsets, Shape(dims), data, {}}}});
+      }
+      results[static_cast<size_t>(r)] = SaveSharded(*comms[static_cast<size_t>(r)], fs, o.out_dir, sd);
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (!results[0].ok()) {
+    std::fprintf(stderr, "ckpt sample: %s\n", results[0].ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s: sharded checkpoint of %zu tensors saved by %d ranks\n", o.out_dir.c_str(),
+              ts.size(), o.ranks);
+  return 0;
+}
+
 }  // namespace
 
 int RunSample(const SampleOptions& o) {
@@ -70,6 +103,7 @@ int RunSample(const SampleOptions& o) {
   add("lm_head.weight", {vocab, h});
 
   Storage& fs = *PosixStorage();
+  if (o.ranks > 0) return WriteSharded(fs, o, ts);
   Status s = fs.MakeDirs(o.out_dir);
   // Equal division of the tensors over the shards, in state-dict order.
   const size_t n = ts.size(), shards = std::min<size_t>(static_cast<size_t>(o.shards), n);

@@ -57,6 +57,16 @@ Result<Target> OpenTarget(Storage& storage, const std::string& path) {
       t.owned.push_back(std::move(f));
     }
     if (t.owned.empty()) return NotFoundError(path + ": no .safetensors files in this directory");
+    bool sharded = std::any_of(entries.begin(), entries.end(),
+                               [](const DirEntry& e) { return e.name == kManifestName; });
+    for (const auto& f : t.owned) {
+      if (f->header().metadata().count(std::string(kDcpShardingInfoKey))) sharded = true;
+    }
+    if (sharded) {
+      CKPT_ASSIGN_OR_RETURN(ShardedCheckpointInfo info, ReadShardedCheckpoint(storage, path));
+      t.kind = "sharded";
+      t.sharded = std::move(info);
+    }
   } else {
     return FailedPreconditionError(path + ": neither a file nor a directory");
   }

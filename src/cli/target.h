@@ -10,6 +10,7 @@
 
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
+#include "ckpt/sharded.h"
 #include "ckpt/storage.h"
 
 namespace ckpt::cli {
@@ -21,11 +22,14 @@ struct Target {
     const TensorInfo* info;
   };
   std::string path;
-  std::string kind;  // "file", "hf-single", "hf-sharded", "directory"
+  std::string kind;  // "file", "hf-single", "hf-sharded", "sharded", "directory"
   std::optional<HfModelDir> hf;
   std::vector<std::unique_ptr<SafetensorsFile>> owned;
   std::vector<const SafetensorsFile*> files;
   std::vector<Entry> tensors;  // sorted by name, then file
+  // For a sharded checkpoint (DCP sharding info or a ckpt manifest): the
+  // global tensors, validated.
+  std::optional<ShardedCheckpointInfo> sharded;
 };
 
 Result<Target> OpenTarget(Storage& storage, const std::string& path);

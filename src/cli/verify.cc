@@ -16,6 +16,10 @@ Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warni
                     uint64_t* total) {
   *total = 0;
   for (const auto& e : t.tensors) *total += e.info->nbytes();
+  if (t.sharded) {
+    *total = 0;
+    for (const auto& ti : t.sharded->tensors) *total += ti.global.NumBytes(ti.dtype).value();
+  }
   if (t.hf && t.hf->index() && t.hf->index()->total_size &&
       *t.hf->index()->total_size != *total) {
     warnings->push_back("index total_size " + std::to_string(*t.hf->index()->total_size) +
@@ -28,6 +32,7 @@ Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warni
     }
   }
   if (quick) return Status();
+  if (t.sharded) return VerifyShardedCheckpoint(*PosixStorage(), t.path);
   for (const SafetensorsFile* f : t.files) CKPT_RETURN_IF_ERROR(f->ReadAllData());
   return Status();
 }
@@ -46,7 +51,7 @@ int RunVerify(const VerifyOptions& opts) {
     j["error"] = s.ok() ? nlohmann::json(nullptr) : nlohmann::json(s.ToString());
     j["warnings"] = warnings;
     if (t.ok()) {
-      j["num_tensors"] = t->tensors.size();
+      j["num_tensors"] = t->sharded ? t->sharded->tensors.size() : t->tensors.size();
       j["num_files"] = t->files.size();
       j["total_bytes"] = total;
     }
@@ -58,7 +63,8 @@ int RunVerify(const VerifyOptions& opts) {
     std::fprintf(stderr, "ckpt verify: %s\n", s.ToString().c_str());
     return 1;
   }
-  std::printf("OK %s: %zu tensors, %s in %zu file%s%s\n", opts.path.c_str(), t->tensors.size(),
+  const size_t tensors = t->sharded ? t->sharded->tensors.size() : t->tensors.size();
+  std::printf("OK %s: %zu tensors, %s in %zu file%s%s\n", opts.path.c_str(), tensors,
               HumanBytes(total).c_str(), t->files.size(), t->files.size() == 1 ? "" : "s",
               opts.quick ? " (structure only)" : "");
   return 0;

@@ -137,6 +137,67 @@ TEST(CliTest, VerifyReadsDataAndCatchesAMissingShard) {
       << v.out;
 }
 
+TEST(CliTest, ShardedCheckpointsShowGlobalTensorsAndVerifyChecksums) {
+  testing::TempDir tmp;
+  std::string dir = tmp / "sharded";
+  ASSERT_EQ(RunCkpt("sample " + dir + " --ranks 3 --hidden 64 --layers 1").code, 0);
+  CliRun i = RunCkpt("inspect --json " + dir);
+  ASSERT_EQ(i.code, 0) << i.out;
+  auto j = nlohmann::json::parse(i.out);
+  EXPECT_EQ(j["kind"], "sharded");
+  EXPECT_EQ(j["num_files"], 3);
+  EXPECT_EQ(j["num_tensors"], 2 + 9 + 1);
+  for (const auto& t : j["tensors"]) {
+    EXPECT_EQ(t["chunks"], 3) << t["name"];
+    if (t["name"] == "lm_head.weight") {
+      EXPECT_EQ(t["shape"], nlohmann::json({1024, 64}));
+    }
+  }
+  CliRun v = RunCkpt("verify " + dir);
+  EXPECT_EQ(v.code, 0) << v.out;
+  EXPECT_NE(v.out.find("12 tensors"), std::string::npos) << v.out;
+
+  // One flipped data byte: the checksum names the file, tensor and range.
+  const std::string shard = dir + "/shard-00002-model-00001-of-00001.safetensors";
+  std::string bytes = *ReadFileToString(*PosixStorage(), shard);
+  bytes[bytes.size() - 1] ^= 1;
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), shard, bytes));
+  v = RunCkpt("verify " + dir);
+  EXPECT_EQ(v.code, 1);
+  EXPECT_NE(v.out.find("shard-00002-model-00001-of-00001.safetensors: tensor '"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("does not match the recorded"), std::string::npos) << v.out;
+}
+
+TEST(CliTest, VerifyFindsOverlapsAndDtypeDisagreementInShardedDirs) {
+  testing::TempDir tmp;
+  struct Case {
+    const char* offsets1;
+    DType dtype1;
+    const char* want;
+  };
+  const Case cases[] = {
+      {"[1]", DType::kU8, "chunks [0:2] and [1:3] overlap in [1:2]"},
+      {"[3]", DType::kU8, "chunks cover 4 of 5 elements (a hole)"},
+      {"[2]", DType::kI8, "tensor 'w' is U8 in"},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    std::string dir = tmp / ("d" + std::to_string(n++));
+    CKPT_ASSERT_OK(PosixStorage()->MakeDirs(dir));
+    TensorData t0{"w", DType::kU8, Shape({2}), AsBytes("ab")};
+    TensorData t1{"w", c.dtype1, Shape({2}), AsBytes("cd")};
+    CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir + "/a.safetensors", std::span(&t0, 1),
+                                    SafetensorsMetadata{{"DCP_SHARDING_INFO", R"({"w":{"saved_offsets":[0]}})"}}));
+    CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir + "/b.safetensors", std::span(&t1, 1),
+                                    SafetensorsMetadata{{"DCP_SHARDING_INFO",
+                                                         std::string(R"({"w":{"saved_offsets":)") + c.offsets1 + "}}"}}));
+    CliRun v = RunCkpt("verify " + dir);
+    EXPECT_EQ(v.code, 1) << c.want;
+    EXPECT_NE(v.out.find(c.want), std::string::npos) << v.out;
+    EXPECT_EQ(RunCkpt("inspect " + dir).code, 1);
+  }
+}
+
 TEST(CliTest, InspectsADirectoryOfPlainShards) {
   testing::TempDir tmp;
   for (int r = 1; r <= 2; ++r) {
