@@ -7,6 +7,7 @@
 //   5. each local chunk is filled from the overlapping byte ranges only.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <unordered_map>
 
@@ -66,30 +67,74 @@ Status CompareKeys(const plan::SavedIndex& index, const std::vector<std::string>
   return InvalidArgumentError("checkpoint " + dir + " does not match the state dict: " + msg);
 }
 
-// Executes the reads, opening each file once.
-Status RunReads(Storage& storage, const std::string& dir, const std::vector<std::string>& files,
-                std::byte* base, const std::vector<plan::ReadOp>& ops, LoadStats* stats) {
-  std::unordered_map<uint32_t, std::unique_ptr<ReadableFile>> open;
+// Files of the checkpoint opened once per load, with a lazily created
+// mapping used for reads that scatter many small pieces.
+class OpenFiles {
+ public:
+  OpenFiles(Storage& storage, const std::string& dir, const std::vector<std::string>& names)
+      : storage_(storage), dir_(dir), names_(names) {}
+
+  Result<ReadableFile*> Get(uint32_t i) {
+    auto it = files_.find(i);
+    if (it == files_.end()) {
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, storage_.OpenRead(JoinPath(dir_, names_[i])));
+      it = files_.emplace(i, Entry{std::move(f), std::nullopt, false}).first;
+    }
+    return it->second.file.get();
+  }
+  // The whole file mapped, or null when the backend cannot map.
+  const std::byte* Mapped(uint32_t i) {
+    Entry& e = files_.at(i);
+    if (!e.tried_map) {
+      e.tried_map = true;
+      Result<MappedRegion> m = e.file->Map(0, e.file->Size());
+      if (m.ok()) e.map = std::move(*m);
+    }
+    return e.map ? e.map->bytes.data() : nullptr;
+  }
+
+ private:
+  struct Entry {
+    std::unique_ptr<ReadableFile> file;
+    std::optional<MappedRegion> map;
+    bool tried_map;
+  };
+  Storage& storage_;
+  const std::string& dir_;
+  const std::vector<std::string>& names_;
+  std::unordered_map<uint32_t, Entry> files_;
+};
+
+// Executes the reads. Contiguous windows are read straight into the
+// destination; windows that scatter into many pieces are copied from a
+// mapping of the file (no system call per piece), or read into a bounce
+// buffer when the backend cannot map.
+Status RunReads(OpenFiles& files, std::byte* base, const std::vector<plan::ReadOp>& ops,
+                LoadStats* stats) {
   std::vector<std::byte> bounce;
   for (const plan::ReadOp& op : ops) {
-    auto it = open.find(op.file);
-    if (it == open.end()) {
-      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f,
-                            storage.OpenRead(JoinPath(dir, files[op.file])));
-      it = open.emplace(op.file, std::move(f)).first;
-    }
-    ReadableFile& f = *it->second;
+    CKPT_ASSIGN_OR_RETURN(ReadableFile* f, files.Get(op.file));
     stats->bytes_read += op.length;
     ++stats->reads;
-    if (op.Direct()) {
+    if (op.Direct() && op.length >= (256u << 10)) {
       CKPT_RETURN_IF_ERROR(ReadAtParallel(
-          f, op.file_offset, std::span<std::byte>(base + op.pieces[0].dest_offset, op.length)));
+          *f, op.file_offset, std::span<std::byte>(base + op.pieces[0].dest_offset, op.length)));
       continue;
     }
-    bounce.resize(op.length);
-    CKPT_RETURN_IF_ERROR(f.ReadAt(op.file_offset, bounce));
+    const std::byte* window = nullptr;
+    if (const std::byte* mapped = files.Mapped(op.file)) {
+      if (op.file_offset > f->Size() || op.length > f->Size() - op.file_offset) {
+        return DataLossError(f->path() + ": read [" + std::to_string(op.file_offset) + ", " +
+                             std::to_string(op.file_offset + op.length) + ") past the end of the file");
+      }
+      window = mapped + op.file_offset;
+    } else {
+      bounce.resize(op.length);
+      CKPT_RETURN_IF_ERROR(f->ReadAt(op.file_offset, bounce));
+      window = bounce.data();
+    }
     for (const plan::ReadOp::Piece& p : op.pieces) {
-      const std::byte* src = bounce.data() + p.window_offset;
+      const std::byte* src = window + p.window_offset;
       std::byte* dst = base + p.dest_offset;
       if (op.dest_step == static_cast<int64_t>(op.elem_bytes)) {
         std::memcpy(dst, src, p.count * op.elem_bytes);
@@ -209,6 +254,7 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
 
   // 5. Fill the local chunks.
   Status filled;
+  OpenFiles files(storage, dir, listing.files);
   std::vector<const plan::SavedChunk*> overlapping;
   std::vector<plan::ReadOp> ops;
   for (DistTensor& t : sd.tensors) {
@@ -244,7 +290,7 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
         s = plan::PlanChunkReads(*sc, t.dtype, box, c.strides, &ops);
         if (!s.ok()) break;
       }
-      if (s.ok()) s = RunReads(storage, dir, listing.files, c.data, ops, &stats);
+      if (s.ok()) s = RunReads(files, c.data, ops, &stats);
       if (!s.ok()) {
         filled = s.WithContext("tensor '" + t.fqn + "'");
         break;
