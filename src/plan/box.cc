@@ -39,11 +39,19 @@ bool Intersect(const Box& a, const Box& b, Box* out) {
 }
 
 Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<Box>& chunks) {
+  std::vector<const Box*> ptrs;
+  ptrs.reserve(chunks.size());
+  for (const Box& b : chunks) ptrs.push_back(&b);
+  return CheckTiling(fqn, global, ptrs);
+}
+
+Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<const Box*>& chunks) {
   const std::string t = "tensor '" + fqn + "' of shape " + global.ToString();
   Result<uint64_t> total = global.NumElements();
   if (!total.ok()) return InvalidArgumentError(t + ": " + total.status().message());
   uint64_t sum = 0;
-  for (const Box& b : chunks) {
+  for (const Box* bp : chunks) {
+    const Box& b = *bp;
     if (b.offsets.size() != global.rank() || b.sizes.size() != global.rank()) {
       return InvalidArgumentError(t + ": chunk " + b.ToString() + " has rank " +
                                   std::to_string(b.offsets.size()));
@@ -62,19 +70,19 @@ Status CheckTiling(const std::string& fqn, const Shape& global, const std::vecto
     std::vector<size_t> order(chunks.size());
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return chunks[a].offsets[0] < chunks[b].offsets[0];
+      return chunks[a]->offsets[0] < chunks[b]->offsets[0];
     });
     std::vector<size_t> active;
     for (size_t i : order) {
-      const Box& c = chunks[i];
+      const Box& c = *chunks[i];
       if (c.Empty()) continue;
       std::erase_if(active, [&](size_t j) {
-        return chunks[j].offsets[0] + chunks[j].sizes[0] <= c.offsets[0];
+        return chunks[j]->offsets[0] + chunks[j]->sizes[0] <= c.offsets[0];
       });
       for (size_t j : active) {
         Box overlap;
-        if (Intersect(c, chunks[j], &overlap)) {
-          return InvalidArgumentError(t + ": chunks " + chunks[j].ToString() + " and " +
+        if (Intersect(c, *chunks[j], &overlap)) {
+          return InvalidArgumentError(t + ": chunks " + chunks[j]->ToString() + " and " +
                                       c.ToString() + " overlap in " + overlap.ToString());
         }
       }

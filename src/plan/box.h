@@ -30,6 +30,7 @@ bool Intersect(const Box& a, const Box& b, Box* out);
 // inside the bounds with the right rank, no two overlapping, volumes adding up
 // to the tensor's. Errors name the tensor and the chunks. Sub-quadratic for the
 // usual layouts: chunks are swept along dimension 0.
+Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<const Box*>& chunks);
 Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<Box>& chunks);
 
 }  // namespace ckpt::plan

@@ -1,7 +1,6 @@
 #include "plan/save_plan.h"
 
 #include <algorithm>
-#include <map>
 #include <unordered_map>
 
 #include "plan/codec.h"
@@ -72,28 +71,68 @@ Result<LocalPlan> DecodeLocalPlan(std::string_view bytes) {
   return p;
 }
 
-Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
-  struct Candidate {
-    size_t tensor_id;
-    const Box* box;
-    uint64_t bytes;
-    std::vector<std::pair<int, WriteItem>> holders;  // (rank, item)
-  };
-  struct TensorInfo {
-    const TensorPlan* first;
-    int first_rank;
-    std::map<Box, size_t> candidates;  // distinct chunk → index in `cands`
-  };
-  std::unordered_map<std::string_view, size_t> ids;
-  std::vector<TensorInfo> tensors;
-  std::vector<Candidate> cands;
+namespace {
 
+// Bytes of a chunk; false when the bit count is not whole bytes or overflows.
+bool ChunkBytes(const std::vector<uint64_t>& sizes, DType dtype, uint64_t* out) {
+  uint64_t n = DTypeBits(dtype);
+  for (uint64_t d : sizes) {
+    if (!CheckedMul(n, d, &n)) return false;
+  }
+  if (n % 8 != 0) return false;
+  *out = n / 8;
+  return true;
+}
+
+}  // namespace
+
+// Flat and allocation-light: one entry per (rank, chunk), grouped by tensor
+// with a counting sort, then by box within each tensor. Equal boxes on
+// several ranks are one candidate chunk (a replicated chunk).
+Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
+  // 12 bytes: with hundreds of thousands of chunks, memory touched is the cost.
+  struct Entry {
+    uint32_t rank;
+    WriteItem item;
+    uint64_t coord;  // index of its coordinates in `coords`
+  };
+  auto box_of = [&ranks](const Entry& e) -> const Box& {
+    return ranks[e.rank].tensors[e.item.tensor].chunks[e.item.chunk];
+  };
+  struct Tensor {
+    const TensorPlan* first;
+    uint32_t first_rank;
+    size_t count = 0;   // entries
+    size_t begin = 0;   // into `entries` after grouping
+    size_t coord_begin = 0;
+  };
+  // Coordinates of every entry, copied next to each other (offsets then
+  // sizes) so that sorting and comparing boxes reads contiguous memory.
+  std::vector<uint64_t> coords;
+  std::unordered_map<std::string_view, uint32_t> ids;
+  std::vector<Tensor> tensors;
+  std::vector<std::vector<uint32_t>> id_of(ranks.size());  // rank → tensor index → id
   for (size_t r = 0; r < ranks.size(); ++r) {
-    for (size_t ti = 0; ti < ranks[r].tensors.size(); ++ti) {
-      const TensorPlan& t = ranks[r].tensors[ti];
-      auto [it, inserted] = ids.try_emplace(t.fqn, tensors.size());
-      if (inserted) tensors.push_back({&t, static_cast<int>(r), {}});
-      TensorInfo& info = tensors[it->second];
+    if (ranks[r].tensors.size() > UINT32_MAX) return InvalidArgumentError("too many tensors in one plan");
+  }
+
+  size_t total = 0;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    const auto& ts = ranks[r].tensors;
+    id_of[r].resize(ts.size());
+    for (size_t ti = 0; ti < ts.size(); ++ti) {
+      const TensorPlan& t = ts[ti];
+      uint32_t id;
+      // Ranks usually list tensors in the same order: try rank 0's id first.
+      if (r > 0 && ti < ranks[0].tensors.size() && ranks[0].tensors[ti].fqn == t.fqn) {
+        id = id_of[0][ti];
+      } else {
+        auto [it, inserted] = ids.try_emplace(t.fqn, static_cast<uint32_t>(tensors.size()));
+        if (inserted) tensors.push_back({&t, static_cast<uint32_t>(r)});
+        id = it->second;
+      }
+      id_of[r][ti] = id;
+      Tensor& info = tensors[id];
       if (t.dtype != info.first->dtype || !(t.global == info.first->global)) {
         return InvalidArgumentError(
             "tensor '" + t.fqn + "': rank " + std::to_string(info.first_rank) + " has " +
@@ -101,33 +140,98 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
             " but rank " + std::to_string(r) + " has " + std::string(DTypeName(t.dtype)) + " " +
             t.global.ToString());
       }
-      std::vector<size_t> mine;
-      for (size_t ci = 0; ci < t.chunks.size(); ++ci) {
-        const Box& b = t.chunks[ci];
-        auto [cit, fresh] = info.candidates.try_emplace(b, cands.size());
-        if (fresh) {
-          Result<uint64_t> nbytes = Shape(b.sizes).NumBytes(t.dtype);
-          if (!nbytes.ok()) {
-            return InvalidArgumentError("tensor '" + t.fqn + "': chunk " + b.ToString() + ": " +
-                                        nbytes.status().message());
-          }
-          cands.push_back({it->second, &cit->first, *nbytes, {}});
+      info.count += t.chunks.size();
+      total += t.chunks.size();
+    }
+  }
+  // Counting sort of all chunks by tensor.
+  size_t pos = 0, cpos = 0;
+  for (Tensor& t : tensors) {
+    t.begin = pos;
+    t.coord_begin = cpos;
+    pos += t.count;
+    cpos += t.count * 2 * t.first->global.rank();
+    t.count = 0;
+  }
+  coords.resize(cpos);
+  std::vector<Entry> entries(total);
+
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    const auto& ts = ranks[r].tensors;
+    for (size_t ti = 0; ti < ts.size(); ++ti) {
+      Tensor& info = tensors[id_of[r][ti]];
+      for (size_t ci = 0; ci < ts[ti].chunks.size(); ++ci) {
+        const size_t slot = info.begin + info.count++;
+        entries[slot] = {static_cast<uint32_t>(r), {static_cast<uint32_t>(ti), static_cast<uint32_t>(ci)}, 0};
+        const Box& b = ts[ti].chunks[ci];
+        const size_t rank = info.first->global.rank();
+        if (b.offsets.size() != rank || b.sizes.size() != rank) {
+          return InvalidArgumentError("tensor '" + info.first->fqn + "' of shape " +
+                                      info.first->global.ToString() + ": chunk " + b.ToString() +
+                                      " on rank " + std::to_string(r) + " has rank " +
+                                      std::to_string(b.offsets.size()));
         }
-        cands[cit->second].holders.push_back({static_cast<int>(r), WriteItem{ti, ci}});
-        if (std::find(mine.begin(), mine.end(), cit->second) == mine.end()) mine.push_back(cit->second);
-      }
-      // The DCP layout stores one chunk of a tensor per file (the key is the fqn).
-      if (mine.size() > 1) {
-        return InvalidArgumentError("tensor '" + t.fqn + "': rank " + std::to_string(r) + " holds " +
-                                    std::to_string(mine.size()) +
-                                    " different chunks; one file can store one chunk per tensor");
+        const size_t at = info.coord_begin + (slot - info.begin) * 2 * rank;
+        entries[slot].coord = at;
+        std::copy(b.offsets.begin(), b.offsets.end(), coords.begin() + static_cast<ptrdiff_t>(at));
+        std::copy(b.sizes.begin(), b.sizes.end(), coords.begin() + static_cast<ptrdiff_t>(at + rank));
       }
     }
   }
-  for (const TensorInfo& info : tensors) {
-    std::vector<Box> boxes;
-    boxes.reserve(info.candidates.size());
-    for (const auto& [box, idx] : info.candidates) boxes.push_back(box);
+
+  struct Candidate {
+    uint64_t bytes;
+    uint32_t first;  // entries [first, first + holders) hold this chunk
+    uint32_t holders;
+  };
+  std::vector<Candidate> cands;
+  cands.reserve(total);
+  std::vector<uint32_t> stamp(ranks.size(), UINT32_MAX);  // tensor last seen per rank
+  std::vector<const Box*> boxes;
+  for (uint32_t id = 0; id < tensors.size(); ++id) {
+    const Tensor& info = tensors[id];
+    Entry* b = entries.data() + info.begin;
+    Entry* e = b + info.count;
+    const size_t n2 = 2 * info.first->global.rank();
+    auto same = [&](const Entry& x, const Entry& y) {
+      return std::equal(coords.begin() + static_cast<ptrdiff_t>(x.coord),
+                        coords.begin() + static_cast<ptrdiff_t>(x.coord + n2),
+                        coords.begin() + static_cast<ptrdiff_t>(y.coord));
+    };
+    auto by_box = [&](const Entry& x, const Entry& y) {
+      auto xb = coords.begin() + static_cast<ptrdiff_t>(x.coord);
+      auto yb = coords.begin() + static_cast<ptrdiff_t>(y.coord);
+      if (!std::equal(xb, xb + static_cast<ptrdiff_t>(n2), yb)) {
+        return std::lexicographical_compare(xb, xb + static_cast<ptrdiff_t>(n2), yb, yb + static_cast<ptrdiff_t>(n2));
+      }
+      return x.rank < y.rank;
+    };
+    // Ranks usually hold consecutive slices in rank order: already sorted.
+    if (!std::is_sorted(b, e, by_box)) std::sort(b, e, by_box);
+    boxes.clear();
+    for (Entry* it = b; it != e;) {
+      Entry* group_end = it + 1;
+      const Box& box = box_of(*it);
+      while (group_end != e && same(*group_end, *it)) ++group_end;
+      uint64_t bytes;
+      if (!ChunkBytes(box.sizes, info.first->dtype, &bytes)) {
+        return InvalidArgumentError("tensor '" + info.first->fqn + "': chunk " + box.ToString() +
+                                    " of " + std::string(DTypeName(info.first->dtype)) +
+                                    " is not a whole number of bytes");
+      }
+      for (Entry* h = it; h != group_end; ++h) {
+        // The DCP layout stores one chunk of a tensor per file (the key is the fqn).
+        if (stamp[h->rank] == id && (h == it || h[-1].rank != h->rank)) {
+          return InvalidArgumentError("tensor '" + info.first->fqn + "': rank " + std::to_string(h->rank) +
+                                      " holds 2 different chunks; one file can store one chunk per tensor");
+        }
+        stamp[h->rank] = id;
+      }
+      cands.push_back({bytes, static_cast<uint32_t>(it - entries.data()),
+                       static_cast<uint32_t>(group_end - it)});
+      boxes.push_back(&box);
+      it = group_end;
+    }
     CKPT_RETURN_IF_ERROR(CheckTiling(info.first->fqn, info.first->global, boxes));
   }
 
@@ -135,24 +239,19 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
   plan.num_tensors = tensors.size();
   plan.writes.resize(ranks.size());
   plan.bytes.assign(ranks.size(), 0);
-  std::vector<size_t> order(cands.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    if (cands[a].bytes != cands[b].bytes) return cands[a].bytes > cands[b].bytes;
-    if (cands[a].tensor_id != cands[b].tensor_id) return cands[a].tensor_id < cands[b].tensor_id;
-    return *cands[a].box < *cands[b].box;
+  // Largest first; ties keep (tensor, box) order, which is candidate order.
+  // Candidates were made in (tensor, box) order, which `first` preserves.
+  std::sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& b) {
+    return a.bytes != b.bytes ? a.bytes > b.bytes : a.first < b.first;
   });
-  for (size_t i : order) {
-    const Candidate& c = cands[i];
-    const std::pair<int, WriteItem>* best = &c.holders[0];
-    for (const auto& h : c.holders) {
-      size_t hr = static_cast<size_t>(h.first), br = static_cast<size_t>(best->first);
-      if (plan.bytes[hr] < plan.bytes[br] || (plan.bytes[hr] == plan.bytes[br] && h.first < best->first)) {
-        best = &h;
-      }
+  for (const Candidate& c : cands) {
+    const Entry* best = &entries[c.first];
+    for (uint32_t k = 1; k < c.holders; ++k) {
+      const Entry* h = &entries[c.first + k];
+      if (plan.bytes[h->rank] < plan.bytes[best->rank]) best = h;  // ties: lowest rank (sorted)
     }
-    plan.bytes[static_cast<size_t>(best->first)] += c.bytes;
-    plan.writes[static_cast<size_t>(best->first)].push_back(best->second);
+    plan.bytes[best->rank] += c.bytes;
+    plan.writes[best->rank].push_back(best->item);
   }
   for (auto& w : plan.writes) {
     std::sort(w.begin(), w.end(), [](const WriteItem& a, const WriteItem& b) {

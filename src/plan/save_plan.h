@@ -33,8 +33,8 @@ std::string EncodeLocalPlan(const LocalPlan& plan);
 Result<LocalPlan> DecodeLocalPlan(std::string_view bytes);
 
 struct WriteItem {
-  size_t tensor;  // index into the writing rank's LocalPlan::tensors
-  size_t chunk;   // index into that tensor's chunks
+  uint32_t tensor;  // index into the writing rank's LocalPlan::tensors
+  uint32_t chunk;   // index into that tensor's chunks
 };
 
 struct GlobalPlan {
