@@ -38,6 +38,18 @@ bool Intersect(const Box& a, const Box& b, Box* out) {
   return true;
 }
 
+namespace {
+
+// The usual layouts (slices along dimension 0, in order) need no sweep.
+bool SortedAndDisjointInDim0(const std::vector<const Box*>& chunks) {
+  for (size_t i = 1; i < chunks.size(); ++i) {
+    if (chunks[i - 1]->offsets[0] + chunks[i - 1]->sizes[0] > chunks[i]->offsets[0]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<Box>& chunks) {
   std::vector<const Box*> ptrs;
   ptrs.reserve(chunks.size());
@@ -46,26 +58,27 @@ Status CheckTiling(const std::string& fqn, const Shape& global, const std::vecto
 }
 
 Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<const Box*>& chunks) {
-  const std::string t = "tensor '" + fqn + "' of shape " + global.ToString();
+  // Built only when there is something to report.
+  auto T = [&] { return "tensor '" + fqn + "' of shape " + global.ToString(); };
   Result<uint64_t> total = global.NumElements();
-  if (!total.ok()) return InvalidArgumentError(t + ": " + total.status().message());
+  if (!total.ok()) return InvalidArgumentError(T() + ": " + total.status().message());
   uint64_t sum = 0;
   for (const Box* bp : chunks) {
     const Box& b = *bp;
     if (b.offsets.size() != global.rank() || b.sizes.size() != global.rank()) {
-      return InvalidArgumentError(t + ": chunk " + b.ToString() + " has rank " +
+      return InvalidArgumentError(T() + ": chunk " + b.ToString() + " has rank " +
                                   std::to_string(b.offsets.size()));
     }
     for (size_t d = 0; d < global.rank(); ++d) {
       uint64_t end;
       if (!CheckedAdd(b.offsets[d], b.sizes[d], &end) || end > global[d]) {
-        return InvalidArgumentError(t + ": chunk " + b.ToString() + " is out of bounds in dimension " +
+        return InvalidArgumentError(T() + ": chunk " + b.ToString() + " is out of bounds in dimension " +
                                     std::to_string(d));
       }
     }
     sum += b.Volume();  // each volume ≤ total: in bounds
   }
-  if (global.rank() > 0) {
+  if (global.rank() > 0 && !SortedAndDisjointInDim0(chunks)) {
     // Sweep along dimension 0: only chunks whose dim-0 ranges meet are compared.
     std::vector<size_t> order(chunks.size());
     std::iota(order.begin(), order.end(), 0);
@@ -82,21 +95,21 @@ Status CheckTiling(const std::string& fqn, const Shape& global, const std::vecto
       for (size_t j : active) {
         Box overlap;
         if (Intersect(c, *chunks[j], &overlap)) {
-          return InvalidArgumentError(t + ": chunks " + chunks[j]->ToString() + " and " +
+          return InvalidArgumentError(T() + ": chunks " + chunks[j]->ToString() + " and " +
                                       c.ToString() + " overlap in " + overlap.ToString());
         }
       }
       active.push_back(i);
     }
-  } else {
+  } else if (global.rank() == 0) {
     size_t nonempty = chunks.size();
     if (nonempty > 1) {
-      return InvalidArgumentError(t + ": " + std::to_string(nonempty) +
+      return InvalidArgumentError(T() + ": " + std::to_string(nonempty) +
                                   " chunks of a scalar overlap");
     }
   }
   if (sum != *total) {
-    return InvalidArgumentError(t + ": chunks cover " + std::to_string(sum) + " of " +
+    return InvalidArgumentError(T() + ": chunks cover " + std::to_string(sum) + " of " +
                                 std::to_string(*total) + " elements (a hole)");
   }
   return Status();

@@ -94,7 +94,6 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
   struct Entry {
     uint32_t rank;
     WriteItem item;
-    uint64_t coord;  // index of its coordinates in `coords`
   };
   auto box_of = [&ranks](const Entry& e) -> const Box& {
     return ranks[e.rank].tensors[e.item.tensor].chunks[e.item.chunk];
@@ -104,11 +103,8 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
     uint32_t first_rank;
     size_t count = 0;   // entries
     size_t begin = 0;   // into `entries` after grouping
-    size_t coord_begin = 0;
   };
-  // Coordinates of every entry, copied next to each other (offsets then
-  // sizes) so that sorting and comparing boxes reads contiguous memory.
-  std::vector<uint64_t> coords;
+
   std::unordered_map<std::string_view, uint32_t> ids;
   std::vector<Tensor> tensors;
   std::vector<std::vector<uint32_t>> id_of(ranks.size());  // rank → tensor index → id
@@ -145,15 +141,12 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
     }
   }
   // Counting sort of all chunks by tensor.
-  size_t pos = 0, cpos = 0;
+  size_t pos = 0;
   for (Tensor& t : tensors) {
     t.begin = pos;
-    t.coord_begin = cpos;
     pos += t.count;
-    cpos += t.count * 2 * t.first->global.rank();
     t.count = 0;
   }
-  coords.resize(cpos);
   std::vector<Entry> entries(total);
 
   for (size_t r = 0; r < ranks.size(); ++r) {
@@ -162,7 +155,7 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
       Tensor& info = tensors[id_of[r][ti]];
       for (size_t ci = 0; ci < ts[ti].chunks.size(); ++ci) {
         const size_t slot = info.begin + info.count++;
-        entries[slot] = {static_cast<uint32_t>(r), {static_cast<uint32_t>(ti), static_cast<uint32_t>(ci)}, 0};
+        entries[slot] = {static_cast<uint32_t>(r), {static_cast<uint32_t>(ti), static_cast<uint32_t>(ci)}};
         const Box& b = ts[ti].chunks[ci];
         const size_t rank = info.first->global.rank();
         if (b.offsets.size() != rank || b.sizes.size() != rank) {
@@ -171,10 +164,7 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
                                       " on rank " + std::to_string(r) + " has rank " +
                                       std::to_string(b.offsets.size()));
         }
-        const size_t at = info.coord_begin + (slot - info.begin) * 2 * rank;
-        entries[slot].coord = at;
-        std::copy(b.offsets.begin(), b.offsets.end(), coords.begin() + static_cast<ptrdiff_t>(at));
-        std::copy(b.sizes.begin(), b.sizes.end(), coords.begin() + static_cast<ptrdiff_t>(at + rank));
+
       }
     }
   }
@@ -192,18 +182,11 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
     const Tensor& info = tensors[id];
     Entry* b = entries.data() + info.begin;
     Entry* e = b + info.count;
-    const size_t n2 = 2 * info.first->global.rank();
-    auto same = [&](const Entry& x, const Entry& y) {
-      return std::equal(coords.begin() + static_cast<ptrdiff_t>(x.coord),
-                        coords.begin() + static_cast<ptrdiff_t>(x.coord + n2),
-                        coords.begin() + static_cast<ptrdiff_t>(y.coord));
-    };
+    auto same = [&](const Entry& x, const Entry& y) { return box_of(x) == box_of(y); };
     auto by_box = [&](const Entry& x, const Entry& y) {
-      auto xb = coords.begin() + static_cast<ptrdiff_t>(x.coord);
-      auto yb = coords.begin() + static_cast<ptrdiff_t>(y.coord);
-      if (!std::equal(xb, xb + static_cast<ptrdiff_t>(n2), yb)) {
-        return std::lexicographical_compare(xb, xb + static_cast<ptrdiff_t>(n2), yb, yb + static_cast<ptrdiff_t>(n2));
-      }
+      const Box& bx = box_of(x);
+      const Box& by = box_of(y);
+      if (bx != by) return bx < by;
       return x.rank < y.rank;
     };
     // Ranks usually hold consecutive slices in rank order: already sorted.
@@ -240,23 +223,37 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
   plan.writes.resize(ranks.size());
   plan.bytes.assign(ranks.size(), 0);
   // Largest first; ties keep (tensor, box) order, which is candidate order.
-  // Candidates were made in (tensor, box) order, which `first` preserves.
-  std::sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& b) {
-    return a.bytes != b.bytes ? a.bytes > b.bytes : a.first < b.first;
-  });
-  for (const Candidate& c : cands) {
-    const Entry* best = &entries[c.first];
-    for (uint32_t k = 1; k < c.holders; ++k) {
-      const Entry* h = &entries[c.first + k];
-      if (plan.bytes[h->rank] < plan.bytes[best->rank]) best = h;  // ties: lowest rank (sorted)
+  // Largest chunks first, ties in (tensor, box) order, which is candidate
+  // order. Chunk sizes repeat a lot, so bucket by size instead of sorting.
+  std::unordered_map<uint64_t, std::vector<uint32_t>> by_size;
+  for (uint32_t i = 0; i < cands.size(); ++i) by_size[cands[i].bytes].push_back(i);
+  std::vector<uint64_t> sizes;
+  sizes.reserve(by_size.size());
+  for (const auto& [bytes, members] : by_size) sizes.push_back(bytes);
+  std::sort(sizes.rbegin(), sizes.rend());
+  std::vector<uint32_t> chosen(cands.size());  // candidate → entry that writes it
+  for (uint64_t bytes : sizes) {
+    for (uint32_t i : by_size[bytes]) {
+      const Candidate& c = cands[i];
+      uint32_t best = c.first;
+      for (uint32_t k = 1; k < c.holders; ++k) {
+        // Ties go to the lowest rank: holders are sorted by rank.
+        if (plan.bytes[entries[c.first + k].rank] < plan.bytes[entries[best].rank]) best = c.first + k;
+      }
+      plan.bytes[entries[best].rank] += c.bytes;
+      chosen[i] = best;
     }
-    plan.bytes[best->rank] += c.bytes;
-    plan.writes[best->rank].push_back(best->item);
   }
+  // Each rank's writes in its own tensor order.
+  for (uint32_t i = 0; i < cands.size(); ++i) {
+    const Entry& e = entries[chosen[i]];
+    plan.writes[e.rank].push_back(e.item);
+  }
+  auto by_item = [](const WriteItem& a, const WriteItem& b) {
+    return a.tensor != b.tensor ? a.tensor < b.tensor : a.chunk < b.chunk;
+  };
   for (auto& w : plan.writes) {
-    std::sort(w.begin(), w.end(), [](const WriteItem& a, const WriteItem& b) {
-      return a.tensor != b.tensor ? a.tensor < b.tensor : a.chunk < b.chunk;
-    });
+    if (!std::is_sorted(w.begin(), w.end(), by_item)) std::sort(w.begin(), w.end(), by_item);
   }
   return plan;
 }
