@@ -2,9 +2,6 @@
 
 namespace ckpt {
 
-bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
-bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_add_overflow(a, b, out); }
-
 Result<uint64_t> Shape::NumElements() const {
   uint64_t n = 1;
   for (uint64_t d : dims_) {

@@ -87,7 +87,7 @@ Status ForEachPiece(const LocalChunk& c, DType dtype, uint64_t nbytes, Fn fn) {
 // Writes this rank's share of the global plan. Returns the file name and
 // size, or an empty name when the rank writes nothing.
 Status WriteShard(Storage& storage, const std::string& staging, int rank, const StateDict& sd,
-                  const plan::LocalPlan& mine, const std::vector<plan::WriteItem>& writes,
+                  const std::vector<plan::WriteItem>& writes,
                   std::string* file, uint64_t* size) {
   file->clear();
   if (writes.empty()) return Status();
@@ -96,10 +96,10 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
   SafetensorsMetadata md{{std::string(kDcpVersionKey), std::string(kDcpVersion)}, {"format", "pt"}};
   json sums = json::object();
   for (const plan::WriteItem& w : writes) {
-    const plan::TensorPlan& t = mine.tensors[w.tensor];
-    const plan::Box& b = t.chunks[w.chunk];
-    specs.push_back({t.fqn, t.dtype, Shape(b.sizes)});
-    sharding[t.fqn] = {{"saved_offsets", b.offsets}};
+    const DistTensor& t = sd.tensors[w.tensor];
+    const LocalChunk& c = t.chunks[w.chunk];
+    specs.push_back({t.fqn, t.dtype, c.shape});
+    sharding[t.fqn] = {{"saved_offsets", c.offsets}};
     sums[t.fqn] = Hex64(0);  // placeholder of the final width
   }
   md[std::string(kDcpShardingInfoKey)] = sharding.dump();
@@ -160,12 +160,12 @@ Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
   }
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(local, to).WithContext(what));
 
-  plan::LocalPlan mine = plan::LocalPlanOf(sd);
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> encoded, comm.AllGather(plan::EncodeLocalPlan(mine), to));
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> encoded, comm.AllGather(plan::EncodeLocalPlan(sd), to));
   std::vector<plan::LocalPlan> plans;
-  for (const std::string& e : encoded) {
-    CKPT_ASSIGN_OR_RETURN(plan::LocalPlan p, plan::DecodeLocalPlan(e));
-    plans.push_back(std::move(p));
+  for (std::string& e : encoded) {
+    Result<plan::LocalPlan> p = plan::DecodeLocalPlan(std::move(e));
+    if (!p.ok()) return p.status().WithContext(what);
+    plans.push_back(std::move(*p));
   }
   Result<plan::GlobalPlan> global = plan::BuildGlobalPlan(plans);
   if (!global.ok()) return global.status().WithContext(what);
@@ -194,7 +194,7 @@ Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
 
   std::string file;
   uint64_t size = 0;
-  Status wrote = WriteShard(storage, staging, comm.rank(), sd, mine,
+  Status wrote = WriteShard(storage, staging, comm.rank(), sd,
                             global->writes[static_cast<size_t>(comm.rank())], &file, &size);
   if (wrote.ok() && comm.rank() == 0 && (!sd.json.empty() || !sd.bytes.empty())) {
     wrote = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtra(sd));

@@ -41,72 +41,90 @@ bool Intersect(const Box& a, const Box& b, Box* out) {
 namespace {
 
 // The usual layouts (slices along dimension 0, in order) need no sweep.
-bool SortedAndDisjointInDim0(const std::vector<const Box*>& chunks) {
+bool SortedAndDisjointInDim0(const std::vector<BoxView>& chunks) {
   for (size_t i = 1; i < chunks.size(); ++i) {
-    if (chunks[i - 1]->offsets[0] + chunks[i - 1]->sizes[0] > chunks[i]->offsets[0]) return false;
+    if (chunks[i - 1].off[0] + chunks[i - 1].size[0] > chunks[i].off[0]) return false;
   }
   return true;
 }
 
-}  // namespace
-
-Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<Box>& chunks) {
-  std::vector<const Box*> ptrs;
-  ptrs.reserve(chunks.size());
-  for (const Box& b : chunks) ptrs.push_back(&b);
-  return CheckTiling(fqn, global, ptrs);
+bool EmptyBox(const BoxView& b) {
+  for (uint32_t d = 0; d < b.rank; ++d) {
+    if (b.size[d] == 0) return true;
+  }
+  return false;
 }
 
-Status CheckTiling(const std::string& fqn, const Shape& global, const std::vector<const Box*>& chunks) {
-  // Built only when there is something to report.
-  auto T = [&] { return "tensor '" + fqn + "' of shape " + global.ToString(); };
-  Result<uint64_t> total = global.NumElements();
-  if (!total.ok()) return InvalidArgumentError(T() + ": " + total.status().message());
-  uint64_t sum = 0;
-  for (const Box* bp : chunks) {
-    const Box& b = *bp;
-    if (b.offsets.size() != global.rank() || b.sizes.size() != global.rank()) {
-      return InvalidArgumentError(T() + ": chunk " + b.ToString() + " has rank " +
-                                  std::to_string(b.offsets.size()));
+}  // namespace
+
+Status CheckTiling(std::string_view fqn, const Shape& global, const std::vector<Box>& chunks) {
+  std::vector<BoxView> views;
+  views.reserve(chunks.size());
+  for (const Box& b : chunks) views.emplace_back(b);
+  for (const Box& b : chunks) {
+    if (b.sizes.size() != b.offsets.size()) {
+      return InvalidArgumentError("tensor '" + std::string(fqn) + "': chunk with " +
+                                  std::to_string(b.offsets.size()) + " offsets and " +
+                                  std::to_string(b.sizes.size()) + " sizes");
     }
-    for (size_t d = 0; d < global.rank(); ++d) {
+  }
+  return CheckTiling(fqn, global, views);
+}
+
+Status CheckTiling(std::string_view fqn, const Shape& global, const std::vector<BoxView>& chunks) {
+  return CheckTiling(fqn, global.dims().data(), static_cast<uint32_t>(global.rank()), chunks);
+}
+
+Status CheckTiling(std::string_view fqn, const uint64_t* global, uint32_t rank,
+                   const std::vector<BoxView>& chunks) {
+  // Built only when there is something to report.
+  auto T = [&] {
+    return "tensor '" + std::string(fqn) + "' of shape " + Shape(std::vector<uint64_t>(global, global + rank)).ToString();
+  };
+  uint64_t elements = 1;
+  for (uint32_t d = 0; d < rank; ++d) {
+    if (!CheckedMul(elements, global[d], &elements)) {
+      return InvalidArgumentError(T() + ": element count overflows 64 bits");
+    }
+  }
+  const uint64_t* total = &elements;
+  uint64_t sum = 0;
+  for (const BoxView& b : chunks) {
+    if (b.rank != rank) {
+      return InvalidArgumentError(T() + ": chunk " + b.ToString() + " has rank " + std::to_string(b.rank));
+    }
+    uint64_t volume = 1;
+    for (uint32_t d = 0; d < rank; ++d) {
       uint64_t end;
-      if (!CheckedAdd(b.offsets[d], b.sizes[d], &end) || end > global[d]) {
+      if (!CheckedAdd(b.off[d], b.size[d], &end) || end > global[d]) {
         return InvalidArgumentError(T() + ": chunk " + b.ToString() + " is out of bounds in dimension " +
                                     std::to_string(d));
       }
+      volume *= b.size[d];  // in bounds: no overflow
     }
-    sum += b.Volume();  // each volume ≤ total: in bounds
+    sum += volume;
   }
-  if (global.rank() > 0 && !SortedAndDisjointInDim0(chunks)) {
+  if (rank > 0 && !SortedAndDisjointInDim0(chunks)) {
     // Sweep along dimension 0: only chunks whose dim-0 ranges meet are compared.
     std::vector<size_t> order(chunks.size());
     std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return chunks[a]->offsets[0] < chunks[b]->offsets[0];
-    });
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return chunks[a].off[0] < chunks[b].off[0]; });
     std::vector<size_t> active;
     for (size_t i : order) {
-      const Box& c = *chunks[i];
-      if (c.Empty()) continue;
-      std::erase_if(active, [&](size_t j) {
-        return chunks[j]->offsets[0] + chunks[j]->sizes[0] <= c.offsets[0];
-      });
+      const BoxView& c = chunks[i];
+      if (EmptyBox(c)) continue;
+      std::erase_if(active, [&](size_t j) { return chunks[j].off[0] + chunks[j].size[0] <= c.off[0]; });
       for (size_t j : active) {
         Box overlap;
-        if (Intersect(c, *chunks[j], &overlap)) {
-          return InvalidArgumentError(T() + ": chunks " + chunks[j]->ToString() + " and " +
-                                      c.ToString() + " overlap in " + overlap.ToString());
+        if (Intersect(c.ToBox(), chunks[j].ToBox(), &overlap)) {
+          return InvalidArgumentError(T() + ": chunks " + chunks[j].ToString() + " and " + c.ToString() +
+                                      " overlap in " + overlap.ToString());
         }
       }
       active.push_back(i);
     }
-  } else if (global.rank() == 0) {
-    size_t nonempty = chunks.size();
-    if (nonempty > 1) {
-      return InvalidArgumentError(T() + ": " + std::to_string(nonempty) +
-                                  " chunks of a scalar overlap");
-    }
+  } else if (rank == 0 && chunks.size() > 1) {
+    return InvalidArgumentError(T() + ": " + std::to_string(chunks.size()) + " chunks of a scalar overlap");
   }
   if (sum != *total) {
     return InvalidArgumentError(T() + ": chunks cover " + std::to_string(sum) + " of " +

@@ -53,6 +53,15 @@ class Decoder {
     pos_ += n;
     return true;
   }
+  // A string's position in the input instead of a copy.
+  bool StrRef(uint32_t* at, uint64_t* len) {
+    uint64_t n;
+    if (!U64(&n) || n > in_.size() - pos_ || pos_ > UINT32_MAX) return false;
+    *at = static_cast<uint32_t>(pos_);
+    *len = n;
+    pos_ += n;
+    return true;
+  }
   bool done() const { return pos_ == in_.size(); }
 
  private:
