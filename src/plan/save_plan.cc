@@ -92,19 +92,17 @@ bool ChunkBytes(const BoxView& b, DType dtype, uint64_t* out) {
   return true;
 }
 
-inline bool SameBox(const BoxView& a, const BoxView& b) {
-  for (uint32_t d = 0; d < a.rank; ++d) {
-    if (a.off[d] != b.off[d] || a.size[d] != b.size[d]) return false;
+// Boxes stored as 2 * dims contiguous values: offsets, then sizes.
+inline bool SameBox(const uint64_t* a, const uint64_t* b, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) {
+    if (a[i] != b[i]) return false;
   }
   return true;
 }
 
-inline bool LessBox(const BoxView& a, const BoxView& b) {
-  for (uint32_t d = 0; d < a.rank; ++d) {
-    if (a.off[d] != b.off[d]) return a.off[d] < b.off[d];
-  }
-  for (uint32_t d = 0; d < a.rank; ++d) {
-    if (a.size[d] != b.size[d]) return a.size[d] < b.size[d];
+inline bool LessBox(const uint64_t* a, const uint64_t* b, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) {
+    if (a[i] != b[i]) return a[i] < b[i];
   }
   return false;
 }
@@ -116,7 +114,7 @@ inline bool LessBox(const BoxView& a, const BoxView& b) {
 // chunk (a replicated chunk).
 Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
   struct Entry {
-    BoxView box;
+    const uint64_t* box;  // offsets then sizes, in the rank's plan
     uint32_t rank;
     WriteItem item;
   };
@@ -174,7 +172,7 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
     for (size_t ti = 0; ti < lp.tensors.size(); ++ti) {
       Tensor& info = tensors[id_of[r][ti]];
       for (uint32_t ci = 0; ci < lp.tensors[ti].num_chunks; ++ci) {
-        entries[info.begin + info.count++] = {lp.chunk(lp.tensors[ti], ci), static_cast<uint32_t>(r),
+        entries[info.begin + info.count++] = {lp.chunk(lp.tensors[ti], ci).off, static_cast<uint32_t>(r),
                                               {static_cast<uint32_t>(ti), ci}};
       }
     }
@@ -194,25 +192,27 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
     const std::string_view fqn = info.plan->fqn(*info.first);
     Entry* b = entries.data() + info.begin;
     Entry* e = b + info.count;
-    auto by_box = [](const Entry& x, const Entry& y) {
-      if (LessBox(x.box, y.box)) return true;
-      if (LessBox(y.box, x.box)) return false;
+    const uint32_t dims = info.first->rank, n2 = 2 * dims;
+    auto view = [dims](const Entry& x) { return BoxView(x.box, x.box + dims, dims); };
+    auto by_box = [n2](const Entry& x, const Entry& y) {
+      if (LessBox(x.box, y.box, n2)) return true;
+      if (LessBox(y.box, x.box, n2)) return false;
       return x.rank < y.rank;
     };
     // Ranks usually hold consecutive slices in rank order: already sorted.
     bool sorted = true;
     for (Entry* it = b + (b != e); it < e && sorted; ++it) {
-      sorted = LessBox(it[-1].box, it->box) || (SameBox(it[-1].box, it->box) && it[-1].rank < it->rank);
+      sorted = LessBox(it[-1].box, it->box, n2) || (SameBox(it[-1].box, it->box, n2) && it[-1].rank < it->rank);
     }
     if (!sorted) std::sort(b, e, by_box);
     boxes.clear();
     boxes.reserve(info.count);
     for (Entry* it = b; it != e;) {
       Entry* group_end = it + 1;
-      while (group_end != e && SameBox(group_end->box, it->box)) ++group_end;
+      while (group_end != e && SameBox(group_end->box, it->box, n2)) ++group_end;
       uint64_t bytes;
-      if (!ChunkBytes(it->box, info.first->dtype, &bytes)) {
-        return InvalidArgumentError("tensor '" + std::string(fqn) + "': chunk " + it->box.ToString() + " of " +
+      if (!ChunkBytes(view(*it), info.first->dtype, &bytes)) {
+        return InvalidArgumentError("tensor '" + std::string(fqn) + "': chunk " + view(*it).ToString() + " of " +
                                     std::string(DTypeName(info.first->dtype)) + " is not a whole number of bytes");
       }
       for (Entry* h = it; h != group_end; ++h) {
@@ -224,7 +224,7 @@ Result<GlobalPlan> BuildGlobalPlan(const std::vector<LocalPlan>& ranks) {
         stamp[h->rank] = id;
       }
       cands.push_back({bytes, static_cast<uint32_t>(it - entries.data()), static_cast<uint32_t>(group_end - it)});
-      boxes.push_back(it->box);
+      boxes.push_back(view(*it));
       it = group_end;
     }
     CKPT_RETURN_IF_ERROR(CheckTiling(fqn, info.plan->global(*info.first), info.first->rank, boxes));
