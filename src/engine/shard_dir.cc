@@ -5,6 +5,7 @@
 #include "ckpt/sharded.h"
 #include "ckpt/version.h"
 #include "format/json_util.h"
+#include "plan/codec.h"
 
 namespace ckpt::engine {
 
@@ -139,6 +140,59 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
     CKPT_RETURN_IF_ERROR(index->Add(t.name, t.dtype, std::move(c), path));
   }
   return Status();
+}
+
+Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
+                                                 const std::string& dir, Timeout to) {
+  const std::string what = "reading " + dir;
+  std::string listing_text;
+  Status listed;
+  if (comm.rank() == 0) {
+    Result<ShardListing> l = ListShardDir(storage, dir);
+    listed = l.status();
+    if (l.ok()) listing_text = EncodeListing(*l);
+  }
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(listed, to).WithContext(what));
+  CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &listing_text, to));
+  SavedCheckpoint out;
+  CKPT_ASSIGN_OR_RETURN(out.listing, DecodeListing(listing_text));
+  const ShardListing& listing = out.listing;
+  CKPT_RETURN_IF_ERROR(CheckManifest(listing, dir).WithContext(what));
+
+  // Each header is read by one rank, then shared.
+  plan::Encoder mine;
+  Status read_ok;
+  for (size_t i = static_cast<size_t>(comm.rank()); i < listing.files.size();
+       i += static_cast<size_t>(comm.size())) {
+    Result<std::string> prefix = ReadHeaderPrefix(storage, JoinPath(dir, listing.files[i]));
+    if (!prefix.ok()) {
+      read_ok = prefix.status();
+      break;
+    }
+    mine.U64(i);
+    mine.Str(*prefix);
+  }
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(read_ok, to).WithContext(what));
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> gathered, comm.AllGather(mine.Take(), to));
+  std::vector<std::string> prefixes(listing.files.size());
+  for (const std::string& g : gathered) {
+    plan::Decoder d(g);
+    uint64_t i;
+    std::string p;
+    while (d.U64(&i) && d.Str(&p)) {
+      if (i < prefixes.size()) prefixes[i] = std::move(p);
+    }
+  }
+  Status indexed;
+  for (size_t i = 0; i < listing.files.size() && indexed.ok(); ++i) {
+    const std::string path = JoinPath(dir, listing.files[i]);
+    Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
+        std::as_bytes(std::span<const char>(prefixes[i].data(), prefixes[i].size())), listing.sizes[i], path);
+    indexed = h.ok() ? IndexShard(*h, static_cast<uint32_t>(i), path, &out.index) : h.status();
+  }
+  if (indexed.ok()) indexed = out.index.Finalize();
+  CKPT_RETURN_IF_ERROR(indexed.WithContext(what));
+  return out;
 }
 
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,

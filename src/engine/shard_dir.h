@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/comm.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/storage.h"
 #include "plan/load_plan.h"
@@ -39,6 +40,16 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
 
 // "shard-00003-model-00001-of-00001.safetensors" for rank 2.
 std::string ShardFileNameImpl(int rank);
+
+// Steps shared by every collective reader of a checkpoint: rank 0 lists the
+// directory and broadcasts the listing; each header is read by one rank and
+// all-gathered; every rank indexes all chunks and checks that they tile.
+struct SavedCheckpoint {
+  ShardListing listing;
+  plan::SavedIndex index;
+};
+Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
+                                                 const std::string& dir, Timeout timeout);
 
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
                          int world_size);

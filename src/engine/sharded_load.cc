@@ -194,56 +194,10 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   const std::string what = "loading " + dir;
   LoadStats stats;
 
-  // 1. One listing for everyone.
-  std::string listing_text;
-  Status listed;
-  if (comm.rank() == 0) {
-    Result<engine::ShardListing> l = engine::ListShardDir(storage, dir);
-    listed = l.status();
-    if (l.ok()) listing_text = engine::EncodeListing(*l);
-  }
-  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(listed, to).WithContext(what));
-  CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &listing_text, to));
-  CKPT_ASSIGN_OR_RETURN(engine::ShardListing listing, engine::DecodeListing(listing_text));
-  CKPT_RETURN_IF_ERROR(engine::CheckManifest(listing, dir).WithContext(what));
-
-  // 2. Headers: each file read by one rank, then shared.
-  plan::Encoder mine;
-  Status read_ok;
-  for (size_t i = static_cast<size_t>(comm.rank()); i < listing.files.size() && read_ok.ok();
-       i += static_cast<size_t>(comm.size())) {
-    Result<std::string> prefix = engine::ReadHeaderPrefix(storage, JoinPath(dir, listing.files[i]));
-    if (!prefix.ok()) {
-      read_ok = prefix.status();
-      break;
-    }
-    mine.U64(i);
-    mine.Str(*prefix);
-  }
-  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(read_ok, to).WithContext(what));
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> gathered, comm.AllGather(mine.Take(), to));
-  std::vector<std::string> prefixes(listing.files.size());
-  for (const std::string& g : gathered) {
-    plan::Decoder d(g);
-    uint64_t i;
-    std::string p;
-    while (d.U64(&i) && d.Str(&p)) {
-      if (i < prefixes.size()) prefixes[i] = std::move(p);
-    }
-  }
-
-  // 3. Index every saved chunk.
-  plan::SavedIndex index;
-  Status indexed;
-  for (size_t i = 0; i < listing.files.size() && indexed.ok(); ++i) {
-    const std::string path = JoinPath(dir, listing.files[i]);
-    Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
-        std::as_bytes(std::span<const char>(prefixes[i].data(), prefixes[i].size())),
-        listing.sizes[i], path);
-    indexed = h.ok() ? engine::IndexShard(*h, static_cast<uint32_t>(i), path, &index) : h.status();
-  }
-  if (indexed.ok()) indexed = index.Finalize();
-  CKPT_RETURN_IF_ERROR(indexed.WithContext(what));
+  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint checkpoint,
+                        engine::ReadCheckpointCollective(comm, storage, dir, to));
+  const engine::ShardListing& listing = checkpoint.listing;
+  const plan::SavedIndex& index = checkpoint.index;
 
   // 4. Keys of all ranks against the checkpoint.
   plan::Encoder keys;
