@@ -1,0 +1,98 @@
+// Pure rules of consolidation: sizes, file division, export dtypes, the base
+// model's file layout.
+#include <cctype>
+#include <regex>
+
+#include "ckpt/consolidate.h"
+#include "ckpt/hf.h"
+#include "convert/float_cast.h"
+
+namespace ckpt {
+
+Result<uint64_t> ParseByteSize(std::string_view text) {
+  size_t i = 0;
+  uint64_t n = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    if (!CheckedMul(n, 10, &n) || !CheckedAdd(n, static_cast<uint64_t>(text[i] - '0'), &n)) {
+      return InvalidArgumentError("size '" + std::string(text) + "' overflows 64 bits");
+    }
+    ++i;
+  }
+  if (i == 0) return InvalidArgumentError("size '" + std::string(text) + "' does not start with a number");
+  std::string unit(text.substr(i));
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, uint64_t> kUnits[] = {
+      {"", 1},          {"b", 1},
+      {"kb", 1000},     {"mb", 1000000},   {"gb", 1000000000},   {"tb", 1000000000000},
+      {"kib", 1ull << 10}, {"mib", 1ull << 20}, {"gib", 1ull << 30}, {"tib", 1ull << 40},
+  };
+  for (const auto& [name, mult] : kUnits) {
+    if (unit == name) {
+      uint64_t out;
+      if (!CheckedMul(n, mult, &out)) return InvalidArgumentError("size '" + std::string(text) + "' overflows 64 bits");
+      if (out == 0) return InvalidArgumentError("size '" + std::string(text) + "' must be positive");
+      return out;
+    }
+  }
+  return InvalidArgumentError("size '" + std::string(text) + "': unknown unit '" + std::string(text.substr(i)) +
+                              "' (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)");
+}
+
+DType ExportDType(DType saved, std::optional<DType> original, std::optional<DType> cast, std::string* warning) {
+  const bool saved_float = IsOrdinaryFloat(saved);
+  if (original == DType::kF32 && saved_float) return DType::kF32;
+  if (cast && saved_float && IsOrdinaryFloat(*cast)) return *cast;
+  if (original && saved_float && IsOrdinaryFloat(*original)) return *original;
+  if (original && saved_float && !IsOrdinaryFloat(*original) && warning) {
+    *warning = "originally " + std::string(DTypeName(*original)) + ", now " + std::string(DTypeName(saved)) +
+               ": kept as " + std::string(DTypeName(saved));
+  }
+  return saved;
+}
+
+std::vector<uint32_t> DivideBySize(const std::vector<uint64_t>& bytes, uint64_t target) {
+  std::vector<uint32_t> out;
+  out.reserve(bytes.size());
+  uint32_t file = 1;
+  uint64_t current = 0;
+  for (uint64_t b : bytes) {
+    if (current > 0 && current + b > target) {
+      ++file;
+      current = 0;
+    }
+    current += b;
+    out.push_back(file);
+  }
+  return out;
+}
+
+std::vector<uint32_t> DivideEqually(size_t keys, uint32_t files) {
+  std::vector<uint32_t> out;
+  if (files == 0) return out;
+  const size_t per = keys / files, extra = keys % files;
+  for (uint32_t f = 1; f <= files; ++f) {
+    size_t n = per + (f - 1 < extra ? 1 : 0);
+    out.insert(out.end(), n, f);
+  }
+  return out;
+}
+
+Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir) {
+  CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, dir));
+  std::map<std::string, uint32_t> out;
+  static const std::regex kNumbered(R"(-(\d+)-of-(\d+)\.safetensors$)");
+  for (const auto& [name, loc] : m.tensors()) {
+    std::string file(Basename(m.files()[loc.file]->path()));
+    std::smatch match;
+    if (file == kHfSingleFileName) {
+      out[name] = 1;
+    } else if (std::regex_search(file, match, kNumbered)) {
+      out[name] = static_cast<uint32_t>(std::stoul(match[1].str()));
+    } else {
+      return InvalidArgumentError(dir + ": cannot tell the file number of '" + file + "' (tensor '" + name + "')");
+    }
+  }
+  return out;
+}
+
+}  // namespace ckpt
