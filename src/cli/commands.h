@@ -31,6 +31,18 @@ struct SampleOptions {
 };
 int RunSample(const SampleOptions& opts);
 
+struct ConsolidateCliOptions {
+  std::string in_dir;
+  std::string out_dir;
+  std::string base;
+  std::string cast_dtype;
+  std::string max_shard_size = "5GiB";
+  uint32_t equal_files = 0;
+  unsigned threads = 0;
+  bool diffusers = false;
+};
+int RunConsolidate(const ConsolidateCliOptions& opts);
+
 }  // namespace ckpt::cli
 
 #endif  // CKPT_CLI_COMMANDS_H_

@@ -38,7 +38,22 @@ int main(int argc, char** argv) {
                          "write a sharded checkpoint (DCP layout) saved by this many ranks, "
                          "each holding a dim-0 slice of every matrix");
 
+  ckpt::cli::ConsolidateCliOptions consolidate;
+  CLI::App* consolidate_cmd = app.add_subcommand(
+      "consolidate", "Turn a sharded checkpoint directory into a Hugging Face model directory "
+                     "(alone or under mpirun)");
+  consolidate_cmd->add_option("INPUT_DIR", consolidate.in_dir, "sharded checkpoint directory")->required();
+  consolidate_cmd->add_option("OUTPUT_DIR", consolidate.out_dir, "new Hugging Face model directory")->required();
+  consolidate_cmd->add_option("--base", consolidate.base, "reuse this Hugging Face model directory's file layout");
+  consolidate_cmd->add_option("--cast-dtype", consolidate.cast_dtype, "cast float tensors (not FP8): F16, BF16, F32");
+  consolidate_cmd->add_option("--max-shard-size", consolidate.max_shard_size, "size limit per file: 5GiB, 5GB or bytes")
+      ->capture_default_str();
+  consolidate_cmd->add_option("--equal-files", consolidate.equal_files, "divide tensors equally over this many files");
+  consolidate_cmd->add_option("--threads", consolidate.threads, "writer threads per rank (0: one per core)");
+  consolidate_cmd->add_flag("--diffusers", consolidate.diffusers, "diffusers file and index names");
+
   CLI11_PARSE(app, argc, argv);
+  if (*consolidate_cmd) return ckpt::cli::RunConsolidate(consolidate);
   if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
   if (*verify_cmd) return ckpt::cli::RunVerify(verify);
   if (*sample_cmd) return ckpt::cli::RunSample(sample);

@@ -198,6 +198,32 @@ TEST(CliTest, VerifyFindsOverlapsAndDtypeDisagreementInShardedDirs) {
   }
 }
 
+TEST(CliTest, ConsolidateTurnsAShardedCheckpointIntoAVerifiedHfDirectory) {
+  testing::TempDir tmp;
+  const std::string in = tmp / "sharded", out = tmp / "hf";
+  ASSERT_EQ(RunCkpt("sample " + in + " --ranks 3 --hidden 64 --layers 2").code, 0);
+  CliRun c = RunCkpt("consolidate " + in + " " + out + " --max-shard-size 100KiB --cast-dtype F32");
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("wrote " + out), std::string::npos) << c.out;
+  CliRun v = RunCkpt("verify " + out);
+  EXPECT_EQ(v.code, 0) << v.out;
+  auto j = nlohmann::json::parse(RunCkpt("inspect --json " + out).out);
+  EXPECT_EQ(j["kind"], "hf-sharded");
+  EXPECT_GT(j["num_files"].get<int>(), 3);
+  for (const auto& t : j["tensors"]) EXPECT_EQ(t["dtype"], "F32") << t["name"];
+  // Same global tensors as the sharded checkpoint, and twice the bytes (BF16 -> F32).
+  auto src = nlohmann::json::parse(RunCkpt("inspect --json " + in).out);
+  EXPECT_EQ(j["num_tensors"], src["num_tensors"]);
+  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), 2 * src["total_bytes"].get<uint64_t>());
+
+  CliRun again = RunCkpt("consolidate " + in + " " + out);
+  EXPECT_EQ(again.code, 1);
+  EXPECT_NE(again.out.find("already exists"), std::string::npos) << again.out;
+  CliRun bad = RunCkpt("consolidate " + in + " " + tmp / "x" + " --max-shard-size 5XB");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("unknown unit"), std::string::npos) << bad.out;
+}
+
 TEST(CliTest, InspectsADirectoryOfPlainShards) {
   testing::TempDir tmp;
   for (int r = 1; r <= 2; ++r) {
