@@ -42,6 +42,14 @@ std::string SerializeHfIndex(const HfIndex& index);
 // OK when `name` is a plain file name inside the model directory.
 Status CheckShardFileName(std::string_view name);
 
+// The model directory `path` names: `path` itself when it holds model files
+// (an index, model.safetensors, or pytorch_model*.bin); for a hub cache entry
+// (`.../models--org--name`, or a cache root with `repo_id` "org/name"), the
+// snapshot under `snapshots/` that has an index file, else the one `refs/main`
+// names, else the first with model files. NotFound when none qualifies.
+Result<std::string> ResolveHfModelDir(Storage& storage, const std::string& path,
+                                      const std::string& repo_id = "");
+
 // An opened model directory: every shard's header, and which file holds
 // which tensor. Opening checks that every shard exists and that every
 // weight-map tensor is in its shard.

@@ -56,12 +56,28 @@ struct LoadOptions {
   bool allow_missing = false;
   // Checkpoint tensors no rank asked for are ignored (load a subset).
   bool allow_unexpected = false;
+  // Checkpoint keys are renamed before matching: ordered (regex, replacement)
+  // pairs; the first pattern that changes a key wins; \1 or $1 for groups.
+  std::vector<std::pair<std::string, std::string>> key_mapping;
+  // Checkpoint keys starting with one of these are ignored (e.g. task heads).
+  std::vector<std::string> skip_prefixes;
+  // The model ties lm_head to the embeddings: when the checkpoint has no
+  // `lm_head.weight`, fill it from `model.embed_tokens.weight`.
+  bool tie_word_embeddings = false;
 };
+
+// Applies LoadOptions::key_mapping to one key. InvalidArgument names a bad pattern.
+Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping,
+                           const std::string& key);
 
 struct LoadStats {
   uint64_t bytes_needed = 0;  // bytes of the local chunks filled
   uint64_t bytes_read = 0;    // bytes read from files
   uint64_t reads = 0;         // read calls issued
+  // Keys summary, the same on every rank: state-dict keys the checkpoint
+  // lacks (left untouched when allowed) and checkpoint keys no rank asked for.
+  std::vector<std::string> missing_keys;
+  std::vector<std::string> unexpected_keys;
 };
 
 Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir, StateDict& state,

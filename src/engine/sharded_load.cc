@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <map>
+#include <regex>
 #include <set>
 #include <unordered_map>
 
@@ -21,47 +23,85 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string List(const std::vector<std::string>& v, size_t max = 10) {
+
+// Checkpoint tensors under the names the state dict uses.
+using ByName = std::map<std::string, const plan::SavedTensor*>;
+
+Result<ByName> RenameCheckpointKeys(const plan::SavedIndex& index, const LoadOptions& o) {
+  ByName out;
+  std::map<std::string, std::string> source;
+  for (const auto& [fqn, t] : index.tensors()) {
+    bool skip = false;
+    for (const std::string& p : o.skip_prefixes) skip = skip || fqn.rfind(p, 0) == 0;
+    if (skip) continue;
+    CKPT_ASSIGN_OR_RETURN(std::string name, MapKey(o.key_mapping, fqn));
+    if (auto [it, fresh] = source.emplace(name, fqn); !fresh) {
+      return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn + "' both map to '" + name + "'");
+    }
+    out[name] = &t;
+  }
+  if (o.tie_word_embeddings && !out.count("lm_head.weight")) {
+    if (auto it = out.find("model.embed_tokens.weight"); it != out.end()) out["lm_head.weight"] = it->second;
+  }
+  return out;
+}
+
+// Up to `max` sorted examples.
+std::string List(std::vector<std::string> v, size_t max = 10) {
+  std::sort(v.begin(), v.end());
   std::string s;
   for (size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
   if (v.size() > max) s += ", ... (" + std::to_string(v.size() - max) + " more)";
   return s;
 }
 
-Status CompareKeys(const plan::SavedIndex& index, const std::vector<std::string>& per_rank_keys,
-                   const StateDict& sd, const LoadOptions& o, const std::string& dir) {
+Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_rank_keys, const StateDict& sd,
+                   const LoadOptions& o, const std::string& dir, LoadStats* stats) {
   std::set<std::string> wanted;
   for (const std::string& keys : per_rank_keys) {
     plan::Decoder d(keys);
     std::string k;
     while (d.Str(&k)) wanted.insert(k);
   }
-  std::vector<std::string> missing, unexpected, mismatch;
-  for (const DistTensor& t : sd.tensors) {
-    const plan::SavedTensor* s = index.Find(t.fqn);
-    if (s == nullptr) {
-      missing.push_back(t.fqn);
-    } else if (s->dtype != t.dtype || !(s->global == t.global_shape)) {
-      mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s->dtype)) + " " +
-                         s->global.ToString() + " in the checkpoint but " +
-                         std::string(DTypeName(t.dtype)) + " " + t.global_shape.ToString() +
-                         " in the state dict");
+  std::vector<std::string> mismatch;
+  size_t matched = 0;
+  for (const std::string& k : wanted) {
+    if (by_name.count(k)) {
+      ++matched;
+    } else {
+      stats->missing_keys.push_back(k);
     }
   }
-  for (const auto& [fqn, t] : index.tensors()) {
-    if (!wanted.count(fqn)) unexpected.push_back(fqn);
+  for (const DistTensor& t : sd.tensors) {
+    auto it = by_name.find(t.fqn);
+    if (it == by_name.end()) continue;
+    const plan::SavedTensor* s = it->second;
+    if (s->dtype != t.dtype || !(s->global == t.global_shape)) {
+      mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s->dtype)) + " " + s->global.ToString() +
+                         " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " +
+                         t.global_shape.ToString() + " in the state dict");
+    }
+  }
+  for (const auto& [name, t] : by_name) {
+    if (!wanted.count(name)) stats->unexpected_keys.push_back(name);
   }
   std::string msg;
+  if (!wanted.empty() && matched == 0) {
+    msg += "no state-dict key is in the checkpoint (" + std::to_string(wanted.size()) + " wanted, e.g. " +
+           List(std::vector<std::string>(wanted.begin(), wanted.end()), 3) + ")";
+  }
+  const auto& missing = stats->missing_keys;
+  const auto& unexpected = stats->unexpected_keys;
   if (!missing.empty() && !o.allow_missing) {
-    msg += "missing keys (" + std::to_string(missing.size()) + "): " + List(missing);
+    msg += std::string(msg.empty() ? "" : "; ") + "missing keys (" + std::to_string(missing.size()) + "): " + List(missing);
   }
   if (!unexpected.empty() && !o.allow_unexpected) {
-    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" +
-           std::to_string(unexpected.size()) + "): " + List(unexpected);
+    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" + std::to_string(unexpected.size()) + "): " +
+           List(unexpected);
   }
   if (!mismatch.empty()) {
-    msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) +
-           "): " + List(mismatch, 5);
+    msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) + "): " +
+           List(mismatch, 5);
   }
   if (msg.empty()) return Status();
   return InvalidArgumentError("checkpoint " + dir + " does not match the state dict: " + msg);
@@ -188,6 +228,29 @@ Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDi
 
 }  // namespace
 
+Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
+  for (const auto& [pattern, replacement] : mapping) {
+    try {
+      std::regex re(pattern);
+      if (!std::regex_search(key, re)) continue;
+      // "\1" and "$1" both name group 1.
+      std::string fmt;
+      for (size_t i = 0; i < replacement.size(); ++i) {
+        if (replacement[i] == '\\' && i + 1 < replacement.size() && std::isdigit(static_cast<unsigned char>(replacement[i + 1]))) {
+          fmt += '$';
+        } else {
+          fmt += replacement[i];
+        }
+      }
+      std::string out = std::regex_replace(key, re, fmt);
+      if (out != key) return out;
+    } catch (const std::regex_error& e) {
+      return InvalidArgumentError("key mapping pattern '" + pattern + "' is not a valid regex: " + e.what());
+    }
+  }
+  return key;
+}
+
 Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd,
                    const LoadOptions& o, LoadStats* stats_out) {
   const Timeout to = o.timeout;
@@ -203,7 +266,8 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   plan::Encoder keys;
   for (const DistTensor& t : sd.tensors) keys.Str(t.fqn);
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> all_keys, comm.AllGather(keys.Take(), to));
-  Status matched = CompareKeys(index, all_keys, sd, o, dir);
+  Result<ByName> by_name = RenameCheckpointKeys(index, o);
+  Status matched = by_name.ok() ? CompareKeys(*by_name, all_keys, sd, o, dir, &stats) : by_name.status();
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(matched, to).WithContext(what));
 
   // 5. Fill the local chunks.
@@ -212,8 +276,9 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   std::vector<const plan::SavedChunk*> overlapping;
   std::vector<plan::ReadOp> ops;
   for (DistTensor& t : sd.tensors) {
-    const plan::SavedTensor* saved = index.Find(t.fqn);
-    if (saved == nullptr) continue;  // allowed missing
+    auto found = by_name->find(t.fqn);
+    if (found == by_name->end()) continue;  // allowed missing
+    const plan::SavedTensor* saved = found->second;
     for (LocalChunk& c : t.chunks) {
       plan::Box box{c.offsets, c.shape.dims()};
       Status s;

@@ -1,9 +1,69 @@
+#include <cctype>
 #include <set>
 
 #include "ckpt/hf.h"
 #include "format/json_util.h"
 
 namespace ckpt {
+
+namespace {
+
+enum class Holds { kNothing, kModel, kIndex };
+
+Result<Holds> WhatItHolds(Storage& storage, const std::string& dir) {
+  Result<std::vector<DirEntry>> entries = storage.List(dir);
+  if (!entries.ok()) {
+    return entries.status().code() == StatusCode::kNotFound ? Result<Holds>(Holds::kNothing) : entries.status();
+  }
+  Holds h = Holds::kNothing;
+  for (const DirEntry& e : *entries) {
+    if (e.name == kHfIndexName || e.name == kDiffusersIndexName || e.name == "pytorch_model.bin.index.json") {
+      return Holds::kIndex;
+    }
+    if (e.name == kHfSingleFileName || e.name == "pytorch_model.bin") h = Holds::kModel;
+  }
+  return h;
+}
+
+}  // namespace
+
+Result<std::string> ResolveHfModelDir(Storage& storage, const std::string& path, const std::string& repo_id) {
+  std::string repo = path;
+  if (!repo_id.empty()) {
+    std::string name = "models--" + repo_id;
+    for (size_t i = 0; i < name.size(); ++i) {
+      if (name[i] == '/') name.replace(i, 1, "--");
+    }
+    repo = JoinPath(path, name);
+  }
+  if (repo_id.empty()) {
+    CKPT_ASSIGN_OR_RETURN(Holds here, WhatItHolds(storage, path));
+    if (here != Holds::kNothing) return path;
+  }
+  const std::string snapshots = JoinPath(repo, "snapshots");
+  Result<std::vector<DirEntry>> revs = storage.List(snapshots);
+  if (!revs.ok()) {
+    return NotFoundError(repo + ": no model files and no hub-cache snapshots (" + revs.status().message() + ")");
+  }
+  std::string main_rev;
+  if (Result<std::string> ref = ReadFileToString(storage, JoinPath(repo, "refs/main")); ref.ok()) {
+    main_rev = *ref;
+    while (!main_rev.empty() && std::isspace(static_cast<unsigned char>(main_rev.back()))) main_rev.pop_back();
+  }
+  std::string with_index, main_model, any_model;
+  for (const DirEntry& e : *revs) {
+    if (e.type != EntryType::kDirectory) continue;
+    const std::string dir = JoinPath(snapshots, e.name);
+    CKPT_ASSIGN_OR_RETURN(Holds h, WhatItHolds(storage, dir));
+    if (h == Holds::kIndex && with_index.empty()) with_index = dir;
+    if (h != Holds::kNothing && e.name == main_rev) main_model = dir;
+    if (h != Holds::kNothing && any_model.empty()) any_model = dir;
+  }
+  if (!with_index.empty()) return with_index;
+  if (!main_model.empty()) return main_model;
+  if (!any_model.empty()) return any_model;
+  return NotFoundError(snapshots + ": no snapshot holds model files");
+}
 
 Result<HfModelDir> HfModelDir::Open(Storage& storage, const std::string& dir) {
   HfModelDir m;

@@ -9,9 +9,16 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/sharded.h"
 #include "ckpt/state_dict.h"
 
 namespace ckpt::testing {
+
+inline LoadOptions WithTimeout(Timeout t) {
+  LoadOptions o;
+  o.timeout = t;
+  return o;
+}
 
 enum class Split { kReplicated, kDim0, kDim1, k2D };
 

@@ -67,7 +67,7 @@ Status SaveLayout(Communicator& c, Storage& fs, const std::string& dir, const La
 Status LoadLayout(Communicator& c, Storage& fs, const std::string& dir, const Layout& l) {
   auto defs = testing::MixedModel();
   testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), false);
-  CKPT_RETURN_IF_ERROR(LoadSharded(c, fs, dir, rs.sd, {kTimeout}));
+  CKPT_RETURN_IF_ERROR(LoadSharded(c, fs, dir, rs.sd, testing::WithTimeout(kTimeout)));
   std::string why;
   Status mine = testing::MatchesReference(defs, rs, &why) ? Status() : DataLossError(why);
   return c.AgreeOnStatus(mine, kTimeout);

@@ -47,7 +47,7 @@ Status LoadAndCheck(Storage& fs, const std::string& dir, const std::vector<testi
   std::vector<LoadStats> all(static_cast<size_t>(l.world));
   std::vector<Status> st = OnRanks(l.world, [&](Communicator& c) -> Status {
     testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), false);
-    CKPT_RETURN_IF_ERROR(LoadSharded(c, fs, dir, rs.sd, {milliseconds(20000)},
+    CKPT_RETURN_IF_ERROR(LoadSharded(c, fs, dir, rs.sd, testing::WithTimeout(milliseconds(20000)),
                                      &all[static_cast<size_t>(c.rank())]));
     std::string why;
     if (!testing::MatchesReference(defs, rs, &why)) {
@@ -260,7 +260,8 @@ TEST(ShardedLoadTest, KeyProblemsAreReportedTogether) {
   // A subset of the checkpoint loads when asked.
   std::vector<Status> st = OnRanks(2, [&](Communicator& c) {
     testing::RankState rs = testing::MakeRankState({saved[1]}, {2, Split::kDim1}, c.rank(), false);
-    LoadOptions o{milliseconds(5000), false, true};
+    LoadOptions o = testing::WithTimeout(milliseconds(5000));
+    o.allow_unexpected = true;
     CKPT_RETURN_IF_ERROR(LoadSharded(c, *fs, "/k", rs.sd, o));
     std::string why;
     return testing::MatchesReference({saved[1]}, rs, &why) ? Status() : DataLossError(why);
