@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "ckpt/hf.h"
 #include "ckpt/sharded.h"
 #include "ckpt/version.h"
 #include "format/json_util.h"
@@ -38,12 +39,39 @@ Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
       l.has_extra_state = true;
     }
   }
+  // A Hugging Face directory with an index: exactly the files it names.
+  for (std::string_view name : {kHfIndexName, kDiffusersIndexName}) {
+    if (std::find_if(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.name == name; }) ==
+        entries.end()) {
+      continue;
+    }
+    const std::string path = JoinPath(dir, name);
+    CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+    CKPT_ASSIGN_OR_RETURN(HfIndex index, ParseHfIndex(text, path));
+    std::vector<std::string> files;
+    std::vector<uint64_t> sizes;
+    for (const auto& [tensor, file] : index.weight_map) {
+      if (std::find(files.begin(), files.end(), file) != files.end()) continue;
+      auto it = std::find(l.files.begin(), l.files.end(), file);
+      if (it == l.files.end()) {
+        return NotFoundError(path + ": shard '" + file + "' named in weight_map does not exist");
+      }
+      files.push_back(file);
+      sizes.push_back(l.sizes[static_cast<size_t>(it - l.files.begin())]);
+    }
+    l.files = std::move(files);
+    l.sizes = std::move(sizes);
+    l.weight_map = std::move(index.weight_map);
+    l.index_name = std::string(name);
+    break;
+  }
   if (l.files.empty()) return NotFoundError(dir + ": no .safetensors files");
   return l;
 }
 
 std::string EncodeListing(const ShardListing& l) {
-  json j = {{"files", l.files}, {"sizes", l.sizes}, {"extra", l.has_extra_state}};
+  json j = {{"files", l.files}, {"sizes", l.sizes}, {"extra", l.has_extra_state},
+            {"weight_map", l.weight_map}, {"index_name", l.index_name}};
   j["manifest"] = l.manifest ? json(*l.manifest) : json(nullptr);
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
@@ -55,6 +83,8 @@ Result<ShardListing> DecodeListing(std::string_view text) {
     l.files = j.at("files").get<std::vector<std::string>>();
     l.sizes = j.at("sizes").get<std::vector<uint64_t>>();
     l.has_extra_state = j.at("extra").get<bool>();
+    l.weight_map = j.at("weight_map").get<std::map<std::string, std::string>>();
+    l.index_name = j.at("index_name").get<std::string>();
     if (!j.at("manifest").is_null()) l.manifest = j.at("manifest").get<std::string>();
   } catch (const json::exception& e) {
     return InternalError(std::string("malformed directory listing: ") + e.what());
@@ -191,6 +221,18 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
     indexed = h.ok() ? IndexShard(*h, static_cast<uint32_t>(i), path, &out.index) : h.status();
   }
   if (indexed.ok()) indexed = out.index.Finalize();
+  // Every tensor of an HF index must be in the file it names.
+  for (const auto& [tensor, file] : listing.weight_map) {
+    if (!indexed.ok()) break;
+    const plan::SavedTensor* t = out.index.Find(tensor);
+    const bool in_file = t != nullptr && std::any_of(t->chunks.begin(), t->chunks.end(), [&](const plan::SavedChunk& c) {
+      return listing.files[c.file] == file;
+    });
+    if (!in_file) {
+      indexed = DataLossError(JoinPath(dir, listing.index_name) + ": tensor '" + tensor + "' is mapped to '" + file +
+                              "' but that shard does not contain it");
+    }
+  }
   CKPT_RETURN_IF_ERROR(indexed.WithContext(what));
   return out;
 }

@@ -4,6 +4,7 @@
 #ifndef CKPT_ENGINE_SHARD_DIR_H_
 #define CKPT_ENGINE_SHARD_DIR_H_
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,6 +21,10 @@ struct ShardListing {
   std::vector<uint64_t> sizes;
   std::optional<std::string> manifest;     // text of ckpt_manifest.json
   bool has_extra_state = false;
+  // For a Hugging Face directory with an index: its weight map (tensor →
+  // file). Only the files it names are read, and each must hold its tensors.
+  std::map<std::string, std::string> weight_map;
+  std::string index_name;
 };
 
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir);

@@ -154,3 +154,45 @@ TEST_F(HfImportTest, SubsetRules) {
 
 }  // namespace
 }  // namespace ckpt
+
+namespace ckpt {
+namespace {
+
+// Loading an HF directory honours its index: only the files it names, each
+// of which must exist and hold the tensors mapped to it.
+TEST(HfIndexImportTest, HostileOrBrokenIndexes) {
+  auto fs = NewMemoryStorage();
+  auto one = NewSingleRankCommunicator();
+  CKPT_ASSERT_OK(fs->MakeDirs("/m"));
+  std::vector<float> a = {1, 2};
+  TensorData t{"a", DType::kF32, Shape({2}), std::as_bytes(std::span<const float>(a))};
+  CKPT_ASSERT_OK(WriteSafetensors(*fs, "/m/model-00001-of-00002.safetensors", std::span(&t, 1)));
+  // A stray file the index does not name is not read.
+  TensorData stray{"a", DType::kF32, Shape({2}), std::as_bytes(std::span<const float>(a))};
+  CKPT_ASSERT_OK(WriteSafetensors(*fs, "/m/stray.safetensors", std::span(&stray, 1)));
+  auto load = [&]() {
+    std::vector<float> got(2);
+    StateDict sd;
+    sd.tensors.push_back(WholeTensor("a", DType::kF32, Shape({2}), reinterpret_cast<std::byte*>(got.data())));
+    LoadOptions o;
+    o.allow_unexpected = true;
+    return LoadSharded(*one, *fs, "/m", sd, o);
+  };
+  auto index = [&](const std::string& json) {
+    ASSERT_TRUE(WriteFileAtomically(*fs, "/m/model.safetensors.index.json", json).ok());
+  };
+  index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors"}})");
+  CKPT_EXPECT_OK(load());  // without the index the stray file would overlap 'a'
+  index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
+  EXPECT_NE(load().message().find("shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"),
+            std::string::npos);
+  index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"}})");
+  EXPECT_NE(load().message().find("tensor 'ghost' is mapped to 'model-00001-of-00002.safetensors' but that shard "
+                                  "does not contain it"),
+            std::string::npos);
+  index(R"({"weight_map": {"a": "../m/model-00001-of-00002.safetensors"}})");
+  EXPECT_NE(load().message().find("contains a path separator"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ckpt
