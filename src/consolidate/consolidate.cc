@@ -7,7 +7,6 @@
 #include <cctype>
 #include <cstring>
 #include <mutex>
-#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -245,19 +244,9 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
   std::string staging;
   Status prepared;
   if (comm.rank() == 0) {
-    Result<bool> exists = Exists(storage, out_dir);
-    if (!exists.ok()) {
-      prepared = exists.status();
-    } else if (*exists) {
-      prepared = AlreadyExistsError(out_dir + " already exists");
-    } else {
-      std::string parent(Dirname(out_dir));
-      std::random_device rd;
-      char token[24];
-      std::snprintf(token, sizeof token, "%08x%08x", rd(), rd());
-      staging = JoinPath(parent, "." + std::string(Basename(out_dir)) + ".tmp-" + token);
-      prepared = storage.MakeDirs(staging);
-    }
+    Result<std::string> made = engine::CreateStagingDir(storage, out_dir);
+    prepared = made.status();
+    if (made.ok()) staging = *made;
   }
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(prepared, to).WithContext(what));
   CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &staging, to));

@@ -1,6 +1,7 @@
 #include "engine/shard_dir.h"
 
 #include <algorithm>
+#include <random>
 
 #include "ckpt/hf.h"
 #include "ckpt/sharded.h"
@@ -235,6 +236,19 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
   }
   CKPT_RETURN_IF_ERROR(indexed.WithContext(what));
   return out;
+}
+
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir) {
+  CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, dir));
+  if (exists) return AlreadyExistsError(dir + " already exists; it is never overwritten");
+  const std::string parent(Dirname(dir));
+  CKPT_RETURN_IF_ERROR(storage.MakeDirs(parent));
+  std::random_device rd;
+  char token[24];
+  std::snprintf(token, sizeof token, "%08x%08x", rd(), rd());
+  const std::string staging = JoinPath(parent, "." + std::string(Basename(dir)) + ".tmp-" + token);
+  CKPT_RETURN_IF_ERROR(storage.MakeDirs(staging));
+  return staging;
 }
 
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,

@@ -56,6 +56,11 @@ struct SavedCheckpoint {
 Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
                                                  const std::string& dir, Timeout timeout);
 
+// Refuses an existing `dir` and creates the hidden staging directory
+// "<parent>/.<name>.tmp-<16 hex digits>" where a new `dir` is assembled
+// before being renamed into place. Returns the staging path.
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir);
+
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
                          int world_size);
 

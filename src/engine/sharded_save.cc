@@ -10,7 +10,6 @@
 #include <xxhash.h>
 
 #include <cstring>
-#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -174,20 +173,9 @@ Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
   std::string staging;
   Status prepared;
   if (comm.rank() == 0) {
-    Result<bool> exists = Exists(storage, dir);
-    if (!exists.ok()) {
-      prepared = exists.status();
-    } else if (*exists) {
-      prepared = AlreadyExistsError(dir + " already exists; a checkpoint is never overwritten");
-    } else {
-      std::string parent(Dirname(dir));
-      prepared = storage.MakeDirs(parent);
-      std::random_device rd;
-      char token[24];
-      std::snprintf(token, sizeof token, "%08x%08x", rd(), rd());
-      staging = JoinPath(parent, "." + std::string(Basename(dir)) + ".tmp-" + token);
-      if (prepared.ok()) prepared = storage.MakeDirs(staging);
-    }
+    Result<std::string> made = engine::CreateStagingDir(storage, dir);
+    prepared = made.status();
+    if (made.ok()) staging = *made;
   }
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(prepared, to).WithContext(what));
   CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &staging, to));

@@ -19,21 +19,9 @@ using std::chrono::milliseconds;
 using testing::Layout;
 using testing::Split;
 
-template <typename Fn>
-Status OnRanks(int n, Fn fn) {
-  auto comms = NewThreadCommunicators(n);
-  std::vector<Status> out(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
-  for (auto& t : threads) t.join();
-  for (const Status& s : out) {
-    if (!s.ok()) return s;
-  }
-  return Status();
-}
 
 Status SaveModel(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs, const Layout& l) {
-  return OnRanks(l.world, [&](Communicator& c) {
+  return testing::OnRanksOk(l.world, [&](Communicator& c) {
     testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), true);
     return SaveSharded(c, fs, dir, rs.sd, {milliseconds(20000)});
   });
@@ -99,7 +87,7 @@ TEST(ConsolidateTest, AnyLayoutIntoAnHfDirectory) {
       o.max_shard_size = 200;  // several files
       o.threads = 2;
       ConsolidateStats stats;
-      CKPT_ASSERT_OK(OnRanks(world, [&](Communicator& c) {
+      CKPT_ASSERT_OK(testing::OnRanksOk(world, [&](Communicator& c) {
         ConsolidateStats mine;
         Status s = Consolidate(c, *fs, in, out, o, &mine);
         if (c.rank() == 0) stats = mine;
@@ -133,7 +121,7 @@ TEST(ConsolidateTest, DtypesAreRestoredOrCast) {
   ConsolidateOptions o;
   o.original_dtypes = {{"a", DType::kF32}};
   o.cast_dtype = DType::kF16;
-  CKPT_ASSERT_OK(OnRanks(2, [&](Communicator& c) { return Consolidate(c, *fs, "/in", "/out", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/in", "/out", o); }));
   auto m = HfModelDir::Open(*fs, "/out");
   CKPT_ASSERT_OK(m);
   auto read = [&](const std::string& name) {
@@ -184,7 +172,7 @@ TEST(ConsolidateTest, BaseModelLayoutAndHfArtifacts) {
 
   ConsolidateOptions o;
   o.base_model_dir = "/base";
-  CKPT_ASSERT_OK(OnRanks(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt/model", "/hf", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt/model", "/hf", o); }));
   auto m = HfModelDir::Open(*fs, "/hf");
   CKPT_ASSERT_OK(m);
   const auto& wm = m->index()->weight_map;
@@ -205,14 +193,14 @@ TEST(ConsolidateTest, HolesOverlapsAndExistingOutputAreErrors) {
     SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + "]}}"}};
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/hole/" + ShardFileName(r), std::span(&t, 1), md));
   }
-  Status s = OnRanks(2, [&](Communicator& c) { return Consolidate(c, *fs, "/hole", "/out"); });
+  Status s = testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/hole", "/out"); });
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("chunks cover 2 of 3 elements (a hole)"), std::string::npos) << s.message();
   EXPECT_FALSE(*Exists(*fs, "/out"));
 
   CKPT_ASSERT_OK(SaveModel(*fs, "/ok", {{"w", DType::kU8, Shape({4})}}, {1, Split::kDim0}));
   CKPT_ASSERT_OK(fs->MakeDirs("/exists"));
-  s = OnRanks(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ok", "/exists"); });
+  s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ok", "/exists"); });
   EXPECT_EQ(s.code(), StatusCode::kAlreadyExists);
 }
 

@@ -18,18 +18,6 @@ using std::chrono::milliseconds;
 using testing::Layout;
 using testing::Split;
 
-template <typename Fn>
-Status OnRanks(int n, Fn fn) {
-  auto comms = NewThreadCommunicators(n);
-  std::vector<Status> out(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
-  for (auto& t : threads) t.join();
-  for (const Status& s : out) {
-    if (!s.ok()) return s;
-  }
-  return Status();
-}
 
 TEST(KeyMappingTest, FirstChangingPatternWins) {
   std::vector<std::pair<std::string, std::string>> m = {
@@ -68,15 +56,15 @@ TEST(HubCacheTest, PrefersTheSnapshotWithAnIndex) {
 TEST(ImportTest, ExportThenImportAcrossLayouts) {
   auto fs = NewMemoryStorage();
   const auto defs = testing::MixedModel();
-  CKPT_ASSERT_OK(OnRanks(4, [&](Communicator& c) {
+  CKPT_ASSERT_OK(testing::OnRanksOk(4, [&](Communicator& c) {
     testing::RankState rs = testing::MakeRankState(defs, {4, Split::k2D}, c.rank(), true);
     return SaveSharded(c, *fs, "/ckpt", rs.sd, {milliseconds(20000)});
   }));
   ConsolidateOptions o;
   o.max_shard_size = 300;
-  CKPT_ASSERT_OK(OnRanks(2, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
   for (const Layout& l : {Layout{1, Split::kDim0}, Layout{3, Split::kDim1}, Layout{8, Split::k2D}}) {
-    Status s = OnRanks(l.world, [&](Communicator& c) -> Status {
+    Status s = testing::OnRanksOk(l.world, [&](Communicator& c) -> Status {
       testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), false);
       CKPT_RETURN_IF_ERROR(LoadSharded(c, *fs, "/hf", rs.sd, testing::WithTimeout(milliseconds(20000))));
       std::string why;

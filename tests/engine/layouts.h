@@ -7,12 +7,35 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ckpt/sharded.h"
 #include "ckpt/state_dict.h"
 
 namespace ckpt::testing {
+
+// Runs fn(comm) on one thread per rank; returns each rank's status.
+template <typename Fn>
+std::vector<Status> OnRanks(int n, Fn fn) {
+  auto comms = NewThreadCommunicators(n);
+  std::vector<Status> out(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+// OnRanks, reduced to the first failure.
+template <typename Fn>
+Status OnRanksOk(int n, Fn fn) {
+  for (const Status& s : OnRanks(n, fn)) {
+    if (!s.ok()) return s;
+  }
+  return Status();
+}
 
 inline LoadOptions WithTimeout(Timeout t) {
   LoadOptions o;

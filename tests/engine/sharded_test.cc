@@ -18,17 +18,7 @@ using std::chrono::milliseconds;
 using testing::Layout;
 using testing::Split;
 
-template <typename Fn>
-std::vector<Status> OnRanks(int n, Fn fn) {
-  auto comms = NewThreadCommunicators(n);
-  std::vector<Status> out(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
-  }
-  for (auto& t : threads) t.join();
-  return out;
-}
+using testing::OnRanks;
 
 Status Save(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs,
             const Layout& l) {
