@@ -223,8 +223,10 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
   }
   if (indexed.ok()) indexed = out.index.Finalize();
   // Every tensor of an HF index must be in the file it names.
-  for (const auto& [tensor, file] : listing.weight_map) {
+  for (const auto& entry : listing.weight_map) {
     if (!indexed.ok()) break;
+    const std::string& tensor = entry.first;
+    const std::string& file = entry.second;
     const plan::SavedTensor* t = out.index.Find(tensor);
     const bool in_file = t != nullptr && std::any_of(t->chunks.begin(), t->chunks.end(), [&](const plan::SavedChunk& c) {
       return listing.files[c.file] == file;
