@@ -240,16 +240,9 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
   Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt.index, o, &stats.warnings);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(layout.status(), to).WithContext(what));
 
-  // Rank 0 prepares the staging directory.
-  std::string staging;
-  Status prepared;
-  if (comm.rank() == 0) {
-    Result<std::string> made = engine::CreateStagingDir(storage, out_dir);
-    prepared = made.status();
-    if (made.ok()) staging = *made;
-  }
-  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(prepared, to).WithContext(what));
-  CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &staging, to));
+  Result<std::string> staging_dir = engine::CreateStagingDir(comm, storage, out_dir, to);
+  if (!staging_dir.ok()) return staging_dir.status().WithContext(what);
+  const std::string& staging = *staging_dir;
 
   // This rank's files, spread over threads.
   std::vector<const OutFile*> mine;

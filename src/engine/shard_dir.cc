@@ -253,6 +253,19 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir) {
   return staging;
 }
 
+Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout to) {
+  std::string staging;
+  Status prepared;
+  if (comm.rank() == 0) {
+    Result<std::string> made = CreateStagingDir(storage, dir);
+    prepared = made.status();
+    if (made.ok()) staging = *made;
+  }
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(prepared, to));
+  CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &staging, to));
+  return staging;
+}
+
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
                          int world_size) {
   json f = json::object();

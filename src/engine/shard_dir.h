@@ -60,6 +60,8 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
 // "<parent>/.<name>.tmp-<16 hex digits>" where a new `dir` is assembled
 // before being renamed into place. Returns the staging path.
 Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir);
+// Collective: rank 0 creates it; every rank gets its path or rank 0's error.
+Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
 
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
                          int world_size);

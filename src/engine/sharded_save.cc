@@ -169,16 +169,9 @@ Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
   Result<plan::GlobalPlan> global = plan::BuildGlobalPlan(plans);
   if (!global.ok()) return global.status().WithContext(what);
 
-  // Rank 0 prepares the staging directory and tells the others its name.
-  std::string staging;
-  Status prepared;
-  if (comm.rank() == 0) {
-    Result<std::string> made = engine::CreateStagingDir(storage, dir);
-    prepared = made.status();
-    if (made.ok()) staging = *made;
-  }
-  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(prepared, to).WithContext(what));
-  CKPT_RETURN_IF_ERROR(comm.Broadcast(0, &staging, to));
+  Result<std::string> staging_dir = engine::CreateStagingDir(comm, storage, dir, to);
+  if (!staging_dir.ok()) return staging_dir.status().WithContext(what);
+  const std::string& staging = *staging_dir;
 
   std::string file;
   uint64_t size = 0;
