@@ -28,6 +28,16 @@ namespace ckpt {
 
 inline constexpr uint64_t kDefaultMaxShardSize = 5ull << 30;  // 5 GiB, as NeMo
 
+// Files in a sharded checkpoint's `.hf_metadata/` that describe the export:
+// fqn → 1-based output file, and fqn → original (torch) dtype name.
+inline constexpr std::string_view kHfMetadataDir = ".hf_metadata";
+inline constexpr std::string_view kFileMappingName = "fqn_to_file_index_mapping.json";
+inline constexpr std::string_view kDtypeMappingName = "fqn_to_dtype_mapping.json";
+
+// Key order of exported files: digit runs compare as numbers, so
+// "model.layers.10.x" sorts after "model.layers.9.x".
+bool NaturalLess(const std::string& a, const std::string& b);
+
 struct ConsolidateOptions {
   Timeout timeout = kDefaultCollectiveTimeout;
   // A Hugging Face model directory whose file layout is reused: a tensor goes

@@ -63,6 +63,13 @@ std::string_view DTypeClassName(DTypeClass cls);
 // Parses a safetensors dtype string; the match is exact (case-sensitive).
 Result<DType> ParseDType(std::string_view name);
 
+// PyTorch's name ("bfloat16", "float8_e4m3fn", ...) when torch has the
+// dtype; empty otherwise (sub-byte floats, F8_E8M0 in older releases...).
+std::string_view TorchDTypeName(DType d);
+// Accepts "torch.bfloat16" or "bfloat16" and torch's aliases ("half",
+// "float", "long", ...). NotFound when torch has no such dtype here.
+Result<DType> ParseTorchDType(std::string_view name);
+
 }  // namespace ckpt
 
 #endif  // CKPT_DTYPE_H_

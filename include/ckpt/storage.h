@@ -97,6 +97,14 @@ class Storage {
   virtual Status MakeDirs(const std::string& path) = 0;
   // Makes the directory's entries (creations, renames, removals) durable.
   virtual Status SyncDir(const std::string& dir) = 0;
+  // Creates a symbolic link at `link` whose target is `target`, verbatim.
+  // AlreadyExists when `link` exists. Backends without links (memory)
+  // return FailedPrecondition.
+  virtual Status Symlink(const std::string& target, const std::string& link);
+  // The target of the link at `path`: NotFound when nothing is there,
+  // InvalidArgument when it is not a link, FailedPrecondition on backends
+  // without links.
+  virtual Result<std::string> ReadLink(const std::string& path);
 };
 
 // The process-wide POSIX backend (stateless).

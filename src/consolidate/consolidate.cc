@@ -25,33 +25,6 @@ namespace {
 using json = nlohmann::json;
 
 constexpr uint64_t kBuffer = 8ull << 20;  // per thread: one read window + one cast buffer
-constexpr std::string_view kHfMetadataDir = ".hf_metadata";
-constexpr std::string_view kFileMappingName = "fqn_to_file_index_mapping.json";
-constexpr std::string_view kDtypeMappingName = "fqn_to_dtype_mapping.json";
-
-// "model.layers.10.x" after "model.layers.9.x": digit runs compare as numbers.
-bool NaturalLess(const std::string& a, const std::string& b) {
-  size_t i = 0, j = 0;
-  while (i < a.size() && j < b.size()) {
-    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
-      size_t i2 = i, j2 = j;
-      while (i2 < a.size() && std::isdigit(static_cast<unsigned char>(a[i2]))) ++i2;
-      while (j2 < b.size() && std::isdigit(static_cast<unsigned char>(b[j2]))) ++j2;
-      std::string_view x(a.data() + i, i2 - i), y(b.data() + j, j2 - j);
-      while (x.size() > 1 && x[0] == '0') x.remove_prefix(1);
-      while (y.size() > 1 && y[0] == '0') y.remove_prefix(1);
-      if (x.size() != y.size()) return x.size() < y.size();
-      if (x != y) return x < y;
-      i = i2;
-      j = j2;
-    } else {
-      if (a[i] != b[j]) return a[i] < b[j];
-      ++i;
-      ++j;
-    }
-  }
-  return a.size() - i < b.size() - j;
-}
 
 struct OutTensor {
   const plan::SavedTensor* saved;
@@ -84,14 +57,9 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
     if (m) {
       for (const auto& [k, v] : m->items()) {
         if (!v.is_string()) continue;
-        std::string s = v.get<std::string>();
-        if (s.rfind("torch.", 0) == 0) s = s.substr(6);
-        static const std::map<std::string, DType> kTorch = {
-            {"float32", DType::kF32}, {"float", DType::kF32}, {"bfloat16", DType::kBF16}, {"float16", DType::kF16},
-            {"half", DType::kF16},    {"float64", DType::kF64}, {"float8_e4m3fn", DType::kF8_E4M3},
-            {"float8_e5m2", DType::kF8_E5M2}};
-        if (auto it = kTorch.find(s); it != kTorch.end()) {
-          originals[k] = it->second;
+        const std::string s = v.get<std::string>();
+        if (Result<DType> t = ParseTorchDType(s); t.ok()) {
+          originals[k] = *t;
         } else if (Result<DType> d = ParseDType(s); d.ok()) {
           originals[k] = *d;
         }

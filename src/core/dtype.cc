@@ -65,4 +65,47 @@ Result<DType> ParseDType(std::string_view name) {
   return InvalidArgumentError("unknown dtype \"" + std::string(name) + "\"");
 }
 
+namespace {
+
+struct TorchName {
+  std::string_view name;
+  DType dtype;
+};
+
+// Canonical names first; aliases after.
+constexpr TorchName kTorchNames[] = {
+    {"bool", DType::kBool},         {"uint8", DType::kU8},
+    {"int8", DType::kI8},           {"float8_e5m2", DType::kF8_E5M2},
+    {"float8_e4m3fn", DType::kF8_E4M3}, {"float8_e8m0fnu", DType::kF8_E8M0},
+    {"float8_e4m3fnuz", DType::kF8_E4M3FNUZ}, {"float8_e5m2fnuz", DType::kF8_E5M2FNUZ},
+    {"int16", DType::kI16},         {"uint16", DType::kU16},
+    {"float16", DType::kF16},       {"bfloat16", DType::kBF16},
+    {"int32", DType::kI32},         {"uint32", DType::kU32},
+    {"float32", DType::kF32},       {"complex64", DType::kC64},
+    {"float64", DType::kF64},       {"int64", DType::kI64},
+    {"uint64", DType::kU64},
+    {"half", DType::kF16},          {"float", DType::kF32},
+    {"double", DType::kF64},        {"short", DType::kI16},
+    {"int", DType::kI32},           {"long", DType::kI64},
+    {"cfloat", DType::kC64},
+};
+
+}  // namespace
+
+std::string_view TorchDTypeName(DType d) {
+  for (const TorchName& t : kTorchNames) {
+    if (t.dtype == d) return t.name;
+  }
+  return {};
+}
+
+Result<DType> ParseTorchDType(std::string_view name) {
+  std::string_view n = name;
+  if (n.substr(0, 6) == "torch.") n.remove_prefix(6);
+  for (const TorchName& t : kTorchNames) {
+    if (t.name == n) return t.dtype;
+  }
+  return NotFoundError("\"" + std::string(name) + "\" is not a torch dtype with a safetensors counterpart");
+}
+
 }  // namespace ckpt

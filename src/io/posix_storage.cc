@@ -236,6 +236,29 @@ class PosixStorageImpl final : public Storage {
     return Status();
   }
 
+  Status Symlink(const std::string& target, const std::string& link) override {
+    if (::symlink(target.c_str(), link.c_str()) != 0) {
+      return ErrnoToStatus(errno, "creating link " + Quote(link) + " to " + Quote(target));
+    }
+    return Status();
+  }
+
+  Result<std::string> ReadLink(const std::string& path) override {
+    std::string buf(256, '\0');
+    for (;;) {
+      ssize_t n = ::readlink(path.c_str(), buf.data(), buf.size());
+      if (n < 0) {
+        if (errno == EINVAL) return InvalidArgumentError(Quote(path) + " is not a symbolic link");
+        return ErrnoToStatus(errno, "reading link " + Quote(path));
+      }
+      if (static_cast<size_t>(n) < buf.size()) {
+        buf.resize(static_cast<size_t>(n));
+        return buf;
+      }
+      buf.resize(buf.size() * 2);
+    }
+  }
+
   Status SyncDir(const std::string& dir) override {
     int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return ErrnoToStatus(errno, "opening directory " + Quote(dir) + " to sync it");

@@ -70,7 +70,23 @@ Status ReadAtParallel(const ReadableFile& file, uint64_t offset, std::span<std::
   return first_error;
 }
 
+Status Storage::Symlink(const std::string& target, const std::string& link) {
+  (void)target;
+  return FailedPreconditionError("creating link " + link + ": the " + std::string(name()) +
+                                 " storage has no symbolic links");
+}
+
+Result<std::string> Storage::ReadLink(const std::string& path) {
+  return FailedPreconditionError("reading link " + path + ": the " + std::string(name()) +
+                                 " storage has no symbolic links");
+}
+
 Status RemoveAll(Storage& storage, const std::string& path) {
+  // A link is removed itself, never what it points to.
+  if (storage.ReadLink(path).ok()) {
+    Status s = storage.Remove(path);
+    return s.code() == StatusCode::kNotFound ? Status() : s;
+  }
   Result<DirEntry> st = storage.Stat(path);
   if (!st.ok()) return st.status().code() == StatusCode::kNotFound ? Status() : st.status();
   if (st->type == EntryType::kDirectory) {

@@ -1,0 +1,190 @@
+// CheckpointingConfig: parsing and validation.
+#include <cmath>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "ckpt/checkpointer.h"
+#include "ckpt/consolidate.h"
+#include "format/json_util.h"
+
+namespace ckpt {
+namespace {
+
+using json = nlohmann::json;
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+Status FieldError(std::string_view field, const std::string& value, std::string_view expected) {
+  return InvalidArgumentError("checkpoint config: " + std::string(field) + " = " + value + ": " +
+                              std::string(expected));
+}
+
+}  // namespace
+
+Result<ConsolidationMode> ParseConsolidationMode(std::string_view text) {
+  const std::string s = Lower(text);
+  if (s == "never" || s == "false" || s == "no" || s == "0") return ConsolidationMode::kNever;
+  if (s == "final") return ConsolidationMode::kFinal;
+  if (s == "every" || s == "true" || s == "yes" || s == "1") return ConsolidationMode::kEvery;
+  return FieldError("save_consolidated", "'" + Printable(text) + "'",
+                    "expected never, final or every (or a boolean)");
+}
+
+std::string_view ConsolidationModeName(ConsolidationMode mode) {
+  switch (mode) {
+    case ConsolidationMode::kNever: return "never";
+    case ConsolidationMode::kFinal: return "final";
+    case ConsolidationMode::kEvery: return "every";
+  }
+  return "?";
+}
+
+Status ValidateConfig(const CheckpointingConfig& c) {
+  if (!c.enabled) return Status();
+  if (c.checkpoint_dir.empty()) return FieldError("checkpoint_dir", "''", "a directory is required");
+  if (c.model_save_format == "torch_save") {
+    return FieldError("model_save_format", "'torch_save'",
+                      "ckpt writes the DCP Hugging Face layout only; use 'safetensors'");
+  }
+  if (c.model_save_format != "safetensors") {
+    return FieldError("model_save_format", "'" + Printable(c.model_save_format) + "'", "expected 'safetensors'");
+  }
+  if (c.max_recent_checkpoints && *c.max_recent_checkpoints <= 0) {
+    return FieldError("max_recent_checkpoints", std::to_string(*c.max_recent_checkpoints),
+                      "must be at least 1 (leave it unset to keep every checkpoint)");
+  }
+  if (c.consolidation_timeout.count() <= 0) {
+    return FieldError("consolidation_timeout", std::to_string(c.consolidation_timeout.count()) + " ms",
+                      "must be positive");
+  }
+  if (c.timeout.count() <= 0) {
+    return FieldError("timeout", std::to_string(c.timeout.count()) + " ms", "must be positive");
+  }
+  if (c.consolidated_max_shard_size == 0) {
+    return FieldError("consolidated_max_shard_size", "0", "must be positive");
+  }
+  if (c.wait_for_staging && !c.is_async) {
+    return FieldError("wait_for_staging", "true", "only meaningful with is_async = true");
+  }
+  if (c.is_async) {
+    return FieldError("is_async", "true", "asynchronous saves are not available yet; saves are synchronous");
+  }
+  if (c.is_peft && c.save_consolidated != ConsolidationMode::kNever) {
+    return FieldError("save_consolidated", "'" + std::string(ConsolidationModeName(c.save_consolidated)) + "'",
+                      "PEFT runs save an adapter, which is never consolidated; use 'never'");
+  }
+  if (c.best_metric_key.empty()) return FieldError("best_metric_key", "''", "must name a metric");
+  for (const std::string& p : c.skip_task_head_prefixes_for_base_model) {
+    if (p.empty()) return FieldError("skip_task_head_prefixes_for_base_model", "''", "empty prefix");
+  }
+  return Status();
+}
+
+Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text) {
+  CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(json_text, "checkpoint config", 8));
+  if (!j.is_object()) return InvalidArgumentError("checkpoint config: expected a JSON object");
+  CheckpointingConfig c;
+  auto want_bool = [](const std::string& k, const json& v, bool* out) -> Status {
+    if (!v.is_boolean()) return FieldError(k, v.dump(), "expected true or false");
+    *out = v.get<bool>();
+    return Status();
+  };
+  auto want_string = [](const std::string& k, const json& v, std::string* out) -> Status {
+    if (!v.is_string()) return FieldError(k, v.dump(), "expected a string");
+    *out = v.get<std::string>();
+    return Status();
+  };
+  auto want_seconds = [](const std::string& k, const json& v, Timeout* out) -> Status {
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() <= 0 || v.get<double>() > 1e9) {
+      return FieldError(k, v.dump(), "expected a positive number of seconds");
+    }
+    *out = Timeout(static_cast<int64_t>(v.get<double>() * 1000));
+    return Status();
+  };
+  for (const auto& [k, v] : j.items()) {
+    Status s;
+    if (k == "enabled") {
+      s = want_bool(k, v, &c.enabled);
+    } else if (k == "checkpoint_dir") {
+      s = want_string(k, v, &c.checkpoint_dir);
+    } else if (k == "model_save_format") {
+      s = want_string(k, v, &c.model_save_format);
+    } else if (k == "model_cache_dir") {
+      s = want_string(k, v, &c.model_cache_dir);
+    } else if (k == "model_repo_id") {
+      s = v.is_null() ? Status() : want_string(k, v, &c.model_repo_id);
+    } else if (k == "save_consolidated") {
+      if (v.is_boolean()) {
+        c.save_consolidated = v.get<bool>() ? ConsolidationMode::kEvery : ConsolidationMode::kNever;
+      } else if (v.is_string()) {
+        Result<ConsolidationMode> m = ParseConsolidationMode(v.get<std::string>());
+        if (m.ok()) c.save_consolidated = *m;
+        s = m.ok() ? Status() : m.status();
+      } else {
+        s = FieldError(k, v.dump(), "expected never, final or every (or a boolean)");
+      }
+    } else if (k == "is_peft") {
+      s = want_bool(k, v, &c.is_peft);
+    } else if (k == "is_async") {
+      s = want_bool(k, v, &c.is_async);
+    } else if (k == "wait_for_staging") {
+      s = want_bool(k, v, &c.wait_for_staging);
+    } else if (k == "staging_dir") {
+      s = v.is_null() ? Status() : want_string(k, v, &c.staging_dir);
+    } else if (k == "single_rank_consolidation") {
+      s = want_bool(k, v, &c.single_rank_consolidation);
+    } else if (k == "consolidation_timeout_s") {
+      s = want_seconds(k, v, &c.consolidation_timeout);
+    } else if (k == "timeout_s") {
+      s = want_seconds(k, v, &c.timeout);
+    } else if (k == "max_recent_checkpoints") {
+      if (v.is_null()) {
+        c.max_recent_checkpoints.reset();
+      } else if (v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= 1000000) {
+        c.max_recent_checkpoints = static_cast<int>(v.get<int64_t>());
+      } else {
+        s = FieldError(k, v.dump(), "must be an integer of at least 1 (or null to keep every checkpoint)");
+      }
+    } else if (k == "diffusers_compatible") {
+      s = want_bool(k, v, &c.diffusers_compatible);
+    } else if (k == "best_metric_key") {
+      s = want_string(k, v, &c.best_metric_key);
+    } else if (k == "skip_task_head_prefixes_for_base_model") {
+      if (!v.is_array()) {
+        s = FieldError(k, v.dump(), "expected a list of strings");
+      } else {
+        for (const json& e : v) {
+          if (!e.is_string()) {
+            s = FieldError(k, v.dump(), "expected a list of strings");
+            break;
+          }
+          c.skip_task_head_prefixes_for_base_model.push_back(e.get<std::string>());
+        }
+      }
+    } else if (k == "consolidated_max_shard_size") {
+      if (v.is_string()) {
+        Result<uint64_t> n = ParseByteSize(v.get<std::string>());
+        if (n.ok()) c.consolidated_max_shard_size = *n;
+        s = n.ok() ? Status() : FieldError(k, v.dump(), n.status().message());
+      } else if (v.is_number_unsigned()) {
+        c.consolidated_max_shard_size = v.get<uint64_t>();
+      } else {
+        s = FieldError(k, v.dump(), "expected a byte count such as \"5GB\"");
+      }
+    } else {
+      s = InvalidArgumentError("checkpoint config: unknown field '" + Printable(k) + "'");
+    }
+    CKPT_RETURN_IF_ERROR(s);
+  }
+  CKPT_RETURN_IF_ERROR(ValidateConfig(c));
+  return c;
+}
+
+}  // namespace ckpt
