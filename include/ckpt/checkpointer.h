@@ -94,7 +94,7 @@ struct ParallelRanks {
   int pp = 0;
   // Expert parallelism, when the model has one: this rank's index in its
   // expert-parallel group and the group's size.
-  std::optional<int> ep;
+  std::optional<int> ep = std::nullopt;
   int ep_size = 1;
 };
 
@@ -151,14 +151,14 @@ using HfArtifacts = std::map<std::string, std::string>;
 
 struct SaveModelOptions {
   const PeftConfig* peft = nullptr;  // required when config.is_peft
-  HfArtifacts artifacts;             // added to (and win over) the base model's
+  HfArtifacts artifacts = {};        // added to (and win over) the base model's
   bool is_final_checkpoint = false;
 };
 
 struct LoadModelOptions {
   // Loading from a base checkpoint: PEFT runs read the base weights, not an adapter.
   bool is_init_step = false;
-  LoadOptions load;  // key mapping, allowing a key subset, ...
+  LoadOptions load = {};  // key mapping, allowing a key subset, ...
 };
 
 // Pointer and directory names of the checkpoint root.

@@ -64,6 +64,10 @@ struct LoadOptions {
   // The model ties lm_head to the embeddings: when the checkpoint has no
   // `lm_head.weight`, fill it from `model.embed_tokens.weight`.
   bool tie_word_embeddings = false;
+  // Ordinary float tensors (F16, BF16, F32, F64) whose checkpoint dtype
+  // differs from the state dict's are converted, rounding to nearest even,
+  // instead of refused. FP8 and integer tensors are never converted.
+  bool cast_floats = false;
 };
 
 // Applies LoadOptions::key_mapping to one key. InvalidArgument names a bad pattern.

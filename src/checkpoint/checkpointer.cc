@@ -436,14 +436,16 @@ Status Checkpointer::LoadModel(Model& model, const std::string& model_path, cons
   } else {
     LoadOptions o = options.load;
     o.timeout = config_.timeout;
-    StateDict& sd = model.state_dict();
-    if (config_.is_peft) {
-      // Base weights only: the adapter does not exist in a base checkpoint.
-      StateDict base = Filter(sd, [&](const std::string& f) { return !model.IsAdapterTensor(f); });
-      loaded = LoadSharded(comm_, *storage_, model_path, base, o, stats);
-    } else {
-      loaded = LoadSharded(comm_, *storage_, model_path, sd, o, stats);
-    }
+    // Skipped prefixes hold on both sides: those tensors keep their values.
+    // PEFT runs load base weights only: a base checkpoint has no adapter.
+    auto keep = [&](const std::string& f) {
+      for (const std::string& p : o.skip_prefixes) {
+        if (f.rfind(p, 0) == 0) return false;
+      }
+      return !(config_.is_peft && model.IsAdapterTensor(f));
+    };
+    StateDict view = Filter(model.state_dict(), keep);
+    loaded = LoadSharded(comm_, *storage_, model_path, view, o, stats);
   }
   CKPT_RETURN_IF_ERROR(loaded);
   if (stats != nullptr && comm_.rank() == 0 && (!stats->missing_keys.empty() || !stats->unexpected_keys.empty())) {
@@ -482,6 +484,8 @@ Status Checkpointer::LoadBaseModel(Model& model, const std::string& root_dir, co
     LoadModelOptions o;
     o.is_init_step = true;
     o.load.skip_prefixes = config_.skip_task_head_prefixes_for_base_model;
+    // Base models ship in their release dtype; training may hold another.
+    o.load.cast_floats = true;
     // Tied embeddings: the base model has no lm_head.weight.
     std::string cfg_text;
     Result<std::string> cfg = ReadFileToString(*storage_, JoinPath(dir, "config.json"));

@@ -35,6 +35,9 @@ std::string RandomToken() {
 bool ParseInt(std::string_view s, int64_t* out) {
   if (s.empty() || s.size() > 18) return false;
   if (s.size() > 1 && s[0] == '0') return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
   return ec == std::errc() && end == s.data() + s.size();
 }

@@ -15,6 +15,7 @@
 
 #include "ckpt/sharded.h"
 #include "engine/shard_dir.h"
+#include "convert/float_cast.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -76,7 +77,8 @@ Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_ra
     auto it = by_name.find(t.fqn);
     if (it == by_name.end()) continue;
     const plan::SavedTensor* s = it->second;
-    if (s->dtype != t.dtype || !(s->global == t.global_shape)) {
+    const bool castable = o.cast_floats && IsOrdinaryFloat(s->dtype) && IsOrdinaryFloat(t.dtype);
+    if ((s->dtype != t.dtype && !castable) || !(s->global == t.global_shape)) {
       mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s->dtype)) + " " + s->global.ToString() +
                          " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " +
                          t.global_shape.ToString() + " in the state dict");
@@ -226,6 +228,38 @@ Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDi
   return Status();
 }
 
+// Fills chunk `c` (dtype `to`) from saved chunks of dtype `from`: reads the
+// box row-major in `from` into a buffer, converts, and places the elements
+// (through the chunk's strides when it has them). Transient memory: the box
+// in both dtypes.
+Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>& overlapping, DType from, DType to,
+                   const plan::Box& box, LocalChunk& c, LoadStats* stats) {
+  CKPT_ASSIGN_OR_RETURN(uint64_t in_bytes, c.shape.NumBytes(from));
+  CKPT_ASSIGN_OR_RETURN(uint64_t out_bytes, c.shape.NumBytes(to));
+  std::vector<std::byte> in(in_bytes);
+  std::vector<plan::ReadOp> ops;
+  for (const plan::SavedChunk* sc : overlapping) {
+    CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, from, box, {}, &ops));
+  }
+  CKPT_RETURN_IF_ERROR(RunReads(files, in.data(), ops, stats));
+  if (c.strides.empty()) return CastFloats(from, in, to, std::span<std::byte>(c.data, out_bytes));
+  std::vector<std::byte> out(out_bytes);
+  CKPT_RETURN_IF_ERROR(CastFloats(from, in, to, out));
+  const uint64_t esz = DTypeBits(to) / 8;
+  const size_t rank = c.shape.rank();
+  std::vector<uint64_t> idx(rank, 0);
+  for (uint64_t e = 0; e < out_bytes / esz; ++e) {
+    int64_t off = 0;
+    for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(idx[d]) * c.strides[d];
+    std::memcpy(c.data + off * static_cast<int64_t>(esz), out.data() + e * esz, esz);
+    for (size_t d = rank; d-- > 0;) {
+      if (++idx[d] < c.shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return Status();
+}
+
 }  // namespace
 
 Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
@@ -305,11 +339,15 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
       overlapping.clear();
       ops.clear();
       plan::SavedIndex::Overlapping(*saved, box, &overlapping);
-      for (const plan::SavedChunk* sc : overlapping) {
-        s = plan::PlanChunkReads(*sc, t.dtype, box, c.strides, &ops);
-        if (!s.ok()) break;
+      if (saved->dtype == t.dtype) {
+        for (const plan::SavedChunk* sc : overlapping) {
+          s = plan::PlanChunkReads(*sc, t.dtype, box, c.strides, &ops);
+          if (!s.ok()) break;
+        }
+        if (s.ok()) s = RunReads(files, c.data, ops, &stats);
+      } else {
+        s = ReadAndCast(files, overlapping, saved->dtype, t.dtype, box, c, &stats);
       }
-      if (s.ok()) s = RunReads(files, c.data, ops, &stats);
       if (!s.ok()) {
         filled = s.WithContext("tensor '" + t.fqn + "'");
         break;

@@ -2,7 +2,8 @@
 # Runs an MPI scenario in a fresh directory:  mpi_run.sh BINARY NP SCENARIO
 # SCENARIO "rank-dies": a job saves, a second job loses rank 1 mid-save, and
 # a third job checks that the first checkpoint loads and nothing partial of
-# the second was published.
+# the second was published. SCENARIO "resume": a job of NP ranks trains and
+# checkpoints, a job of NP/2 ranks resumes and checks bit-exactness.
 set -u
 bin=$1 np=$2 scenario=$3
 # OpenMPI's own allocations (in plugins it unloads at exit) are reported as
@@ -11,8 +12,11 @@ bin=$1 np=$2 scenario=$3
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-mpirun=(mpirun --allow-run-as-root --oversubscribe -np "$np" --mca btl self,vader
-        --mca btl_vader_single_copy_mechanism none)
+mpirun_np() {
+  mpirun --allow-run-as-root --oversubscribe -np "$1" --mca btl self,vader \
+    --mca btl_vader_single_copy_mechanism none "${@:2}"
+}
+mpirun=(mpirun_np "$np")
 case "$scenario" in
   rank-dies)
     "${mpirun[@]}" "$bin" save "$dir/good" || exit 1
@@ -20,6 +24,10 @@ case "$scenario" in
       echo "the job with a dead rank reported success"; exit 1
     fi
     "${mpirun[@]}" "$bin" check "$dir/good" "$dir/dead"
+    ;;
+  resume)
+    "${mpirun[@]}" "$bin" train "$dir/ckpts" || exit 1
+    mpirun_np $((np / 2)) "$bin" resume "$dir/ckpts"
     ;;
   *) "${mpirun[@]}" "$bin" "$scenario" "$dir" ;;
 esac

@@ -1,6 +1,7 @@
 // Sharded save and resharding load with thread ranks.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <set>
 #include <thread>
 
@@ -317,6 +318,62 @@ TEST(ShardedLoadTest, ResavedDirectoryWithOverlapOrHoleIsRefused) {
   EXPECT_NE(s.message().find("chunks [0:3] and [2:5] overlap in [2:3]"), std::string::npos) << s.message();
   Status v = VerifyShardedCheckpoint(*fs, "/o");
   EXPECT_NE(v.message().find("overlap"), std::string::npos) << v.message();
+}
+
+// BF16 values that are exact in every float dtype: the cast is checkable.
+TEST(ShardedLoadTest, CastFloatsConvertsIntoStridedChunksAndNeverFp8) {
+  testing::TempDir tmp;
+  const std::string dir = tmp / "hf";
+  ASSERT_TRUE(PosixStorage()->MakeDirs(dir).ok());
+  std::vector<uint16_t> bf(6 * 4);
+  for (size_t i = 0; i < bf.size(); ++i) {
+    const float f = static_cast<float>(i) - 7.5f;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    bf[i] = static_cast<uint16_t>(u >> 16);
+  }
+  std::vector<std::byte> fp8(8, std::byte{0x38});
+  std::vector<TensorData> ts = {
+      {"w", DType::kBF16, Shape{6, 4}, std::span<const std::byte>(reinterpret_cast<const std::byte*>(bf.data()), 48)},
+      {"q", DType::kF8_E4M3, Shape{8}, fp8}};
+  CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), JoinPath(dir, "model.safetensors"), ts));
+
+  // Two ranks, each holding three rows of `w` as F32 through a transposed
+  // (column-major) view.
+  LoadOptions cast;
+  cast.cast_floats = true;
+  cast.allow_unexpected = true;
+  CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& comm) -> Status {
+    std::vector<float> storage(12, -1.f);
+    StateDict sd;
+    DistTensor t{"w", DType::kF32, Shape{6, 4}, {}};
+    t.chunks.push_back(LocalChunk{{static_cast<uint64_t>(3 * comm.rank()), 0}, Shape{3, 4},
+                                  reinterpret_cast<std::byte*>(storage.data()), {1, 3}});
+    sd.tensors.push_back(t);
+    CKPT_RETURN_IF_ERROR(LoadSharded(comm, *PosixStorage(), dir, sd, cast));
+    for (int r = 0; r < 3; ++r) {
+      for (int c = 0; c < 4; ++c) {
+        const float want = static_cast<float>((3 * comm.rank() + r) * 4 + c) - 7.5f;
+        if (storage[static_cast<size_t>(c * 3 + r)] != want) {
+          return InternalError("element " + std::to_string(r) + "," + std::to_string(c) + " wrong");
+        }
+      }
+    }
+    return Status();
+  }));
+
+  auto comm = NewSingleRankCommunicator();
+  std::vector<float> w(24), q(8);
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape{6, 4}, reinterpret_cast<std::byte*>(w.data())));
+  LoadOptions strict;
+  strict.allow_unexpected = true;
+  Status refused = LoadSharded(*comm, *PosixStorage(), dir, sd, strict);
+  EXPECT_NE(refused.message().find("'w' is BF16 [6, 4] in the checkpoint but F32 [6, 4]"), std::string::npos)
+      << refused.ToString();
+  sd.tensors.push_back(WholeTensor("q", DType::kF32, Shape{8}, reinterpret_cast<std::byte*>(q.data())));
+  Status no_fp8 = LoadSharded(*comm, *PosixStorage(), dir, sd, cast);
+  EXPECT_NE(no_fp8.message().find("'q' is F8_E4M3"), std::string::npos) << no_fp8.ToString();
 }
 
 TEST(ShardedVerifyTest, ChecksumsCatchFlippedDataAndManifestCatchesMissingFiles) {
