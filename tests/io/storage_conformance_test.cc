@@ -168,6 +168,36 @@ TEST_P(StorageConformanceTest, RemoveRefusesNonEmptyDirsAndRemoveAllDoesNot) {
   CKPT_ASSERT_OK(storage_->Remove(P("empty")));
 }
 
+// Links: POSIX has them; the memory backend says it has none, so callers
+// can fall back (LATEST.txt). RemoveAll removes a link, never its target.
+TEST_P(StorageConformanceTest, SymlinksOrAClearRefusal) {
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("target")));
+  CKPT_ASSERT_OK(Write(P("target/keep"), "1"));
+  CKPT_ASSERT_OK(Write(P("plain"), "x"));
+  Status linked = storage_->Symlink("target", P("link"));
+  if (!GetParam().real_dir) {
+    EXPECT_EQ(linked.code(), StatusCode::kFailedPrecondition) << linked.ToString();
+    EXPECT_EQ(storage_->ReadLink(P("plain")).status().code(), StatusCode::kFailedPrecondition);
+    return;
+  }
+  CKPT_ASSERT_OK(linked);
+  Result<std::string> target = storage_->ReadLink(P("link"));
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  EXPECT_EQ(*target, "target");
+  EXPECT_EQ(storage_->Symlink("target", P("link")).code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(storage_->ReadLink(P("plain")).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(storage_->ReadLink(P("absent")).status().code(), StatusCode::kNotFound);
+  // Through the link the directory is visible; removing the link keeps it.
+  EXPECT_TRUE(*Exists(*storage_, P("link/keep")));
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("holder")));
+  CKPT_ASSERT_OK(storage_->Symlink("../target", P("holder/inner")));
+  CKPT_ASSERT_OK(RemoveAll(*storage_, P("holder")));
+  CKPT_ASSERT_OK(RemoveAll(*storage_, P("link")));
+  EXPECT_FALSE(*Exists(*storage_, P("holder")));
+  EXPECT_FALSE(storage_->ReadLink(P("link")).ok());
+  EXPECT_TRUE(*Exists(*storage_, P("target/keep")));
+}
+
 TEST_P(StorageConformanceTest, RenameReplacesFilesAndMovesDirectories) {
   CKPT_ASSERT_OK(Write(P("src"), "new"));
   CKPT_ASSERT_OK(Write(P("dst"), "old"));
