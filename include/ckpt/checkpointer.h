@@ -22,8 +22,11 @@
 #define CKPT_CHECKPOINTER_H_
 
 #include <cstdint>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,6 +39,11 @@
 #include "ckpt/storage.h"
 
 namespace ckpt {
+
+namespace async {
+class Worker;
+}
+class StagingMemory;
 
 // When a save also writes a consolidated Hugging Face directory
 // (model/consolidated/).
@@ -60,8 +68,18 @@ struct CheckpointingConfig {
   std::string model_repo_id;
   ConsolidationMode save_consolidated = ConsolidationMode::kNever;
   bool is_peft = false;
+  // Saves return once the tensors are copied to staging memory; writing,
+  // consolidation and publishing continue on a background thread.
   bool is_async = false;
-  bool wait_for_staging = false;
+  // Asynchronous saves return only after staging (the default). When false
+  // they return at once and the loop calls MaybeWaitForStaging() before it
+  // next changes its tensors.
+  bool wait_for_staging = true;
+  // Bytes of staging memory per kind of save (model, optimizer); 0: as much
+  // as the state. A larger state is staged in pieces while earlier pieces
+  // are written, so the save blocks longer but memory stays bounded.
+  uint64_t staging_budget = 0;
+  // Not used: staging is in host memory (see ckpt/staging.h).
   std::string staging_dir;
   // Consolidate on rank 0 alone instead of on every rank.
   bool single_rank_consolidation = false;
@@ -241,29 +259,61 @@ class Checkpointer {
   Status SaveDistributedState(const StateDict& state, std::string_view name, const std::string& path);
   Status LoadDistributedState(StateDict& state, std::string_view name, const std::string& path);
 
-  // --- background work (asynchronous saves arrive with is_async) ---
+  // --- background work (is_async) ---
+  // With wait_for_staging = false: waits until the saves' tensors are
+  // staged, after which the loop may change them. Otherwise returns at once.
   Status MaybeWaitForStaging();
+  // Waits for every background save and publish. Returns the first
+  // background failure not returned before; each is returned exactly once
+  // (by this, by the next save of its kind, or by Close).
   Status AsyncWait();
+  // AsyncWait, then stops the background thread; later saves fail.
   Status Close();
 
  private:
+  // A kind of asynchronous save: at most one in flight, its staging memory
+  // reused by the next.
+  struct AsyncKind {
+    std::unique_ptr<StagingMemory> memory;
+    uint64_t ticket = 0;    // the in-flight save's task
+    std::shared_ptr<std::future<Status>> staging;  // wait_for_staging = false
+  };
+
   Checkpointer(CheckpointingConfig config, ParallelRanks ranks, Communicator& comm,
                std::shared_ptr<Storage> storage);
 
   Status Agree(const Status& local, std::string_view what);
-  Status SaveHfMetadata(Model& model, const std::string& model_dir, const SaveModelOptions& options);
+  Status AgreeOn(Communicator& comm, const Status& local, std::string_view what);
+  Status SaveHfMetadata(const std::string& model_dir, const HfArtifacts& extra, bool is_final);
   Status SaveAdapter(Model& model, const std::string& model_dir, const PeftConfig& peft);
   Status LoadAdapter(Model& model, const std::string& model_dir);
-  Status MaybeConsolidate(const StateDict& sd, const std::string& model_dir, bool is_final);
+  Status MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final);
+  Status FinishModelSave(Communicator& comm, const std::string& model_dir, const HfArtifacts& extra,
+                         bool is_final);
+  Status PublishOn(Communicator& comm, const std::string& weights_path, const std::map<std::string, double>& metrics);
   Status ApplyRetention();
   Status SaveStatefulFile(Stateful& state, const std::string& path);
   Status LoadStatefulFile(Stateful& state, const std::string& path);
+  // Starts an asynchronous sharded save of `sd` to `dir` (inside checkpoint
+  // `weights_path`); `then` runs after it on the background communicator.
+  Status SaveAsync(AsyncKind& kind, const StateDict& sd, const std::string& weights_path, const std::string& dir,
+                   std::function<Status(Communicator&)> then);
+  Status WaitForKind(AsyncKind& kind);
+  bool IsPending(const std::string& dir);
 
   CheckpointingConfig config_;
   ParallelRanks ranks_;
   Communicator& comm_;
   std::shared_ptr<Storage> storage_;
   std::string base_model_dir_;
+  // Asynchronous saves.
+  std::unique_ptr<Communicator> bg_comm_;
+  std::unique_ptr<async::Worker> worker_;
+  AsyncKind model_kind_, optim_kind_;
+  std::mutex pending_mu_;
+  std::map<std::string, std::vector<uint64_t>> pending_;  // dir → its save tasks
+  std::mutex root_mu_;  // rank 0's changes to the checkpoint root
+  bool closed_ = false;
 };
 
 }  // namespace ckpt

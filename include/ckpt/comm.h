@@ -36,6 +36,10 @@ class Communicator {
   virtual Result<std::vector<std::string>> AllGather(std::string_view mine, Timeout timeout) = 0;
   // Replaces `*data` on every rank with the root's.
   virtual Status Broadcast(int root, std::string* data, Timeout timeout) = 0;
+  // Collective: a new communicator over the same ranks whose collectives
+  // never match this one's, so another thread can use it at the same time
+  // (background saves do). Ranks must duplicate in the same order.
+  virtual Result<std::unique_ptr<Communicator>> Duplicate(Timeout timeout) = 0;
 
   // True on every rank when any rank passes true.
   Result<bool> AnyTrue(bool flag, Timeout timeout);

@@ -10,10 +10,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "async/staging_pipe.h"
+#include "async/worker.h"
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/log.h"
 #include "ckpt/safetensors.h"
+#include "ckpt/staging.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -117,7 +120,13 @@ Checkpointer::Checkpointer(CheckpointingConfig config, ParallelRanks ranks, Comm
                            std::shared_ptr<Storage> storage)
     : config_(std::move(config)), ranks_(ranks), comm_(comm), storage_(std::move(storage)) {}
 
-Checkpointer::~Checkpointer() = default;
+Checkpointer::~Checkpointer() {
+  if (worker_) {
+    MaybeWaitForStaging().IgnoreError();
+    worker_->Drain().IgnoreError();
+    worker_.reset();
+  }
+}
 
 Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingConfig& config, ParallelRanks ranks,
                                                            Communicator& comm, std::shared_ptr<Storage> storage) {
@@ -137,6 +146,14 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingCo
         "save_consolidated = every: each save also writes a full Hugging Face copy of the model, which stops "
         "training for as long as it takes; 'final' exports only the last checkpoint, and `sh consolidate.sh` in "
         "any checkpoint's model directory exports it later");
+  }
+  if (config.enabled && config.is_async) {
+    Result<std::unique_ptr<Communicator>> bg = comm.Duplicate(config.timeout);
+    if (!bg.ok()) return bg.status().WithContext("setting up asynchronous saves");
+    c->bg_comm_ = std::move(*bg);
+    c->worker_ = std::make_unique<async::Worker>();
+    c->model_kind_.memory = NewHostStagingMemory();
+    c->optim_kind_.memory = NewHostStagingMemory();
   }
   // The base model, when the config names one that exists.
   if (!config.model_repo_id.empty()) {
@@ -160,18 +177,29 @@ Status Checkpointer::SaveModel(Model& model, const std::string& weights_path, co
     }
     return SaveAdapter(model, model_dir, *options.peft);
   }
+  const HfArtifacts extra = options.artifacts;
+  const bool is_final = options.is_final_checkpoint;
+  if (worker_) {
+    return SaveAsync(model_kind_, model.state_dict(), weights_path, model_dir, [=, this](Communicator& c) {
+      return FinishModelSave(c, model_dir, extra, is_final);
+    });
+  }
   SaveOptions so;
   so.timeout = config_.timeout;
   CKPT_RETURN_IF_ERROR(SaveSharded(comm_, *storage_, model_dir, model.state_dict(), so));
+  return FinishModelSave(comm_, model_dir, extra, is_final);
+}
+
+Status Checkpointer::FinishModelSave(Communicator& comm, const std::string& model_dir, const HfArtifacts& extra,
+                                     bool is_final) {
   Status meta;
-  if (comm_.rank() == 0) meta = SaveHfMetadata(model, model_dir, options);
-  CKPT_RETURN_IF_ERROR(Agree(meta, "writing the Hugging Face metadata of " + model_dir));
-  return MaybeConsolidate(model.state_dict(), model_dir, options.is_final_checkpoint);
+  if (comm.rank() == 0) meta = SaveHfMetadata(model_dir, extra, is_final);
+  CKPT_RETURN_IF_ERROR(AgreeOn(comm, meta, "writing the Hugging Face metadata of " + model_dir));
+  return MaybeConsolidate(comm, model_dir, is_final);
 }
 
 // Rank 0: .hf_metadata/ (artifacts and the export mappings) and consolidate.sh.
-Status Checkpointer::SaveHfMetadata(Model& model, const std::string& model_dir, const SaveModelOptions& options) {
-  (void)model;
+Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifacts& extra, bool is_final) {
   Storage& st = *storage_;
   const std::string meta_dir = JoinPath(model_dir, kHfMetadataDir);
   CKPT_RETURN_IF_ERROR(st.MakeDirs(meta_dir));
@@ -184,7 +212,7 @@ Status Checkpointer::SaveHfMetadata(Model& model, const std::string& model_dir, 
       CKPT_ASSIGN_OR_RETURN(artifacts[std::string(name)], ReadFileToString(st, p));
     }
   }
-  for (const auto& [name, text] : options.artifacts) {
+  for (const auto& [name, text] : extra) {
     Status ok = CheckShardFileName(name);
     if (!ok.ok() || name == kFileMappingName || name == kDtypeMappingName) {
       return InvalidArgumentError("Hugging Face artifact '" + Printable(name) +
@@ -263,21 +291,20 @@ Status Checkpointer::SaveHfMetadata(Model& model, const std::string& model_dir, 
 
   const bool inline_export =
       config_.save_consolidated == ConsolidationMode::kEvery ||
-      (config_.save_consolidated == ConsolidationMode::kFinal && options.is_final_checkpoint);
+      (config_.save_consolidated == ConsolidationMode::kFinal && is_final);
   if (inline_export && total > kLargeConsolidationBytes) {
     Log(LogLevel::kWarning, "inline consolidation of " + std::to_string(total >> 30) + " GiB in " + model_dir +
                                 ": the job holds its ranks while it runs; save_consolidated = never and "
                                 "`sh consolidate.sh` later frees them sooner");
   }
-  if (!inline_export && options.is_final_checkpoint && comm_.rank() == 0) {
+  if (!inline_export && is_final) {
     Log(LogLevel::kInfo, "final checkpoint saved without a Hugging Face export; run `sh " +
                              JoinPath(model_dir, kConsolidateScript) + "` to write one");
   }
   return Status();
 }
 
-Status Checkpointer::MaybeConsolidate(const StateDict& sd, const std::string& model_dir, bool is_final) {
-  (void)sd;
+Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final) {
   const bool now = config_.save_consolidated == ConsolidationMode::kEvery ||
                    (config_.save_consolidated == ConsolidationMode::kFinal && is_final);
   if (!now) return Status();
@@ -288,14 +315,14 @@ Status Checkpointer::MaybeConsolidate(const StateDict& sd, const std::string& mo
   const std::string out = JoinPath(model_dir, kConsolidatedDir);
   Status s;
   if (config_.single_rank_consolidation) {
-    if (comm_.rank() == 0) {
+    if (comm.rank() == 0) {
       std::unique_ptr<Communicator> one = NewSingleRankCommunicator();
       s = Consolidate(*one, *storage_, model_dir, out, o);
     }
-    return Agree(s, "consolidating " + model_dir);
+    return AgreeOn(comm, s, "consolidating " + model_dir);
   }
-  s = Consolidate(comm_, *storage_, model_dir, out, o);
-  return Agree(s, "consolidating " + model_dir);
+  s = Consolidate(comm, *storage_, model_dir, out, o);
+  return AgreeOn(comm, s, "consolidating " + model_dir);
 }
 
 // Every rank sends its chunks of the adapter tensors to rank 0, which writes
@@ -516,6 +543,7 @@ Status Checkpointer::SaveOptimizer(StateDict& optimizer, const std::string& weig
     const std::byte* p = reinterpret_cast<const std::byte*>(s->data());
     sd.bytes[std::string(kSchedulerKey)] = std::vector<std::byte>(p, p + s->size());
   }
+  if (worker_) return SaveAsync(optim_kind_, sd, weights_path, JoinPath(weights_path, "optim"), nullptr);
   SaveOptions so;
   so.timeout = config_.timeout;
   return SaveSharded(comm_, *storage_, JoinPath(weights_path, "optim"), sd, so);
@@ -597,10 +625,100 @@ Status Checkpointer::LoadDistributedState(StateDict& state, std::string_view nam
 
 // ---------------------------------------------------------------- background work
 
-// Saves are synchronous (is_async is refused by ValidateConfig): nothing is
-// ever pending, so these return at once.
-Status Checkpointer::MaybeWaitForStaging() { return Status(); }
-Status Checkpointer::AsyncWait() { return Status(); }
-Status Checkpointer::Close() { return Status(); }
+Status Checkpointer::SaveAsync(AsyncKind& kind, const StateDict& sd, const std::string& weights_path,
+                               const std::string& dir, std::function<Status(Communicator&)> then) {
+  if (closed_) return FailedPreconditionError("saving " + dir + ": the checkpointer is closed");
+  // One save of a kind in flight: the previous one completes first (its
+  // staging memory is reused), and its failure is returned here.
+  CKPT_RETURN_IF_ERROR(WaitForKind(kind));
+  // The writer reads only shapes and offsets from this copy; the bytes come
+  // through the pipe while the caller's tensors are unchanged.
+  auto copy = std::make_shared<StateDict>(sd);
+  auto pipe = std::make_shared<async::StagingPipe>(*kind.memory, *copy, config_.staging_budget);
+  Communicator* bg = bg_comm_.get();
+  Storage* st = storage_.get();
+  const Timeout to = config_.timeout;
+  {
+    // Registered before the task can run, so Reserve never mistakes the
+    // directory for a dead save's.
+    std::lock_guard<std::mutex> lock(pending_mu_);
+    kind.ticket = worker_->Submit([bg, st, to, dir, copy, pipe, then]() -> Status {
+      SaveOptions o;
+      o.timeout = to;
+      o.source = pipe.get();
+      Status s = SaveSharded(*bg, *st, dir, *copy, o);
+      if (s.ok() && then) s = then(*bg);
+      return s;
+    });
+    pending_[weights_path].push_back(kind.ticket);
+  }
+  if (!config_.wait_for_staging) {
+    kind.staging = std::make_shared<std::future<Status>>(
+        std::async(std::launch::async, [pipe, copy] { return pipe->Produce(); }));
+    return Status();
+  }
+  Status staged = pipe->Produce();
+  if (staged.ok()) return Status();
+  // The writer failed (or staging did): report the background error now.
+  Status background = worker_->Wait(kind.ticket);
+  kind.ticket = 0;
+  return background.ok() ? staged : background;
+}
+
+Status Checkpointer::WaitForKind(AsyncKind& kind) {
+  Status staged;
+  if (kind.staging) {
+    staged = kind.staging->get();
+    kind.staging.reset();
+  }
+  Status background;
+  if (kind.ticket != 0) {
+    background = worker_->Wait(kind.ticket);
+    kind.ticket = 0;
+  }
+  return background.ok() ? staged : background;
+}
+
+bool Checkpointer::IsPending(const std::string& dir) {
+  std::lock_guard<std::mutex> lock(pending_mu_);
+  auto it = pending_.find(dir);
+  if (it == pending_.end()) return false;
+  for (uint64_t t : it->second) {
+    if (!worker_->Done(t)) return true;
+  }
+  pending_.erase(it);
+  return false;
+}
+
+Status Checkpointer::MaybeWaitForStaging() {
+  Status first;
+  for (AsyncKind* kind : {&model_kind_, &optim_kind_}) {
+    if (!kind->staging) continue;
+    Status staged = kind->staging->get();
+    kind->staging.reset();
+    if (!staged.ok()) {
+      // The background task holds the cause; it is reported once, here.
+      Status background = worker_->Wait(kind->ticket);
+      if (first.ok()) first = background.ok() ? staged : background;
+    }
+  }
+  return first;
+}
+
+Status Checkpointer::AsyncWait() {
+  if (!worker_) return Status();
+  Status staged = MaybeWaitForStaging();
+  Status background = worker_->Drain();
+  model_kind_.ticket = optim_kind_.ticket = 0;
+  return staged.ok() ? background : staged;
+}
+
+Status Checkpointer::Close() {
+  Status s = AsyncWait();
+  closed_ = true;
+  worker_.reset();
+  bg_comm_.reset();
+  return s;
+}
 
 }  // namespace ckpt

@@ -70,11 +70,9 @@ Status ValidateConfig(const CheckpointingConfig& c) {
   if (c.consolidated_max_shard_size == 0) {
     return FieldError("consolidated_max_shard_size", "0", "must be positive");
   }
-  if (c.wait_for_staging && !c.is_async) {
-    return FieldError("wait_for_staging", "true", "only meaningful with is_async = true");
-  }
-  if (c.is_async) {
-    return FieldError("is_async", "true", "asynchronous saves are not available yet; saves are synchronous");
+  if (c.staging_budget != 0 && c.staging_budget < (1ull << 20)) {
+    return FieldError("staging_budget", std::to_string(c.staging_budget),
+                      "must be 0 (the whole state) or at least 1 MiB");
   }
   if (c.is_peft && c.save_consolidated != ConsolidationMode::kNever) {
     return FieldError("save_consolidated", "'" + std::string(ConsolidationModeName(c.save_consolidated)) + "'",
@@ -167,6 +165,16 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
           }
           c.skip_task_head_prefixes_for_base_model.push_back(e.get<std::string>());
         }
+      }
+    } else if (k == "staging_budget") {
+      if (v.is_string()) {
+        Result<uint64_t> n = ParseByteSize(v.get<std::string>());
+        if (n.ok()) c.staging_budget = *n;
+        s = n.ok() ? Status() : FieldError(k, v.dump(), n.status().message());
+      } else if (v.is_number_unsigned()) {
+        c.staging_budget = v.get<uint64_t>();
+      } else {
+        s = FieldError(k, v.dump(), "expected a byte count such as \"4GiB\" (0: the whole state)");
       }
     } else if (k == "consolidated_max_shard_size") {
       if (v.is_string()) {

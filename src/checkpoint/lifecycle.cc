@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "async/worker.h"
 #include "ckpt/checkpointer.h"
 #include "ckpt/log.h"
 #include "format/json_util.h"
@@ -173,8 +174,10 @@ Result<std::optional<std::string>> FindLatestCheckpoint(Storage& storage, const 
   return std::optional<std::string>();
 }
 
-Status Checkpointer::Agree(const Status& local, std::string_view what) {
-  return comm_.AgreeOnStatus(local, config_.timeout).WithContext(std::string(what));
+Status Checkpointer::Agree(const Status& local, std::string_view what) { return AgreeOn(comm_, local, what); }
+
+Status Checkpointer::AgreeOn(Communicator& comm, const Status& local, std::string_view what) {
+  return comm.AgreeOnStatus(local, config_.timeout).WithContext(std::string(what));
 }
 
 Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
@@ -189,7 +192,11 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
   Status local;
   if (comm_.rank() == 0) {
     local = [&]() -> Status {
+      std::lock_guard<std::mutex> lock(root_mu_);
       Storage& st = *storage_;
+      if (worker_ && IsPending(path)) {
+        return FailedPreconditionError("reserving " + path + ": a background save into it is still running");
+      }
       CKPT_RETURN_IF_ERROR(st.MakeDirs(root));
       CKPT_ASSIGN_OR_RETURN(bool exists, Exists(st, path));
       if (exists) {
@@ -213,7 +220,9 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
                                       ParseCheckpointName(e.name, &ee, &ss);
         if (stale_checkpoint) {
           CKPT_ASSIGN_OR_RETURN(bool complete, IsComplete(st, JoinPath(root, e.name)));
-          if (!complete) CKPT_RETURN_IF_ERROR(RemoveCheckpoint(st, root, e.name));
+          // A checkpoint a background save is still writing is not dead.
+          const bool pending = worker_ && IsPending(JoinPath(root, e.name));
+          if (!complete && !pending) CKPT_RETURN_IF_ERROR(RemoveCheckpoint(st, root, e.name));
         } else if (IsLeftover(e.name)) {
           CKPT_RETURN_IF_ERROR(RemoveAll(st, JoinPath(root, e.name)));
         }
@@ -227,14 +236,37 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
 
 Status Checkpointer::Publish(const std::string& weights_path, const std::map<std::string, double>& metrics) {
   if (!config_.enabled) return Status();
+  if (!worker_) return PublishOn(comm_, weights_path, metrics);
+  if (closed_) return FailedPreconditionError("publishing " + weights_path + ": the checkpointer is closed");
+  // After this directory's background saves, on the background thread: a
+  // checkpoint is published only once everything in it is durable.
+  std::lock_guard<std::mutex> lock(pending_mu_);
+  std::vector<uint64_t> saves = pending_[weights_path];
+  async::Worker* worker = worker_.get();
+  Communicator* bg = bg_comm_.get();
+  const uint64_t ticket = worker_->Submit([this, worker, bg, saves, weights_path, metrics]() -> Status {
+    for (uint64_t t : saves) {
+      if (worker->Failed(t)) {
+        return FailedPreconditionError("not publishing " + weights_path + ": a save into it failed");
+      }
+    }
+    return PublishOn(*bg, weights_path, metrics);
+  });
+  pending_[weights_path].push_back(ticket);
+  return Status();
+}
+
+Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_path,
+                               const std::map<std::string, double>& metrics) {
   const std::string& root = config_.checkpoint_dir;
   const std::string name(Basename(weights_path));
   const std::string what = "publishing " + weights_path;
   // Every rank has finished writing before rank 0 touches the marker.
-  CKPT_RETURN_IF_ERROR(Agree(Status(), what));
+  CKPT_RETURN_IF_ERROR(AgreeOn(comm, Status(), what));
   Status local;
-  if (comm_.rank() == 0) {
+  if (comm.rank() == 0) {
     local = [&]() -> Status {
+      std::lock_guard<std::mutex> lock(root_mu_);
       Storage& st = *storage_;
       int64_t epoch, step;
       if (JoinPath(root, name) != weights_path || !ParseCheckpointName(name, &epoch, &step)) {
@@ -278,7 +310,7 @@ Status Checkpointer::Publish(const std::string& weights_path, const std::map<std
       return ApplyRetention();
     }();
   }
-  return Agree(local, what);
+  return AgreeOn(comm, local, what);
 }
 
 Status Checkpointer::ApplyRetention() {

@@ -41,6 +41,9 @@ class SingleRank final : public Communicator {
     if (root != 0) return InvalidArgumentError("broadcast root " + std::to_string(root) + " of 1 rank");
     return Status();
   }
+  Result<std::unique_ptr<Communicator>> Duplicate(Timeout) override {
+    return std::unique_ptr<Communicator>(std::make_unique<SingleRank>());
+  }
 };
 
 }  // namespace

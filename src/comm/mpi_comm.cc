@@ -13,6 +13,7 @@ namespace {
 
 std::atomic<int> g_live{0};
 bool g_we_initialized = false;
+int g_thread_level = MPI_THREAD_SINGLE;
 
 Status MpiError(int rc, const std::string& what) {
   char msg[MPI_MAX_ERROR_STRING];
@@ -78,6 +79,24 @@ class MpiComm final : public Communicator {
     return out;
   }
 
+  Result<std::unique_ptr<Communicator>> Duplicate(Timeout timeout) override {
+    CKPT_RETURN_IF_ERROR(CheckUsable("duplicate"));
+    if (g_thread_level < MPI_THREAD_MULTIPLE) {
+      return FailedPreconditionError(
+          "duplicating an MPI communicator for use from another thread needs MPI_THREAD_MULTIPLE, "
+          "which this MPI library does not provide");
+    }
+    // MPI_Comm_dup has no timeout: a barrier with one first, so a missing
+    // rank is an error, not a hang.
+    CKPT_RETURN_IF_ERROR(Barrier(timeout));
+    MPI_Comm dup;
+    int rc = MPI_Comm_dup(comm_, &dup);
+    if (rc != MPI_SUCCESS) return MpiError(rc, "MPI_Comm_dup");
+    MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+    ++g_live;
+    return std::unique_ptr<Communicator>(new MpiComm(dup, rank_, size_));
+  }
+
   Status Broadcast(int root, std::string* data, Timeout timeout) override {
     CKPT_RETURN_IF_ERROR(CheckUsable("broadcast"));
     if (root < 0 || root >= size_) {
@@ -140,10 +159,11 @@ Result<std::unique_ptr<Communicator>> NewMpiWorldCommunicator() {
   MPI_Initialized(&initialized);
   if (!initialized) {
     int provided = 0;
-    int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+    int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
     if (rc != MPI_SUCCESS) return MpiError(rc, "MPI_Init_thread");
     g_we_initialized = true;
   }
+  MPI_Query_thread(&g_thread_level);
   MPI_Comm comm;
   int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm);
   if (rc != MPI_SUCCESS) return MpiError(rc, "MPI_Comm_dup");

@@ -3,6 +3,7 @@
 // starts the next generation. A rank that times out marks the group broken,
 // so the others (and later collectives) fail at once instead of waiting.
 #include <condition_variable>
+#include <map>
 #include <mutex>
 
 #include "ckpt/comm.h"
@@ -21,6 +22,8 @@ struct Group {
   std::vector<bool> present;
   std::vector<std::string> result;
   std::string broken;  // why, once broken
+  // Groups made by Duplicate, by sequence number, until every rank took its.
+  std::map<uint64_t, std::pair<std::shared_ptr<Group>, int>> dups;
 };
 
 class ThreadComm final : public Communicator {
@@ -34,6 +37,20 @@ class ThreadComm final : public Communicator {
   Result<std::vector<std::string>> AllGather(std::string_view mine, Timeout timeout) override {
     return Exchange(mine, timeout, "all-gather");
   }
+  Result<std::unique_ptr<Communicator>> Duplicate(Timeout timeout) override {
+    std::shared_ptr<Group> child;
+    {
+      std::lock_guard<std::mutex> lock(g_->mu);
+      auto& [group, taken] = g_->dups[dups_];
+      if (!group) group = std::make_shared<Group>(g_->size);
+      child = group;
+      if (++taken == g_->size) g_->dups.erase(dups_);
+    }
+    ++dups_;
+    CKPT_RETURN_IF_ERROR(Exchange("", timeout, "duplicate").status());
+    return std::unique_ptr<Communicator>(std::make_unique<ThreadComm>(std::move(child), rank_));
+  }
+
   Status Broadcast(int root, std::string* data, Timeout timeout) override {
     if (root < 0 || root >= g_->size) {
       return InvalidArgumentError("broadcast root " + std::to_string(root) + " of " +
@@ -84,6 +101,7 @@ class ThreadComm final : public Communicator {
 
   std::shared_ptr<Group> g_;
   int rank_;
+  uint64_t dups_ = 0;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <locale>
 #include <map>
 #include <regex>
 #include <set>
@@ -260,9 +261,23 @@ Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>&
   return Status();
 }
 
+// std::regex reads characters through the global locale's ctype facet,
+// whose narrow() fills a per-character cache on first use; ranks compiling
+// patterns on several threads at once would race on it. Filling the whole
+// cache once, before any pattern is compiled, removes the race.
+void PrimeRegexLocale() {
+  static const bool primed = [] {
+    const auto& ctype = std::use_facet<std::ctype<char>>(std::locale());
+    for (int c = 0; c < 256; ++c) (void)ctype.narrow(static_cast<char>(c), '\0');
+    return true;
+  }();
+  (void)primed;
+}
+
 }  // namespace
 
 Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
+  if (!mapping.empty()) PrimeRegexLocale();
   for (const auto& [pattern, replacement] : mapping) {
     try {
       std::regex re(pattern);

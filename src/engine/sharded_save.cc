@@ -86,9 +86,14 @@ Status ForEachPiece(const LocalChunk& c, DType dtype, uint64_t nbytes, Fn fn) {
 // Writes this rank's share of the global plan. Returns the file name and
 // size, or an empty name when the rank writes nothing.
 Status WriteShard(Storage& storage, const std::string& staging, int rank, const StateDict& sd,
-                  const std::vector<plan::WriteItem>& writes,
+                  const std::vector<plan::WriteItem>& writes, ChunkSource* source,
                   std::string* file, uint64_t* size) {
   file->clear();
+  if (source != nullptr) {
+    std::vector<ChunkSource::ChunkRef> refs;
+    for (const plan::WriteItem& w : writes) refs.push_back({w.tensor, w.chunk});
+    source->Plan(std::move(refs));
+  }
   if (writes.empty()) return Status();
   std::vector<TensorSpec> specs;
   json sharding = json::object();
@@ -114,10 +119,25 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
     const LocalChunk& c = t.chunks[w.chunk];
     CKPT_ASSIGN_OR_RETURN(uint64_t nbytes, c.shape.NumBytes(t.dtype));
     XXH64_reset(h, 0);
-    CKPT_RETURN_IF_ERROR(ForEachPiece(c, t.dtype, nbytes, [&](uint64_t off, std::span<const std::byte> piece) {
-      XXH64_update(h, piece.data(), piece.size());
-      return writer->Write(t.fqn, off, piece);
-    }));
+    if (source != nullptr) {
+      for (uint64_t off = 0; off < nbytes;) {
+        CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> piece, source->Next());
+        if (piece.empty() || piece.size() > nbytes - off) {
+          return InternalError("tensor '" + t.fqn + "': the chunk source gave " + std::to_string(piece.size()) +
+                               " bytes at offset " + std::to_string(off) + " of " + std::to_string(nbytes));
+        }
+        XXH64_update(h, piece.data(), piece.size());
+        Status wrote = writer->Write(t.fqn, off, piece);
+        source->Release();
+        CKPT_RETURN_IF_ERROR(wrote);
+        off += piece.size();
+      }
+    } else {
+      CKPT_RETURN_IF_ERROR(ForEachPiece(c, t.dtype, nbytes, [&](uint64_t off, std::span<const std::byte> piece) {
+        XXH64_update(h, piece.data(), piece.size());
+        return writer->Write(t.fqn, off, piece);
+      }));
+    }
     sums[t.fqn] = Hex64(XXH64_digest(h));
   }
   md[std::string(kChunkChecksumKey)] = sums.dump();
@@ -148,8 +168,10 @@ std::string EncodeExtra(const StateDict& sd) {
 
 }  // namespace
 
-Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
-                   const StateDict& sd, const SaveOptions& options) {
+namespace {
+
+Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& dir,
+                       const StateDict& sd, const SaveOptions& options) {
   const Timeout to = options.timeout;
   const std::string what = "saving " + dir;
   Status local = CheckLocal(sd);
@@ -176,7 +198,7 @@ Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
   std::string file;
   uint64_t size = 0;
   Status wrote = WriteShard(storage, staging, comm.rank(), sd,
-                            global->writes[static_cast<size_t>(comm.rank())], &file, &size);
+                            global->writes[static_cast<size_t>(comm.rank())], options.source, &file, &size);
   if (wrote.ok() && comm.rank() == 0 && (!sd.json.empty() || !sd.bytes.empty())) {
     wrote = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtra(sd));
   }
@@ -204,6 +226,15 @@ Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
   if (!agreed.ok()) return agreed.WithContext(what);
   if (!files.ok()) return files.status().WithContext(what);
   return comm.AgreeOnStatus(published, to).WithContext(what);
+}
+
+}  // namespace
+
+Status SaveSharded(Communicator& comm, Storage& storage, const std::string& dir,
+                   const StateDict& sd, const SaveOptions& options) {
+  Status s = SaveShardedImpl(comm, storage, dir, sd, options);
+  if (options.source != nullptr) options.source->Finish(s);
+  return s;
 }
 
 }  // namespace ckpt

@@ -33,7 +33,8 @@ TEST(CheckpointingConfig, ParsesEveryField) {
   Result<CheckpointingConfig> c = ParseCheckpointingConfig(R"({
     "enabled": true, "checkpoint_dir": "/ckpts", "model_save_format": "safetensors",
     "model_cache_dir": "/hub", "model_repo_id": "org/name", "save_consolidated": "final",
-    "is_peft": false, "is_async": false, "wait_for_staging": false, "staging_dir": "/dev/shm/x",
+    "is_peft": false, "is_async": true, "wait_for_staging": false, "staging_dir": "/dev/shm/x",
+    "staging_budget": "64MiB",
     "single_rank_consolidation": true, "consolidation_timeout_s": 90, "timeout_s": 1.5,
     "max_recent_checkpoints": 3, "diffusers_compatible": true, "best_metric_key": "val_ppl",
     "skip_task_head_prefixes_for_base_model": ["score.", "classifier."],
@@ -44,6 +45,9 @@ TEST(CheckpointingConfig, ParsesEveryField) {
   EXPECT_EQ(c->model_repo_id, "org/name");
   EXPECT_EQ(c->save_consolidated, ConsolidationMode::kFinal);
   EXPECT_EQ(c->staging_dir, "/dev/shm/x");
+  EXPECT_TRUE(c->is_async);
+  EXPECT_FALSE(c->wait_for_staging);
+  EXPECT_EQ(c->staging_budget, 64ull << 20);
   EXPECT_TRUE(c->single_rank_consolidation);
   EXPECT_EQ(c->consolidation_timeout, std::chrono::seconds(90));
   EXPECT_EQ(c->timeout, std::chrono::milliseconds(1500));
@@ -76,8 +80,9 @@ TEST(CheckpointingConfig, InvalidValuesNameFieldAndValue) {
       {R"({"checkpoint_dir": "d", "consolidation_timeout_s": 0})", "consolidation_timeout_s = 0"},
       {R"({"checkpoint_dir": "d", "timeout_s": "soon"})", "timeout_s = \"soon\""},
       {R"({"checkpoint_dir": "d", "is_peft": "yes"})", "is_peft = \"yes\""},
-      {R"({"checkpoint_dir": "d", "wait_for_staging": true})", "wait_for_staging"},
-      {R"({"checkpoint_dir": "d", "is_async": true})", "is_async"},
+      {R"({"checkpoint_dir": "d", "staging_budget": 4096})", "staging_budget = 4096"},
+      {R"({"checkpoint_dir": "d", "staging_budget": "lots"})", "staging_budget = \"lots\""},
+      {R"({"checkpoint_dir": "d", "is_async": 1})", "is_async = 1"},
       {R"({"checkpoint_dir": "d", "is_peft": true, "save_consolidated": "final"})", "PEFT"},
       {R"({"checkpoint_dir": "d", "best_metric_key": ""})", "best_metric_key"},
       {R"({"checkpoint_dir": "d", "skip_task_head_prefixes_for_base_model": "score."})",

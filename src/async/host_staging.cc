@@ -1,0 +1,113 @@
+// Host staging memory: one buffer of pages reused across saves, filled by
+// several threads.
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "ckpt/staging.h"
+
+namespace ckpt {
+namespace {
+
+// Below this a copy is not worth splitting over threads.
+constexpr uint64_t kParallelMin = 4ull << 20;
+
+class HostStaging final : public StagingMemory {
+ public:
+  explicit HostStaging(unsigned threads) : threads_(threads) {
+    if (threads_ == 0) threads_ = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  }
+  ~HostStaging() override { Free(); }
+
+  Result<std::span<std::byte>> Reserve(uint64_t bytes) override {
+    if (bytes > size_) {
+      Free();
+      void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) {
+        return UnavailableError("staging: cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+      }
+      base_ = static_cast<std::byte*>(p);
+      size_ = bytes;
+      // Touch every page now, in parallel, so the first save does not pay
+      // the page faults inside the caller's blocking time.
+      ForRanges(size_, [&](uint64_t b, uint64_t e) { std::memset(base_ + b, 0, e - b); });
+    }
+    return std::span<std::byte>(base_, size_);
+  }
+
+  Status Copy(const LocalChunk& c, DType dtype, uint64_t offset, std::span<std::byte> dst) override {
+    if (c.strides.empty()) {
+      ForRanges(dst.size(), [&](uint64_t b, uint64_t e) { std::memcpy(dst.data() + b, c.data + offset + b, e - b); });
+      return Status();
+    }
+    const uint64_t esz = DTypeBits(dtype) / 8;
+    if (esz == 0 || offset % esz != 0 || dst.size() % esz != 0) {
+      return InvalidArgumentError("staging: strided copy not aligned to " + std::to_string(esz) + "-byte elements");
+    }
+    const uint64_t first = offset / esz;
+    ForRanges(dst.size() / esz, [&](uint64_t b, uint64_t e) { Gather(c, esz, first + b, e - b, dst.data() + b * esz); });
+    return Status();
+  }
+
+  uint64_t capacity() const override { return size_; }
+
+ private:
+  // Runs fn over [0, n) split into one range per thread.
+  template <typename Fn>
+  void ForRanges(uint64_t n, Fn fn) {
+    const uint64_t parts = n < kParallelMin ? 1 : std::min<uint64_t>(threads_, n / (kParallelMin / 4));
+    if (parts <= 1) {
+      fn(0, n);
+      return;
+    }
+    std::vector<std::thread> workers;
+    const uint64_t step = (n + parts - 1) / parts;
+    for (uint64_t p = 1; p < parts; ++p) {
+      const uint64_t b = std::min(n, p * step), e = std::min(n, b + step);
+      workers.emplace_back([&fn, b, e] { fn(b, e); });
+    }
+    fn(0, std::min(n, step));
+    for (auto& w : workers) w.join();
+  }
+
+  // Elements [first, first + count) of the chunk in row-major order.
+  static void Gather(const LocalChunk& c, uint64_t esz, uint64_t first, uint64_t count, std::byte* out) {
+    const size_t rank = c.shape.rank();
+    std::vector<uint64_t> idx(rank, 0);
+    uint64_t rest = first;
+    for (size_t d = rank; d-- > 0;) {
+      idx[d] = rest % c.shape[d];
+      rest /= c.shape[d];
+    }
+    for (uint64_t e = 0; e < count; ++e) {
+      int64_t off = 0;
+      for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(idx[d]) * c.strides[d];
+      std::memcpy(out + e * esz, c.data + off * static_cast<int64_t>(esz), esz);
+      for (size_t d = rank; d-- > 0;) {
+        if (++idx[d] < c.shape[d]) break;
+        idx[d] = 0;
+      }
+    }
+  }
+
+  void Free() {
+    if (base_ != nullptr) ::munmap(base_, size_);
+    base_ = nullptr;
+    size_ = 0;
+  }
+
+  unsigned threads_;
+  std::byte* base_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<StagingMemory> NewHostStagingMemory(unsigned threads) {
+  return std::make_unique<HostStaging>(threads);
+}
+
+}  // namespace ckpt

@@ -1,0 +1,128 @@
+#include "async/staging_pipe.h"
+
+#include <algorithm>
+
+namespace ckpt::async {
+namespace {
+
+constexpr uint64_t kMaxPiece = 64ull << 20;
+
+}  // namespace
+
+StagingPipe::StagingPipe(StagingMemory& memory, const StateDict& sd, uint64_t budget)
+    : memory_(memory), sd_(sd), budget_(budget) {}
+
+Status StagingPipe::Produce() {
+  std::vector<ChunkRef> refs;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return plan_.has_value() || finished_.has_value(); });
+    if (!plan_) return finished_->ok() ? InternalError("staging: the save ended before planning") : *finished_;
+    refs = *plan_;
+  }
+  uint64_t total = 0;
+  for (const ChunkRef& r : refs) {
+    const DistTensor& t = sd_.tensors[r.tensor];
+    CKPT_ASSIGN_OR_RETURN(uint64_t n, t.chunks[r.chunk].shape.NumBytes(t.dtype));
+    total += n;
+  }
+  if (total == 0) return Status();
+  const uint64_t capacity = budget_ == 0 ? total : std::min(budget_, total);
+  uint64_t piece = std::min<uint64_t>(kMaxPiece, capacity == total ? kMaxPiece : capacity / 2);
+  piece = std::max<uint64_t>(8, piece / 8 * 8);
+  Result<std::span<std::byte>> ring = memory_.Reserve(std::max(capacity, piece));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ring.ok()) {
+      producer_error_ = ring.status();
+      cv_.notify_all();
+      return ring.status();
+    }
+    ring_ = *ring;
+    piece_ = piece;
+  }
+  for (const ChunkRef& r : refs) {
+    const DistTensor& t = sd_.tensors[r.tensor];
+    const LocalChunk& c = t.chunks[r.chunk];
+    const uint64_t nbytes = *c.shape.NumBytes(t.dtype);
+    for (uint64_t off = 0; off < nbytes;) {
+      const uint64_t len = std::min(piece, nbytes - off);
+      uint64_t pos;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        Result<uint64_t> at = Allocate(len, lock);
+        if (!at.ok()) return at.status();
+        pos = *at;
+      }
+      // Copied without the lock: the writer never touches unready regions.
+      Status copied = memory_.Copy(c, t.dtype, off, ring_.subspan(pos, len));
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!copied.ok()) {
+        producer_error_ = copied.WithContext("staging tensor '" + t.fqn + "'");
+        cv_.notify_all();
+        return producer_error_;
+      }
+      ++ready_;
+      cv_.notify_all();
+      off += len;
+    }
+  }
+  return Status();
+}
+
+Result<uint64_t> StagingPipe::Allocate(uint64_t len, std::unique_lock<std::mutex>& lock) {
+  for (;;) {
+    if (finished_ && !finished_->ok()) return *finished_;
+    if (finished_) return InternalError("staging: the save finished before every piece was staged");
+    if (in_flight_.empty()) {
+      in_flight_.push_back({0, len});
+      return 0;
+    }
+    const uint64_t tail = in_flight_.front().pos;
+    const uint64_t head = in_flight_.back().pos + in_flight_.back().len;
+    std::optional<uint64_t> pos;
+    if (head > tail) {
+      // Free space: [head, end) and [0, tail).
+      if (head + len <= ring_.size()) pos = head;
+      else if (len <= tail) pos = 0;
+    } else if (head + len <= tail) {
+      pos = head;  // wrapped: free space is [head, tail)
+    }
+    if (pos) {
+      in_flight_.push_back({*pos, len});
+      return *pos;
+    }
+    cv_.wait(lock);
+  }
+}
+
+void StagingPipe::Plan(std::vector<ChunkRef> chunks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  plan_ = std::move(chunks);
+  cv_.notify_all();
+}
+
+Result<std::span<const std::byte>> StagingPipe::Next() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return ready_ > handed_ || !producer_error_.ok(); });
+  if (ready_ <= handed_) return producer_error_;
+  const Region r = in_flight_[handed_++];
+  return std::span<const std::byte>(ring_.subspan(r.pos, r.len));
+}
+
+void StagingPipe::Release() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (handed_ == 0) return;
+  in_flight_.pop_front();
+  --handed_;
+  --ready_;
+  cv_.notify_all();
+}
+
+void StagingPipe::Finish(const Status& result) {
+  std::lock_guard<std::mutex> lock(mu_);
+  finished_ = result;
+  cv_.notify_all();
+}
+
+}  // namespace ckpt::async

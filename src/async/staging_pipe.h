@@ -1,0 +1,64 @@
+// One asynchronous save's hand-off between the training thread, which copies
+// the tensors into staging memory (Produce), and the background writer, which
+// reads them as a ChunkSource. Staging memory is used as a ring: with a budget
+// smaller than the state, the producer waits for the writer to release
+// pieces, so memory stays bounded and the caller waits longer.
+#ifndef CKPT_ASYNC_STAGING_PIPE_H_
+#define CKPT_ASYNC_STAGING_PIPE_H_
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "ckpt/sharded.h"
+#include "ckpt/staging.h"
+
+namespace ckpt::async {
+
+class StagingPipe final : public ChunkSource {
+ public:
+  // `sd` is the caller's state dict (read until Produce returns); `budget`
+  // bounds staging memory (0: the whole state).
+  StagingPipe(StagingMemory& memory, const StateDict& sd, uint64_t budget);
+
+  // Caller side: copies every chunk the writer will ask for. Returns once the
+  // last byte is staged, or the writer's failure.
+  Status Produce();
+
+  // Writer side.
+  void Plan(std::vector<ChunkRef> chunks) override;
+  Result<std::span<const std::byte>> Next() override;
+  void Release() override;
+  void Finish(const Status& result) override;
+
+  // Largest piece handed over (for tests).
+  uint64_t piece_size() const { return piece_; }
+
+ private:
+  struct Region {
+    uint64_t pos;
+    uint64_t len;
+  };
+  // Waits for `len` free bytes of the ring; returns their position.
+  Result<uint64_t> Allocate(uint64_t len, std::unique_lock<std::mutex>& lock);
+
+  StagingMemory& memory_;
+  const StateDict& sd_;
+  const uint64_t budget_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<std::vector<ChunkRef>> plan_;
+  std::optional<Status> finished_;
+  Status producer_error_;
+  std::span<std::byte> ring_;
+  uint64_t piece_ = 0;
+  std::deque<Region> in_flight_;  // staged or being written, oldest first
+  size_t ready_ = 0;              // in_flight_ entries staged and not yet handed out
+  size_t handed_ = 0;             // handed to the writer, not yet released
+};
+
+}  // namespace ckpt::async
+
+#endif  // CKPT_ASYNC_STAGING_PIPE_H_
