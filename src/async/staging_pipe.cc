@@ -28,7 +28,9 @@ Status StagingPipe::Produce() {
   }
   if (total == 0) return Status();
   const uint64_t capacity = budget_ == 0 ? total : std::min(budget_, total);
-  uint64_t piece = std::min<uint64_t>(kMaxPiece, capacity == total ? kMaxPiece : capacity / 2);
+  // Without a budget everything fits at once; with one, pieces of at most
+  // half the ring keep the writer and the producer both busy.
+  uint64_t piece = std::min<uint64_t>(kMaxPiece, capacity == total ? capacity : capacity / 2);
   piece = std::max<uint64_t>(8, piece / 8 * 8);
   Result<std::span<std::byte>> ring = memory_.Reserve(std::max(capacity, piece));
   {

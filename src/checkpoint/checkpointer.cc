@@ -170,6 +170,7 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingCo
 
 Status Checkpointer::SaveModel(Model& model, const std::string& weights_path, const SaveModelOptions& options) {
   if (!config_.enabled) return Status();
+  if (closed_) return FailedPreconditionError("saving into " + weights_path + ": the checkpointer is closed");
   const std::string model_dir = JoinPath(weights_path, "model");
   if (config_.is_peft) {
     if (options.peft == nullptr) {
@@ -533,6 +534,7 @@ Status Checkpointer::LoadBaseModel(Model& model, const std::string& root_dir, co
 
 Status Checkpointer::SaveOptimizer(StateDict& optimizer, const std::string& weights_path, Stateful* scheduler) {
   if (!config_.enabled) return Status();
+  if (closed_) return FailedPreconditionError("saving into " + weights_path + ": the checkpointer is closed");
   StateDict sd;
   sd.tensors = optimizer.tensors;
   sd.json = optimizer.json;

@@ -236,8 +236,8 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
 
 Status Checkpointer::Publish(const std::string& weights_path, const std::map<std::string, double>& metrics) {
   if (!config_.enabled) return Status();
-  if (!worker_) return PublishOn(comm_, weights_path, metrics);
   if (closed_) return FailedPreconditionError("publishing " + weights_path + ": the checkpointer is closed");
+  if (!worker_) return PublishOn(comm_, weights_path, metrics);
   // After this directory's background saves, on the background thread: a
   // checkpoint is published only once everything in it is durable.
   std::lock_guard<std::mutex> lock(pending_mu_);
