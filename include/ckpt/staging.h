@@ -28,9 +28,17 @@ class StagingMemory {
   // At least `bytes` of staging memory, kept for later saves: the returned
   // span stays valid until the next Reserve. Grows, never shrinks.
   virtual Result<std::span<std::byte>> Reserve(uint64_t bytes) = 0;
-  // Copies bytes [offset, offset + dst.size()) of the chunk, in row-major
-  // order (gathering through its strides when it has them), into `dst`.
-  virtual Status Copy(const LocalChunk& chunk, DType dtype, uint64_t offset, std::span<std::byte> dst) = 0;
+  // One copy: bytes [offset, offset + dst.size()) of the chunk, in
+  // row-major order (gathered through its strides when it has them).
+  struct CopyJob {
+    const LocalChunk* chunk;
+    DType dtype;
+    uint64_t offset;
+    std::span<std::byte> dst;
+  };
+  // Runs every job; returns when all bytes are in place. Implementations
+  // spread the work over their copy engines (threads, streams).
+  virtual Status Copy(std::span<const CopyJob> jobs) = 0;
   // Bytes currently held.
   virtual uint64_t capacity() const = 0;
 };

@@ -42,33 +42,63 @@ Status StagingPipe::Produce() {
     }
     ring_ = *ring;
     piece_ = piece;
+    whole_ = capacity == total;
   }
+  // Every piece: its chunk, offset and length.
+  std::vector<StagingMemory::CopyJob> jobs;
+  std::vector<uint64_t> lens;
   for (const ChunkRef& r : refs) {
     const DistTensor& t = sd_.tensors[r.tensor];
     const LocalChunk& c = t.chunks[r.chunk];
     const uint64_t nbytes = *c.shape.NumBytes(t.dtype);
-    for (uint64_t off = 0; off < nbytes;) {
-      const uint64_t len = std::min(piece, nbytes - off);
-      uint64_t pos;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        Result<uint64_t> at = Allocate(len, lock);
-        if (!at.ok()) return at.status();
-        pos = *at;
-      }
-      // Copied without the lock: the writer never touches unready regions.
-      Status copied = memory_.Copy(c, t.dtype, off, ring_.subspan(pos, len));
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!copied.ok()) {
-        producer_error_ = copied.WithContext("staging tensor '" + t.fqn + "'");
-        cv_.notify_all();
-        return producer_error_;
-      }
-      ++ready_;
-      cv_.notify_all();
-      off += len;
+    for (uint64_t off = 0; off < nbytes; off += piece) {
+      jobs.push_back({&c, t.dtype, off, {}});
+      lens.push_back(std::min(piece, nbytes - off));
     }
   }
+  auto fail = [&](const Status& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    producer_error_ = s;
+    cv_.notify_all();
+    return s;
+  };
+  if (whole_) {
+    // Everything fits: lay the pieces end to end and copy them in one go.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      uint64_t pos = 0;
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        in_flight_.push_back({pos, lens[i]});
+        jobs[i].dst = ring_.subspan(pos, lens[i]);
+        pos += lens[i];
+      }
+    }
+    Status copied = memory_.Copy(jobs);
+    if (!copied.ok()) return fail(copied.WithContext("staging"));
+    std::lock_guard<std::mutex> lock(mu_);
+    ready_ = jobs.size();
+    produced_ = true;
+    cv_.notify_all();
+    return Status();
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    StagingMemory::CopyJob& j = jobs[i];
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      Result<uint64_t> at = Allocate(lens[i], lock);
+      if (!at.ok()) return at.status();
+      j.dst = ring_.subspan(*at, lens[i]);
+    }
+    // Copied without the lock: the writer never touches unready regions.
+    Status copied = memory_.Copy(std::span<const StagingMemory::CopyJob>(&j, 1));
+    if (!copied.ok()) return fail(copied.WithContext("staging"));
+    std::lock_guard<std::mutex> lock(mu_);
+    ++ready_;
+    cv_.notify_all();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  produced_ = true;
+  cv_.notify_all();
   return Status();
 }
 
@@ -106,7 +136,9 @@ void StagingPipe::Plan(std::vector<ChunkRef> chunks) {
 
 Result<std::span<const std::byte>> StagingPipe::Next() {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return ready_ > handed_ || !producer_error_.ok(); });
+  // When the whole state fits, the writer starts after the last piece: on
+  // few cores it would otherwise compete with the copy the caller waits for.
+  cv_.wait(lock, [&] { return (ready_ > handed_ && (!whole_ || produced_)) || !producer_error_.ok(); });
   if (ready_ <= handed_) return producer_error_;
   const Region r = in_flight_[handed_++];
   return std::span<const std::byte>(ring_.subspan(r.pos, r.len));

@@ -57,6 +57,8 @@ class StagingPipe final : public ChunkSource {
   std::deque<Region> in_flight_;  // staged or being written, oldest first
   size_t ready_ = 0;              // in_flight_ entries staged and not yet handed out
   size_t handed_ = 0;             // handed to the writer, not yet released
+  bool whole_ = false;            // the ring holds the whole state
+  bool produced_ = false;         // every piece is staged
 };
 
 }  // namespace ckpt::async

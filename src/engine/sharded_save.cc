@@ -89,11 +89,6 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
                   const std::vector<plan::WriteItem>& writes, ChunkSource* source,
                   std::string* file, uint64_t* size) {
   file->clear();
-  if (source != nullptr) {
-    std::vector<ChunkSource::ChunkRef> refs;
-    for (const plan::WriteItem& w : writes) refs.push_back({w.tensor, w.chunk});
-    source->Plan(std::move(refs));
-  }
   if (writes.empty()) return Status();
   std::vector<TensorSpec> specs;
   json sharding = json::object();
@@ -191,6 +186,13 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   Result<plan::GlobalPlan> global = plan::BuildGlobalPlan(plans);
   if (!global.ok()) return global.status().WithContext(what);
 
+  // A chunk source learns what to produce before the directory work, so
+  // staging overlaps it.
+  if (options.source != nullptr) {
+    std::vector<ChunkSource::ChunkRef> refs;
+    for (const plan::WriteItem& w : global->writes[static_cast<size_t>(comm.rank())]) refs.push_back({w.tensor, w.chunk});
+    options.source->Plan(std::move(refs));
+  }
   Result<std::string> staging_dir = engine::CreateStagingDir(comm, storage, dir, to);
   if (!staging_dir.ok()) return staging_dir.status().WithContext(what);
   const std::string& staging = *staging_dir;
