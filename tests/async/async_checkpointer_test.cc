@@ -2,6 +2,8 @@
 // right after every save and the checkpoints never see it; LATEST moves only
 // once the background work is durable; background errors surface once.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <mutex>
@@ -246,6 +248,54 @@ TEST(AsyncLifecycle, BackgroundFailureIsReturnedOnceAndNothingIsPublished) {
   EXPECT_EQ(Basename(*PosixStorage()->ReadLink(tmp / "ckpts/LATEST")), "epoch_0_step_3");
   // Never published, then cleaned by the next reserve.
   EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "ckpts/epoch_0_step_2"));
+}
+
+// A process that dies while its background save is being written leaves
+// the previous checkpoint as the one to resume from.
+TEST(AsyncLifecycle, CrashDuringBackgroundWriteKeepsThePreviousCheckpoint) {
+  TempDir tmp;
+  const std::string root = tmp / "ckpts";
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto storage = std::make_shared<HookedStorage>([](std::string_view op, const std::string& p) -> Status {
+      if (op == "create" && p.find("epoch_0_step_2/") != std::string::npos && p.find("shard-") != std::string::npos) {
+        ::_exit(9);  // dies in the background thread, mid-save
+      }
+      return Status();
+    });
+    auto comm = NewSingleRankCommunicator();
+    VersionedModel m(0, 1);
+    auto c = Checkpointer::Create(AsyncConfig(root), {}, *comm, storage);
+    if (!c.ok()) ::_exit(2);
+    for (int step = 1; step <= 2; ++step) {
+      m.Set(step);
+      Result<std::string> d = (*c)->Reserve(0, step);
+      if (!d.ok() || !(*c)->SaveModel(m, *d).ok() || !(*c)->Publish(*d).ok()) ::_exit(3);
+      if (step == 1 && !(*c)->AsyncWait().ok()) ::_exit(4);
+    }
+    (void)(*c)->AsyncWait();
+    ::_exit(0);  // not reached: the background thread exits first
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 9) << "the child should have died in its background save";
+  Result<std::optional<std::string>> latest = FindLatestCheckpoint(*PosixStorage(), root);
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  EXPECT_EQ(Basename(**latest), "epoch_0_step_1");
+  EXPECT_TRUE(*Exists(*PosixStorage(), JoinPath(root, "epoch_0_step_2/.incomplete")));
+  auto comm = NewSingleRankCommunicator();
+  VersionedModel m(0, 1);
+  CheckpointingConfig sync = AsyncConfig(root);
+  sync.is_async = false;
+  auto c = Checkpointer::Create(sync, {}, *comm);
+  ASSERT_TRUE(c.ok());
+  CKPT_ASSERT_OK((*c)->LoadModel(m, **latest + "/model"));
+  EXPECT_EQ(m.Version(), 1);
+  // The next reserve cleans the dead save.
+  CKPT_ASSERT_OK((*c)->Reserve(0, 3).status());
+  EXPECT_FALSE(*Exists(*PosixStorage(), JoinPath(root, "epoch_0_step_2")));
 }
 
 TEST(AsyncLifecycle, ClosedCheckpointerRefusesSaves) {

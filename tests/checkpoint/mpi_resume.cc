@@ -1,6 +1,8 @@
 // The resume scenario under mpirun (see tests/engine/mpi_run.sh "resume"):
 //   train DIR    train the tiny model, checkpoint at steps 3 and 5 through the
 //                Checkpointer, run on to step 7 and stop without saving
+//   train-async DIR   the same with asynchronous saves (a background thread
+//                per rank runs its own MPI communicator)
 //   resume DIR   on another world size, resume from the latest checkpoint, run
 //                to step 9, and compare with an uninterrupted run bit for bit
 // Exit status 0 on success; failures are printed with the rank.
@@ -21,7 +23,7 @@ int Fail(Communicator& c, const std::string& what) {
 
 int Main(int argc, char** argv) {
   if (argc != 3) {
-    std::fprintf(stderr, "usage: %s train|resume DIR\n", argv[0]);
+    std::fprintf(stderr, "usage: %s train|train-async|resume DIR\n", argv[0]);
     return 2;
   }
   auto comm = NewMpiWorldCommunicator();
@@ -35,10 +37,11 @@ int Main(int argc, char** argv) {
   cfg.checkpoint_dir = argv[2];
   cfg.max_recent_checkpoints = 2;
   cfg.timeout = std::chrono::seconds(60);
+  cfg.is_async = mode == "train-async";
   Result<std::unique_ptr<Checkpointer>> ck = Checkpointer::Create(cfg, {.dp = c.rank()}, c);
   if (!ck.ok()) return Fail(c, ck.status().ToString());
   TinyTrainer t(c.rank(), c.size());
-  if (mode == "train") {
+  if (mode == "train" || mode == "train-async") {
     for (int s = 1; s <= 7; ++s) {
       t.TrainStep();
       if (s == 3 || s == 5) {
@@ -46,7 +49,9 @@ int Main(int argc, char** argv) {
         if (!saved.ok()) return Fail(c, saved.ToString());
       }
     }
-    if (c.rank() == 0) std::printf("train: %d ranks saved steps 3 and 5, stopped at 7\n", c.size());
+    Status closed = (*ck)->Close();
+    if (!closed.ok()) return Fail(c, closed.ToString());
+    if (c.rank() == 0) std::printf("%s: %d ranks saved steps 3 and 5, stopped at 7\n", mode.c_str(), c.size());
     return 0;
   }
   if (mode == "resume") {

@@ -3,7 +3,8 @@
 # SCENARIO "rank-dies": a job saves, a second job loses rank 1 mid-save, and
 # a third job checks that the first checkpoint loads and nothing partial of
 # the second was published. SCENARIO "resume": a job of NP ranks trains and
-# checkpoints, a job of NP/2 ranks resumes and checks bit-exactness.
+# checkpoints, a job of NP/2 ranks resumes and checks bit-exactness;
+# "resume-async" saves asynchronously.
 set -u
 bin=$1 np=$2 scenario=$3
 # OpenMPI's own allocations (in plugins it unloads at exit) are reported as
@@ -25,8 +26,8 @@ case "$scenario" in
     fi
     "${mpirun[@]}" "$bin" check "$dir/good" "$dir/dead"
     ;;
-  resume)
-    "${mpirun[@]}" "$bin" train "$dir/ckpts" || exit 1
+  resume|resume-async)
+    "${mpirun[@]}" "$bin" "${scenario/resume/train}" "$dir/ckpts" || exit 1
     mpirun_np $((np / 2)) "$bin" resume "$dir/ckpts"
     ;;
   *) "${mpirun[@]}" "$bin" "$scenario" "$dir" ;;
