@@ -46,9 +46,10 @@ std::string ShardFileName(int rank);
 
 // Hands chunk bytes to a save instead of the chunks' data pointers, so they
 // can be produced while the file is written (asynchronous saves stage them
-// this way). The save calls Plan once, then Next/Release for every piece of
-// every chunk it writes, in that order, then Finish. Only the chunks' shapes
-// and offsets are read from the state dict.
+// this way). The save asks for the chunks it writes in state-dict order
+// (tensor, then chunk): Next/Release for every piece of each, then Finish.
+// Chunks it skips (replicas another rank writes) are never asked for. Only
+// the chunks' shapes and offsets are read from the state dict.
 class ChunkSource {
  public:
   virtual ~ChunkSource() = default;
@@ -56,11 +57,9 @@ class ChunkSource {
     uint32_t tensor;  // index into the state dict's tensors
     uint32_t chunk;   // index into that tensor's chunks
   };
-  // The chunks this rank writes, in the order their bytes will be asked for.
-  virtual void Plan(std::vector<ChunkRef> chunks) = 0;
-  // The next piece of the current chunk's bytes (row-major); blocks until it
-  // is available. Pieces of a chunk come in order and add up to its size.
-  virtual Result<std::span<const std::byte>> Next() = 0;
+  // The next piece of `chunk`'s bytes (row-major); blocks until it is
+  // available. Pieces of a chunk come in order and add up to its size.
+  virtual Result<std::span<const std::byte>> Next(ChunkRef chunk) = 0;
   // The piece Next returned has been written; its memory may be reused.
   virtual void Release() = 0;
   // The save ended; a failure unblocks whoever produces the bytes.

@@ -10,21 +10,25 @@ constexpr uint64_t kMaxPiece = 64ull << 20;
 }  // namespace
 
 StagingPipe::StagingPipe(StagingMemory& memory, const StateDict& sd, uint64_t budget)
-    : memory_(memory), sd_(sd), budget_(budget) {}
+    : memory_(memory), sd_(sd), budget_(budget) {
+  uint64_t n = 0;
+  for (const DistTensor& t : sd_.tensors) {
+    first_chunk_.push_back(n);
+    n += t.chunks.size();
+  }
+}
 
 Status StagingPipe::Produce() {
-  std::vector<ChunkRef> refs;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return plan_.has_value() || finished_.has_value(); });
-    if (!plan_) return finished_->ok() ? InternalError("staging: the save ended before planning") : *finished_;
-    refs = *plan_;
-  }
+  // Every chunk with bytes, in state-dict order: its pieces.
+  std::vector<StagingMemory::CopyJob> jobs;
+  std::vector<uint64_t> lens, ordinals;
   uint64_t total = 0;
-  for (const ChunkRef& r : refs) {
-    const DistTensor& t = sd_.tensors[r.tensor];
-    CKPT_ASSIGN_OR_RETURN(uint64_t n, t.chunks[r.chunk].shape.NumBytes(t.dtype));
-    total += n;
+  for (size_t ti = 0; ti < sd_.tensors.size(); ++ti) {
+    const DistTensor& t = sd_.tensors[ti];
+    for (size_t ci = 0; ci < t.chunks.size(); ++ci) {
+      CKPT_ASSIGN_OR_RETURN(uint64_t n, t.chunks[ci].shape.NumBytes(t.dtype));
+      total += n;
+    }
   }
   if (total == 0) return Status();
   const uint64_t capacity = budget_ == 0 ? total : std::min(budget_, total);
@@ -32,28 +36,15 @@ Status StagingPipe::Produce() {
   // half the ring keep the writer and the producer both busy.
   uint64_t piece = std::min<uint64_t>(kMaxPiece, capacity == total ? capacity : capacity / 2);
   piece = std::max<uint64_t>(8, piece / 8 * 8);
-  Result<std::span<std::byte>> ring = memory_.Reserve(std::max(capacity, piece));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!ring.ok()) {
-      producer_error_ = ring.status();
-      cv_.notify_all();
-      return ring.status();
-    }
-    ring_ = *ring;
-    piece_ = piece;
-    whole_ = capacity == total;
-  }
-  // Every piece: its chunk, offset and length.
-  std::vector<StagingMemory::CopyJob> jobs;
-  std::vector<uint64_t> lens;
-  for (const ChunkRef& r : refs) {
-    const DistTensor& t = sd_.tensors[r.tensor];
-    const LocalChunk& c = t.chunks[r.chunk];
-    const uint64_t nbytes = *c.shape.NumBytes(t.dtype);
-    for (uint64_t off = 0; off < nbytes; off += piece) {
-      jobs.push_back({&c, t.dtype, off, {}});
-      lens.push_back(std::min(piece, nbytes - off));
+  for (size_t ti = 0; ti < sd_.tensors.size(); ++ti) {
+    const DistTensor& t = sd_.tensors[ti];
+    for (size_t ci = 0; ci < t.chunks.size(); ++ci) {
+      const uint64_t nbytes = *t.chunks[ci].shape.NumBytes(t.dtype);
+      for (uint64_t off = 0; off < nbytes; off += piece) {
+        jobs.push_back({&t.chunks[ci], t.dtype, off, {}});
+        lens.push_back(std::min(piece, nbytes - off));
+        ordinals.push_back(first_chunk_[ti] + ci);
+      }
     }
   }
   auto fail = [&](const Status& s) {
@@ -62,13 +53,21 @@ Status StagingPipe::Produce() {
     cv_.notify_all();
     return s;
   };
+  Result<std::span<std::byte>> ring = memory_.Reserve(std::max(capacity, piece));
+  if (!ring.ok()) return fail(ring.status());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ring_ = *ring;
+    piece_ = piece;
+    whole_ = capacity == total;
+  }
   if (whole_) {
     // Everything fits: lay the pieces end to end and copy them in one go.
     {
       std::lock_guard<std::mutex> lock(mu_);
       uint64_t pos = 0;
       for (size_t i = 0; i < jobs.size(); ++i) {
-        in_flight_.push_back({pos, lens[i]});
+        in_flight_.push_back({pos, lens[i], ordinals[i]});
         jobs[i].dst = ring_.subspan(pos, lens[i]);
         pos += lens[i];
       }
@@ -85,7 +84,7 @@ Status StagingPipe::Produce() {
     StagingMemory::CopyJob& j = jobs[i];
     {
       std::unique_lock<std::mutex> lock(mu_);
-      Result<uint64_t> at = Allocate(lens[i], lock);
+      Result<uint64_t> at = Allocate(lens[i], ordinals[i], lock);
       if (!at.ok()) return at.status();
       j.dst = ring_.subspan(*at, lens[i]);
     }
@@ -102,12 +101,12 @@ Status StagingPipe::Produce() {
   return Status();
 }
 
-Result<uint64_t> StagingPipe::Allocate(uint64_t len, std::unique_lock<std::mutex>& lock) {
+Result<uint64_t> StagingPipe::Allocate(uint64_t len, uint64_t chunk, std::unique_lock<std::mutex>& lock) {
   for (;;) {
     if (finished_ && !finished_->ok()) return *finished_;
     if (finished_) return InternalError("staging: the save finished before every piece was staged");
     if (in_flight_.empty()) {
-      in_flight_.push_back({0, len});
+      in_flight_.push_back({0, len, chunk});
       return 0;
     }
     const uint64_t tail = in_flight_.front().pos;
@@ -121,27 +120,35 @@ Result<uint64_t> StagingPipe::Allocate(uint64_t len, std::unique_lock<std::mutex
       pos = head;  // wrapped: free space is [head, tail)
     }
     if (pos) {
-      in_flight_.push_back({*pos, len});
+      in_flight_.push_back({*pos, len, chunk});
       return *pos;
     }
     cv_.wait(lock);
   }
 }
 
-void StagingPipe::Plan(std::vector<ChunkRef> chunks) {
-  std::lock_guard<std::mutex> lock(mu_);
-  plan_ = std::move(chunks);
-  cv_.notify_all();
-}
-
-Result<std::span<const std::byte>> StagingPipe::Next() {
+Result<std::span<const std::byte>> StagingPipe::Next(ChunkRef ref) {
+  if (ref.tensor >= first_chunk_.size()) return InternalError("staging: no tensor " + std::to_string(ref.tensor));
+  const uint64_t want = first_chunk_[ref.tensor] + ref.chunk;
   std::unique_lock<std::mutex> lock(mu_);
-  // When the whole state fits, the writer starts after the last piece: on
-  // few cores it would otherwise compete with the copy the caller waits for.
-  cv_.wait(lock, [&] { return (ready_ > handed_ && (!whole_ || produced_)) || !producer_error_.ok(); });
-  if (ready_ <= handed_) return producer_error_;
-  const Region r = in_flight_[handed_++];
-  return std::span<const std::byte>(ring_.subspan(r.pos, r.len));
+  for (;;) {
+    // When the whole state fits, the writer starts after the last piece: on
+    // few cores it would otherwise compete with the copy the caller waits for.
+    cv_.wait(lock, [&] { return (ready_ > handed_ && (!whole_ || produced_)) || !producer_error_.ok(); });
+    if (ready_ <= handed_) return producer_error_;
+    const Region r = in_flight_[handed_];
+    if (r.chunk == want) {
+      ++handed_;
+      return std::span<const std::byte>(ring_.subspan(r.pos, r.len));
+    }
+    if (r.chunk > want || handed_ != 0) {
+      return InternalError("staging: chunk " + std::to_string(want) + " asked for out of order");
+    }
+    // A chunk this rank does not write (another rank writes its replica).
+    in_flight_.pop_front();
+    --ready_;
+    cv_.notify_all();
+  }
 }
 
 void StagingPipe::Release() {

@@ -1,6 +1,8 @@
 // One asynchronous save's hand-off between the training thread, which copies
 // the tensors into staging memory (Produce), and the background writer, which
-// reads them as a ChunkSource. Staging memory is used as a ring: with a budget
+// reads them as a ChunkSource. Every chunk with bytes is staged, in
+// state-dict order, without waiting for the writer to plan; the writer skips
+// the ones it does not write. Staging memory is used as a ring: with a budget
 // smaller than the state, the producer waits for the writer to release
 // pieces, so memory stays bounded and the caller waits longer.
 #ifndef CKPT_ASYNC_STAGING_PIPE_H_
@@ -28,8 +30,7 @@ class StagingPipe final : public ChunkSource {
   Status Produce();
 
   // Writer side.
-  void Plan(std::vector<ChunkRef> chunks) override;
-  Result<std::span<const std::byte>> Next() override;
+  Result<std::span<const std::byte>> Next(ChunkRef chunk) override;
   void Release() override;
   void Finish(const Status& result) override;
 
@@ -40,16 +41,17 @@ class StagingPipe final : public ChunkSource {
   struct Region {
     uint64_t pos;
     uint64_t len;
+    uint64_t chunk;  // ordinal of its chunk in state-dict order
   };
   // Waits for `len` free bytes of the ring; returns their position.
-  Result<uint64_t> Allocate(uint64_t len, std::unique_lock<std::mutex>& lock);
+  Result<uint64_t> Allocate(uint64_t len, uint64_t chunk, std::unique_lock<std::mutex>& lock);
 
   StagingMemory& memory_;
   const StateDict& sd_;
   const uint64_t budget_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::optional<std::vector<ChunkRef>> plan_;
+  std::vector<uint64_t> first_chunk_;  // per tensor: ordinal of its first chunk
   std::optional<Status> finished_;
   Status producer_error_;
   std::span<std::byte> ring_;

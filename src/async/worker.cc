@@ -1,5 +1,8 @@
 #include "async/worker.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 namespace ckpt::async {
 
 Worker::Worker() : thread_([this] { Run(); }) {}
@@ -53,6 +56,9 @@ bool Worker::Done(uint64_t ticket) {
 }
 
 void Worker::Run() {
+  // Background saves yield the cores to training (and to the copy training
+  // waits for): on a busy machine they take longer, not the loop.
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
   for (;;) {
     std::pair<uint64_t, std::function<Status()>> job;
     {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -152,8 +153,13 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingCo
     if (!bg.ok()) return bg.status().WithContext("setting up asynchronous saves");
     c->bg_comm_ = std::move(*bg);
     c->worker_ = std::make_unique<async::Worker>();
-    c->model_kind_.memory = NewHostStagingMemory();
-    c->optim_kind_.memory = NewHostStagingMemory();
+    // Thread ranks share this machine's cores; other ranks have their own.
+    unsigned threads = 0;
+    if (comm.kind() == "threads") {
+      threads = std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(comm.size()));
+    }
+    c->model_kind_.memory = NewHostStagingMemory(threads);
+    c->optim_kind_.memory = NewHostStagingMemory(threads);
   }
   // The base model, when the config names one that exists.
   if (!config.model_repo_id.empty()) {

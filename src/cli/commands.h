@@ -43,6 +43,24 @@ struct ConsolidateCliOptions {
 };
 int RunConsolidate(const ConsolidateCliOptions& opts);
 
+struct DemoOptions {
+  int layers = 6;
+  int hidden = 768;
+  int intermediate = 2048;
+  int vocab = 32000;
+  int heads = 12;
+  int ranks = 4;         // the first job
+  int resume_ranks = 2;  // the job that resumes
+  int steps = 8;
+  int save_every = 3;
+  uint64_t seed = 1;
+  std::string dir;       // keep everything here (default: a temporary directory)
+  bool json = false;
+  bool mpi = false;
+  std::string phase;     // with --mpi: train | resume
+};
+int RunDemo(const DemoOptions& opts);
+
 }  // namespace ckpt::cli
 
 #endif  // CKPT_CLI_COMMANDS_H_

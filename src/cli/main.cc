@@ -52,7 +52,26 @@ int main(int argc, char** argv) {
   consolidate_cmd->add_option("--threads", consolidate.threads, "writer threads per rank (0: one per core)");
   consolidate_cmd->add_flag("--diffusers", consolidate.diffusers, "diffusers file and index names");
 
+  ckpt::cli::DemoOptions demo;
+  CLI::App* demo_cmd = app.add_subcommand(
+      "demo", "Train a synthetic Llama-shaped model on several ranks with asynchronous checkpoints, crash, "
+              "resume on fewer ranks bit-exactly, export a Hugging Face directory, and print what it measured");
+  demo_cmd->add_option("--layers", demo.layers, "decoder layers")->capture_default_str();
+  demo_cmd->add_option("--hidden", demo.hidden, "hidden size")->capture_default_str();
+  demo_cmd->add_option("--intermediate", demo.intermediate, "MLP size")->capture_default_str();
+  demo_cmd->add_option("--vocab", demo.vocab, "vocabulary size")->capture_default_str();
+  demo_cmd->add_option("--ranks", demo.ranks, "ranks of the job that crashes")->capture_default_str();
+  demo_cmd->add_option("--resume-ranks", demo.resume_ranks, "ranks of the job that resumes")->capture_default_str();
+  demo_cmd->add_option("--steps", demo.steps, "training steps in all")->capture_default_str();
+  demo_cmd->add_option("--save-every", demo.save_every, "checkpoint every K steps")->capture_default_str();
+  demo_cmd->add_option("--dir", demo.dir, "keep the checkpoints and the export here (default: a temporary "
+                                          "directory, removed at the end)");
+  demo_cmd->add_flag("--json", demo.json, "print the final table as JSON");
+  demo_cmd->add_flag("--mpi", demo.mpi, "ranks are MPI processes (run under mpirun, with --dir and --phase)");
+  demo_cmd->add_option("--phase", demo.phase, "with --mpi: train (first job) or resume (second job)");
+
   CLI11_PARSE(app, argc, argv);
+  if (*demo_cmd) return ckpt::cli::RunDemo(demo);
   if (*consolidate_cmd) return ckpt::cli::RunConsolidate(consolidate);
   if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
   if (*verify_cmd) return ckpt::cli::RunVerify(verify);

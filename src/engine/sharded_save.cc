@@ -116,7 +116,7 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
     XXH64_reset(h, 0);
     if (source != nullptr) {
       for (uint64_t off = 0; off < nbytes;) {
-        CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> piece, source->Next());
+        CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> piece, source->Next({w.tensor, w.chunk}));
         if (piece.empty() || piece.size() > nbytes - off) {
           return InternalError("tensor '" + t.fqn + "': the chunk source gave " + std::to_string(piece.size()) +
                                " bytes at offset " + std::to_string(off) + " of " + std::to_string(nbytes));
@@ -186,13 +186,6 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   Result<plan::GlobalPlan> global = plan::BuildGlobalPlan(plans);
   if (!global.ok()) return global.status().WithContext(what);
 
-  // A chunk source learns what to produce before the directory work, so
-  // staging overlaps it.
-  if (options.source != nullptr) {
-    std::vector<ChunkSource::ChunkRef> refs;
-    for (const plan::WriteItem& w : global->writes[static_cast<size_t>(comm.rank())]) refs.push_back({w.tensor, w.chunk});
-    options.source->Plan(std::move(refs));
-  }
   Result<std::string> staging_dir = engine::CreateStagingDir(comm, storage, dir, to);
   if (!staging_dir.ok()) return staging_dir.status().WithContext(what);
   const std::string& staging = *staging_dir;
