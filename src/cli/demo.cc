@@ -562,6 +562,7 @@ int RunDemo(const DemoOptions& in) {
       }
     } else {
       o.resume_ranks = (*comm)->size();
+      m.crash_step = CrashStep(o);  // where the train phase stopped
       s = ResumePhase(**comm, o, specs, ckpts, JoinPath(root, "hf_export"), out, &m);
       if (s.ok() && (*comm)->rank() == 0) Report(o, specs, root, m);
     }
