@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "result.h"
 #include "ckpt/sharded.h"
 
 namespace {
@@ -134,5 +135,8 @@ int main(int argc, char** argv) {
               "consolidate (2 threads, fsync)", gb / tc, gb / td, td / tc);
   std::printf("%-32s %8.1f MiB                                            target <= 128 MiB\n",
               "peak RSS of ckpt consolidate", static_cast<double>(rss) / (1 << 20));
+  ckpt::bench::EmitResult("consolidate", "consolidation throughput / dd conv=fsync", td / tc, true, 0.8);
+  ckpt::bench::EmitResult("consolidate", "peak RSS of ckpt consolidate (MiB)", static_cast<double>(rss) / (1 << 20),
+                          false, 128);
   return 0;
 }

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "result.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/storage.h"
 
@@ -236,6 +237,9 @@ int main(int argc, char** argv) {
     std::string target = r.target > 0 ? std::to_string(r.target).substr(0, 4) : "-";
     std::printf("%-24s %10.2f %16s %10.2f %7.2f %7s%s\n", r.what, gb / r.t, r.ref_name, gb / r.ref,
                 ratio, target.c_str(), ratio >= r.target ? "" : "  (below target)");
+    if (r.target > 0) {
+      ckpt::bench::EmitResult("io", std::string(r.what) + " / " + r.ref_name, ratio, true, r.target);
+    }
     char buf[256];
     std::snprintf(buf, sizeof buf,
                   "%s{\"measure\":\"%s\",\"gbps\":%.3f,\"reference\":\"%s\",\"ref_gbps\":%.3f,"

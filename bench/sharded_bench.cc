@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "result.h"
 #include "ckpt/sharded.h"
 #include "plan/load_plan.h"
 #include "plan/save_plan.h"
@@ -229,12 +230,13 @@ int main(int argc, char** argv) {
   std::printf("ckpt_sharded_bench: %.2f GB in %d bf16 tensors [4096, 4096], %d thread ranks, median of %d\n",
               gb, m.tensors, ranks, reps);
   std::printf("%-34s %9s %20s %9s %7s %8s\n", "measure", "GB/s", "reference", "ref GB/s", "ratio", "target");
-  auto row = [&](const char* what, double t, double ref, const char* ref_name, const char* target) {
+  auto row = [&](const char* what, double t, double ref, const char* ref_name, const char* target, double limit) {
     std::printf("%-34s %9.2f %20s %9.2f %7.2f %8s\n", what, gb / t, ref_name, gb / ref, ref / t, target);
+    bench::EmitResult("sharded", std::string(what) + " / " + ref_name, ref / t, true, limit);
   };
-  row("save to disk (fsync)", Median(t_save_disk), Median(t_dd), "dd conv=fsync", ">= 0.9");
-  row("save to tmpfs", Median(t_save_shm), Median(t_memcpy), "memcpy", ">= 0.7");
-  row("load, same layout (tmpfs, warm)", Median(t_load_same), Median(t_memcpy), "memcpy", ">= 0.8");
+  row("save to disk (fsync)", Median(t_save_disk), Median(t_dd), "dd conv=fsync", ">= 0.9", 0.9);
+  row("save to tmpfs", Median(t_save_shm), Median(t_memcpy), "memcpy", ">= 0.7", 0.7);
+  row("load, same layout (tmpfs, warm)", Median(t_load_same), Median(t_memcpy), "memcpy", ">= 0.8", 0.8);
   std::printf("%-34s %9.2f %20s %9s %7.2f %8s\n", "load, dim0 -> dim1 resharded", gb / Median(t_load_dim1),
               "same-layout time", "", Median(t_load_dim1) / Median(t_load_same), "<= 1.2");
   std::printf("%-34s %9.2f %20s %9s %7.2f %8s\n", "load, dim0 on half the ranks", gb / Median(t_load_fewer),
@@ -245,5 +247,13 @@ int main(int argc, char** argv) {
               static_cast<double>(same_stats.bytes_read) / static_cast<double>(same_stats.bytes_needed), "1.00");
   std::printf("%-34s %9.1f ms (10,000 tensors x 64 ranks, decode + plan)  target <= 50 ms\n",
               "global save planning", Median(t_plan) * 1e3);
+  bench::EmitResult("sharded", "resharded load time / same-layout load time",
+                    Median(t_load_dim1) / Median(t_load_same), false, 1.2);
+  bench::EmitResult("sharded", "load on half the ranks time / same-layout load time",
+                    Median(t_load_fewer) / Median(t_load_same), false, 1.2);
+  bench::EmitResult("sharded", "resharded bytes read / bytes needed",
+                    static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed), false,
+                    1.05);
+  bench::EmitResult("sharded", "save plan 10k tensors x 64 ranks (ms)", Median(t_plan) * 1e3, false, 50);
   return 0;
 }
