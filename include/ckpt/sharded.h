@@ -88,6 +88,11 @@ struct LoadOptions {
   // The model ties lm_head to the embeddings: when the checkpoint has no
   // `lm_head.weight`, fill it from `model.embed_tokens.weight`.
   bool tie_word_embeddings = false;
+  // Chunks read whole (every chunk of a same-layout load) are checked
+  // against the XXH64 their file records; a mismatch is DataLoss naming the
+  // file, tensor and byte range. Partial reads of a resharded load are not
+  // checked here (`ckpt verify` checks every chunk).
+  bool verify_checksums = true;
   // Ordinary float tensors (F16, BF16, F32, F64) whose checkpoint dtype
   // differs from the state dict's are converted, rounding to nearest even,
   // instead of refused. FP8 and integer tensors are never converted.

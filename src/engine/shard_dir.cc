@@ -147,6 +147,11 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
     CKPT_ASSIGN_OR_RETURN(info, ParseStrictJson(it->second, path + ": " + std::string(kDcpShardingInfoKey), 8));
     if (!info.is_object()) return DataLossError(path + ": DCP_SHARDING_INFO is not a JSON object");
   }
+  json sums = json::object();
+  if (auto s = header.metadata().find(std::string(kChunkChecksumKey)); s != header.metadata().end()) {
+    CKPT_ASSIGN_OR_RETURN(sums, ParseStrictJson(s->second, path + ": " + std::string(kChunkChecksumKey), 4));
+    if (!sums.is_object()) return DataLossError(path + ": " + std::string(kChunkChecksumKey) + " is not a JSON object");
+  }
   for (const TensorInfo& t : header.tensors()) {
     plan::SavedChunk c;
     c.file = file;
@@ -167,6 +172,21 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
         }
         c.box.offsets[d] = (*offs)[d].get<uint64_t>();
       }
+    }
+    if (auto h = sums.find(t.name); h != sums.end()) {
+      const std::string hex = h->is_string() ? h->get<std::string>() : "";
+      uint64_t v = 0;
+      bool ok = hex.size() == 16;
+      for (char ch : hex) {
+        const int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (d < 0) ok = false;
+        v = v << 4 | static_cast<uint64_t>(d < 0 ? 0 : d);
+      }
+      if (!ok) {
+        return DataLossError(path + ": tensor '" + t.name + "': checksum " + h->dump() + " is not 16 hex digits");
+      }
+      c.has_checksum = true;
+      c.checksum = v;
     }
     CKPT_RETURN_IF_ERROR(index->Add(t.name, t.dtype, std::move(c), path));
   }

@@ -6,6 +6,7 @@
 //      and unexpected keys and shape/dtype mismatches make one error;
 //   5. each local chunk is filled from the overlapping byte ranges only.
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <locale>
@@ -13,6 +14,8 @@
 #include <regex>
 #include <set>
 #include <unordered_map>
+
+#include <xxhash.h>
 
 #include "ckpt/sharded.h"
 #include "engine/shard_dir.h"
@@ -274,6 +277,12 @@ void PrimeRegexLocale() {
   (void)primed;
 }
 
+std::string Hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
 }  // namespace
 
 Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
@@ -360,6 +369,19 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
           if (!s.ok()) break;
         }
         if (s.ok()) s = RunReads(files, c.data, ops, &stats);
+        // A chunk read whole: its recorded checksum must match.
+        if (s.ok() && o.verify_checksums && overlapping.size() == 1 && c.strides.empty()) {
+          const plan::SavedChunk& sc = *overlapping[0];
+          if (sc.has_checksum && sc.box.offsets == box.offsets && sc.box.sizes == box.sizes) {
+            const uint64_t got = XXH64(c.data, *nbytes, 0);
+            if (got != sc.checksum) {
+              s = DataLossError(JoinPath(dir, listing.files[sc.file]) + ": tensor '" + t.fqn + "' chunk at " +
+                                box.ToString() + ", bytes [" + std::to_string(sc.data_offset) + ", " +
+                                std::to_string(sc.data_offset + *nbytes) + "): checksum " + Hex(got) +
+                                " does not match the recorded " + Hex(sc.checksum) + " (the file is corrupt)");
+            }
+          }
+        }
       } else {
         s = ReadAndCast(files, overlapping, saved->dtype, t.dtype, box, c, &stats);
       }

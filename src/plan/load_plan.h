@@ -19,6 +19,8 @@ struct SavedChunk {
   uint32_t file = 0;         // index into the checkpoint's file list
   Box box;                   // position in the global tensor
   uint64_t data_offset = 0;  // absolute file offset of the chunk's first byte
+  bool has_checksum = false;
+  uint64_t checksum = 0;     // XXH64 (seed 0) of the chunk's bytes, when recorded
 };
 
 struct SavedTensor {

@@ -376,6 +376,41 @@ TEST(ShardedLoadTest, CastFloatsConvertsIntoStridedChunksAndNeverFp8) {
   EXPECT_NE(no_fp8.message().find("'q' is F8_E4M3"), std::string::npos) << no_fp8.ToString();
 }
 
+// A flipped data bit is caught when a rank reads the chunk whole, on every
+// rank, naming file, tensor and byte range; it can be switched off.
+TEST(ShardedLoadTest, ChecksumsAreVerifiedOnSameLayoutLoads) {
+  testing::TempDir tmp;
+  const std::string dir = tmp / "c";
+  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({64, 4})}, {"b", DType::kBF16, Shape({16})}};
+  CKPT_ASSERT_OK(Save(*PosixStorage(), dir, defs, {2, Split::kDim0}));
+  CKPT_ASSERT_OK(LoadAndCheck(*PosixStorage(), dir, defs, {2, Split::kDim0}));
+  const std::string shard = dir + "/" + ShardFileName(1);
+  std::string bytes = *ReadFileToString(*PosixStorage(), shard);
+  bytes[bytes.size() - 3] ^= 0x01;  // the last tensor of the file, rank 1's chunk
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), shard, bytes));
+
+  std::vector<Status> st = OnRanks(2, [&](Communicator& c) -> Status {
+    testing::RankState rs = testing::MakeRankState(defs, {2, Split::kDim0}, c.rank(), false);
+    return LoadSharded(c, *PosixStorage(), dir, rs.sd, testing::WithTimeout(milliseconds(20000)));
+  });
+  for (const Status& s : st) {
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+    EXPECT_NE(s.message().find(ShardFileName(1) + ": tensor 'b' chunk at [8:16], bytes [856, 872)"), std::string::npos)
+        << s.message();
+    EXPECT_NE(s.message().find("does not match the recorded"), std::string::npos) << s.message();
+  }
+  // Switched off, the load goes through (and the flipped value shows).
+  std::vector<Status> off = OnRanks(2, [&](Communicator& c) -> Status {
+    testing::RankState rs = testing::MakeRankState(defs, {2, Split::kDim0}, c.rank(), false);
+    LoadOptions o = testing::WithTimeout(milliseconds(20000));
+    o.verify_checksums = false;
+    CKPT_RETURN_IF_ERROR(LoadSharded(c, *PosixStorage(), dir, rs.sd, o));
+    std::string why;
+    return testing::MatchesReference(defs, rs, &why) == (c.rank() == 0) ? Status() : InternalError(why);
+  });
+  for (const Status& s : off) CKPT_EXPECT_OK(s);
+}
+
 TEST(ShardedVerifyTest, ChecksumsCatchFlippedDataAndManifestCatchesMissingFiles) {
   testing::TempDir tmp;
   const std::string dir = tmp / "c";
