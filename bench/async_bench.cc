@@ -18,24 +18,16 @@
 #include <vector>
 
 #include "ckpt/checkpointer.h"
-#include "result.h"
+#include "bench_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using ckpt::bench::Clock;
+using ckpt::bench::Median;
+using ckpt::bench::Since;
 using namespace ckpt;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-void Check(const Status& s) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "ckpt_async_bench: %s\n", s.ToString().c_str());
-    std::exit(1);
-  }
-}
+void Check(const Status& s) { ckpt::bench::CheckOk("ckpt_async_bench", s); }
 
 // VmRSS and VmHWM of this process, in bytes.
 uint64_t ProcStatus(const char* key) {

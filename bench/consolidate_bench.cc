@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "result.h"
+#include "bench_util.h"
 #include "ckpt/sharded.h"
 
 namespace {

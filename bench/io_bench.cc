@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "result.h"
+#include "bench_util.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/storage.h"
 

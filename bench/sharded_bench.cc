@@ -17,27 +17,19 @@
 #include <thread>
 #include <vector>
 
-#include "result.h"
+#include "bench_util.h"
 #include "ckpt/sharded.h"
 #include "plan/load_plan.h"
 #include "plan/save_plan.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using ckpt::bench::Clock;
+using ckpt::bench::Median;
+using ckpt::bench::Since;
 using namespace ckpt;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-void Check(const Status& s) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "ckpt_sharded_bench: %s\n", s.ToString().c_str());
-    std::exit(1);
-  }
-}
+void Check(const Status& s) { ckpt::bench::CheckOk("ckpt_sharded_bench", s); }
 
 enum class Split { kDim0, kDim1 };
 
@@ -232,7 +224,7 @@ int main(int argc, char** argv) {
   std::printf("%-34s %9s %20s %9s %7s %8s\n", "measure", "GB/s", "reference", "ref GB/s", "ratio", "target");
   auto row = [&](const char* what, double t, double ref, const char* ref_name, const char* target, double limit) {
     std::printf("%-34s %9.2f %20s %9.2f %7.2f %8s\n", what, gb / t, ref_name, gb / ref, ref / t, target);
-    bench::EmitResult("sharded", std::string(what) + " / " + ref_name, ref / t, true, limit);
+    ckpt::bench::EmitResult("sharded", std::string(what) + " / " + ref_name, ref / t, true, limit);
   };
   row("save to disk (fsync)", Median(t_save_disk), Median(t_dd), "dd conv=fsync", ">= 0.9", 0.9);
   row("save to tmpfs", Median(t_save_shm), Median(t_memcpy), "memcpy", ">= 0.7", 0.7);
@@ -247,13 +239,13 @@ int main(int argc, char** argv) {
               static_cast<double>(same_stats.bytes_read) / static_cast<double>(same_stats.bytes_needed), "1.00");
   std::printf("%-34s %9.1f ms (10,000 tensors x 64 ranks, decode + plan)  target <= 50 ms\n",
               "global save planning", Median(t_plan) * 1e3);
-  bench::EmitResult("sharded", "resharded load time / same-layout load time",
+  ckpt::bench::EmitResult("sharded", "resharded load time / same-layout load time",
                     Median(t_load_dim1) / Median(t_load_same), false, 1.2);
-  bench::EmitResult("sharded", "load on half the ranks time / same-layout load time",
+  ckpt::bench::EmitResult("sharded", "load on half the ranks time / same-layout load time",
                     Median(t_load_fewer) / Median(t_load_same), false, 1.2);
-  bench::EmitResult("sharded", "resharded bytes read / bytes needed",
+  ckpt::bench::EmitResult("sharded", "resharded bytes read / bytes needed",
                     static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed), false,
                     1.05);
-  bench::EmitResult("sharded", "save plan 10k tensors x 64 ranks (ms)", Median(t_plan) * 1e3, false, 50);
+  ckpt::bench::EmitResult("sharded", "save plan 10k tensors x 64 ranks (ms)", Median(t_plan) * 1e3, false, 50);
   return 0;
 }

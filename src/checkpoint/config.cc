@@ -1,5 +1,6 @@
 // CheckpointingConfig: parsing and validation.
 #include <cmath>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -106,18 +107,46 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
     *out = Timeout(static_cast<int64_t>(v.get<double>() * 1000));
     return Status();
   };
+  auto want_bytes = [](const std::string& k, const json& v, uint64_t* out) -> Status {
+    if (v.is_number_unsigned()) {
+      *out = v.get<uint64_t>();
+      return Status();
+    }
+    if (!v.is_string()) return FieldError(k, v.dump(), "expected a byte count such as \"4GiB\"");
+    Result<uint64_t> n = ParseByteSize(v.get<std::string>());
+    if (!n.ok()) return FieldError(k, v.dump(), n.status().message());
+    *out = *n;
+    return Status();
+  };
+  // Fields by type; strings marked nullable also accept null.
+  const std::map<std::string_view, bool*> bools = {
+      {"enabled", &c.enabled},
+      {"is_peft", &c.is_peft},
+      {"is_async", &c.is_async},
+      {"wait_for_staging", &c.wait_for_staging},
+      {"single_rank_consolidation", &c.single_rank_consolidation},
+      {"diffusers_compatible", &c.diffusers_compatible}};
+  const std::map<std::string_view, std::pair<std::string*, bool>> strings = {
+      {"checkpoint_dir", {&c.checkpoint_dir, false}},
+      {"model_save_format", {&c.model_save_format, false}},
+      {"model_cache_dir", {&c.model_cache_dir, false}},
+      {"model_repo_id", {&c.model_repo_id, true}},
+      {"staging_dir", {&c.staging_dir, true}},
+      {"best_metric_key", {&c.best_metric_key, false}}};
+  const std::map<std::string_view, Timeout*> seconds = {{"consolidation_timeout_s", &c.consolidation_timeout},
+                                                        {"timeout_s", &c.timeout}};
+  const std::map<std::string_view, uint64_t*> sizes = {{"staging_budget", &c.staging_budget},
+                                                       {"consolidated_max_shard_size", &c.consolidated_max_shard_size}};
   for (const auto& [k, v] : j.items()) {
     Status s;
-    if (k == "enabled") {
-      s = want_bool(k, v, &c.enabled);
-    } else if (k == "checkpoint_dir") {
-      s = want_string(k, v, &c.checkpoint_dir);
-    } else if (k == "model_save_format") {
-      s = want_string(k, v, &c.model_save_format);
-    } else if (k == "model_cache_dir") {
-      s = want_string(k, v, &c.model_cache_dir);
-    } else if (k == "model_repo_id") {
-      s = v.is_null() ? Status() : want_string(k, v, &c.model_repo_id);
+    if (auto b = bools.find(k); b != bools.end()) {
+      s = want_bool(k, v, b->second);
+    } else if (auto t = strings.find(k); t != strings.end()) {
+      s = v.is_null() && t->second.second ? Status() : want_string(k, v, t->second.first);
+    } else if (auto d = seconds.find(k); d != seconds.end()) {
+      s = want_seconds(k, v, d->second);
+    } else if (auto z = sizes.find(k); z != sizes.end()) {
+      s = want_bytes(k, v, z->second);
     } else if (k == "save_consolidated") {
       if (v.is_boolean()) {
         c.save_consolidated = v.get<bool>() ? ConsolidationMode::kEvery : ConsolidationMode::kNever;
@@ -128,20 +157,6 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
       } else {
         s = FieldError(k, v.dump(), "expected never, final or every (or a boolean)");
       }
-    } else if (k == "is_peft") {
-      s = want_bool(k, v, &c.is_peft);
-    } else if (k == "is_async") {
-      s = want_bool(k, v, &c.is_async);
-    } else if (k == "wait_for_staging") {
-      s = want_bool(k, v, &c.wait_for_staging);
-    } else if (k == "staging_dir") {
-      s = v.is_null() ? Status() : want_string(k, v, &c.staging_dir);
-    } else if (k == "single_rank_consolidation") {
-      s = want_bool(k, v, &c.single_rank_consolidation);
-    } else if (k == "consolidation_timeout_s") {
-      s = want_seconds(k, v, &c.consolidation_timeout);
-    } else if (k == "timeout_s") {
-      s = want_seconds(k, v, &c.timeout);
     } else if (k == "max_recent_checkpoints") {
       if (v.is_null()) {
         c.max_recent_checkpoints.reset();
@@ -150,10 +165,6 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
       } else {
         s = FieldError(k, v.dump(), "must be an integer of at least 1 (or null to keep every checkpoint)");
       }
-    } else if (k == "diffusers_compatible") {
-      s = want_bool(k, v, &c.diffusers_compatible);
-    } else if (k == "best_metric_key") {
-      s = want_string(k, v, &c.best_metric_key);
     } else if (k == "skip_task_head_prefixes_for_base_model") {
       if (!v.is_array()) {
         s = FieldError(k, v.dump(), "expected a list of strings");
@@ -165,26 +176,6 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
           }
           c.skip_task_head_prefixes_for_base_model.push_back(e.get<std::string>());
         }
-      }
-    } else if (k == "staging_budget") {
-      if (v.is_string()) {
-        Result<uint64_t> n = ParseByteSize(v.get<std::string>());
-        if (n.ok()) c.staging_budget = *n;
-        s = n.ok() ? Status() : FieldError(k, v.dump(), n.status().message());
-      } else if (v.is_number_unsigned()) {
-        c.staging_budget = v.get<uint64_t>();
-      } else {
-        s = FieldError(k, v.dump(), "expected a byte count such as \"4GiB\" (0: the whole state)");
-      }
-    } else if (k == "consolidated_max_shard_size") {
-      if (v.is_string()) {
-        Result<uint64_t> n = ParseByteSize(v.get<std::string>());
-        if (n.ok()) c.consolidated_max_shard_size = *n;
-        s = n.ok() ? Status() : FieldError(k, v.dump(), n.status().message());
-      } else if (v.is_number_unsigned()) {
-        c.consolidated_max_shard_size = v.get<uint64_t>();
-      } else {
-        s = FieldError(k, v.dump(), "expected a byte count such as \"5GB\"");
       }
     } else {
       s = InvalidArgumentError("checkpoint config: unknown field '" + Printable(k) + "'");
