@@ -285,18 +285,23 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
         CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(weights_path, "losses.json"), j.dump(2) + "\n"));
       }
       CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
-      CKPT_RETURN_IF_ERROR(st.Remove(marker));
-      CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
-      CKPT_RETURN_IF_ERROR(UpdatePointer(st, root, kLatestName, name));
-
-      auto metric = metrics.find(config_.best_metric_key);
-      if (metric != metrics.end() && std::isfinite(metric->second)) {
+      CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_latest, ReadPointer(st, root, kLatestName));
+      CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_best, ReadPointer(st, root, kLowestValName));
+      // The commit point is the marker's removal. A failure after it (the
+      // directory fsync, a pointer) puts the marker back and the pointers as
+      // they were, so a save that reports an error is never the one resumed.
+      Status published = [&]() -> Status {
+        CKPT_RETURN_IF_ERROR(st.Remove(marker));
+        CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
+        CKPT_RETURN_IF_ERROR(UpdatePointer(st, root, kLatestName, name));
+        auto metric = metrics.find(config_.best_metric_key);
+        if (metric == metrics.end() || !std::isfinite(metric->second)) return Status();
         bool better = true;
-        CKPT_ASSIGN_OR_RETURN(std::optional<std::string> best, ReadPointer(st, root, kLowestValName));
-        if (best && *best != name) {
-          const std::string losses = JoinPath(JoinPath(root, *best), "losses.json");
-          CKPT_ASSIGN_OR_RETURN(bool complete, IsComplete(st, JoinPath(root, *best)));
+        if (previous_best && *previous_best != name) {
+          const std::string losses = JoinPath(JoinPath(root, *previous_best), "losses.json");
+          CKPT_ASSIGN_OR_RETURN(bool complete, IsComplete(st, JoinPath(root, *previous_best)));
           Result<std::string> text = complete ? ReadFileToString(st, losses) : Result<std::string>(std::string());
+          if (!text.ok() && text.status().code() != StatusCode::kNotFound) return text.status();
           if (text.ok() && !text->empty()) {
             Result<json> j = ParseStrictJson(*text, losses, 4);
             if (j.ok() && j->is_object() && j->contains(config_.best_metric_key) &&
@@ -306,8 +311,19 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
           }
         }
         if (better) CKPT_RETURN_IF_ERROR(UpdatePointer(st, root, kLowestValName, name));
+        return Status();
+      }();
+      if (!published.ok()) {
+        WriteFileAtomically(st, marker, "").IgnoreError();
+        if (previous_latest) UpdatePointer(st, root, kLatestName, *previous_latest).IgnoreError();
+        if (previous_best) UpdatePointer(st, root, kLowestValName, *previous_best).IgnoreError();
+        return published;
       }
-      return ApplyRetention();
+      // Housekeeping: a failure to remove old checkpoints leaves them for the
+      // next publish; the new checkpoint stands.
+      Status kept = ApplyRetention();
+      if (!kept.ok()) Log(LogLevel::kWarning, "retention in " + root + " failed: " + kept.ToString());
+      return Status();
     }();
   }
   return AgreeOn(comm, local, what);
