@@ -287,13 +287,17 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
       CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
       CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_latest, ReadPointer(st, root, kLatestName));
       CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_best, ReadPointer(st, root, kLowestValName));
-      // The commit point is the marker's removal. A failure after it (the
-      // directory fsync, a pointer) puts the marker back and the pointers as
-      // they were, so a save that reports an error is never the one resumed.
+      // LATEST moves first, while the checkpoint is still marked (readers
+      // skip a LATEST whose target is incomplete); the commit point is the
+      // marker's removal. So no complete checkpoint is ever newer than the
+      // one LATEST names, and a resume never re-reserves a published step.
+      // A failure after the commit point (the directory fsync, LOWEST_VAL)
+      // puts the marker back and the pointers as they were, so a save that
+      // reports an error is never the one resumed.
       Status published = [&]() -> Status {
+        CKPT_RETURN_IF_ERROR(UpdatePointer(st, root, kLatestName, name));
         CKPT_RETURN_IF_ERROR(st.Remove(marker));
         CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
-        CKPT_RETURN_IF_ERROR(UpdatePointer(st, root, kLatestName, name));
         auto metric = metrics.find(config_.best_metric_key);
         if (metric == metrics.end() || !std::isfinite(metric->second)) return Status();
         bool better = true;
