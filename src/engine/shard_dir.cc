@@ -1,6 +1,9 @@
 #include "engine/shard_dir.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <random>
 
 #include "ckpt/hf.h"
@@ -234,7 +237,7 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
       if (i < prefixes.size()) prefixes[i] = std::move(p);
     }
   }
-  Status indexed;
+  Status indexed = CheckHeaderHashes(listing, dir, prefixes);
   for (size_t i = 0; i < listing.files.size() && indexed.ok(); ++i) {
     const std::string path = JoinPath(dir, listing.files[i]);
     Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
@@ -287,15 +290,46 @@ Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const
 }
 
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
-                         int world_size) {
-  json f = json::object();
-  for (size_t i = 0; i < files.size(); ++i) f[files[i]] = sizes[i];
+                         const std::vector<std::string>& header_hashes, int world_size) {
+  json f = json::object(), h = json::object();
+  for (size_t i = 0; i < files.size(); ++i) {
+    f[files[i]] = sizes[i];
+    h[files[i]] = header_hashes[i];
+  }
   json m = {{"format", "ckpt-sharded"},
             {"version", 1},
             {"writer", std::string("ckpt ") + CKPT_VERSION_STRING},
             {"world_size", world_size},
-            {"files", f}};
+            {"files", f},
+            {"headers", h}};
   return m.dump(2) + "\n";
+}
+
+std::string HeaderHash(std::string_view prefix) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx",
+                static_cast<unsigned long long>(XXH64(prefix.data(), prefix.size(), 0)));
+  return buf;
+}
+
+Status CheckHeaderHashes(const ShardListing& l, const std::string& dir, const std::vector<std::string>& prefixes) {
+  if (!l.manifest) return Status();
+  const std::string src = JoinPath(dir, kManifestName);
+  CKPT_ASSIGN_OR_RETURN(json m, ParseStrictJson(*l.manifest, src, 8));
+  auto headers = m.find("headers");
+  if (headers == m.end()) return Status();
+  if (!headers->is_object()) return DataLossError(src + ": \"headers\" is not an object");
+  for (size_t i = 0; i < l.files.size() && i < prefixes.size(); ++i) {
+    auto want = headers->find(l.files[i]);
+    if (want == headers->end()) continue;
+    const std::string got = HeaderHash(prefixes[i]);
+    if (!want->is_string() || want->get<std::string>() != got) {
+      return DataLossError(JoinPath(dir, l.files[i]) + ": header bytes [0, " + std::to_string(prefixes[i].size()) +
+                           ") hash to " + got + " but the manifest records " + want->dump() +
+                           " (the header was changed after it was written)");
+    }
+  }
+  return Status();
 }
 
 }  // namespace ckpt::engine

@@ -63,8 +63,16 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir);
 // Collective: rank 0 creates it; every rank gets its path or rank 0's error.
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
 
+// `header_hashes`: XXH64 of each file's 8-byte length and header, as stored.
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
-                         int world_size);
+                         const std::vector<std::string>& header_hashes, int world_size);
+
+// XXH64 (seed 0) of a file's length prefix and header, 16 hex digits.
+std::string HeaderHash(std::string_view prefix);
+
+// Compares each file's header with the hash the manifest records for it
+// (manifests without "headers" are not checked). `prefixes` by file index.
+Status CheckHeaderHashes(const ShardListing& l, const std::string& dir, const std::vector<std::string>& prefixes);
 
 }  // namespace ckpt::engine
 

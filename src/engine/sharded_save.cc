@@ -87,7 +87,7 @@ Status ForEachPiece(const LocalChunk& c, DType dtype, uint64_t nbytes, Fn fn) {
 // size, or an empty name when the rank writes nothing.
 Status WriteShard(Storage& storage, const std::string& staging, int rank, const StateDict& sd,
                   const std::vector<plan::WriteItem>& writes, ChunkSource* source,
-                  std::string* file, uint64_t* size) {
+                  std::string* file, uint64_t* size, std::string* header_hash) {
   file->clear();
   if (writes.empty()) return Status();
   std::vector<TensorSpec> specs;
@@ -138,7 +138,11 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
   md[std::string(kChunkChecksumKey)] = sums.dump();
   CKPT_RETURN_IF_ERROR(writer->ReplaceMetadata(md));
   *size = writer->layout().file_size();
-  return writer->Commit();
+  CKPT_RETURN_IF_ERROR(writer->Commit());
+  // The manifest records a hash of every header as written.
+  CKPT_ASSIGN_OR_RETURN(std::string prefix, engine::ReadHeaderPrefix(storage, path));
+  *header_hash = engine::HeaderHash(prefix);
+  return Status();
 }
 
 std::string EncodeExtra(const StateDict& sd) {
@@ -190,29 +194,30 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   if (!staging_dir.ok()) return staging_dir.status().WithContext(what);
   const std::string& staging = *staging_dir;
 
-  std::string file;
+  std::string file, header_hash;
   uint64_t size = 0;
-  Status wrote = WriteShard(storage, staging, comm.rank(), sd,
-                            global->writes[static_cast<size_t>(comm.rank())], options.source, &file, &size);
+  Status wrote = WriteShard(storage, staging, comm.rank(), sd, global->writes[static_cast<size_t>(comm.rank())],
+                            options.source, &file, &size, &header_hash);
   if (wrote.ok() && comm.rank() == 0 && (!sd.json.empty() || !sd.bytes.empty())) {
     wrote = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtra(sd));
   }
   Status agreed = comm.AgreeOnStatus(wrote, to);
   Result<std::vector<std::string>> files =
-      agreed.ok() ? comm.AllGather(file + "\n" + std::to_string(size), to) : agreed;
+      agreed.ok() ? comm.AllGather(file + "\n" + std::to_string(size) + "\n" + header_hash, to) : agreed;
   Status published = files.status();
   if (comm.rank() == 0) {
     if (published.ok()) {
-      std::vector<std::string> names;
+      std::vector<std::string> names, hashes;
       std::vector<uint64_t> sizes;
       for (const std::string& f : *files) {
-        size_t nl = f.find('\n');
+        const size_t nl = f.find('\n'), nl2 = f.find('\n', nl + 1);
         if (nl == 0) continue;  // a rank that wrote nothing
         names.push_back(f.substr(0, nl));
-        sizes.push_back(std::stoull(f.substr(nl + 1)));
+        sizes.push_back(std::stoull(f.substr(nl + 1, nl2 - nl - 1)));
+        hashes.push_back(f.substr(nl2 + 1));
       }
       published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
-                                       engine::ManifestText(names, sizes, comm.size()));
+                                       engine::ManifestText(names, sizes, hashes, comm.size()));
       if (published.ok()) published = storage.Rename(staging, dir);
       if (published.ok()) published = storage.SyncDir(std::string(Dirname(dir)));
     }

@@ -17,9 +17,15 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
   plan::SavedIndex index;
   // fqn → file → checksum
   std::map<std::pair<std::string, uint32_t>, std::string> sums;
+  std::vector<std::string> prefixes;
+  for (const std::string& f : listing.files) {
+    CKPT_ASSIGN_OR_RETURN(std::string prefix, engine::ReadHeaderPrefix(storage, JoinPath(dir, f)));
+    prefixes.push_back(std::move(prefix));
+  }
+  CKPT_RETURN_IF_ERROR(engine::CheckHeaderHashes(listing, dir, prefixes));
   for (size_t i = 0; i < listing.files.size(); ++i) {
     const std::string path = JoinPath(dir, listing.files[i]);
-    CKPT_ASSIGN_OR_RETURN(std::string prefix, engine::ReadHeaderPrefix(storage, path));
+    const std::string& prefix = prefixes[i];
     CKPT_ASSIGN_OR_RETURN(SafetensorsHeader h,
                           SafetensorsHeader::ParsePrefix(
                               std::as_bytes(std::span<const char>(prefix.data(), prefix.size())),
