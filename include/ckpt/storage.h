@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -146,6 +147,10 @@ class AtomicFileWriter {
   Status Append(std::span<const std::byte> data);
   Status WriteAt(uint64_t offset, std::span<const std::byte> data);
   uint64_t Size() const;
+  // Syncs, reads every written range back and compares its hash with what
+  // was written (a write the storage reported but did not make is DataLoss,
+  // and nothing is published), then renames into place and syncs the
+  // directory.
   Status Commit();
   // Removes the temporary file; the destination is untouched.
   void Abort();
@@ -156,10 +161,20 @@ class AtomicFileWriter {
  private:
   AtomicFileWriter(Storage& storage, std::string path, std::string temp_path,
                    std::unique_ptr<WritableFile> file);
+  Status Record(uint64_t offset, std::span<const std::byte> data);
+  Status ReadBack();
+
+  struct Written {
+    uint64_t offset;
+    uint64_t length;
+    uint64_t hash;  // XXH64 of the bytes written
+  };
   Storage& storage_;
   std::string path_;
   std::string temp_path_;
   std::unique_ptr<WritableFile> file_;
+  std::mutex mu_;  // writes may come from several threads
+  std::vector<Written> written_;
   bool done_ = false;
 };
 

@@ -1,10 +1,10 @@
 // Walks an injected fault over every operation of a full training save
 // (model, optimizer, scheduler, data loader, RNG, config, publish), sync and
-// async, on 2 thread ranks. Each time: a failed operation makes the save
-// report an error, LATEST still names the previous checkpoint, and that
-// checkpoint loads bit-exactly. A silent torn write is either caught (the
-// save or the load of the new checkpoint fails) or harmless (it loads
-// bit-exactly) — never loaded as wrong data.
+// async, on 2 thread ranks. Each time — ENOSPC, EIO, a short write or a
+// silent torn write — the save reports an error, LATEST still names the
+// previous checkpoint, and that checkpoint loads bit-exactly. (A torn write
+// that is overwritten before the file is published — a header rewritten in
+// place — is no fault: that save succeeds and loads bit-exactly.)
 #include <gtest/gtest.h>
 
 #include <string>
@@ -71,7 +71,7 @@ void Walk(bool async) {
     TempDir tmp;
     CKPT_ASSERT_OK(SaveTwo(tmp / "ckpts", async, &counter));
   }
-  int trials = 0, caught_torn = 0, harmless_torn = 0;
+  int trials = 0, torn = 0, healed = 0;
   for (Op op : {Op::kOpen, Op::kWrite, Op::kSync, Op::kRename, Op::kRead}) {
     std::vector<Fault> faults = {Fault::kNoSpace, Fault::kIo};
     if (op == Op::kWrite) faults = {Fault::kNoSpace, Fault::kShortWrite, Fault::kTornWrite};
@@ -93,23 +93,21 @@ void Walk(bool async) {
           CKPT_EXPECT_OK(saved);  // the operation did not happen this time
           continue;
         }
-        if (f == Fault::kTornWrite) {
-          if (!saved.ok()) {
-            ++caught_torn;
-            EXPECT_EQ(name, "epoch_0_step_1");
-          } else {
-            // Published: the new checkpoint either refuses to load or loads exactly.
-            EXPECT_EQ(name, "epoch_0_step_2");
-            Status loaded = LoadsBitExact(root, 2);
-            if (loaded.ok()) ++harmless_torn;
-            else ++caught_torn;
-            EXPECT_TRUE(loaded.ok() || loaded.code() == StatusCode::kDataLoss || loaded.code() == StatusCode::kNotFound)
-                << loaded.ToString();
-          }
+        if (f == Fault::kTornWrite && saved.ok()) {
+          // The torn bytes were written again before the file was published
+          // (a header rewritten in place): the checkpoint must be exact.
+          ++healed;
+          EXPECT_EQ(name, "epoch_0_step_2");
+          CKPT_EXPECT_OK(LoadsBitExact(root, 2));
         } else {
+          // Every other fault, silent torn writes included (saves read back
+          // what they wrote), is an error of the save; nothing is published.
           EXPECT_FALSE(saved.ok()) << "a failed " << OpName(op) << " was reported as success";
-          EXPECT_NE(saved.message().find("injected"), std::string::npos) << saved.ToString();
+          const bool named = saved.message().find("injected") != std::string::npos ||
+                             (f == Fault::kTornWrite && saved.message().find("read back differ") != std::string::npos);
+          EXPECT_TRUE(named) << saved.ToString();
           EXPECT_EQ(name, "epoch_0_step_1") << "a failed save was published";
+          if (f == Fault::kTornWrite) ++torn;
         }
         CKPT_EXPECT_OK(LoadsBitExact(root, 1));
         if (::testing::Test::HasFailure()) return;
@@ -117,11 +115,11 @@ void Walk(bool async) {
     }
   }
   std::printf("%s fault walk: %d trials over %llu opens, %llu writes, %llu fsyncs, %llu renames, %llu reads; "
-              "torn writes caught %d, harmless %d\n",
+              "silent torn writes: %d caught by the save, %d overwritten before publishing\n",
               async ? "async" : "sync", trials, (unsigned long long)counter.count(Op::kOpen),
               (unsigned long long)counter.count(Op::kWrite), (unsigned long long)counter.count(Op::kSync),
               (unsigned long long)counter.count(Op::kRename), (unsigned long long)counter.count(Op::kRead),
-              caught_torn, harmless_torn);
+              torn, healed);
   EXPECT_GT(trials, 50);
 }
 
