@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config coreutils
-          libgtest-dev nlohmann-json3-dev libcli11-dev libxxhash-dev
+          libgtest-dev nlohmann-json3-dev libcli11-dev libxxhash-dev zlib1g-dev
           libopenmpi-dev openmpi-bin)
 for group in "$@"; do
   case "$group" in

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "ckpt/storage.h"
+
 namespace ckpt::cli {
 
 struct InspectOptions {
@@ -42,6 +44,19 @@ struct ConsolidateCliOptions {
   bool diffusers = false;
 };
 int RunConsolidate(const ConsolidateCliOptions& opts);
+
+struct ConvertOptions {
+  std::string in;
+  std::string out;
+  std::string max_shard_size = "5GiB";
+};
+// `.bin` model directory → safetensors model directory.
+int RunConvertBin(const ConvertOptions& opts);
+
+// `.bin` files and directories in inspect and verify.
+bool IsTorchBinTarget(Storage& storage, const std::string& path);
+int InspectTorchBin(const InspectOptions& opts);
+int VerifyTorchBin(const VerifyOptions& opts);
 
 struct DemoOptions {
   int layers = 6;

@@ -144,6 +144,7 @@ void PrintText(const Target& t) {
 }  // namespace
 
 int RunInspect(const InspectOptions& opts) {
+  if (IsTorchBinTarget(*PosixStorage(), opts.path)) return InspectTorchBin(opts);
   Result<Target> t = OpenTarget(*PosixStorage(), opts.path);
   if (!t.ok()) {
     std::fprintf(stderr, "ckpt inspect: %s\n", t.status().ToString().c_str());

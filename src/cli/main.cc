@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   ckpt::cli::InspectOptions inspect;
   CLI::App* inspect_cmd = app.add_subcommand(
       "inspect", "List the tensors (dtype, shape, bytes, file), metadata and totals of a "
-                 "safetensors file or a model directory");
+                 "safetensors file, a model directory or a torch .bin archive");
   inspect_cmd->add_option("PATH", inspect.path, "safetensors file or directory")->required();
   inspect_cmd->add_flag("--json", inspect.json, "print machine-readable JSON");
 
@@ -52,6 +52,15 @@ int main(int argc, char** argv) {
   consolidate_cmd->add_option("--threads", consolidate.threads, "writer threads per rank (0: one per core)");
   consolidate_cmd->add_flag("--diffusers", consolidate.diffusers, "diffusers file and index names");
 
+  ckpt::cli::ConvertOptions convert;
+  CLI::App* convert_cmd = app.add_subcommand(
+      "convert", "Turn a PyTorch .bin model directory (pytorch_model.bin or its shards) into a Hugging Face "
+                 "safetensors directory, reading the archives without running them");
+  convert_cmd->add_option("MODEL_DIR", convert.in, ".bin model directory")->required();
+  convert_cmd->add_option("OUT_DIR", convert.out, "new safetensors model directory")->required();
+  convert_cmd->add_option("--max-shard-size", convert.max_shard_size, "size limit per file: 5GiB, 5GB or bytes")
+      ->capture_default_str();
+
   ckpt::cli::DemoOptions demo;
   CLI::App* demo_cmd = app.add_subcommand(
       "demo", "Train a synthetic Llama-shaped model on several ranks with asynchronous checkpoints, crash, "
@@ -72,6 +81,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   if (*demo_cmd) return ckpt::cli::RunDemo(demo);
+  if (*convert_cmd) return ckpt::cli::RunConvertBin(convert);
   if (*consolidate_cmd) return ckpt::cli::RunConsolidate(consolidate);
   if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
   if (*verify_cmd) return ckpt::cli::RunVerify(verify);

@@ -40,6 +40,7 @@ Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warni
 }  // namespace
 
 int RunVerify(const VerifyOptions& opts) {
+  if (IsTorchBinTarget(*PosixStorage(), opts.path)) return VerifyTorchBin(opts);
   std::vector<std::string> warnings;
   uint64_t total = 0;
   Result<Target> t = OpenTarget(*PosixStorage(), opts.path);

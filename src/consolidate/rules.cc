@@ -4,6 +4,8 @@
 #include <regex>
 
 #include "ckpt/consolidate.h"
+#include "ckpt/torch_bin.h"
+#include "engine/torch_bin_load.h"
 #include "ckpt/hf.h"
 #include "convert/float_cast.h"
 
@@ -102,8 +104,20 @@ std::vector<uint32_t> DivideEqually(size_t keys, uint32_t files) {
 }
 
 Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir) {
-  CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, dir));
   std::map<std::string, uint32_t> out;
+  CKPT_ASSIGN_OR_RETURN(bool bin_only, engine::IsTorchBinOnlyDir(storage, dir));
+  if (bin_only) {
+    // pytorch_model-0000i-of-0000N.bin keeps its number in the export.
+    CKPT_ASSIGN_OR_RETURN(TorchBinDir b, TorchBinDir::Open(storage, dir));
+    static const std::regex kBinNumbered(R"(-(\d+)-of-(\d+)\.bin$)");
+    for (const auto& [name, loc] : b.tensors()) {
+      std::string file(Basename(b.files()[loc.file]->path()));
+      std::smatch match;
+      out[name] = std::regex_search(file, match, kBinNumbered) ? static_cast<uint32_t>(std::stoul(match[1].str())) : 1;
+    }
+    return out;
+  }
+  CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, dir));
   static const std::regex kNumbered(R"(-(\d+)-of-(\d+)\.safetensors$)");
   for (const auto& [name, loc] : m.tensors()) {
     std::string file(Basename(m.files()[loc.file]->path()));

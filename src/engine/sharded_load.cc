@@ -19,6 +19,7 @@
 
 #include "ckpt/sharded.h"
 #include "engine/shard_dir.h"
+#include "engine/torch_bin_load.h"
 #include "convert/float_cast.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
@@ -314,6 +315,11 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   const Timeout to = o.timeout;
   const std::string what = "loading " + dir;
   LoadStats stats;
+
+  // A Hugging Face directory that ships only .bin weights.
+  Result<bool> bin_only = engine::IsTorchBinOnlyDir(storage, dir);
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(bin_only.status(), to).WithContext(what));
+  if (*bin_only) return engine::LoadTorchBin(comm, storage, dir, sd, o, stats_out);
 
   CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint checkpoint,
                         engine::ReadCheckpointCollective(comm, storage, dir, to));

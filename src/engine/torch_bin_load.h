@@ -1,0 +1,26 @@
+// Loading a state dict from a `.bin` model directory (see torch_bin_load.cc).
+#ifndef CKPT_ENGINE_TORCH_BIN_LOAD_H_
+#define CKPT_ENGINE_TORCH_BIN_LOAD_H_
+
+#include <string>
+
+#include "ckpt/comm.h"
+#include "ckpt/sharded.h"
+#include "ckpt/state_dict.h"
+#include "ckpt/status.h"
+#include "ckpt/storage.h"
+
+namespace ckpt::engine {
+
+// True when `dir` is a directory with `.bin` weights and no safetensors.
+Result<bool> IsTorchBinOnlyDir(Storage& storage, const std::string& dir);
+
+// LoadSharded's semantics (key mapping, skipped prefixes, tied embeddings,
+// missing/unexpected keys, float casts, one error on every rank) for a `.bin`
+// directory. Transient memory: the largest tensor a rank loads.
+Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd, const LoadOptions& o,
+                    LoadStats* stats);
+
+}  // namespace ckpt::engine
+
+#endif  // CKPT_ENGINE_TORCH_BIN_LOAD_H_

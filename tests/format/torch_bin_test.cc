@@ -1,0 +1,563 @@
+// torch.save archives: hand-built good ones read bit-exactly, hostile ones
+// refused with the reason, directories converted into verified safetensors.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "ckpt/comm.h"
+#include "ckpt/hf.h"
+#include "ckpt/sharded.h"
+#include "ckpt/torch_bin.h"
+#include "format/torch_pickle.h"
+#include "format/torch_archive_builder.h"
+#include "test_util.h"
+
+namespace ckpt {
+namespace {
+
+using testing::ArchiveRecords;
+using testing::PickledTensor;
+using testing::PickleWriter;
+using testing::StateDictPickle;
+using testing::TempDir;
+using testing::ZipBytes;
+using testing::ZipOptions;
+using testing::ZipRecord;
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(f.good()) << path;
+}
+
+std::string RandomString(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
+std::string Read(const TorchArchive& a, const std::string& name) {
+  const TorchTensorInfo* t = a.Find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (t == nullptr) return "";
+  std::string out(t->nbytes, '\0');
+  Status s = a.ReadTensor(name, std::as_writable_bytes(std::span<char>(out.data(), out.size())));
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return out;
+}
+
+Result<std::unique_ptr<TorchArchive>> OpenBytes(const TempDir& dir, const std::string& bytes,
+                                                const TorchArchiveLimits& limits = {}) {
+  const std::string path = dir / "model.bin";
+  WriteFile(path, bytes);
+  return TorchArchive::Open(*PosixStorage(), path, limits);
+}
+
+struct DtypeCase {
+  const char* storage;
+  DType dtype;
+};
+
+// Every storage class with a safetensors counterpart, contiguous, through
+// plain and ZIP64 archives with and without torch's 64-byte alignment.
+TEST(TorchBin, ReadsEveryDtypeBitExactly) {
+  const DtypeCase cases[] = {
+      {"FloatStorage", DType::kF32}, {"DoubleStorage", DType::kF64}, {"HalfStorage", DType::kF16},
+      {"BFloat16Storage", DType::kBF16}, {"LongStorage", DType::kI64}, {"IntStorage", DType::kI32},
+      {"ShortStorage", DType::kI16}, {"CharStorage", DType::kI8}, {"ByteStorage", DType::kU8},
+      {"BoolStorage", DType::kBool}, {"ComplexFloatStorage", DType::kC64},
+  };
+  std::vector<PickledTensor> tensors;
+  std::vector<std::pair<std::string, std::string>> storages;
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    const uint64_t esz = DTypeBits(cases[i].dtype) / 8;
+    const std::string key = std::to_string(i);
+    tensors.push_back({"t" + std::to_string(i), cases[i].storage, "", key, 6, 0, {2, 3}, {3, 1}});
+    std::string bytes = RandomString(6 * esz, i);
+    if (cases[i].dtype == DType::kBool) {
+      for (char& c : bytes) c = static_cast<char>(c & 1);
+    }
+    storages.push_back({key, bytes});
+  }
+  for (bool zip64 : {false, true}) {
+    for (bool align : {true, false}) {
+      TempDir dir;
+      ZipOptions zo;
+      zo.zip64 = zip64;
+      zo.align64 = align;
+      auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("pytorch_model", StateDictPickle(tensors), storages), zo));
+      ASSERT_TRUE(a.ok()) << a.status().ToString();
+      ASSERT_EQ((*a)->tensors().size(), std::size(cases));
+      EXPECT_TRUE((*a)->skipped().empty());
+      for (size_t i = 0; i < std::size(cases); ++i) {
+        const TorchTensorInfo* t = (*a)->Find("t" + std::to_string(i));
+        ASSERT_NE(t, nullptr);
+        EXPECT_EQ(t->dtype, cases[i].dtype) << cases[i].storage;
+        EXPECT_EQ(t->shape, Shape({2, 3}));
+        EXPECT_TRUE(t->contiguous);
+        EXPECT_EQ(Read(**a, t->name), storages[i].second) << cases[i].storage << " zip64=" << zip64;
+      }
+      CKPT_EXPECT_OK((*a)->CheckData());
+    }
+  }
+}
+
+// Tied weights, views with offsets and non-contiguous strides, a scalar.
+TEST(TorchBin, SharedStoragesAndViewsMaterializeCorrectly) {
+  std::vector<float> values(24);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i) * 1.5f - 7.f;
+  std::string storage(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+  std::vector<PickledTensor> tensors = {
+      {"a", "FloatStorage", "", "0", 24, 0, {4, 6}, {6, 1}},
+      {"a_tied", "FloatStorage", "", "0", 24, 0, {4, 6}, {6, 1}, true},
+      {"transposed", "FloatStorage", "", "0", 24, 0, {6, 4}, {1, 6}},
+      {"block", "FloatStorage", "", "0", 24, 7, {2, 3}, {6, 1}},
+      {"column", "FloatStorage", "", "0", 24, 2, {4}, {6}},
+      {"scalar", "FloatStorage", "", "0", 24, 5, {}, {}},
+      {"broadcast", "FloatStorage", "", "0", 24, 3, {3, 2}, {0, 1}},
+  };
+  auto expect = [&](const std::vector<uint64_t>& size, const std::vector<uint64_t>& stride, uint64_t offset) {
+    std::vector<float> out;
+    std::vector<uint64_t> idx(size.size(), 0);
+    uint64_t n = 1;
+    for (uint64_t s : size) n *= s;
+    for (uint64_t e = 0; e < n; ++e) {
+      uint64_t src = offset;
+      for (size_t d = 0; d < size.size(); ++d) src += idx[d] * stride[d];
+      out.push_back(values[src]);
+      for (size_t d = size.size(); d-- > 0;) {
+        if (++idx[d] < size[d]) break;
+        idx[d] = 0;
+      }
+    }
+    return std::string(reinterpret_cast<const char*>(out.data()), out.size() * 4);
+  };
+  for (bool memory : {false, true}) {
+    TempDir dir;
+    const std::string bytes = ZipBytes(ArchiveRecords("archive", StateDictPickle(tensors), {{"0", storage}}));
+    std::shared_ptr<Storage> st = memory ? NewMemoryStorage() : PosixStorage();
+    const std::string path = memory ? "/m.bin" : dir / "m.bin";
+    CKPT_ASSERT_OK(WriteFileAtomically(*st, path, bytes));
+    auto a = TorchArchive::Open(*st, path);
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    for (const PickledTensor& t : tensors) {
+      std::vector<uint64_t> size(t.size.begin(), t.size.end()), stride(t.stride.begin(), t.stride.end());
+      EXPECT_EQ(Read(**a, t.name), expect(size, stride, static_cast<uint64_t>(t.offset))) << t.name;
+    }
+    EXPECT_FALSE((*a)->Find("transposed")->contiguous);
+    EXPECT_FALSE((*a)->Find("block")->contiguous);
+    EXPECT_TRUE((*a)->Find("a_tied")->contiguous);
+    // A range from the middle of a strided view: elements 5..13 of the transpose.
+    std::string part(9 * 4, '\0');
+    CKPT_ASSERT_OK((*a)->ReadRange("transposed", 5 * 4, std::as_writable_bytes(std::span<char>(part.data(), part.size()))));
+    EXPECT_EQ(part, expect({6, 4}, {1, 6}, 0).substr(5 * 4, 9 * 4));
+    // Ranges that are not whole elements are refused.
+    EXPECT_FALSE((*a)->ReadRange("transposed", 2, std::as_writable_bytes(std::span<char>(part.data(), 4))).ok());
+  }
+}
+
+// _rebuild_tensor_v3 on an untyped storage with a dtype, a parameter, a
+// root built by NEWOBJ, sizes through torch.Size.
+TEST(TorchBin, UntypedStorageV3ParameterAndTorchSize) {
+  const std::string bf16 = RandomString(2 * 10, 7);
+  PickleWriter w;
+  w.Proto(2).Global("collections", "OrderedDict").EmptyTuple().NewObj().BinPut(0);
+  w.Unicode("w").Global("torch._utils", "_rebuild_parameter");
+  w.Global("torch._utils", "_rebuild_tensor_v3").Mark();
+  w.Mark().Unicode("storage").Global("torch", "UntypedStorage").Unicode("0").Unicode("cpu").Int(20).Tuple().PersId();
+  w.Int(2);  // element offset
+  w.Global("torch", "Size").Mark().Int(2).Int(4).Tuple().Tuple1().Reduce();
+  w.Int(4).Int(1).Tuple2();
+  w.True().OrderedDict().Global("torch", "bfloat16").Tuple().Reduce();
+  w.True().OrderedDict().Tuple3().Reduce();
+  w.SetItem().Stop();
+  TempDir dir;
+  auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("x", w.str(), {{"0", bf16}})));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  const TorchTensorInfo* t = (*a)->Find("w");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->dtype, DType::kBF16);
+  EXPECT_EQ(t->shape, Shape({2, 4}));
+  EXPECT_EQ(Read(**a, "w"), bf16.substr(4, 16));
+}
+
+// Every supported opcode in one pickle; non-tensor values are listed as
+// skipped, tensor fields written with each integer opcode are read right.
+TEST(TorchBin, EveryOpcode) {
+  const std::string data = RandomString(8 * 400, 3);
+  PickleWriter w;
+  w.Proto(2).EmptyDict().LongBinPut(1000);
+  // A tensor: storage tuple memoized with LONG_BINPUT, reused with LONG_BINGET.
+  w.ShortBinString("big").Global("torch._utils", "_rebuild_tensor_v2").Mark();
+  w.Mark().Unicode("storage").Global("torch", "LongStorage").Unicode("0").Unicode("cpu").Int(400).Tuple();
+  w.LongBinPut(70000).PersId();
+  w.Long1(100);               // offset (LONG1)
+  w.Int(300).Tuple1();        // size (BININT2)
+  w.BinInt(1).Tuple1();       // stride (BININT)
+  w.False().None().Tuple().Reduce().SetItem();
+  w.Unicode("small").Global("torch._utils", "_rebuild_tensor_v2").Mark();
+  w.LongBinGet(70000).PersId().Int(0).Int(2).Int(3).Tuple2().Int(3).Int(1).Tuple2().False().EmptyDict();
+  w.Tuple().Reduce().SetItem();
+  // Values that are not tensors: lists, sets, floats, bools, bytes, nesting.
+  w.Unicode("extra").EmptyList().BinPut(5).Float(2.5).Append();
+  w.Mark().True().False().None().EmptySet().Mark().Int(-5).Long1(-300).Long1(1LL << 40).Tuple().Tuple3().Appends();
+  w.SetItem();
+  w.Unicode("blob").Global("_codecs", "encode").Unicode("\xc3\xbf\x01").Unicode("latin1").Tuple2().Reduce().SetItem();
+  w.Unicode("again").BinGet(5).SetItem();
+  w.Unicode("nested").EmptyDict().Unicode("inner").Global("torch._utils", "_rebuild_tensor_v2").Mark();
+  w.LongBinGet(70000).PersId().Int(399).EmptyTuple().EmptyTuple().False().EmptyDict().Tuple().Reduce().SetItem();
+  w.SetItem();
+  w.Stop();
+  TempDir dir;
+  auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("root", w.str(), {{"0", data}})));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ((*a)->tensors().size(), 3u);
+  EXPECT_EQ(Read(**a, "big"), data.substr(800, 2400));
+  EXPECT_EQ(Read(**a, "small"), data.substr(0, 48));
+  EXPECT_EQ(Read(**a, "nested.inner"), data.substr(399 * 8, 8));
+  EXPECT_EQ((*a)->skipped(), (std::vector<std::string>{"extra", "blob", "again"}));
+  // LONG1 sign extension: a negative offset is refused.
+  PickleWriter neg;
+  neg.Proto(2).EmptyDict().Unicode("x").Global("torch._utils", "_rebuild_tensor_v2").Mark();
+  neg.Mark().Unicode("storage").Global("torch", "LongStorage").Unicode("0").Unicode("cpu").Int(400).Tuple().PersId();
+  neg.Long1(-1).EmptyTuple().EmptyTuple().False().EmptyDict().Tuple().Reduce().SetItem().Stop();
+  auto bad = OpenBytes(dir, ZipBytes(ArchiveRecords("root", neg.str(), {{"0", data}})));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("storage offset"), std::string::npos) << bad.status().ToString();
+}
+
+TEST(TorchBin, BigEndianArchivesAreSwapped) {
+  const float f[3] = {1.5f, -2.25f, 1e-3f};
+  const int64_t l[2] = {-3, 1LL << 50};
+  auto be = [](const void* p, size_t n, size_t w) {
+    std::string s(static_cast<const char*>(p), n);
+    for (size_t i = 0; i < n; i += w) std::reverse(s.begin() + static_cast<long>(i), s.begin() + static_cast<long>(i + w));
+    return s;
+  };
+  std::vector<PickledTensor> tensors = {{"f", "FloatStorage", "", "0", 3, 0, {3}, {1}},
+                                        {"l", "LongStorage", "", "1", 2, 0, {2}, {1}},
+                                        {"lt", "LongStorage", "", "1", 2, 1, {1}, {1}}};
+  TempDir dir;
+  auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("a", StateDictPickle(tensors), {{"0", be(f, 12, 4)}, {"1", be(l, 16, 8)}},
+                                                  "big")));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_TRUE((*a)->big_endian());
+  EXPECT_EQ(Read(**a, "f"), std::string(reinterpret_cast<const char*>(f), 12));
+  EXPECT_EQ(Read(**a, "l"), std::string(reinterpret_cast<const char*>(l), 16));
+  EXPECT_EQ(Read(**a, "lt"), std::string(reinterpret_cast<const char*>(l + 1), 8));
+}
+
+// ---------------------------------------------------------------- hostile
+
+struct Hostile {
+  const char* name;
+  std::string bytes;
+  const char* message;  // part of the error
+};
+
+std::string Pkl(const std::function<void(PickleWriter&)>& body) {
+  PickleWriter w;
+  w.Proto(2);
+  body(w);
+  return w.str();
+}
+
+std::string Arch(const std::string& pickle, const std::vector<std::pair<std::string, std::string>>& st = {}) {
+  return ZipBytes(ArchiveRecords("archive", pickle, st));
+}
+
+std::vector<Hostile> HostileArchives() {
+  const std::string storage(96, '\0');
+  std::vector<Hostile> h;
+  h.push_back({"os.system", Arch(Pkl([](PickleWriter& w) {
+                 w.Global("os", "system").Unicode("touch /tmp/pwned").Tuple1().Reduce().Stop();
+               })),
+               "global 'os.system' is not allowed"});
+  h.push_back({"builtins.eval", Arch(Pkl([](PickleWriter& w) {
+                 w.Global("builtins", "eval").Unicode("1+1").Tuple1().Reduce().Stop();
+               })),
+               "global 'builtins.eval' is not allowed"});
+  h.push_back({"posix.system via a torch-looking module", Arch(Pkl([](PickleWriter& w) {
+                 w.Global("torch.os", "system").Stop();
+               })),
+               "not allowed"});
+  h.push_back({"REDUCE on a storage class", Arch(Pkl([](PickleWriter& w) {
+                 w.Global("torch", "FloatStorage").EmptyTuple().Reduce().Stop();
+               })),
+               "REDUCE on 'torch.FloatStorage' is not allowed"});
+  h.push_back({"REDUCE on a string", Arch(Pkl([](PickleWriter& w) {
+                 w.Unicode("os.system").EmptyTuple().Reduce().Stop();
+               })),
+               "REDUCE on a str"});
+  h.push_back({"SETITEM on a list", Arch(Pkl([](PickleWriter& w) {
+                 w.EmptyList().Unicode("k").Unicode("v").SetItem().Stop();
+               })),
+               "SETITEM on a list, not a dict"});
+  h.push_back({"SETITEMS on a tensor-less tuple", Arch(Pkl([](PickleWriter& w) {
+                 w.EmptyTuple().Mark().Unicode("k").Unicode("v").SetItems().Stop();
+               })),
+               "SETITEMS on a tuple"});
+  h.push_back({"APPEND on a dict", Arch(Pkl([](PickleWriter& w) { w.EmptyDict().Int(1).Append().Stop(); })),
+               "APPEND on a dict"});
+  h.push_back({"BUILD on a plain dict", Arch(Pkl([](PickleWriter& w) { w.EmptyDict().EmptyDict().Build().Stop(); })),
+               "BUILD on a dict"});
+  h.push_back({"numel larger than the record",
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 1000, 0, {1000}, {1}}}), {{"0", storage}}),
+               "declares 4000 bytes but its record holds 96"});
+  h.push_back({"strides outside the storage",
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {4, 6}, {7, 1}}}), {{"0", storage}}),
+               "reaches element 26 but the storage holds 24"});
+  h.push_back({"offset outside the storage",
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 20, {5}, {1}}}), {{"0", storage}}),
+               "reaches element 24"});
+  h.push_back({"overflowing strides",
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {5, 2}, {INT64_MAX, 1}}}), {{"0", storage}}),
+               "overflow"});
+  h.push_back({"missing storage record", Arch(StateDictPickle({{"w", "FloatStorage", "", "7", 24, 0, {24}, {1}}}),
+                                              {{"0", storage}}),
+               "data/7 is missing"});
+  h.push_back({"storage key with a slash", Arch(StateDictPickle({{"w", "FloatStorage", "", "../0", 24, 0, {24}, {1}}}),
+                                                {{"0", storage}}),
+               "characters outside"});
+  h.push_back({"same storage, two sizes",
+               Arch(StateDictPickle({{"a", "FloatStorage", "", "0", 24, 0, {24}, {1}},
+                                     {"b", "FloatStorage", "", "0", 12, 0, {12}, {1}}}),
+                    {{"0", storage}}),
+               "declared twice"});
+  h.push_back({"unknown opcode (INST)", Arch(Pkl([](PickleWriter& w) { w.Raw("ios\nsystem\n").Stop(); })),
+               "opcode 0x69 ('i') is not allowed"});
+  h.push_back({"STACK_GLOBAL", Arch(Pkl([](PickleWriter& w) { w.Unicode("os").Unicode("system").Op(0x93).Stop(); })),
+               "opcode 0x93"});
+  h.push_back({"GET of an unset memo", Arch(Pkl([](PickleWriter& w) { w.BinGet(9).Stop(); })),
+               "never PUT"});
+  h.push_back({"stack underflow", Arch(Pkl([](PickleWriter& w) { w.Tuple2().Stop(); })), "empty stack"});
+  h.push_back({"no STOP", Arch(Pkl([](PickleWriter& w) { w.EmptyDict(); })), "without STOP"});
+  h.push_back({"bytes after STOP", Arch(Pkl([](PickleWriter& w) { w.EmptyDict().Stop().Raw("junk"); })),
+               "follow STOP"});
+  h.push_back({"string past the end", Arch(Pkl([](PickleWriter& w) { w.Op('X').Le(1u << 30, 4).Raw("abc"); })),
+               "string"});
+  h.push_back({"deep nesting", Arch(Pkl([](PickleWriter& w) {
+                 w.EmptyTuple();
+                 for (int i = 0; i < 200; ++i) w.Tuple1();
+                 w.Stop();
+               })),
+               "nested deeper than 64"});
+  h.push_back({"a list inside itself", Arch(Pkl([](PickleWriter& w) {
+                 w.EmptyDict().Unicode("loop").EmptyList().BinPut(1);
+                 for (int i = 0; i < 70; ++i) w.BinGet(1).Append();
+                 w.SetItem().Stop();
+               })),
+               "nested deeper"});
+  h.push_back({"LONG1 wider than 64 bits", Arch(Pkl([](PickleWriter& w) { w.Op(0x8a).Le(9, 1).Raw(std::string(9, 'a')); })),
+               "does not fit 64 bits"});
+  h.push_back({"not a dict", Arch(Pkl([](PickleWriter& w) { w.EmptyList().Stop(); })), "not a state dict"});
+  h.push_back({"v2 on untyped storage", Arch(StateDictPickle({{"w", "UntypedStorage", "float32", "0", 96, 0, {24}, {1}}}).replace(
+                                                 StateDictPickle({{"w", "UntypedStorage", "float32", "0", 96, 0, {24}, {1}}}).find("_v3"), 3, "_v2"),
+                                             {{"0", storage}}),
+               "_rebuild_tensor_v2"});
+  h.push_back({"complex128", Arch(StateDictPickle({{"w", "ComplexDoubleStorage", "", "0", 6, 0, {6}, {1}}}), {{"0", storage}}),
+               "complex128 has no safetensors dtype"});
+  // Zip-level attacks.
+  const std::string pkl = StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {24}, {1}}});
+  auto with = [&](const std::function<void(std::vector<ZipRecord>&)>& edit) {
+    std::vector<ZipRecord> r = ArchiveRecords("archive", pkl, {{"0", storage}});
+    edit(r);
+    return ZipBytes(r);
+  };
+  h.push_back({"traversal name", with([](auto& r) { r[2].name = "archive/../../etc/passwd"; }), "'..' path component"});
+  h.push_back({"absolute name", with([](auto& r) { r[2].name = "/archive/data/0"; }), "absolute name"});
+  h.push_back({"backslash name", with([](auto& r) { r[2].name = "archive\\data\\0"; }), "backslash"});
+  h.push_back({"duplicate entry", with([](auto& r) { r.push_back(r[2]); }), "appears twice"});
+  h.push_back({"compressed entry", with([](auto& r) { r[0].method = 8; }), "is compressed (method 8)"});
+  h.push_back({"encrypted entry", with([](auto& r) { r[2].flags = 1; }), "is encrypted"});
+  h.push_back({"two roots", with([](auto& r) { r[2].name = "other/data/0"; }), "two root folders"});
+  h.push_back({"no root folder", with([](auto& r) { r[1].name = "byteorder"; }), "not inside a root folder"});
+  h.push_back({"data.pkl CRC mismatch", with([](auto& r) { r[0].bad_crc = true; }), "CRC-32"});
+  h.push_back({"TorchScript", with([](auto& r) { r.push_back({"archive/constants.pkl", "\x80\x02)."}); }),
+               "TorchScript"});
+  h.push_back({"bad byteorder", with([](auto& r) { r[1].data = "middle"; }), "neither 'little' nor 'big'"});
+  h.push_back({"no data.pkl", with([](auto& r) { r[0].name = "archive/data.pickle"; }), "no data.pkl"});
+  h.push_back({"legacy stream", std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e", 15) + "...",
+               "legacy torch.save stream"});
+  h.push_back({"not an archive", "hello world, this is not a zip", "not a torch.save archive"});
+  {
+    std::string truncated = Arch(pkl, {{"0", storage}});
+    truncated.resize(truncated.size() - 10);
+    h.push_back({"truncated end record", truncated, "end-of-central-directory"});
+  }
+  {
+    // The central directory claims an entry whose data runs past it.
+    std::string z = Arch(pkl, {{"0", storage}});
+    const size_t cd = z.rfind(std::string("PK\x01\x02", 4));
+    z[cd + 20] = '\xff';
+    z[cd + 24] = '\xff';
+    h.push_back({"entry larger than the file", z, "runs into the central directory"});
+  }
+  return h;
+}
+
+TEST(TorchBin, HostileArchivesAreRefusedBeforeAnythingRuns) {
+  TempDir dir;
+  std::remove("/tmp/pwned");
+  for (const Hostile& c : HostileArchives()) {
+    auto a = OpenBytes(dir, c.bytes);
+    ASSERT_FALSE(a.ok()) << c.name;
+    EXPECT_NE(a.status().message().find(c.message), std::string::npos)
+        << c.name << ": " << a.status().ToString();
+    // Every error names the file.
+    EXPECT_NE(a.status().message().find("model.bin"), std::string::npos) << c.name << ": " << a.status().ToString();
+  }
+  EXPECT_FALSE(Exists(*PosixStorage(), "/tmp/pwned").value());
+}
+
+TEST(TorchBin, LimitsAreEnforced) {
+  TempDir dir;
+  const std::string storage(96, '\0');
+  const std::string pkl = StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {24}, {1}}});
+  TorchArchiveLimits small;
+  small.max_pickle_bytes = 64;
+  auto a = OpenBytes(dir, Arch(pkl, {{"0", storage}}), small);
+  ASSERT_FALSE(a.ok());
+  EXPECT_NE(a.status().message().find("more than the limit of 64"), std::string::npos) << a.status().ToString();
+  TorchArchiveLimits few;
+  few.max_objects = 10;
+  a = OpenBytes(dir, Arch(pkl, {{"0", storage}}), few);
+  ASSERT_FALSE(a.ok());
+  EXPECT_NE(a.status().message().find("more than 10 objects"), std::string::npos) << a.status().ToString();
+  // The defaults read it.
+  a = OpenBytes(dir, Arch(pkl, {{"0", storage}}));
+  CKPT_EXPECT_OK(a.status());
+}
+
+// ---------------------------------------------------------------- directories
+
+struct BinModel {
+  std::map<std::string, std::string> bytes;  // tensor → expected row-major bytes
+};
+
+// Two shards with an index, config and tokenizer beside them.
+BinModel WriteShardedBin(const std::string& dir) {
+  BinModel m;
+  std::vector<PickledTensor> s1, s2;
+  std::vector<std::pair<std::string, std::string>> st1, st2;
+  for (int l = 0; l < 3; ++l) {
+    const std::string name = "model.layers." + std::to_string(l) + ".mlp.weight";
+    const std::string b = RandomString(2 * 64 * 32, static_cast<uint64_t>(l) + 10);
+    s1.push_back({name, "BFloat16Storage", "", std::to_string(l), 64 * 32, 0, {64, 32}, {32, 1}});
+    st1.push_back({std::to_string(l), b});
+    m.bytes[name] = b;
+  }
+  const std::string emb = RandomString(4 * 100 * 16, 99);
+  s2.push_back({"model.embed_tokens.weight", "FloatStorage", "", "0", 1600, 0, {100, 16}, {16, 1}});
+  s2.push_back({"lm_head.weight", "FloatStorage", "", "0", 1600, 0, {100, 16}, {16, 1}});  // tied
+  st2.push_back({"0", emb});
+  m.bytes["model.embed_tokens.weight"] = emb;
+  m.bytes["lm_head.weight"] = emb;
+  const std::string mask = std::string("\x01\x00\x01\x01", 4);
+  s2.push_back({"model.mask", "BoolStorage", "", "1", 4, 0, {4}, {1}});
+  st2.push_back({"1", mask});
+  m.bytes["model.mask"] = mask;
+  WriteFile(JoinPath(dir, "pytorch_model-00001-of-00002.bin"),
+            ZipBytes(ArchiveRecords("pytorch_model-00001-of-00002", StateDictPickle(s1), st1)));
+  WriteFile(JoinPath(dir, "pytorch_model-00002-of-00002.bin"),
+            ZipBytes(ArchiveRecords("pytorch_model-00002-of-00002", StateDictPickle(s2), st2)));
+  HfIndex index;
+  for (const auto& t : s1) index.weight_map[t.name] = "pytorch_model-00001-of-00002.bin";
+  for (const auto& t : s2) index.weight_map[t.name] = "pytorch_model-00002-of-00002.bin";
+  WriteFile(JoinPath(dir, "pytorch_model.bin.index.json"), SerializeHfIndex(index));
+  WriteFile(JoinPath(dir, "config.json"), "{\"model_type\": \"llama\"}\n");
+  WriteFile(JoinPath(dir, "tokenizer.json"), "{}\n");
+  return m;
+}
+
+TEST(TorchBin, ConvertShardedDirectoryIntoVerifiedSafetensors) {
+  TempDir dir;
+  const std::string in = dir / "in";
+  CKPT_ASSERT_OK(PosixStorage()->MakeDirs(in));
+  const BinModel m = WriteShardedBin(in);
+  TorchConvertOptions o;
+  o.max_shard_size = 10000;  // several output files
+  o.buffer_size = 1000;      // several pieces per tensor
+  TorchConvertStats stats;
+  CKPT_ASSERT_OK(ConvertTorchBinDir(*PosixStorage(), in, dir / "out", o, &stats));
+  EXPECT_EQ(stats.tensors, m.bytes.size());
+  EXPECT_GE(stats.files, 2u);
+  EXPECT_LE(stats.peak_buffer, 1000u);
+  auto hf = HfModelDir::Open(*PosixStorage(), dir / "out");
+  ASSERT_TRUE(hf.ok()) << hf.status().ToString();
+  ASSERT_TRUE(hf->index().has_value());
+  EXPECT_EQ(hf->tensors().size(), m.bytes.size());
+  for (const auto& [name, bytes] : m.bytes) {
+    const auto& loc = hf->tensors().at(name);
+    std::string got(loc.info->nbytes(), '\0');
+    CKPT_ASSERT_OK(hf->files()[loc.file]->ReadTensor(name, std::as_writable_bytes(std::span<char>(got.data(), got.size()))));
+    EXPECT_EQ(got, bytes) << name;
+  }
+  EXPECT_EQ(hf->tensors().at("model.layers.0.mlp.weight").info->dtype, DType::kBF16);
+  EXPECT_EQ(hf->tensors().at("model.mask").info->dtype, DType::kBool);
+  EXPECT_EQ(ReadFileToString(*PosixStorage(), dir / "out/config.json").value(), "{\"model_type\": \"llama\"}\n");
+  EXPECT_TRUE(Exists(*PosixStorage(), dir / "out/tokenizer.json").value());
+  EXPECT_FALSE(Exists(*PosixStorage(), dir / "out/pytorch_model.bin.index.json").value());
+  // An existing output is never touched.
+  Status again = ConvertTorchBinDir(*PosixStorage(), in, dir / "out");
+  EXPECT_EQ(again.code(), StatusCode::kAlreadyExists) << again.ToString();
+  // An index naming a tensor its shard lacks: refused, nothing left behind.
+  HfIndex bad = ParseHfIndex(ReadFileToString(*PosixStorage(), JoinPath(in, "pytorch_model.bin.index.json")).value(), "x")
+                    .value();
+  bad.weight_map["model.ghost"] = "pytorch_model-00001-of-00002.bin";
+  WriteFile(JoinPath(in, "pytorch_model.bin.index.json"), SerializeHfIndex(bad));
+  Status ghost = ConvertTorchBinDir(*PosixStorage(), in, dir / "out2");
+  EXPECT_NE(ghost.message().find("model.ghost"), std::string::npos) << ghost.ToString();
+  EXPECT_EQ(PosixStorage()->List(dir.path()).value().size(), 2u);  // in, out
+}
+
+TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
+  TempDir dir;
+  const BinModel m = WriteShardedBin(dir.path());
+  // Two thread ranks, each holding half of every matrix's rows; bf16 loaded
+  // as f32 with casting, the embedding as f32.
+  const int world = 2;
+  auto comms = NewThreadCommunicators(world);
+  std::vector<std::string> errors(world);
+  std::vector<std::vector<std::byte>> emb(world, std::vector<std::byte>(50 * 16 * 4));
+  std::vector<std::vector<std::byte>> mlp(world, std::vector<std::byte>(32 * 32 * 2));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      StateDict sd;
+      DistTensor e{"model.embed_tokens.weight", DType::kF32, Shape({100, 16}),
+                   {LocalChunk{{static_cast<uint64_t>(r) * 50, 0}, Shape({50, 16}), emb[r].data(), {}}}};
+      DistTensor w{"model.layers.1.mlp.weight", DType::kBF16, Shape({64, 32}),
+                   {LocalChunk{{static_cast<uint64_t>(r) * 32, 0}, Shape({32, 32}), mlp[r].data(), {}}}};
+      sd.tensors = {e, w};
+      LoadOptions o;
+      o.allow_unexpected = true;
+      Status s = LoadSharded(*comms[r], *PosixStorage(), dir.path(), sd, o);
+      errors[r] = s.ToString();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) {
+    ASSERT_EQ(errors[r], "OK") << r;
+    EXPECT_EQ(std::memcmp(emb[r].data(), m.bytes.at("model.embed_tokens.weight").data() + r * 50 * 16 * 4, emb[r].size()), 0);
+    EXPECT_EQ(std::memcmp(mlp[r].data(), m.bytes.at("model.layers.1.mlp.weight").data() + r * 32 * 32 * 2, mlp[r].size()), 0);
+  }
+  // A missing key is one clear error on every rank.
+  threads.clear();
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      std::vector<std::byte> buf(8);
+      StateDict sd;
+      sd.tensors.push_back(WholeTensor("model.absent", DType::kF32, Shape({2}), buf.data()));
+      errors[r] = LoadSharded(*comms[r], *PosixStorage(), dir.path(), sd, {}).ToString();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) EXPECT_NE(errors[r].find("missing keys (1): model.absent"), std::string::npos) << errors[r];
+}
+
+}  // namespace
+}  // namespace ckpt
