@@ -21,6 +21,14 @@ std::string StrideText(const std::vector<uint64_t>& s) {
   return out + (s.size() == 1 ? ",)" : ")");
 }
 
+// "0", "0+6" (element offset), "0 stride (1, 4)" for a non-contiguous view.
+std::string StorageText(const TorchTensorInfo& t) {
+  std::string s = t.storage_key;
+  if (t.storage_offset != 0) s += "+" + std::to_string(t.storage_offset);
+  if (!t.contiguous) s += " stride " + StrideText(t.stride);
+  return s;
+}
+
 }  // namespace
 
 bool IsTorchBinTarget(Storage& storage, const std::string& path) {
@@ -73,11 +81,15 @@ int InspectTorchBin(const InspectOptions& opts) {
     for (const TorchTensorInfo& t : f->tensors()) name_w = std::max(name_w, t.name.size());
   }
   name_w = std::min<size_t>(name_w, 60);
+  size_t storage_w = 7;
+  for (const TorchArchive* f : files) {
+    for (const TorchTensorInfo& t : f->tensors()) storage_w = std::max(storage_w, StorageText(t).size());
+  }
   if (!opts.json) {
     std::printf("%s (torch.save archive%s, %zu file%s)\n", opts.path.c_str(), single ? "" : " directory", files.size(),
                 files.size() == 1 ? "" : "s");
-    std::printf("  %-*s  %-11s  %-20s  %12s  %-8s  %s\n", static_cast<int>(name_w), "NAME", "DTYPE", "SHAPE", "BYTES",
-                "STORAGE", "FILE");
+    std::printf("  %-*s  %-11s  %-20s  %12s  %-*s  %s\n", static_cast<int>(name_w), "NAME", "DTYPE", "SHAPE", "BYTES",
+                static_cast<int>(storage_w), "STORAGE", "FILE");
   }
   json jf = json::array();
   for (const TorchArchive* f : files) {
@@ -94,12 +106,10 @@ int InspectTorchBin(const InspectOptions& opts) {
                     {"bytes", t.nbytes}, {"storage", t.storage_key}, {"storage_offset", t.storage_offset},
                     {"stride", t.stride}, {"contiguous", t.contiguous}, {"file", base}});
       if (!opts.json) {
-        std::string storage_col = t.storage_key;
-        if (t.storage_offset != 0) storage_col += "+" + std::to_string(t.storage_offset);
-        if (!t.contiguous) storage_col += " stride " + StrideText(t.stride);
-        std::printf("  %-*s  %-11s  %-20s  %12llu  %-8s  %s\n", static_cast<int>(name_w), t.name.c_str(),
+        std::printf("  %-*s  %-11s  %-20s  %12llu  %-*s  %s\n", static_cast<int>(name_w), t.name.c_str(),
                     std::string(DTypeName(t.dtype)).c_str(), t.shape.ToString().c_str(),
-                    static_cast<unsigned long long>(t.nbytes), storage_col.c_str(), base.c_str());
+                    static_cast<unsigned long long>(t.nbytes), static_cast<int>(storage_w), StorageText(t).c_str(),
+                    base.c_str());
       }
     }
     if (!opts.json && !f->skipped().empty()) {

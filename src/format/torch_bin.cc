@@ -77,6 +77,7 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
     return InvalidArgumentError(path + ": a TorchScript archive (it holds constants.pkl); ckpt reads state dicts "
                                        "written by torch.save, not scripted modules");
   }
+  CKPT_RETURN_IF_ERROR(zip.CheckStored());
   bool big = false;
   if (const ZipEntry* bo = zip.Find("byteorder")) {
     CKPT_ASSIGN_OR_RETURN(std::string order, zip.ReadEntry(*bo, 16));

@@ -174,12 +174,6 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
     if (cd_size - pos < rec) return InvalidArgumentError("central directory entry " + std::to_string(i) + " is truncated");
     std::string name(reinterpret_cast<const char*>(h + kCentralSize), name_len);
     const std::string label = "entry '" + Printable(name) + "'";
-    if (flags & 0x1) return InvalidArgumentError(label + " is encrypted");
-    if (flags & 0x40) return InvalidArgumentError(label + " uses strong encryption");
-    if (method != 0) {
-      return InvalidArgumentError(label + " is compressed (method " + std::to_string(method) +
-                                  "); torch archives store entries uncompressed");
-    }
     // ZIP64 extended information: the 64-bit values of the saturated fields, in order.
     const std::byte* x = h + kCentralSize + name_len;
     const std::byte* x_end = x + extra_len;
@@ -204,12 +198,14 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
       x += 4 + len;
     }
     if (disk_start != 0) return InvalidArgumentError(label + " starts on another disk");
-    if (csize != usize) {
+    if (method == 0 && csize != usize) {
       return InvalidArgumentError(label + " declares " + std::to_string(csize) + " stored bytes but " +
                                   std::to_string(usize) + " uncompressed bytes");
     }
     CKPT_RETURN_IF_ERROR(CheckEntryName(name));
-    raw.push_back(Raw{ZipEntry{std::move(name), 0, usize, crc}, local});
+    // `size` is what the entry occupies in the file; only stored entries
+    // (CheckStored) are ever read.
+    raw.push_back(Raw{ZipEntry{std::move(name), 0, csize, crc, method, flags}, local});
     pos += rec;
   }
 
@@ -223,8 +219,10 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
     std::byte h[kLocalSize];
     CKPT_RETURN_IF_ERROR(file_->ReadAt(r.local_offset, h));
     if (U32(h) != kLocalSig) return InvalidArgumentError(label + " has no local header at " + std::to_string(r.local_offset));
-    if (U16(h + 8) != 0) return InvalidArgumentError(label + ": the local header says compressed");
-    if (U16(h + 6) & 0x1) return InvalidArgumentError(label + ": the local header says encrypted");
+    if (U16(h + 8) != r.entry.method) return InvalidArgumentError(label + ": the local header has another method");
+    if ((U16(h + 6) & 0x1) != (r.entry.flags & 0x1)) {
+      return InvalidArgumentError(label + ": the local header disagrees about encryption");
+    }
     const uint64_t name_len = U16(h + 26), extra_len = U16(h + 28);
     const uint64_t data = r.local_offset + kLocalSize + name_len + extra_len;
     if (data > cd_offset || r.entry.size > cd_offset - data) {
@@ -271,6 +269,18 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
     }
   }
   if (entries_.empty()) return InvalidArgumentError("the archive is empty");
+  return Status();
+}
+
+Status ZipArchive::CheckStored() const {
+  for (const auto& [rel, e] : entries_) {
+    const std::string label = path() + ": entry '" + Printable(e.name) + "'";
+    if (e.flags & 0x41) return InvalidArgumentError(label + " is encrypted");
+    if (e.method != 0) {
+      return InvalidArgumentError(label + " is compressed (method " + std::to_string(e.method) +
+                                  "); torch archives store entries uncompressed");
+    }
+  }
   return Status();
 }
 

@@ -23,6 +23,8 @@ struct ZipEntry {
   uint64_t data_offset = 0;  // absolute offset of the entry's bytes in the file
   uint64_t size = 0;
   uint32_t crc32 = 0;
+  uint16_t method = 0;  // 0: stored
+  uint16_t flags = 0;   // general-purpose bits (bit 0: encrypted)
 };
 
 // Limits on what an archive may declare before anything is allocated.
@@ -34,7 +36,7 @@ struct ZipLimits {
 class ZipArchive {
  public:
   // Parses the end record (ZIP64 when present), the central directory and
-  // every local header. Refused: compressed, encrypted or multi-disk entries;
+  // every local header. Refused: multi-disk archives;
   // names that are empty, absolute, hold a backslash, "." or ".." components
   // or control bytes; duplicate names; entries outside the file or
   // overlapping another entry or the central directory; entries not under one
@@ -48,6 +50,9 @@ class ZipArchive {
   // Entries by name relative to the root ("data.pkl", "data/0").
   const std::map<std::string, ZipEntry>& entries() const { return entries_; }
   const ZipEntry* Find(std::string_view relative_name) const;
+  // InvalidArgument naming the first compressed or encrypted entry: readers
+  // call it once they have looked at the entry names.
+  Status CheckStored() const;
 
   // Reads a whole entry (at most `max_size` bytes, else InvalidArgument) and
   // checks its CRC-32.

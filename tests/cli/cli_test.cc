@@ -8,6 +8,7 @@
 
 #include "ckpt/safetensors.h"
 #include "format/hostile_files.h"
+#include "format/torch_archive_builder.h"
 #include "test_util.h"
 
 namespace ckpt {
@@ -238,6 +239,61 @@ TEST(CliTest, InspectsADirectoryOfPlainShards) {
   EXPECT_EQ(j["kind"], "directory");
   EXPECT_EQ(j["num_files"], 2);
   EXPECT_EQ(j["num_tensors"], 2);
+}
+
+// `.bin` archives: inspect, verify (CRC-32 of the data), convert, refusal.
+TEST(Cli, TorchBinInspectVerifyConvert) {
+  testing::TempDir dir;
+  const std::string in = dir / "bin";
+  ASSERT_TRUE(PosixStorage()->MakeDirs(in).ok());
+  std::string data(4 * 12, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7);
+  const std::string archive = testing::ZipBytes(testing::ArchiveRecords(
+      "pytorch_model",
+      testing::StateDictPickle({{"model.w", "FloatStorage", "", "0", 12, 0, {3, 4}, {4, 1}},
+                                {"model.w_t", "FloatStorage", "", "0", 12, 0, {4, 3}, {1, 4}}}),
+      {{"0", data}}));
+  ASSERT_TRUE(WriteFileAtomically(*PosixStorage(), in + "/pytorch_model.bin", archive).ok());
+  ASSERT_TRUE(WriteFileAtomically(*PosixStorage(), in + "/config.json", "{}").ok());
+
+  CliRun inspect = RunCkpt("inspect " + in);
+  EXPECT_EQ(inspect.code, 0) << inspect.out;
+  EXPECT_NE(inspect.out.find("model.w_t"), std::string::npos) << inspect.out;
+  EXPECT_NE(inspect.out.find("stride (1, 4)"), std::string::npos) << inspect.out;
+  CliRun js = RunCkpt("inspect --json " + in + "/pytorch_model.bin");
+  ASSERT_EQ(js.code, 0) << js.out;
+  auto j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["num_tensors"], 2);
+  EXPECT_EQ(j["tensors"][1]["contiguous"], false);
+  CliRun verify = RunCkpt("verify " + in + "/pytorch_model.bin");
+  EXPECT_EQ(verify.code, 0) << verify.out;
+
+  CliRun convert = RunCkpt("convert " + in + " " + dir / "out");
+  ASSERT_EQ(convert.code, 0) << convert.out;
+  CliRun verify_out = RunCkpt("verify " + dir / "out");
+  EXPECT_EQ(verify_out.code, 0) << verify_out.out;
+  CliRun out_json = RunCkpt("inspect --json " + dir / "out");
+  ASSERT_EQ(out_json.code, 0) << out_json.out;
+  EXPECT_EQ(nlohmann::json::parse(out_json.out)["kind"], "hf-sharded");
+  CliRun twice = RunCkpt("convert " + in + " " + dir / "out");
+  EXPECT_EQ(twice.code, 1);
+  EXPECT_NE(twice.out.find("already exists"), std::string::npos) << twice.out;
+
+  // One flipped byte of tensor data: verify names the record and fails.
+  std::string bad = archive;
+  bad[bad.find(data) + 5] ^= 1;
+  ASSERT_TRUE(WriteFileAtomically(*PosixStorage(), dir / "bad.bin", bad).ok());
+  CliRun corrupt = RunCkpt("verify " + dir / "bad.bin");
+  EXPECT_EQ(corrupt.code, 1);
+  EXPECT_NE(corrupt.out.find("pytorch_model/data/0' fails its CRC-32"), std::string::npos) << corrupt.out;
+  // A hostile pickle: refused with the global it names.
+  testing::PickleWriter w;
+  w.Proto(2).Global("os", "system").Unicode("echo hi").Tuple1().Reduce().Stop();
+  ASSERT_TRUE(WriteFileAtomically(*PosixStorage(), dir / "evil.bin",
+                                  testing::ZipBytes(testing::ArchiveRecords("evil", w.str(), {}))).ok());
+  CliRun evil = RunCkpt("inspect " + dir / "evil.bin");
+  EXPECT_EQ(evil.code, 1);
+  EXPECT_NE(evil.out.find("global 'os.system' is not allowed"), std::string::npos) << evil.out;
 }
 
 }  // namespace

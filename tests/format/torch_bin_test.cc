@@ -4,10 +4,13 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <random>
+#include <thread>
 
 #include "ckpt/comm.h"
 #include "ckpt/hf.h"
+#include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
 #include "ckpt/torch_bin.h"
 #include "format/torch_pickle.h"
@@ -557,6 +560,21 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
   }
   for (auto& t : threads) t.join();
   for (int r = 0; r < world; ++r) EXPECT_NE(errors[r].find("missing keys (1): model.absent"), std::string::npos) << errors[r];
+}
+
+// A directory with both formats loads from safetensors; the .bin is ignored.
+TEST(TorchBin, SafetensorsBesideBinWin) {
+  TempDir dir;
+  WriteShardedBin(dir.path());
+  std::vector<float> v(4, 3.25f);
+  const TensorData t{"model.extra", DType::kF32, Shape({4}), std::as_bytes(std::span<const float>(v))};
+  CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir / "model.safetensors", std::span<const TensorData>(&t, 1)));
+  auto comms = NewThreadCommunicators(1);
+  std::vector<float> got(4, 0.f);
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("model.extra", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(got.data())));
+  CKPT_ASSERT_OK(LoadSharded(*comms[0], *PosixStorage(), dir.path(), sd));
+  EXPECT_EQ(got, v);
 }
 
 }  // namespace
