@@ -97,7 +97,18 @@ struct LoadOptions {
   // differs from the state dict's are converted, rounding to nearest even,
   // instead of refused. FP8 and integer tensors are never converted.
   bool cast_floats = false;
+  // DeepSeek-V3-style FP8 weights: an F8_E4M3 tensor `X` stored with an F32
+  // `X_scale_inv` of shape [ceil(rows/128), ceil(cols/128)] (one scale per
+  // 128×128 block, edge blocks partial) loads into a BF16, F16 or F32
+  // state-dict tensor as float32(x) × scale, rounded once to the target
+  // (nearest even). The `_scale_inv` tensors of such weights are consumed:
+  // never matched against the state dict, never reported as unexpected.
+  bool dequantize_fp8 = false;
 };
+
+// The FP8 block size of `dequantize_fp8`.
+inline constexpr uint64_t kFp8BlockSize = 128;
+inline constexpr std::string_view kFp8ScaleSuffix = "_scale_inv";
 
 // Applies LoadOptions::key_mapping to one key. InvalidArgument names a bad pattern.
 Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping,

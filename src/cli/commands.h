@@ -49,8 +49,12 @@ struct ConvertOptions {
   std::string in;
   std::string out;
   std::string max_shard_size = "5GiB";
+  std::string adapter;  // MoE adapter: mixtral, qwen3_moe, deepseek_v3, ...
+  std::string to;       // with adapter: grouped | hf
 };
-// `.bin` model directory → safetensors model directory.
+// With an adapter: MoE experts per-expert ⇄ grouped. Without: `.bin` model
+// directory → safetensors model directory.
+int RunConvert(const ConvertOptions& opts);
 int RunConvertBin(const ConvertOptions& opts);
 
 // `.bin` files and directories in inspect and verify.

@@ -55,9 +55,12 @@ int main(int argc, char** argv) {
   ckpt::cli::ConvertOptions convert;
   CLI::App* convert_cmd = app.add_subcommand(
       "convert", "Turn a PyTorch .bin model directory (pytorch_model.bin or its shards) into a Hugging Face "
-                 "safetensors directory, reading the archives without running them");
-  convert_cmd->add_option("MODEL_DIR", convert.in, ".bin model directory")->required();
+                 "safetensors directory, reading the archives without running them; with --adapter, convert "
+                 "mixture-of-experts weights between per-expert (Hugging Face) and grouped tensors");
+  convert_cmd->add_option("MODEL_DIR", convert.in, "input model directory")->required();
   convert_cmd->add_option("OUT_DIR", convert.out, "new safetensors model directory")->required();
+  convert_cmd->add_option("--adapter", convert.adapter, "MoE adapter: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3");
+  convert_cmd->add_option("--to", convert.to, "with --adapter: grouped (from Hugging Face) or hf (from grouped)");
   convert_cmd->add_option("--max-shard-size", convert.max_shard_size, "size limit per file: 5GiB, 5GB or bytes")
       ->capture_default_str();
 
@@ -81,7 +84,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   if (*demo_cmd) return ckpt::cli::RunDemo(demo);
-  if (*convert_cmd) return ckpt::cli::RunConvertBin(convert);
+  if (*convert_cmd) return ckpt::cli::RunConvert(convert);
   if (*consolidate_cmd) return ckpt::cli::RunConsolidate(consolidate);
   if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
   if (*verify_cmd) return ckpt::cli::RunVerify(verify);

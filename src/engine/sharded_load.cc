@@ -6,6 +6,9 @@
 //      and unexpected keys and shape/dtype mismatches make one error;
 //   5. each local chunk is filled from the overlapping byte ranges only.
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -30,6 +33,19 @@ namespace {
 using json = nlohmann::json;
 
 
+// With dequantize_fp8: `fqn` is the `_scale_inv` of an F8_E4M3 weight.
+bool ScaleOfFp8Weight(const plan::SavedIndex& index, const LoadOptions& o, const std::string& fqn) {
+  if (!o.dequantize_fp8 || !fqn.ends_with(kFp8ScaleSuffix)) return false;
+  const plan::SavedTensor* w = index.Find(fqn.substr(0, fqn.size() - kFp8ScaleSuffix.size()));
+  return w != nullptr && w->dtype == DType::kF8_E4M3;
+}
+
+// The scale tensor an FP8 weight dequantizes with, or null.
+const plan::SavedTensor* Fp8Scale(const plan::SavedIndex& index, const LoadOptions& o, const plan::SavedTensor& w) {
+  if (!o.dequantize_fp8 || w.dtype != DType::kF8_E4M3) return nullptr;
+  return index.Find(w.fqn + std::string(kFp8ScaleSuffix));
+}
+
 // Checkpoint tensors under the names the state dict uses.
 using ByName = std::map<std::string, const plan::SavedTensor*>;
 
@@ -37,6 +53,7 @@ Result<ByName> RenameCheckpointKeys(const plan::SavedIndex& index, const LoadOpt
   ByName out;
   std::map<std::string, std::string> source;
   for (const auto& [fqn, t] : index.tensors()) {
+    if (ScaleOfFp8Weight(index, o, fqn)) continue;
     bool skip = false;
     for (const std::string& p : o.skip_prefixes) skip = skip || fqn.rfind(p, 0) == 0;
     if (skip) continue;
@@ -82,7 +99,8 @@ Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_ra
     auto it = by_name.find(t.fqn);
     if (it == by_name.end()) continue;
     const plan::SavedTensor* s = it->second;
-    const bool castable = o.cast_floats && IsOrdinaryFloat(s->dtype) && IsOrdinaryFloat(t.dtype);
+    const bool castable = (o.cast_floats && IsOrdinaryFloat(s->dtype) && IsOrdinaryFloat(t.dtype)) ||
+                          (o.dequantize_fp8 && s->dtype == DType::kF8_E4M3 && IsOrdinaryFloat(t.dtype));
     if ((s->dtype != t.dtype && !castable) || !(s->global == t.global_shape)) {
       mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s->dtype)) + " " + s->global.ToString() +
                          " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " +
@@ -233,6 +251,8 @@ Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDi
   return Status();
 }
 
+void Place(std::span<const std::byte> out, DType to, LocalChunk& c);
+
 // Fills chunk `c` (dtype `to`) from saved chunks of dtype `from`: reads the
 // box row-major in `from` into a buffer, converts, and places the elements
 // (through the chunk's strides when it has them). Transient memory: the box
@@ -250,6 +270,89 @@ Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>&
   if (c.strides.empty()) return CastFloats(from, in, to, std::span<std::byte>(c.data, out_bytes));
   std::vector<std::byte> out(out_bytes);
   CKPT_RETURN_IF_ERROR(CastFloats(from, in, to, out));
+  Place(out, to, c);
+  return Status();
+}
+
+// FP8 E4M3 (no infinities; S.1111.111 is NaN) to float, exactly.
+float Fp8E4M3ToFloat(uint8_t v) {
+  const bool neg = v & 0x80;
+  const int exp = (v >> 3) & 0xf, man = v & 7;
+  float x;
+  if (exp == 0xf && man == 7) {
+    x = std::numeric_limits<float>::quiet_NaN();
+  } else if (exp == 0) {
+    x = std::ldexp(static_cast<float>(man), -9);  // subnormal: man/8 · 2^-6
+  } else {
+    x = std::ldexp(static_cast<float>(8 + man), exp - 10);  // (1 + man/8) · 2^(exp-7)
+  }
+  return neg ? -x : x;
+}
+
+// Reads an FP8 weight's box and the scales of the 128×128 blocks it
+// touches, multiplies in float32 and converts to the chunk's dtype.
+Status ReadAndDequant(OpenFiles& files, const plan::SavedTensor& weight, const plan::SavedTensor& scale,
+                      const plan::Box& box, LocalChunk& c, DType to, LoadStats* stats) {
+  const std::string where = "FP8 weight '" + weight.fqn + "'";
+  if (weight.global.rank() != 2) return InvalidArgumentError(where + " has shape " + weight.global.ToString() + ", not a matrix");
+  const uint64_t rows = weight.global[0], cols = weight.global[1], B = kFp8BlockSize;
+  const Shape expect({(rows + B - 1) / B, (cols + B - 1) / B});
+  if (scale.dtype != DType::kF32 || !(scale.global == expect)) {
+    return InvalidArgumentError("'" + scale.fqn + "' is " + std::string(DTypeName(scale.dtype)) + " " +
+                                scale.global.ToString() + "; dequantizing " + where + " " + weight.global.ToString() +
+                                " needs F32 " + expect.ToString() + " (one scale per " + std::to_string(B) + "x" +
+                                std::to_string(B) + " block)");
+  }
+  const uint64_t nr = box.sizes[0], nc = box.sizes[1];
+  if (nr == 0 || nc == 0) return Status();
+  std::vector<std::byte> in(nr * nc);
+  std::vector<plan::ReadOp> ops;
+  std::vector<const plan::SavedChunk*> overlapping;
+  plan::SavedIndex::Overlapping(weight, box, &overlapping);
+  for (const plan::SavedChunk* sc : overlapping) CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, DType::kF8_E4M3, box, {}, &ops));
+  CKPT_RETURN_IF_ERROR(RunReads(files, in.data(), ops, stats));
+  const uint64_t br0 = box.offsets[0] / B, bc0 = box.offsets[1] / B;
+  const plan::Box sbox{{br0, bc0}, {(box.offsets[0] + nr - 1) / B - br0 + 1, (box.offsets[1] + nc - 1) / B - bc0 + 1}};
+  std::vector<float> scales(sbox.sizes[0] * sbox.sizes[1]);
+  ops.clear();
+  overlapping.clear();
+  plan::SavedIndex::Overlapping(scale, sbox, &overlapping);
+  for (const plan::SavedChunk* sc : overlapping) CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, DType::kF32, sbox, {}, &ops));
+  CKPT_RETURN_IF_ERROR(RunReads(files, reinterpret_cast<std::byte*>(scales.data()), ops, stats));
+  static const std::array<float, 256> kTable = [] {
+    std::array<float, 256> t{};
+    for (int i = 0; i < 256; ++i) t[static_cast<size_t>(i)] = Fp8E4M3ToFloat(static_cast<uint8_t>(i));
+    return t;
+  }();
+  std::vector<float> values(nr * nc);
+  for (uint64_t i = 0; i < nr; ++i) {
+    const float* srow = scales.data() + ((box.offsets[0] + i) / B - br0) * sbox.sizes[1];
+    for (uint64_t j = 0; j < nc; ++j) {
+      values[i * nc + j] = kTable[static_cast<uint8_t>(in[i * nc + j])] * srow[(box.offsets[1] + j) / B - bc0];
+    }
+  }
+  std::span<const std::byte> f32 = std::as_bytes(std::span<const float>(values));
+  if (to == DType::kF32 && c.strides.empty()) {
+    std::memcpy(c.data, f32.data(), f32.size());
+    return Status();
+  }
+  std::vector<std::byte> out(nr * nc * (DTypeBits(to) / 8));
+  if (to == DType::kF32) {
+    std::memcpy(out.data(), f32.data(), f32.size());
+  } else {
+    CKPT_RETURN_IF_ERROR(CastFloats(DType::kF32, f32, to, out));
+  }
+  if (c.strides.empty()) {
+    std::memcpy(c.data, out.data(), out.size());
+  } else {
+    Place(out, to, c);
+  }
+  return Status();
+}
+
+// Copies row-major `out` into the chunk through its strides.
+void Place(std::span<const std::byte> out, DType to, LocalChunk& c) {
+  const uint64_t out_bytes = out.size();
   const uint64_t esz = DTypeBits(to) / 8;
   const size_t rank = c.shape.rank();
   std::vector<uint64_t> idx(rank, 0);
@@ -262,7 +365,6 @@ Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>&
       idx[d] = 0;
     }
   }
-  return Status();
 }
 
 // std::regex reads characters through the global locale's ctype facet,
@@ -388,6 +490,11 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
             }
           }
         }
+      } else if (const plan::SavedTensor* scale = Fp8Scale(index, o, *saved)) {
+        s = ReadAndDequant(files, *saved, *scale, box, c, t.dtype, &stats);
+      } else if (saved->dtype == DType::kF8_E4M3 && o.dequantize_fp8) {
+        s = InvalidArgumentError("FP8 weight '" + saved->fqn + "' has no '" + saved->fqn + std::string(kFp8ScaleSuffix) +
+                                 "' to dequantize with");
       } else {
         s = ReadAndCast(files, overlapping, saved->dtype, t.dtype, box, c, &stats);
       }
