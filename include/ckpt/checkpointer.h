@@ -95,6 +95,9 @@ struct CheckpointingConfig {
   // Consolidated files are split at this size unless the base model's
   // layout is known.
   uint64_t consolidated_max_shard_size = 5ull << 30;
+  // LoadBaseModel dequantizes FP8 base weights that carry `_scale_inv`
+  // block scales (DeepSeek-V3 releases) into the model's float dtype.
+  bool dequantize_base_fp8 = false;
 };
 
 // Checks every field; the error names the field and the offending value.

@@ -24,10 +24,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "ckpt/checkpointer.h"
 #include "ckpt/dtype.h"
 #include "ckpt/shape.h"
 #include "ckpt/state_dict.h"
@@ -96,6 +98,35 @@ Result<MoePlan> PlanGroupedToHf(const MoeAdapter& a, const MoeConfig& config,
 // expert tensor. Other tensors are passed through. `config.num_experts` must
 // equal the grouped tensors' first dimension.
 Result<StateDict> HfViewsOfGrouped(const MoeAdapter& a, const MoeConfig& config, const StateDict& grouped);
+
+// A model whose experts are grouped, seen by the Checkpointer in Hugging
+// Face form: state_dict() is HfViewsOfGrouped of the wrapped model's state
+// dict (rebuilt on every call, no copies); hooks are forwarded. SaveModel
+// then writes per-expert HF tensors (consolidated exports are Hugging Face
+// directories) and LoadModel / LoadBaseModel fill the grouped memory, each
+// expert-parallel rank reading only its experts.
+class MoeHfModel : public Model {
+ public:
+  // Checks that the wrapped model's grouped tensors convert.
+  static Result<std::unique_ptr<MoeHfModel>> Create(Model& grouped, MoeAdapter adapter, MoeConfig config);
+  // Should the grouped tensors stop converting later (their shapes changed),
+  // the error is logged and the grouped state dict itself is returned, so a
+  // save loses nothing and a load fails on the names.
+  StateDict& state_dict() override;
+  Status MaterializeParameters() override { return grouped_.MaterializeParameters(); }
+  Status InitializeWeights() override { return grouped_.InitializeWeights(); }
+  Status InitPeftAdapters(std::string_view method) override { return grouped_.InitPeftAdapters(method); }
+  Status ReinitNonPersistentBuffers() override { return grouped_.ReinitNonPersistentBuffers(); }
+  bool IsAdapterTensor(std::string_view fqn) const override { return grouped_.IsAdapterTensor(fqn); }
+
+ private:
+  Model& grouped_;
+  MoeAdapter adapter_;
+  MoeConfig config_;
+  MoeHfModel(Model& grouped, MoeAdapter adapter, MoeConfig config)
+      : grouped_(grouped), adapter_(std::move(adapter)), config_(config) {}
+  StateDict views_;
+};
 
 // File conversion (`ckpt convert --adapter`): a Hugging Face directory in,
 // a Hugging Face-style safetensors directory (index included) out, the

@@ -535,6 +535,7 @@ Status Checkpointer::LoadBaseModel(Model& model, const std::string& root_dir, co
     o.load.skip_prefixes = config_.skip_task_head_prefixes_for_base_model;
     // Base models ship in their release dtype; training may hold another.
     o.load.cast_floats = true;
+    o.load.dequantize_fp8 = config_.dequantize_base_fp8;
     // Tied embeddings: the base model has no lm_head.weight.
     std::string cfg_text;
     Result<std::string> cfg = ReadFileToString(*storage_, JoinPath(dir, "config.json"));

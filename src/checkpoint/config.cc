@@ -125,7 +125,8 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
       {"is_async", &c.is_async},
       {"wait_for_staging", &c.wait_for_staging},
       {"single_rank_consolidation", &c.single_rank_consolidation},
-      {"diffusers_compatible", &c.diffusers_compatible}};
+      {"diffusers_compatible", &c.diffusers_compatible},
+      {"dequantize_base_fp8", &c.dequantize_base_fp8}};
   const std::map<std::string_view, std::pair<std::string*, bool>> strings = {
       {"checkpoint_dir", {&c.checkpoint_dir, false}},
       {"model_save_format", {&c.model_save_format, false}},

@@ -9,6 +9,7 @@
 
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
+#include "ckpt/log.h"
 #include "ckpt/safetensors.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
@@ -346,6 +347,22 @@ Result<StateDict> HfViewsOfGrouped(const MoeAdapter& a, const MoeConfig& config,
     }
   }
   return out;
+}
+
+Result<std::unique_ptr<MoeHfModel>> MoeHfModel::Create(Model& grouped, MoeAdapter adapter, MoeConfig config) {
+  CKPT_RETURN_IF_ERROR(HfViewsOfGrouped(adapter, config, grouped.state_dict()).status());
+  return std::unique_ptr<MoeHfModel>(new MoeHfModel(grouped, std::move(adapter), config));
+}
+
+StateDict& MoeHfModel::state_dict() {
+  Result<StateDict> v = HfViewsOfGrouped(adapter_, config_, grouped_.state_dict());
+  if (!v.ok()) {
+    Log(LogLevel::kError, "MoE " + adapter_.name + " views: " + v.status().ToString() +
+                              "; using the grouped state dict unconverted");
+    return grouped_.state_dict();
+  }
+  views_ = std::move(*v);
+  return views_;
 }
 
 // ---------------------------------------------------------------- file conversion

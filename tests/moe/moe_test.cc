@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
 
+#include "ckpt/checkpointer.h"
 #include "ckpt/comm.h"
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
@@ -398,6 +400,137 @@ TEST(Fp8, WithoutScalesOrWithoutTheOptionItIsRefused) {
       << s.ToString();
   s = load("b.weight", true);
   EXPECT_NE(s.message().find("FP8 weight 'b.weight' has no 'b.weight_scale_inv'"), std::string::npos) << s.ToString();
+}
+
+// The Checkpointer with a grouped model: a DeepSeek-V3-style FP8 base model
+// loads into grouped BF16 memory on 2 expert-parallel ranks (dequantized,
+// scales consumed), and the final save exports per-expert HF tensors.
+class GroupedModel : public Model {
+ public:
+  GroupedModel(uint64_t e0, uint64_t per) {
+    gu_.assign(per * kDim * 2 * kInter, 0);
+    dn_.assign(per * kInter * kDim, 0);
+    norm_.assign(kDim, 0);
+    sd_.tensors.push_back(DistTensor{GroupedGateUpName(1), DType::kBF16, Shape({4, kDim, 2 * kInter}),
+                                     {LocalChunk{{e0, 0, 0}, Shape({per, kDim, 2 * kInter}),
+                                                 reinterpret_cast<std::byte*>(gu_.data()), {}}}});
+    sd_.tensors.push_back(DistTensor{GroupedDownName(1), DType::kBF16, Shape({4, kInter, kDim}),
+                                     {LocalChunk{{e0, 0, 0}, Shape({per, kInter, kDim}),
+                                                 reinterpret_cast<std::byte*>(dn_.data()), {}}}});
+    sd_.tensors.push_back(WholeTensor("model.norm.weight", DType::kBF16, Shape({kDim}),
+                                      reinterpret_cast<std::byte*>(norm_.data())));
+  }
+  StateDict& state_dict() override { return sd_; }
+  std::vector<uint16_t> gu_, dn_, norm_;
+
+ private:
+  StateDict sd_;
+};
+
+TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
+  TempDir tmp;
+  const MoeAdapter a = FindMoeAdapter("deepseek_v3").value();
+  const std::string base = tmp / "base";
+  CKPT_ASSERT_OK(PosixStorage()->MakeDirs(base));
+  // Expert e, projection p: FP8 bytes 0x38 (1.0) or 0x40 (2.0), scale 2^(e+p).
+  std::vector<std::vector<uint8_t>> w;
+  std::vector<std::vector<float>> sc;
+  std::vector<TensorData> t;
+  w.reserve(12);
+  sc.reserve(12);
+  for (uint32_t e = 0; e < 4; ++e) {
+    for (MoeProj p : {MoeProj::kGate, MoeProj::kUp, MoeProj::kDown}) {
+      const Shape shape = p == MoeProj::kDown ? Shape({kDim, kInter}) : Shape({kInter, kDim});
+      w.emplace_back(kDim * kInter);
+      for (size_t i = 0; i < w.back().size(); ++i) w.back()[i] = (i % 3 == 0) ? 0x40 : 0x38;
+      sc.push_back({std::ldexp(1.f, static_cast<int>(e) + static_cast<int>(p))});
+      const std::string name = HfExpertName(a, 1, e, p);
+      t.push_back({name, DType::kF8_E4M3, shape, std::as_bytes(std::span<const uint8_t>(w.back()))});
+      t.push_back({name + "_scale_inv", DType::kF32, Shape({1, 1}), std::as_bytes(std::span<const float>(sc.back()))});
+    }
+  }
+  std::vector<uint16_t> norm(kDim, 0x3f80);  // 1.0
+  t.push_back({"model.norm.weight", DType::kBF16, Shape({kDim}), std::as_bytes(std::span<const uint16_t>(norm))});
+  CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), base + "/model.safetensors", t));
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), base + "/config.json",
+                                     R"({"model_type": "deepseek_v3", "num_hidden_layers": 2, "n_routed_experts": 4})"));
+  CheckpointingConfig cfg;
+  cfg.checkpoint_dir = tmp / "ckpts";
+  cfg.timeout = std::chrono::seconds(60);
+  cfg.dequantize_base_fp8 = true;
+  cfg.save_consolidated = ConsolidationMode::kFinal;
+  std::vector<std::string> errors(2);
+  auto comms = NewThreadCommunicators(2);
+  std::vector<std::unique_ptr<GroupedModel>> models(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      auto run = [&]() -> Status {
+        models[r] = std::make_unique<GroupedModel>(static_cast<uint64_t>(r) * 2, 2);
+        CKPT_ASSIGN_OR_RETURN(auto hf, MoeHfModel::Create(*models[r], a, MoeConfig{2, 4}));
+        CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 2}, *comms[r]));
+        LoadStats stats;
+        CKPT_RETURN_IF_ERROR(c->LoadBaseModel(*hf, "", base, true, "", &stats));
+        if (!stats.unexpected_keys.empty()) return InternalError("unexpected: " + stats.unexpected_keys[0]);
+        CKPT_ASSIGN_OR_RETURN(std::string dir, c->Reserve(0, 1));
+        CKPT_RETURN_IF_ERROR(c->SaveModel(*hf, dir, {.is_final_checkpoint = true}));
+        return c->Publish(dir, {});
+      };
+      errors[r] = run().ToString();
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(errors[r], "OK") << r;
+  // bf16 of (1 or 2) × 2^(e+p): exponent bits only.
+  auto bf16 = [](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return static_cast<uint16_t>(u >> 16);
+  };
+  for (int r = 0; r < 2; ++r) {
+    const GroupedModel& m = *models[r];
+    for (uint64_t k = 0; k < 2; ++k) {
+      const int e = r * 2 + static_cast<int>(k);
+      for (uint64_t row = 0; row < kDim; ++row) {
+        for (uint64_t i = 0; i < kInter; ++i) {
+          const float g = ((i * kDim + row) % 3 == 0 ? 2.f : 1.f) * std::ldexp(1.f, e);
+          const float u = ((i * kDim + row) % 3 == 0 ? 2.f : 1.f) * std::ldexp(1.f, e + 1);
+          const float d = ((row * kInter + i) % 3 == 0 ? 2.f : 1.f) * std::ldexp(1.f, e + 2);
+          ASSERT_EQ(m.gu_[(k * kDim + row) * 2 * kInter + i], bf16(g));
+          ASSERT_EQ(m.gu_[(k * kDim + row) * 2 * kInter + kInter + i], bf16(u));
+          ASSERT_EQ(m.dn_[(k * kInter + i) * kDim + row], bf16(d));
+        }
+      }
+    }
+    EXPECT_EQ(m.norm_, norm);
+  }
+  // The export: per-expert names, no scales, the dequantized values.
+  auto out = ReadAll(tmp / "ckpts/epoch_0_step_1/model/consolidated");
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.size(), 4u * 3 + 1);
+  const auto& down3 = out.at(HfExpertName(a, 1, 3, MoeProj::kDown));
+  EXPECT_EQ(Bf16At(down3, 0), bf16(2.f * std::ldexp(1.f, 5)));
+  EXPECT_EQ(Bf16At(down3, 1), bf16(std::ldexp(1.f, 5)));
+}
+
+TEST(Moe, CliConvertBothWays) {
+  TempDir tmp;
+  const MoeAdapter a = FindMoeAdapter("mixtral").value();
+  const HfModel m = WriteHfModel(tmp / "hf", a);
+  auto run = [](const std::string& args) {
+    const std::string cmd = std::string(CKPT_BINARY) + " " + args + " > /dev/null 2>&1";
+    return std::system(cmd.c_str());
+  };
+  ASSERT_EQ(run("convert --adapter mixtral --to grouped " + tmp / "hf" + " " + tmp / "grouped"), 0);
+  ASSERT_EQ(run("verify " + tmp / "grouped"), 0);
+  ASSERT_EQ(run("convert --adapter mixtral --to hf --max-shard-size 4000 " + tmp / "grouped" + " " + tmp / "back"), 0);
+  const auto back = ReadAll(tmp / "back");
+  ASSERT_EQ(back.size(), m.tensors.size());
+  for (const auto& [name, bytes] : m.tensors) EXPECT_EQ(back.at(name), bytes) << name;
+  EXPECT_NE(run("convert --adapter gpt_oss --to hf " + tmp / "grouped" + " " + tmp / "x"), 0);
+  EXPECT_NE(run("convert --adapter mixtral " + tmp / "grouped" + " " + tmp / "x"), 0);  // no --to
+  EXPECT_NE(run("convert --adapter mixtral --to hf " + tmp / "hf" + " " + tmp / "x"), 0);  // not grouped
+  EXPECT_FALSE(Exists(*PosixStorage(), tmp / "x").value());
 }
 
 }  // namespace
