@@ -19,10 +19,11 @@ done
 scripts/deps.sh
 cmake --preset default >/dev/null
 cmake --build --preset default -j "$(nproc)" --target ckpt_cli ckpt_io_bench ckpt_sharded_bench \
-  ckpt_consolidate_bench ckpt_async_bench >/dev/null
+  ckpt_consolidate_bench ckpt_async_bench ckpt_convert_bench >/dev/null
 b=build/default/bench
 gib=1 reps=3 saves=10
-[ "$quick" = 1 ] && gib=0.25 reps=1 saves=4
+mib=1024
+[ "$quick" = 1 ] && gib=0.25 reps=1 saves=4 mib=256
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 run() { echo; echo "== $*"; "$@" | tee -a "$log" | grep -v '^RESULT '; }
@@ -30,6 +31,7 @@ run "$b/ckpt_io_bench" --gib "$gib" --reps "$reps"
 run "$b/ckpt_sharded_bench" --gib "$gib" --ranks 4 --reps "$reps"
 run "$b/ckpt_consolidate_bench" build/default/ckpt --reps "$reps"
 run "$b/ckpt_async_bench" --gib "$gib" --saves "$saves"
+run "$b/ckpt_convert_bench" --mib "$mib" --runs "$reps"
 if python3 -c 'import torch' 2>/dev/null; then
   run python3 bench/torch_reference.py --gib "$gib" --reps "$reps"
 else

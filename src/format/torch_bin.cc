@@ -25,6 +25,27 @@ void SwapElements(std::span<std::byte> bytes, DType dtype) {
   for (size_t i = 0; i + width <= bytes.size(); i += width) std::reverse(bytes.begin() + i, bytes.begin() + i + width);
 }
 
+// Copies `n` elements of `esz` bytes, `step` bytes apart, to `out`.
+template <typename T>
+void GatherTyped(std::byte* out, const std::byte* src, uint64_t n, uint64_t step) {
+  for (uint64_t k = 0; k < n; ++k) {
+    T v;
+    std::memcpy(&v, src + k * step, sizeof(T));
+    std::memcpy(out + k * sizeof(T), &v, sizeof(T));
+  }
+}
+
+void GatherRun(std::byte* out, const std::byte* src, uint64_t n, uint64_t step, uint64_t esz) {
+  switch (esz) {
+    case 1: return GatherTyped<uint8_t>(out, src, n, step);
+    case 2: return GatherTyped<uint16_t>(out, src, n, step);
+    case 4: return GatherTyped<uint32_t>(out, src, n, step);
+    case 8: return GatherTyped<uint64_t>(out, src, n, step);
+    default:
+      for (uint64_t k = 0; k < n; ++k) std::memcpy(out + k * esz, src + k * step, esz);
+  }
+}
+
 }  // namespace
 
 struct TorchArchive::Impl {
@@ -181,7 +202,7 @@ Status TorchArchive::ReadRange(std::string_view name, uint64_t offset, std::span
       if (inner_stride == 1) {
         std::memcpy(out, base + src * esz, run * esz);
       } else {
-        for (uint64_t k = 0; k < run; ++k) std::memcpy(out + k * esz, base + (src + k * inner_stride) * esz, esz);
+        GatherRun(out, base + src * esz, run, inner_stride * esz, esz);
       }
       done += run;
       if (rank == 0) break;
