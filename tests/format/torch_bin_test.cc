@@ -187,6 +187,43 @@ TEST(TorchBin, UntypedStorageV3ParameterAndTorchSize) {
   EXPECT_EQ(Read(**a, "w"), bf16.substr(4, 16));
 }
 
+// Newer dtypes (FP8, wide unsigned) have no typed storage class: torch 2.x
+// saves them with _rebuild_tensor_v3 on an untyped storage.
+TEST(TorchBin, V3DtypesWithoutStorageClasses) {
+  struct Case {
+    const char* torch;
+    DType dtype;
+  };
+  const Case cases[] = {{"float8_e4m3fn", DType::kF8_E4M3}, {"float8_e5m2", DType::kF8_E5M2},
+                        {"uint16", DType::kU16},           {"uint32", DType::kU32},
+                        {"uint64", DType::kU64},           {"bfloat16", DType::kBF16}};
+  std::vector<PickledTensor> tensors;
+  std::vector<std::pair<std::string, std::string>> storages;
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    const uint64_t esz = DTypeBits(cases[i].dtype) / 8;
+    const std::string key = std::to_string(i);
+    tensors.push_back({cases[i].torch, "UntypedStorage", cases[i].torch, key, static_cast<int64_t>(esz * 12), 0,
+                       {3, 4}, {4, 1}});
+    storages.push_back({key, RandomString(esz * 12, 40 + i)});
+  }
+  TempDir dir;
+  auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("new", StateDictPickle(tensors), storages)));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    const TorchTensorInfo* t = (*a)->Find(cases[i].torch);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->dtype, cases[i].dtype) << cases[i].torch;
+    EXPECT_EQ(Read(**a, t->name), storages[i].second) << cases[i].torch;
+  }
+  // An untyped storage whose bytes are not whole elements of the dtype.
+  auto odd = OpenBytes(dir, ZipBytes(ArchiveRecords(
+                                "new", StateDictPickle({{"x", "UntypedStorage", "float32", "0", 10, 0, {2}, {1}}}),
+                                {{"0", std::string(10, 'a')}})));
+  ASSERT_FALSE(odd.ok());
+  EXPECT_NE(odd.status().message().find("not a whole number of F32 elements"), std::string::npos)
+      << odd.status().ToString();
+}
+
 // Every supported opcode in one pickle; non-tensor values are listed as
 // skipped, tensor fields written with each integer opcode are read right.
 TEST(TorchBin, EveryOpcode) {
