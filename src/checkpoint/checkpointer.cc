@@ -1,8 +1,6 @@
 // Checkpointer: model, optimizer and auxiliary state of a training run,
 // on top of the sharded engine and consolidation.
 #include "ckpt/checkpointer.h"
-#include "ckpt/torch_bin.h"
-#include "engine/torch_bin_load.h"
 
 #include <algorithm>
 #include <cstring>
@@ -20,6 +18,8 @@
 #include "ckpt/log.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/staging.h"
+#include "ckpt/torch_bin.h"
+#include "engine/torch_bin_load.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 

@@ -4,10 +4,10 @@
 #include <regex>
 
 #include "ckpt/consolidate.h"
-#include "ckpt/torch_bin.h"
-#include "engine/torch_bin_load.h"
 #include "ckpt/hf.h"
+#include "ckpt/torch_bin.h"
 #include "convert/float_cast.h"
+#include "engine/torch_bin_load.h"
 
 namespace ckpt {
 

@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <limits>
 #include <cstdio>
 #include <cstring>
-#include <optional>
+#include <limits>
 #include <locale>
+#include <optional>
 #include <map>
 #include <regex>
 #include <set>
@@ -69,14 +69,6 @@ Result<ByName> RenameCheckpointKeys(const plan::SavedIndex& index, const LoadOpt
   return out;
 }
 
-// Up to `max` sorted examples.
-std::string List(std::vector<std::string> v, size_t max = 10) {
-  std::sort(v.begin(), v.end());
-  std::string s;
-  for (size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
-  if (v.size() > max) s += ", ... (" + std::to_string(v.size() - max) + " more)";
-  return s;
-}
 
 Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_rank_keys, const StateDict& sd,
                    const LoadOptions& o, const std::string& dir, LoadStats* stats) {
@@ -102,9 +94,7 @@ Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_ra
     const bool castable = (o.cast_floats && IsOrdinaryFloat(s->dtype) && IsOrdinaryFloat(t.dtype)) ||
                           (o.dequantize_fp8 && s->dtype == DType::kF8_E4M3 && IsOrdinaryFloat(t.dtype));
     if ((s->dtype != t.dtype && !castable) || !(s->global == t.global_shape)) {
-      mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s->dtype)) + " " + s->global.ToString() +
-                         " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " +
-                         t.global_shape.ToString() + " in the state dict");
+      mismatch.push_back(engine::MismatchLine(t.fqn, s->dtype, s->global, t));
     }
   }
   for (const auto& [name, t] : by_name) {
@@ -112,24 +102,10 @@ Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_ra
   }
   std::string msg;
   if (!wanted.empty() && matched == 0) {
-    msg += "no state-dict key is in the checkpoint (" + std::to_string(wanted.size()) + " wanted, e.g. " +
-           List(std::vector<std::string>(wanted.begin(), wanted.end()), 3) + ")";
+    msg = "no state-dict key is in the checkpoint (" + std::to_string(wanted.size()) + " wanted, e.g. " +
+          engine::KeyList(std::vector<std::string>(wanted.begin(), wanted.end()), 3) + ")";
   }
-  const auto& missing = stats->missing_keys;
-  const auto& unexpected = stats->unexpected_keys;
-  if (!missing.empty() && !o.allow_missing) {
-    msg += std::string(msg.empty() ? "" : "; ") + "missing keys (" + std::to_string(missing.size()) + "): " + List(missing);
-  }
-  if (!unexpected.empty() && !o.allow_unexpected) {
-    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" + std::to_string(unexpected.size()) + "): " +
-           List(unexpected);
-  }
-  if (!mismatch.empty()) {
-    msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) + "): " +
-           List(mismatch, 5);
-  }
-  if (msg.empty()) return Status();
-  return InvalidArgumentError("checkpoint " + dir + " does not match the state dict: " + msg);
+  return engine::KeysError(dir, msg, *stats, mismatch, o);
 }
 
 // Files of the checkpoint opened once per load, with a lazily created
@@ -387,6 +363,44 @@ std::string Hex(uint64_t v) {
 }
 
 }  // namespace
+
+namespace engine {
+
+std::string KeyList(std::vector<std::string> v, size_t max) {
+  std::sort(v.begin(), v.end());
+  std::string s;
+  for (size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
+  if (v.size() > max) s += ", ... (" + std::to_string(v.size() - max) + " more)";
+  return s;
+}
+
+std::string MismatchLine(const std::string& fqn, DType saved_dtype, const Shape& saved_shape, const DistTensor& t) {
+  return "'" + fqn + "' is " + std::string(DTypeName(saved_dtype)) + " " + saved_shape.ToString() +
+         " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " + t.global_shape.ToString() +
+         " in the state dict";
+}
+
+Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats,
+                 const std::vector<std::string>& mismatch, const LoadOptions& o) {
+  const auto& missing = stats.missing_keys;
+  const auto& unexpected = stats.unexpected_keys;
+  if (!missing.empty() && !o.allow_missing) {
+    msg += std::string(msg.empty() ? "" : "; ") + "missing keys (" + std::to_string(missing.size()) +
+           "): " + KeyList(missing);
+  }
+  if (!unexpected.empty() && !o.allow_unexpected) {
+    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" + std::to_string(unexpected.size()) +
+           "): " + KeyList(unexpected);
+  }
+  if (!mismatch.empty()) {
+    msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) +
+           "): " + KeyList(mismatch, 5);
+  }
+  if (msg.empty()) return Status();
+  return InvalidArgumentError("checkpoint " + dir + " does not match the state dict: " + msg);
+}
+
+}  // namespace engine
 
 Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
   if (!mapping.empty()) PrimeRegexLocale();

@@ -16,14 +16,6 @@
 namespace ckpt::engine {
 namespace {
 
-std::string List(std::vector<std::string> v, size_t max = 10) {
-  std::sort(v.begin(), v.end());
-  std::string s;
-  for (size_t i = 0; i < v.size() && i < max; ++i) s += (i ? ", " : "") + v[i];
-  if (v.size() > max) s += ", ... (" + std::to_string(v.size() - max) + " more)";
-  return s;
-}
-
 // Copies chunk `c` (a box of a tensor whose full row-major bytes are `src`,
 // dtype `from`) into the chunk's memory as dtype `to`.
 Status CopyBox(std::span<const std::byte> src, DType from, const Shape& global, LocalChunk& c, DType to) {
@@ -136,23 +128,10 @@ Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir
     const TorchTensorInfo& s = *bin->tensors().at(it->second).info;
     const bool castable = o.cast_floats && IsOrdinaryFloat(s.dtype) && IsOrdinaryFloat(t.dtype);
     if ((s.dtype != t.dtype && !castable) || !(s.shape == t.global_shape)) {
-      mismatch.push_back("'" + t.fqn + "' is " + std::string(DTypeName(s.dtype)) + " " + s.shape.ToString() +
-                         " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " + t.global_shape.ToString() +
-                         " in the state dict");
+      mismatch.push_back(MismatchLine(t.fqn, s.dtype, s.shape, t));
     }
   }
-  std::string msg;
-  if (!stats.missing_keys.empty() && !o.allow_missing) {
-    msg += "missing keys (" + std::to_string(stats.missing_keys.size()) + "): " + List(stats.missing_keys);
-  }
-  if (!stats.unexpected_keys.empty() && !o.allow_unexpected) {
-    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" + std::to_string(stats.unexpected_keys.size()) +
-           "): " + List(stats.unexpected_keys);
-  }
-  if (!mismatch.empty()) {
-    msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) + "): " + List(mismatch, 5);
-  }
-  Status matched = msg.empty() ? Status() : InvalidArgumentError("checkpoint " + dir + " does not match the state dict: " + msg);
+  Status matched = KeysError(dir, "", stats, mismatch, o);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(matched, to).WithContext(what));
 
   Status filled;

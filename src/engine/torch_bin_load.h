@@ -3,6 +3,7 @@
 #define CKPT_ENGINE_TORCH_BIN_LOAD_H_
 
 #include <string>
+#include <vector>
 
 #include "ckpt/comm.h"
 #include "ckpt/sharded.h"
@@ -11,6 +12,15 @@
 #include "ckpt/storage.h"
 
 namespace ckpt::engine {
+
+// Pieces of the key report every load makes (sharded_load.cc): up to `max`
+// sorted examples; a dtype/shape mismatch line; the one error naming the
+// missing, unexpected and mismatched keys (OK when none is refused), after
+// `msg` when it is not empty.
+std::string KeyList(std::vector<std::string> v, size_t max = 10);
+std::string MismatchLine(const std::string& fqn, DType saved_dtype, const Shape& saved_shape, const DistTensor& t);
+Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats,
+                 const std::vector<std::string>& mismatch, const LoadOptions& o);
 
 // True when `dir` is a directory with `.bin` weights and no safetensors.
 Result<bool> IsTorchBinOnlyDir(Storage& storage, const std::string& dir);

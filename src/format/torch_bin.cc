@@ -7,7 +7,7 @@
 
 #include "ckpt/consolidate.h"
 #include "ckpt/safetensors.h"
-#include "engine/shard_dir.h"
+#include "format/model_dir_writer.h"
 #include "format/torch_pickle.h"
 #include "format/zip_reader.h"
 
@@ -304,15 +304,10 @@ Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std
   for (const std::string& n : names) sizes.push_back(bin.tensors().at(n).info->nbytes);
   const std::vector<uint32_t> file_of = DivideBySize(sizes, o.max_shard_size);
   const uint32_t nfiles = names.empty() ? 0 : *std::max_element(file_of.begin(), file_of.end());
-  auto file_name = [&](uint32_t i) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "model-%05u-of-%05u.safetensors", i, nfiles);
-    return std::string(buf);
-  };
+  auto file_name = [&](uint32_t i) { return ShardedModelFileName(i, nfiles); };
 
-  CKPT_ASSIGN_OR_RETURN(std::string staging, engine::CreateStagingDir(storage, out_dir));
   TorchConvertStats stats;
-  auto run = [&]() -> Status {
+  auto build = [&](const std::string& staging) -> Status {
     const uint64_t buf_size = std::max<uint64_t>(o.buffer_size, 64);
     std::vector<std::byte> buf;
     HfIndex index;
@@ -349,26 +344,11 @@ Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std
     stats.peak_buffer = buf.size();
     stats.files = nfiles;
     index.total_size = total;
-    CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, kHfIndexName), SerializeHfIndex(index)));
-    // Everything that is not .bin weights: config, tokenizer, generation config...
     std::set<std::string> weights{std::string(kTorchBinIndexName), std::string(kTorchBinSingleName)};
     for (const auto& f : bin.files()) weights.insert(std::string(Basename(f->path())));
-    CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(in_dir));
-    for (const DirEntry& e : entries) {
-      if (e.type != EntryType::kFile || weights.count(e.name) || e.name.starts_with(".")) continue;
-      if (e.name.ends_with(".safetensors") || e.name == kHfIndexName) continue;
-      CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(in_dir, e.name)));
-      CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, e.name), bytes));
-    }
-    CKPT_RETURN_IF_ERROR(storage.SyncDir(staging));
-    CKPT_RETURN_IF_ERROR(storage.Rename(staging, out_dir));
-    return storage.SyncDir(std::string(Dirname(out_dir)));
+    return FinishConvertedDir(storage, in_dir, weights, staging, out_dir, index);
   };
-  Status s = run();
-  if (!s.ok()) {
-    RemoveAll(storage, staging).IgnoreError();
-    return s.WithContext(what);
-  }
+  CKPT_RETURN_IF_ERROR(BuildInStaging(storage, out_dir, build).WithContext(what));
   if (stats_out) *stats_out = stats;
   return Status();
 }

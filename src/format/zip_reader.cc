@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "format/json_util.h"
+
 namespace ckpt {
 namespace {
 
@@ -29,23 +31,6 @@ uint32_t U32(const std::byte* p) {
   return static_cast<uint32_t>(U16(p)) | static_cast<uint32_t>(U16(p + 2)) << 16;
 }
 uint64_t U64(const std::byte* p) { return static_cast<uint64_t>(U32(p)) | static_cast<uint64_t>(U32(p + 4)) << 32; }
-
-std::string Printable(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 200)) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u >= 0x7f) {
-      static const char* kHex = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[u >> 4];
-      out += kHex[u & 15];
-    } else {
-      out += c;
-    }
-  }
-  if (s.size() > 200) out += "...";
-  return out;
-}
 
 Status CheckEntryName(std::string_view name) {
   if (name.empty()) return InvalidArgumentError("an entry has an empty name");

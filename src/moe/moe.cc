@@ -11,8 +11,8 @@
 #include "ckpt/hf.h"
 #include "ckpt/log.h"
 #include "ckpt/safetensors.h"
-#include "engine/shard_dir.h"
 #include "format/json_util.h"
+#include "format/model_dir_writer.h"
 
 namespace ckpt {
 namespace {
@@ -408,11 +408,7 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
   for (const std::string& n : names) sizes.push_back(plan.converted.at(n).shape.NumBytes(plan.converted.at(n).dtype).value());
   const std::vector<uint32_t> file_of = DivideBySize(sizes, o.max_shard_size);
   const uint32_t nfiles = *std::max_element(file_of.begin(), file_of.end());
-  auto file_name = [&](uint32_t i) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "model-%05u-of-%05u.safetensors", i, nfiles);
-    return std::string(buf);
-  };
+  auto file_name = [&](uint32_t i) { return ShardedModelFileName(i, nfiles); };
   const std::set<std::string> passthrough(plan.passthrough.begin(), plan.passthrough.end());
   auto source = [&](const std::string& name) -> const SafetensorsFile& {
     return *in.files()[in.tensors().at(name).file];
@@ -423,8 +419,7 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
   for (const auto& [l, L] : plan.layers) {
     stats.largest_expert = std::max(stats.largest_expert, L.dim * L.inter * (DTypeBits(L.dtype) / 8));
   }
-  CKPT_ASSIGN_OR_RETURN(std::string staging, engine::CreateStagingDir(storage, out_dir));
-  auto run = [&]() -> Status {
+  auto build = [&](const std::string& staging) -> Status {
     std::vector<std::byte> buf, out, fb1, fb2;
     HfIndex index;
     uint64_t total = 0;
@@ -517,24 +512,11 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
     }
     stats.files = nfiles;
     index.total_size = total;
-    CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, kHfIndexName), SerializeHfIndex(index)));
-    std::set<std::string> weights{std::string(kHfIndexName), std::string(kHfSingleFileName)};
+    std::set<std::string> weights{std::string(kHfSingleFileName)};
     for (const auto& f : in.files()) weights.insert(std::string(Basename(f->path())));
-    CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(in_dir));
-    for (const DirEntry& e : entries) {
-      if (e.type != EntryType::kFile || weights.count(e.name) || e.name.starts_with(".")) continue;
-      CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(in_dir, e.name)));
-      CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, e.name), bytes));
-    }
-    CKPT_RETURN_IF_ERROR(storage.SyncDir(staging));
-    CKPT_RETURN_IF_ERROR(storage.Rename(staging, out_dir));
-    return storage.SyncDir(std::string(Dirname(out_dir)));
+    return FinishConvertedDir(storage, in_dir, weights, staging, out_dir, index);
   };
-  Status s = run();
-  if (!s.ok()) {
-    RemoveAll(storage, staging).IgnoreError();
-    return s.WithContext(what);
-  }
+  CKPT_RETURN_IF_ERROR(BuildInStaging(storage, out_dir, build).WithContext(what));
   if (stats_out) *stats_out = stats;
   return Status();
 }

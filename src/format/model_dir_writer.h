@@ -1,0 +1,36 @@
+// Pieces shared by the commands that write a new Hugging Face model
+// directory from another one (`ckpt convert` of .bin files and of MoE
+// experts).
+#ifndef CKPT_FORMAT_MODEL_DIR_WRITER_H_
+#define CKPT_FORMAT_MODEL_DIR_WRITER_H_
+
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <string>
+
+#include "ckpt/hf.h"
+#include "ckpt/status.h"
+#include "ckpt/storage.h"
+
+namespace ckpt {
+
+// Creates a hidden staging directory beside `out_dir` (AlreadyExists when
+// `out_dir` exists: it is never overwritten), runs `build` on it, and
+// removes it when `build` fails. `build` ends by renaming it into place.
+Status BuildInStaging(Storage& storage, const std::string& out_dir,
+                      const std::function<Status(const std::string& staging)>& build);
+
+// "model-00002-of-00005.safetensors".
+std::string ShardedModelFileName(uint32_t i, uint32_t n);
+
+// Completes a directory built in `staging`: writes `index` as
+// model.safetensors.index.json, copies every regular, non-hidden file of
+// `in_dir` that is not named in `skip` and holds no safetensors weights
+// (config, tokenizer, ...), syncs `staging` and renames it to `out_dir`.
+Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std::set<std::string>& skip,
+                          const std::string& staging, const std::string& out_dir, const HfIndex& index);
+
+}  // namespace ckpt
+
+#endif  // CKPT_FORMAT_MODEL_DIR_WRITER_H_
