@@ -2,12 +2,14 @@
 // refused with the reason, directories converted into verified safetensors.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <random>
 #include <thread>
 
+#include "ckpt/checkpointer.h"
 #include "ckpt/comm.h"
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
@@ -612,6 +614,59 @@ TEST(TorchBin, SafetensorsBesideBinWin) {
   sd.tensors.push_back(WholeTensor("model.extra", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(got.data())));
   CKPT_ASSERT_OK(LoadSharded(*comms[0], *PosixStorage(), dir.path(), sd));
   EXPECT_EQ(got, v);
+}
+
+// The Checkpointer imports a .bin-only base model (bf16 → f32 cast) and its
+// save records the base model's dtypes for the export.
+class TwoTensorModel : public Model {
+ public:
+  TwoTensorModel() {
+    sd_.tensors.push_back(WholeTensor("model.layers.1.mlp.weight", DType::kF32, Shape({64, 32}),
+                                      reinterpret_cast<std::byte*>(mlp_.data())));
+    sd_.tensors.push_back(WholeTensor("model.mask", DType::kBool, Shape({4}), mask_.data()));
+  }
+  StateDict& state_dict() override { return sd_; }
+  std::vector<float> mlp_ = std::vector<float>(64 * 32);
+  std::vector<std::byte> mask_ = std::vector<std::byte>(4);
+
+ private:
+  StateDict sd_;
+};
+
+TEST(TorchBin, CheckpointerImportsBinBaseModel) {
+  TempDir dir;
+  CKPT_ASSERT_OK(PosixStorage()->MakeDirs(dir / "base"));
+  const BinModel m = WriteShardedBin(dir / "base");
+  CheckpointingConfig cfg;
+  cfg.checkpoint_dir = dir / "ckpts";
+  cfg.skip_task_head_prefixes_for_base_model = {"lm_head.", "model.embed_tokens.", "model.layers.0.",
+                                                "model.layers.2."};
+  auto comms = NewThreadCommunicators(1);
+  TwoTensorModel model;
+  auto c = Checkpointer::Create(cfg, {}, *comms[0]);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  LoadStats stats;
+  CKPT_ASSERT_OK((*c)->LoadBaseModel(model, "", dir / "base", true, "", &stats));
+  // bf16 → f32 is exact: the upper half of each f32 is the bf16 (NaNs come
+  // back quiet).
+  const std::string& bf16 = m.bytes.at("model.layers.1.mlp.weight");
+  for (size_t i = 0; i < model.mlp_.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &model.mlp_[i], 4);
+    uint16_t b;
+    std::memcpy(&b, bf16.data() + 2 * i, 2);
+    if ((b & 0x7f80) == 0x7f80 && (b & 0x7f) != 0) {
+      ASSERT_TRUE(std::isnan(model.mlp_[i])) << i;
+    } else {
+      ASSERT_EQ(u, static_cast<uint32_t>(b) << 16) << i;
+    }
+  }
+  EXPECT_EQ(0, std::memcmp(model.mask_.data(), m.bytes.at("model.mask").data(), 4));
+  auto d = (*c)->Reserve(0, 1);
+  ASSERT_TRUE(d.ok());
+  CKPT_ASSERT_OK((*c)->SaveModel(model, *d));
+  const std::string dtypes = ReadFileToString(*PosixStorage(), *d + "/model/.hf_metadata/fqn_to_dtype_mapping.json").value();
+  EXPECT_NE(dtypes.find("\"model.layers.1.mlp.weight\": \"torch.bfloat16\""), std::string::npos) << dtypes;
 }
 
 }  // namespace
