@@ -29,6 +29,10 @@ inline constexpr std::string_view kTorchBinSingleName = "pytorch_model.bin";
 struct TorchArchiveLimits {
   uint64_t max_pickle_bytes = 256ull << 20;
   uint64_t max_objects = 1u << 24;  // pickle objects, containers included
+  // A view that repeats elements (a stride of 0) materializes larger than its
+  // storage; more than this many times the record's size (at least 1 MiB)
+  // is refused, so a tiny archive cannot make a converter write terabytes.
+  uint64_t max_expansion = 1024;
 };
 
 struct TorchTensorInfo {

@@ -127,6 +127,12 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
                                   std::to_string(r.storage_bytes) + " bytes but its record holds " +
                                   std::to_string(rec->size));
     }
+    const uint64_t allowed = std::max<uint64_t>(rec->size, 1u << 20);
+    if (r.nbytes() / limits.max_expansion > allowed) {
+      return InvalidArgumentError(label + ": a view of " + std::to_string(r.nbytes()) + " bytes over a storage of " +
+                                  std::to_string(rec->size) + " bytes repeats its elements more than " +
+                                  std::to_string(limits.max_expansion) + " times (refused)");
+    }
     impl->records[r.storage_key] = rec;
     TorchTensorInfo t;
     t.contiguous = r.contiguous();

@@ -472,6 +472,14 @@ TEST(TorchBin, LimitsAreEnforced) {
   // The defaults read it.
   a = OpenBytes(dir, Arch(pkl, {{"0", storage}}));
   CKPT_EXPECT_OK(a.status());
+  // A broadcast view: 4 GiB from 96 bytes is refused; 12 KiB is read.
+  a = OpenBytes(dir, Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {1 << 20, 1 << 10}, {0, 0}}}),
+                          {{"0", storage}}));
+  ASSERT_FALSE(a.ok());
+  EXPECT_NE(a.status().message().find("repeats its elements more than 1024 times"), std::string::npos)
+      << a.status().ToString();
+  a = OpenBytes(dir, Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {128, 24}, {0, 1}}}), {{"0", storage}}));
+  CKPT_EXPECT_OK(a.status());
 }
 
 // ---------------------------------------------------------------- directories
