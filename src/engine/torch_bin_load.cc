@@ -1,8 +1,8 @@
 // LoadSharded from a `.bin` model directory (no safetensors beside it).
 // Every rank opens the archives itself (reading only their directories and
-// pickles), then fills its chunks tensor by tensor: the tensor is
-// materialized once (views gathered, byte order fixed) and the chunk's box
-// copied out of it, converted when the dtypes differ and casting is allowed.
+// pickles), then fills its chunks reading only their boxes' bytes (views
+// gathered and byte order fixed by the archive reader), converted when the
+// dtypes differ and casting is allowed.
 #include "engine/torch_bin_load.h"
 
 #include <algorithm>
@@ -16,11 +16,16 @@
 namespace ckpt::engine {
 namespace {
 
-// Copies chunk `c` (a box of a tensor whose full row-major bytes are `src`,
-// dtype `from`) into the chunk's memory as dtype `to`.
-Status CopyBox(std::span<const std::byte> src, DType from, const Shape& global, LocalChunk& c, DType to) {
+// Fills chunk `c` of tensor `name` (dtype `from`, global shape `global`) as
+// dtype `to`, reading only the box's bytes: one read when the box is a
+// contiguous range of the row-major tensor and lands contiguously, else one
+// read per row of the box's last dimension.
+Status FillChunk(const TorchArchive& archive, const std::string& name, DType from, const Shape& global, LocalChunk& c,
+                 DType to, LoadStats* stats) {
   const size_t rank = global.rank();
   const uint64_t in_esz = DTypeBits(from) / 8, out_esz = DTypeBits(to) / 8;
+  CKPT_ASSIGN_OR_RETURN(uint64_t numel, c.shape.NumElements());
+  if (numel == 0) return Status();
   std::vector<uint64_t> gstride(rank, 1);
   for (size_t d = rank; d-- > 1;) gstride[d - 1] = gstride[d] * global[d];
   std::vector<int64_t> cstride = c.strides;
@@ -28,32 +33,53 @@ Status CopyBox(std::span<const std::byte> src, DType from, const Shape& global, 
     cstride.assign(rank, 1);
     for (size_t d = rank; d-- > 1;) cstride[d - 1] = cstride[d] * static_cast<int64_t>(c.shape[d]);
   }
-  CKPT_ASSIGN_OR_RETURN(uint64_t numel, c.shape.NumElements());
-  if (numel == 0) return Status();
-  const uint64_t row = rank == 0 ? 1 : c.shape[rank - 1];
-  std::vector<std::byte> converted(row * out_esz);
-  std::vector<uint64_t> idx(rank == 0 ? 0 : rank - 1, 0);
+  // Rows of the last dimension; a box spanning every dimension but the
+  // first is one contiguous run.
+  bool whole_rows = true;
+  for (size_t d = 1; d < rank; ++d) whole_rows = whole_rows && c.offsets[d] == 0 && c.shape[d] == global[d];
+  const uint64_t row = rank == 0 ? 1 : (whole_rows ? numel : c.shape[rank - 1]);
+  const bool direct = from == to && c.strides.empty();
+  std::vector<std::byte> in(direct ? 0 : row * in_esz), out(from == to ? 0 : row * out_esz);
+  std::vector<uint64_t> idx(rank == 0 || whole_rows ? 0 : rank - 1, 0);
   for (uint64_t done = 0; done < numel; done += row) {
-    uint64_t s = 0;
+    uint64_t src = 0;
     int64_t dst = 0;
-    for (size_t d = 0; d + 1 < rank; ++d) {
-      s += (c.offsets[d] + idx[d]) * gstride[d];
+    for (size_t d = 0; d < idx.size(); ++d) {
+      src += (c.offsets[d] + idx[d]) * gstride[d];
       dst += static_cast<int64_t>(idx[d]) * cstride[d];
     }
-    if (rank > 0) s += c.offsets[rank - 1];
-    std::span<const std::byte> in = src.subspan(s * in_esz, row * in_esz);
-    std::span<const std::byte> out = in;
-    if (from != to) {
-      CKPT_RETURN_IF_ERROR(CastFloats(from, in, to, converted));
-      out = converted;
-    }
-    const int64_t inner = rank == 0 ? 1 : cstride[rank - 1];
-    if (inner == 1) {
-      std::memcpy(c.data + dst * static_cast<int64_t>(out_esz), out.data(), out.size());
-    } else {
-      for (uint64_t k = 0; k < row; ++k) {
-        std::memcpy(c.data + (dst + static_cast<int64_t>(k) * inner) * static_cast<int64_t>(out_esz),
-                    out.data() + k * out_esz, out_esz);
+    if (rank > 0) src += c.offsets[idx.size()] * gstride[idx.size()];
+    std::byte* place = c.data + dst * static_cast<int64_t>(out_esz);
+    std::span<std::byte> read = direct ? std::span<std::byte>(place, row * in_esz) : std::span<std::byte>(in);
+    CKPT_RETURN_IF_ERROR(archive.ReadRange(name, src * in_esz, read));
+    stats->bytes_read += read.size();
+    ++stats->reads;
+    if (!direct) {
+      std::span<const std::byte> values = in;
+      if (from != to) {
+        CKPT_RETURN_IF_ERROR(CastFloats(from, in, to, out));
+        values = out;
+      }
+      if (c.strides.empty()) {
+        std::memcpy(place, values.data(), values.size());
+      } else if (!whole_rows) {
+        const int64_t inner = cstride[rank - 1];
+        for (uint64_t k = 0; k < row; ++k) {
+          std::memcpy(place + static_cast<int64_t>(k) * inner * static_cast<int64_t>(out_esz),
+                      values.data() + k * out_esz, out_esz);
+        }
+      } else {
+        // The whole chunk in one run, placed through its strides.
+        std::vector<uint64_t> e(rank, 0);
+        for (uint64_t k = 0; k < row; ++k) {
+          int64_t off = 0;
+          for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(e[d]) * cstride[d];
+          std::memcpy(c.data + off * static_cast<int64_t>(out_esz), values.data() + k * out_esz, out_esz);
+          for (size_t d = rank; d-- > 0;) {
+            if (++e[d] < c.shape[d]) break;
+            e[d] = 0;
+          }
+        }
       }
     }
     for (size_t d = idx.size(); d-- > 0;) {
@@ -135,30 +161,25 @@ Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(matched, to).WithContext(what));
 
   Status filled;
-  std::vector<std::byte> buf;
   for (DistTensor& t : sd.tensors) {
     auto it = by_name.find(t.fqn);
-    if (it == by_name.end() || t.chunks.empty()) continue;
+    if (it == by_name.end()) continue;
     const TorchBinDir::Location& loc = bin->tensors().at(it->second);
     const TorchTensorInfo& s = *loc.info;
-    buf.resize(s.nbytes);
-    filled = bin->files()[loc.file]->ReadTensor(s.name, buf);
-    stats.bytes_read += s.nbytes;
-    ++stats.reads;
     for (LocalChunk& c : t.chunks) {
-      if (!filled.ok()) break;
-      for (size_t d = 0; filled.ok() && d < t.global_shape.rank(); ++d) {
-        if (c.offsets.size() != t.global_shape.rank() || c.shape.rank() != t.global_shape.rank() ||
-            c.offsets[d] + c.shape[d] > t.global_shape[d]) {
-          filled = InvalidArgumentError("local chunk is outside the global shape " + t.global_shape.ToString());
-        }
+      bool inside = c.offsets.size() == t.global_shape.rank() && c.shape.rank() == t.global_shape.rank() &&
+                    (c.strides.empty() || c.strides.size() == c.shape.rank());
+      for (size_t d = 0; inside && d < t.global_shape.rank(); ++d) inside = c.offsets[d] + c.shape[d] <= t.global_shape[d];
+      if (!inside) {
+        filled = InvalidArgumentError("a local chunk is outside the global shape " + t.global_shape.ToString());
+        break;
       }
       Result<uint64_t> nbytes = c.shape.NumBytes(t.dtype);
-      if (filled.ok() && !nbytes.ok()) filled = nbytes.status();
-      if (filled.ok()) {
-        stats.bytes_needed += *nbytes;
-        filled = CopyBox(buf, s.dtype, t.global_shape, c, t.dtype);
-      }
+      filled = nbytes.status();
+      if (!filled.ok()) break;
+      stats.bytes_needed += *nbytes;
+      filled = FillChunk(*bin->files()[loc.file], s.name, s.dtype, t.global_shape, c, t.dtype, &stats);
+      if (!filled.ok()) break;
     }
     if (!filled.ok()) {
       filled = filled.WithContext("tensor '" + t.fqn + "' from " + bin->files()[loc.file]->path());

@@ -27,7 +27,9 @@ Result<bool> IsTorchBinOnlyDir(Storage& storage, const std::string& dir);
 
 // LoadSharded's semantics (key mapping, skipped prefixes, tied embeddings,
 // missing/unexpected keys, float casts, one error on every rank) for a `.bin`
-// directory. Transient memory: the largest tensor a rank loads.
+// directory. Each rank reads only the bytes of its chunks; transient memory
+// is one row of a chunk (or the chunk, when it is a contiguous run that
+// needs converting).
 Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd, const LoadOptions& o,
                     LoadStats* stats);
 

@@ -574,6 +574,10 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
   std::vector<std::string> errors(world);
   std::vector<std::vector<std::byte>> emb(world, std::vector<std::byte>(50 * 16 * 4));
   std::vector<std::vector<std::byte>> mlp(world, std::vector<std::byte>(32 * 32 * 2));
+  // Columns [16r, 16r + 16) of a bf16 [64, 32] matrix, as f32, into a
+  // transposed (strided) destination.
+  std::vector<std::vector<float>> cols(world, std::vector<float>(64 * 16));
+  std::vector<LoadStats> stats(world);
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
@@ -582,10 +586,14 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
                    {LocalChunk{{static_cast<uint64_t>(r) * 50, 0}, Shape({50, 16}), emb[r].data(), {}}}};
       DistTensor w{"model.layers.1.mlp.weight", DType::kBF16, Shape({64, 32}),
                    {LocalChunk{{static_cast<uint64_t>(r) * 32, 0}, Shape({32, 32}), mlp[r].data(), {}}}};
-      sd.tensors = {e, w};
+      DistTensor c{"model.layers.2.mlp.weight", DType::kF32, Shape({64, 32}),
+                   {LocalChunk{{0, static_cast<uint64_t>(r) * 16}, Shape({64, 16}),
+                               reinterpret_cast<std::byte*>(cols[r].data()), {1, 64}}}};
+      sd.tensors = {e, w, c};
       LoadOptions o;
       o.allow_unexpected = true;
-      Status s = LoadSharded(*comms[r], *PosixStorage(), dir.path(), sd, o);
+      o.cast_floats = true;
+      Status s = LoadSharded(*comms[r], *PosixStorage(), dir.path(), sd, o, &stats[r]);
       errors[r] = s.ToString();
     });
   }
@@ -594,6 +602,23 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
     ASSERT_EQ(errors[r], "OK") << r;
     EXPECT_EQ(std::memcmp(emb[r].data(), m.bytes.at("model.embed_tokens.weight").data() + r * 50 * 16 * 4, emb[r].size()), 0);
     EXPECT_EQ(std::memcmp(mlp[r].data(), m.bytes.at("model.layers.1.mlp.weight").data() + r * 32 * 32 * 2, mlp[r].size()), 0);
+    const std::string& src = m.bytes.at("model.layers.2.mlp.weight");
+    for (uint64_t i = 0; i < 64; ++i) {
+      for (uint64_t j = 0; j < 16; ++j) {
+        uint16_t b;
+        std::memcpy(&b, src.data() + 2 * (i * 32 + static_cast<uint64_t>(r) * 16 + j), 2);
+        const float v = cols[r][j * 64 + i];
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        if ((b & 0x7f80) == 0x7f80 && (b & 0x7f) != 0) {
+          ASSERT_TRUE(std::isnan(v));
+        } else {
+          ASSERT_EQ(u, static_cast<uint32_t>(b) << 16) << i << "," << j;
+        }
+      }
+    }
+    // Only the boxes' bytes were read (source dtype).
+    EXPECT_EQ(stats[r].bytes_read, 50u * 16 * 4 + 32u * 32 * 2 + 64u * 16 * 2) << r;
   }
   // A missing key is one clear error on every rank.
   threads.clear();
