@@ -15,13 +15,13 @@ int main(int argc, char** argv) {
   CLI::App* inspect_cmd = app.add_subcommand(
       "inspect", "List the tensors (dtype, shape, bytes, file), metadata and totals of a "
                  "safetensors file, a model directory or a torch .bin archive");
-  inspect_cmd->add_option("PATH", inspect.path, "safetensors file or directory")->required();
+  inspect_cmd->add_option("PATH", inspect.path, "safetensors file, .bin file or directory")->required();
   inspect_cmd->add_flag("--json", inspect.json, "print machine-readable JSON");
 
   ckpt::cli::VerifyOptions verify;
   CLI::App* verify_cmd = app.add_subcommand(
-      "verify", "Validate a safetensors file or model directory; exit 0 when valid, 1 otherwise");
-  verify_cmd->add_option("PATH", verify.path, "safetensors file or directory")->required();
+      "verify", "Validate a safetensors file, a model directory or a torch .bin archive; exit 0 when valid, 1 otherwise");
+  verify_cmd->add_option("PATH", verify.path, "safetensors file, .bin file or directory")->required();
   verify_cmd->add_flag("--quick", verify.quick, "check headers and structure, skip reading data");
   verify_cmd->add_flag("--json", verify.json, "print the result as JSON");
 
