@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -504,6 +505,56 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
     }
     EXPECT_EQ(m.norm_, norm);
   }
+  // Resume on 4 expert-parallel ranks (one expert each) with asynchronous
+  // saves: load step 1, save step 2 in the background while the memory is
+  // overwritten, load step 2 back.
+  auto check = [&](const GroupedModel& m, int e) -> Status {
+    for (uint64_t row = 0; row < kDim; ++row) {
+      for (uint64_t i = 0; i < kInter; ++i) {
+        const float g = ((i * kDim + row) % 3 == 0 ? 2.f : 1.f) * std::ldexp(1.f, e);
+        const float u = ((i * kDim + row) % 3 == 0 ? 2.f : 1.f) * std::ldexp(1.f, e + 1);
+        const float d = ((row * kInter + i) % 3 == 0 ? 2.f : 1.f) * std::ldexp(1.f, e + 2);
+        uint32_t gb, ub, db;
+        std::memcpy(&gb, &g, 4);
+        std::memcpy(&ub, &u, 4);
+        std::memcpy(&db, &d, 4);
+        if (m.gu_[row * 2 * kInter + i] != gb >> 16 || m.gu_[row * 2 * kInter + kInter + i] != ub >> 16 ||
+            m.dn_[i * kDim + row] != db >> 16) {
+          return InternalError("expert " + std::to_string(e) + " differs");
+        }
+      }
+    }
+    return Status();
+  };
+  cfg.is_async = true;
+  cfg.save_consolidated = ConsolidationMode::kNever;
+  auto comms4 = NewThreadCommunicators(4);
+  std::vector<std::string> errors4(4);
+  threads.clear();
+  for (int r = 0; r < 4; ++r) {
+    threads.emplace_back([&, r] {
+      auto run = [&]() -> Status {
+        GroupedModel m(static_cast<uint64_t>(r), 1);
+        CKPT_ASSIGN_OR_RETURN(auto hf, MoeHfModel::Create(m, a, MoeConfig{2, 4}));
+        CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 4}, *comms4[r]));
+        CKPT_RETURN_IF_ERROR(c->LoadModel(*hf, tmp / "ckpts/epoch_0_step_1/model"));
+        CKPT_RETURN_IF_ERROR(check(m, r));
+        CKPT_ASSIGN_OR_RETURN(std::string dir, c->Reserve(0, 2));
+        CKPT_RETURN_IF_ERROR(c->SaveModel(*hf, dir));
+        std::fill(m.gu_.begin(), m.gu_.end(), 0);
+        std::fill(m.dn_.begin(), m.dn_.end(), 0);
+        CKPT_RETURN_IF_ERROR(c->Publish(dir, {}));
+        CKPT_RETURN_IF_ERROR(c->AsyncWait());
+        CKPT_RETURN_IF_ERROR(c->LoadModel(*hf, dir + "/model"));
+        CKPT_RETURN_IF_ERROR(check(m, r));
+        return c->Close();
+      };
+      errors4[r] = run().ToString();
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(errors4[r], "OK") << r;
+
   // The export: per-expert names, no scales, the dequantized values.
   auto out = ReadAll(tmp / "ckpts/epoch_0_step_1/model/consolidated");
   ASSERT_FALSE(out.empty());
