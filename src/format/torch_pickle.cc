@@ -203,6 +203,7 @@ class Machine {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Node*> memo_;
   std::map<std::string, Node*> storages_;
+  std::unordered_map<const Node*, std::unordered_map<std::string, size_t>> str_keys_;  // dict → key → item index
 };
 
 Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
@@ -454,22 +455,18 @@ Status Machine::SetItems(Node* dict, const std::vector<Node*>& kv, const char* o
       return Fail(std::string(op) + " with an unhashable " + KindName(key->kind) + " key");
     }
     CKPT_RETURN_IF_ERROR(Insert(dict, kv[i + 1]));
-    // A repeated key replaces the value, as in Python.
-    bool replaced = false;
+    // A repeated string key replaces the value, as in Python (found through
+    // a per-dict index: a linear scan would make big dicts quadratic).
     if (key->kind == Kind::kStr) {
-      for (size_t j = 0; j < dict->items.size(); j += 2) {
-        if (dict->items[j]->kind == Kind::kStr && dict->items[j]->s == key->s) {
-          dict->items[j + 1] = kv[i + 1];
-          replaced = true;
-          break;
-        }
+      auto [it, fresh] = str_keys_[dict].emplace(key->s, dict->items.size());
+      if (!fresh) {
+        dict->items[it->second + 1] = kv[i + 1];
+        continue;
       }
     }
-    if (!replaced) {
-      if (dict->items.size() / 2 >= limits_.max_objects) return Fail("dict too large");
-      dict->items.push_back(key);
-      dict->items.push_back(kv[i + 1]);
-    }
+    if (dict->items.size() / 2 >= limits_.max_objects) return Fail("dict too large");
+    dict->items.push_back(key);
+    dict->items.push_back(kv[i + 1]);
   }
   return Status();
 }

@@ -271,6 +271,27 @@ TEST(TorchBin, EveryOpcode) {
   EXPECT_NE(bad.status().message().find("storage offset"), std::string::npos) << bad.status().ToString();
 }
 
+// A key set twice keeps the last value, as Python's dict does; 50 000 keys
+// parse (the per-dict key index keeps this linear).
+TEST(TorchBin, RepeatedKeysAndLargeDicts) {
+  const std::string data = RandomString(4 * 8, 9);
+  std::vector<PickledTensor> tensors = {{"a", "FloatStorage", "", "0", 8, 0, {2}, {1}},
+                                        {"b", "FloatStorage", "", "0", 8, 2, {2}, {1}},
+                                        {"a", "FloatStorage", "", "0", 8, 5, {3}, {1}}};
+  TempDir dir;
+  auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("k", StateDictPickle(tensors), {{"0", data}})));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_EQ((*a)->tensors().size(), 2u);
+  EXPECT_EQ(Read(**a, "a"), data.substr(20, 12));
+  PickleWriter w;
+  w.Proto(2).EmptyDict().Mark();
+  for (int i = 0; i < 50000; ++i) w.Unicode("k" + std::to_string(i)).Int(i);
+  w.SetItems().Stop();
+  auto big = ParseTorchPickle(w.str(), "big");
+  ASSERT_TRUE(big.ok()) << big.status().ToString();
+  EXPECT_EQ(big->skipped.size(), 50000u);
+}
+
 TEST(TorchBin, BigEndianArchivesAreSwapped) {
   const float f[3] = {1.5f, -2.25f, 1e-3f};
   const int64_t l[2] = {-3, 1LL << 50};
