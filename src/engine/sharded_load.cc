@@ -432,13 +432,17 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   const std::string what = "loading " + dir;
   LoadStats stats;
 
-  // A Hugging Face directory that ships only .bin weights.
-  Result<bool> bin_only = engine::IsTorchBinOnlyDir(storage, dir);
-  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(bin_only.status(), to).WithContext(what));
-  if (*bin_only) return engine::LoadTorchBin(comm, storage, dir, sd, o, stats_out);
-
-  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint checkpoint,
-                        engine::ReadCheckpointCollective(comm, storage, dir, to));
+  Result<engine::SavedCheckpoint> read = engine::ReadCheckpointCollective(comm, storage, dir, to);
+  if (!read.ok()) {
+    // Not safetensors: a Hugging Face directory that ships only .bin
+    // weights? (Checked only here, off the path of ordinary loads.)
+    Result<bool> bin_only = engine::IsTorchBinOnlyDir(storage, dir);
+    const bool bin = bin_only.ok() && *bin_only;
+    Status agreed = comm.AgreeOnStatus(bin ? Status() : read.status(), to);
+    if (agreed.ok()) return engine::LoadTorchBin(comm, storage, dir, sd, o, stats_out);
+    return read.status();
+  }
+  const engine::SavedCheckpoint& checkpoint = *read;
   const engine::ShardListing& listing = checkpoint.listing;
   const plan::SavedIndex& index = checkpoint.index;
 
