@@ -1,8 +1,10 @@
 #include "format/model_dir_writer.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <vector>
 
+#include "ckpt/consolidate.h"
 #include "engine/shard_dir.h"
 
 namespace ckpt {
@@ -19,6 +21,39 @@ std::string ShardedModelFileName(uint32_t i, uint32_t n) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "model-%05u-of-%05u.safetensors", i, n);
   return buf;
+}
+
+Status WriteModelFiles(Storage& storage, const std::string& staging, std::vector<TensorSpec> tensors,
+                       uint64_t max_shard_size,
+                       const std::function<Status(const TensorSpec& tensor, SafetensorsWriter& out)>& fill,
+                       HfIndex* index, uint32_t* files) {
+  std::sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) { return NaturalLess(a.name, b.name); });
+  std::vector<uint64_t> sizes;
+  for (const TensorSpec& t : tensors) {
+    CKPT_ASSIGN_OR_RETURN(uint64_t n, t.shape.NumBytes(t.dtype));
+    sizes.push_back(n);
+  }
+  const std::vector<uint32_t> file_of = DivideBySize(sizes, max_shard_size);
+  const uint32_t nfiles = file_of.empty() ? 0 : *std::max_element(file_of.begin(), file_of.end());
+  uint64_t total = 0;
+  for (uint32_t f = 1; f <= nfiles; ++f) {
+    const std::string name = ShardedModelFileName(f, nfiles);
+    std::vector<TensorSpec> specs;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (file_of[i] != f) continue;
+      specs.push_back(tensors[i]);
+      index->weight_map[tensors[i].name] = name;
+      total += sizes[i];
+    }
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
+                          SafetensorsWriter::Create(storage, JoinPath(staging, name), specs,
+                                                    SafetensorsMetadata{{"format", "pt"}}));
+    for (const TensorSpec& t : specs) CKPT_RETURN_IF_ERROR(fill(t, *w));
+    CKPT_RETURN_IF_ERROR(w->Commit());
+  }
+  index->total_size = total;
+  *files = nfiles;
+  return Status();
 }
 
 Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std::set<std::string>& skip,

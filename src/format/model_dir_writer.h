@@ -8,8 +8,10 @@
 #include <functional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "ckpt/hf.h"
+#include "ckpt/safetensors.h"
 #include "ckpt/status.h"
 #include "ckpt/storage.h"
 
@@ -23,6 +25,16 @@ Status BuildInStaging(Storage& storage, const std::string& out_dir,
 
 // "model-00002-of-00005.safetensors".
 std::string ShardedModelFileName(uint32_t i, uint32_t n);
+
+// Writes `tensors` into `staging` as model-0000i-of-0000N.safetensors
+// (natural name order, a new file when the next tensor would pass
+// `max_shard_size`, metadata {"format": "pt"}); `fill` writes each tensor's
+// bytes through the file's writer. Fills `index` (weight map, total size)
+// and `files`.
+Status WriteModelFiles(Storage& storage, const std::string& staging, std::vector<TensorSpec> tensors,
+                       uint64_t max_shard_size,
+                       const std::function<Status(const TensorSpec& tensor, SafetensorsWriter& out)>& fill,
+                       HfIndex* index, uint32_t* files);
 
 // Completes a directory built in `staging`: writes `index` as
 // model.safetensors.index.json, copies every regular, non-hidden file of

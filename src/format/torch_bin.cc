@@ -302,54 +302,31 @@ Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std
   const std::string what = "converting " + in_dir + " into " + out_dir;
   CKPT_ASSIGN_OR_RETURN(TorchBinDir bin, TorchBinDir::Open(storage, in_dir));
   if (bin.tensors().empty()) return InvalidArgumentError(what + ": the checkpoint holds no tensors");
-  // Tensors in natural name order, divided into files by size.
-  std::vector<std::string> names;
-  for (const auto& [name, loc] : bin.tensors()) names.push_back(name);
-  std::sort(names.begin(), names.end(), NaturalLess);
-  std::vector<uint64_t> sizes;
-  for (const std::string& n : names) sizes.push_back(bin.tensors().at(n).info->nbytes);
-  const std::vector<uint32_t> file_of = DivideBySize(sizes, o.max_shard_size);
-  const uint32_t nfiles = names.empty() ? 0 : *std::max_element(file_of.begin(), file_of.end());
-  auto file_name = [&](uint32_t i) { return ShardedModelFileName(i, nfiles); };
-
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, loc] : bin.tensors()) specs.push_back(TensorSpec{name, loc.info->dtype, loc.info->shape});
   TorchConvertStats stats;
-  auto build = [&](const std::string& staging) -> Status {
-    const uint64_t buf_size = std::max<uint64_t>(o.buffer_size, 64);
-    std::vector<std::byte> buf;
-    HfIndex index;
-    uint64_t total = 0;
-    for (uint32_t f = 1; f <= nfiles; ++f) {
-      std::vector<TensorSpec> specs;
-      for (size_t i = 0; i < names.size(); ++i) {
-        if (file_of[i] != f) continue;
-        const TorchTensorInfo& t = *bin.tensors().at(names[i]).info;
-        specs.push_back(TensorSpec{t.name, t.dtype, t.shape});
-        index.weight_map[t.name] = file_name(f);
-      }
-      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
-                            SafetensorsWriter::Create(storage, JoinPath(staging, file_name(f)), specs,
-                                                      SafetensorsMetadata{{"format", "pt"}}));
-      for (const TensorSpec& s : specs) {
-        const TorchBinDir::Location& loc = bin.tensors().at(s.name);
-        const TorchTensorInfo& t = *loc.info;
-        const uint64_t esz = DTypeBits(t.dtype) / 8;
-        const uint64_t piece_max = std::max<uint64_t>(esz, buf_size / esz * esz);
-        for (uint64_t off = 0; off < t.nbytes; off += piece_max) {
-          const uint64_t n = std::min(piece_max, t.nbytes - off);
-          if (buf.size() < n) buf.resize(n);
-          std::span<std::byte> piece(buf.data(), n);
-          CKPT_RETURN_IF_ERROR(bin.files()[loc.file]->ReadRange(t.name, off, piece));
-          CKPT_RETURN_IF_ERROR(w->Write(t.name, off, piece));
-        }
-        ++stats.tensors;
-        stats.bytes += t.nbytes;
-        total += t.nbytes;
-      }
-      CKPT_RETURN_IF_ERROR(w->Commit());
+  std::vector<std::byte> buf;
+  const uint64_t buf_size = std::max<uint64_t>(o.buffer_size, 64);
+  auto fill = [&](const TensorSpec& s, SafetensorsWriter& w) -> Status {
+    const TorchBinDir::Location& loc = bin.tensors().at(s.name);
+    const TorchTensorInfo& t = *loc.info;
+    const uint64_t esz = DTypeBits(t.dtype) / 8;
+    const uint64_t piece_max = std::max<uint64_t>(esz, buf_size / esz * esz);
+    for (uint64_t off = 0; off < t.nbytes; off += piece_max) {
+      const uint64_t n = std::min(piece_max, t.nbytes - off);
+      if (buf.size() < n) buf.resize(n);
+      std::span<std::byte> piece(buf.data(), n);
+      CKPT_RETURN_IF_ERROR(bin.files()[loc.file]->ReadRange(t.name, off, piece));
+      CKPT_RETURN_IF_ERROR(w.Write(t.name, off, piece));
     }
+    ++stats.tensors;
+    stats.bytes += t.nbytes;
+    return Status();
+  };
+  auto build = [&](const std::string& staging) -> Status {
+    HfIndex index;
+    CKPT_RETURN_IF_ERROR(WriteModelFiles(storage, staging, specs, o.max_shard_size, fill, &index, &stats.files));
     stats.peak_buffer = buf.size();
-    stats.files = nfiles;
-    index.total_size = total;
     std::set<std::string> weights{std::string(kTorchBinIndexName), std::string(kTorchBinSingleName)};
     for (const auto& f : bin.files()) weights.insert(std::string(Basename(f->path())));
     return FinishConvertedDir(storage, in_dir, weights, staging, out_dir, index);

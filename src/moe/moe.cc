@@ -401,14 +401,6 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
   CKPT_RETURN_IF_ERROR(planned.status().WithContext(what));
   const MoePlan& plan = *planned;
 
-  std::vector<std::string> names;
-  for (const auto& [name, meta] : plan.converted) names.push_back(name);
-  std::sort(names.begin(), names.end(), NaturalLess);
-  std::vector<uint64_t> sizes;
-  for (const std::string& n : names) sizes.push_back(plan.converted.at(n).shape.NumBytes(plan.converted.at(n).dtype).value());
-  const std::vector<uint32_t> file_of = DivideBySize(sizes, o.max_shard_size);
-  const uint32_t nfiles = *std::max_element(file_of.begin(), file_of.end());
-  auto file_name = [&](uint32_t i) { return ShardedModelFileName(i, nfiles); };
   const std::set<std::string> passthrough(plan.passthrough.begin(), plan.passthrough.end());
   auto source = [&](const std::string& name) -> const SafetensorsFile& {
     return *in.files()[in.tensors().at(name).file];
@@ -419,99 +411,86 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
   for (const auto& [l, L] : plan.layers) {
     stats.largest_expert = std::max(stats.largest_expert, L.dim * L.inter * (DTypeBits(L.dtype) / 8));
   }
-  auto build = [&](const std::string& staging) -> Status {
-    std::vector<std::byte> buf, out, fb1, fb2;
-    HfIndex index;
-    uint64_t total = 0;
-    for (uint32_t f = 1; f <= nfiles; ++f) {
-      std::vector<TensorSpec> specs;
-      for (size_t i = 0; i < names.size(); ++i) {
-        if (file_of[i] != f) continue;
-        const TensorMeta& m = plan.converted.at(names[i]);
-        specs.push_back(TensorSpec{names[i], m.dtype, m.shape});
-        index.weight_map[names[i]] = file_name(f);
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, meta] : plan.converted) specs.push_back(TensorSpec{name, meta.dtype, meta.shape});
+  std::vector<std::byte> buf, out, fb1, fb2;
+  auto fill = [&](const TensorSpec& s, SafetensorsWriter& w) -> Status {
+    const uint64_t esz = DTypeBits(s.dtype) / 8;
+    const uint64_t nbytes = s.shape.NumBytes(s.dtype).value();
+    uint64_t transient = 0;
+    if (passthrough.count(s.name)) {
+      const uint64_t unit = std::max<uint64_t>(esz, 1);
+      const uint64_t piece = std::max(unit, o.buffer_size / unit * unit);
+      for (uint64_t off = 0; off < nbytes; off += piece) {
+        const uint64_t n = std::min(piece, nbytes - off);
+        if (buf.size() < n) buf.resize(n);
+        CKPT_RETURN_IF_ERROR(source(s.name).ReadRange(s.name, off, std::span<std::byte>(buf.data(), n)));
+        CKPT_RETURN_IF_ERROR(w.Write(s.name, off, std::span<const std::byte>(buf.data(), n)));
       }
-      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
-                            SafetensorsWriter::Create(storage, JoinPath(staging, file_name(f)), specs,
-                                                      SafetensorsMetadata{{"format", "pt"}}));
-      for (const TensorSpec& s : specs) {
-        const uint64_t esz = DTypeBits(s.dtype) / 8;
-        const uint64_t nbytes = s.shape.NumBytes(s.dtype).value();
-        uint64_t transient = 0;
-        if (passthrough.count(s.name)) {
-          const uint64_t unit = std::max<uint64_t>(esz, 1);
-          const uint64_t piece = std::max(unit, o.buffer_size / unit * unit);
-          for (uint64_t off = 0; off < nbytes; off += piece) {
-            const uint64_t n = std::min(piece, nbytes - off);
-            if (buf.size() < n) buf.resize(n);
-            CKPT_RETURN_IF_ERROR(source(s.name).ReadRange(s.name, off, std::span<std::byte>(buf.data(), n)));
-            CKPT_RETURN_IF_ERROR(w->Write(s.name, off, std::span<const std::byte>(buf.data(), n)));
-          }
-          stats.copy_buffer = std::max<uint64_t>(stats.copy_buffer, buf.size());
-        } else if (direction == MoeDirection::kToGrouped) {
-          auto g = ParseGroupedName(s.name);
-          const MoeLayer& L = plan.layers.at(g->first);
-          const uint64_t expert_bytes = L.dim * L.inter * esz;
-          // One expert's block: [dim, 2 inter] or [inter, dim].
-          const uint64_t block = g->second ? 2 * expert_bytes : expert_bytes;
-          out.resize(block);
-          transient = block;
-          for (uint32_t e = 0; e < config.num_experts; ++e) {
-            uint64_t fallback = 0;
-            if (g->second) {
-              for (int half = 0; half < 2; ++half) {
-                const std::string hn = HfExpertName(a, L.layer, e, half == 0 ? MoeProj::kGate : MoeProj::kUp);
-                CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(source(hn), hn, fb1, &fallback));
-                // src [inter, dim] → block[:, half·inter : (half+1)·inter].
-                Transpose(src.data(), L.dim, L.inter, L.dim, out.data() + half * L.inter * esz, 2 * L.inter, esz);
-              }
-            } else {
-              const std::string hn = HfExpertName(a, L.layer, e, MoeProj::kDown);
-              CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(source(hn), hn, fb1, &fallback));
-              Transpose(src.data(), L.inter, L.dim, L.inter, out.data(), L.dim, esz);  // [dim, inter] → [inter, dim]
-            }
-            transient = std::max(transient, block + std::min(fallback, expert_bytes));
-            CKPT_RETURN_IF_ERROR(w->Write(s.name, e * block, out));
+      stats.copy_buffer = std::max<uint64_t>(stats.copy_buffer, buf.size());
+    } else if (direction == MoeDirection::kToGrouped) {
+      auto g = ParseGroupedName(s.name);
+      const MoeLayer& L = plan.layers.at(g->first);
+      const uint64_t expert_bytes = L.dim * L.inter * esz;
+      // One expert's block: [dim, 2 inter] or [inter, dim].
+      const uint64_t block = g->second ? 2 * expert_bytes : expert_bytes;
+      out.resize(block);
+      transient = block;
+      for (uint32_t e = 0; e < config.num_experts; ++e) {
+        uint64_t fallback = 0;
+        if (g->second) {
+          for (int half = 0; half < 2; ++half) {
+            const std::string hn = HfExpertName(a, L.layer, e, half == 0 ? MoeProj::kGate : MoeProj::kUp);
+            CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(source(hn), hn, fb1, &fallback));
+            // src [inter, dim] → block[:, half·inter : (half+1)·inter].
+            Transpose(src.data(), L.dim, L.inter, L.dim, out.data() + half * L.inter * esz, 2 * L.inter, esz);
           }
         } else {
-          // An HF expert tensor from its grouped tensor's expert block.
-          const std::optional<ExpertKey> k = ParseExpertName(a, s.name);
-          const uint32_t layer = k->layer, expert = k->expert;
-          const MoeProj proj = k->proj;
-          const MoeLayer& L = plan.layers.at(layer);
-          const std::string gn = proj == MoeProj::kDown ? GroupedDownName(layer) : GroupedGateUpName(layer);
-          const uint64_t expert_bytes = L.dim * L.inter * esz;
-          const uint64_t block = proj == MoeProj::kDown ? expert_bytes : 2 * expert_bytes;
-          out.resize(expert_bytes);
-          transient = expert_bytes;
-          const SafetensorsFile& sf = source(gn);
-          Result<TensorView> v = sf.View(gn);
-          std::span<const std::byte> blk;
-          if (v.ok()) {
-            blk = v->data.subspan(expert * block, block);
-          } else {
-            fb2.resize(block);
-            transient += block;
-            CKPT_RETURN_IF_ERROR(sf.ReadRange(gn, expert * block, fb2));
-            blk = fb2;
-          }
-          if (proj == MoeProj::kDown) {
-            Transpose(blk.data(), L.dim, L.inter, L.dim, out.data(), L.inter, esz);  // [inter, dim] → [dim, inter]
-          } else {
-            const uint64_t col = proj == MoeProj::kGate ? 0 : L.inter;
-            Transpose(blk.data() + col * esz, 2 * L.inter, L.dim, L.inter, out.data(), L.dim, esz);
-          }
-          CKPT_RETURN_IF_ERROR(w->Write(s.name, 0, out));
+          const std::string hn = HfExpertName(a, L.layer, e, MoeProj::kDown);
+          CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(source(hn), hn, fb1, &fallback));
+          Transpose(src.data(), L.inter, L.dim, L.inter, out.data(), L.dim, esz);  // [dim, inter] → [inter, dim]
         }
-        stats.peak_transient = std::max(stats.peak_transient, transient);
-        ++stats.tensors_out;
-        stats.bytes += nbytes;
-        total += nbytes;
+        transient = std::max(transient, block + std::min(fallback, expert_bytes));
+        CKPT_RETURN_IF_ERROR(w.Write(s.name, e * block, out));
       }
-      CKPT_RETURN_IF_ERROR(w->Commit());
+    } else {
+      // An HF expert tensor from its grouped tensor's expert block.
+      const std::optional<ExpertKey> k = ParseExpertName(a, s.name);
+      const uint32_t layer = k->layer, expert = k->expert;
+      const MoeProj proj = k->proj;
+      const MoeLayer& L = plan.layers.at(layer);
+      const std::string gn = proj == MoeProj::kDown ? GroupedDownName(layer) : GroupedGateUpName(layer);
+      const uint64_t expert_bytes = L.dim * L.inter * esz;
+      const uint64_t block = proj == MoeProj::kDown ? expert_bytes : 2 * expert_bytes;
+      out.resize(expert_bytes);
+      transient = expert_bytes;
+      const SafetensorsFile& sf = source(gn);
+      Result<TensorView> v = sf.View(gn);
+      std::span<const std::byte> blk;
+      if (v.ok()) {
+        blk = v->data.subspan(expert * block, block);
+      } else {
+        fb2.resize(block);
+        transient += block;
+        CKPT_RETURN_IF_ERROR(sf.ReadRange(gn, expert * block, fb2));
+        blk = fb2;
+      }
+      if (proj == MoeProj::kDown) {
+        Transpose(blk.data(), L.dim, L.inter, L.dim, out.data(), L.inter, esz);  // [inter, dim] → [dim, inter]
+      } else {
+        const uint64_t col = proj == MoeProj::kGate ? 0 : L.inter;
+        Transpose(blk.data() + col * esz, 2 * L.inter, L.dim, L.inter, out.data(), L.dim, esz);
+      }
+      CKPT_RETURN_IF_ERROR(w.Write(s.name, 0, out));
     }
-    stats.files = nfiles;
-    index.total_size = total;
+    stats.peak_transient = std::max(stats.peak_transient, transient);
+    ++stats.tensors_out;
+    stats.bytes += nbytes;
+    return Status();
+  };
+  auto build = [&](const std::string& staging) -> Status {
+    HfIndex index;
+    CKPT_RETURN_IF_ERROR(WriteModelFiles(storage, staging, specs, o.max_shard_size, fill, &index, &stats.files));
     std::set<std::string> weights{std::string(kHfSingleFileName)};
     for (const auto& f : in.files()) weights.insert(std::string(Basename(f->path())));
     return FinishConvertedDir(storage, in_dir, weights, staging, out_dir, index);
