@@ -127,6 +127,10 @@ struct LoadStats {
 Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir, StateDict& state,
                    const LoadOptions& options = {}, LoadStats* stats = nullptr);
 
+// Every non-tensor entry a sharded checkpoint holds (its json and bytes
+// maps; no tensors). Empty when the checkpoint has none.
+Result<StateDict> ReadExtraState(Storage& storage, const std::string& dir);
+
 // What a sharded checkpoint directory holds, read by one process.
 struct ShardedChunkInfo {
   std::string file;

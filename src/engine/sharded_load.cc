@@ -24,6 +24,7 @@
 #include "engine/shard_dir.h"
 #include "engine/torch_bin_load.h"
 #include "convert/float_cast.h"
+#include "core/encoding.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -203,29 +204,34 @@ Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDi
     if (!j.contains("bytes") || !j["bytes"].contains(k) || !j["bytes"][k].is_string()) {
       return NotFoundError(path + ": no bytes entry '" + k + "'");
     }
-    const std::string s = j["bytes"][k].get<std::string>();
-    v.clear();
-    uint32_t acc = 0;
-    int bits = 0;
-    for (char ch : s) {
-      int val;
-      if (ch >= 'A' && ch <= 'Z') val = ch - 'A';
-      else if (ch >= 'a' && ch <= 'z') val = ch - 'a' + 26;
-      else if (ch >= '0' && ch <= '9') val = ch - '0' + 52;
-      else if (ch == '+') val = 62;
-      else if (ch == '/') val = 63;
-      else if (ch == '=') break;
-      else return DataLossError(path + ": bytes entry '" + k + "' is not base64");
-      acc = (acc << 6) | static_cast<uint32_t>(val);
-      bits += 6;
-      if (bits >= 8) {
-        bits -= 8;
-        v.push_back(static_cast<std::byte>((acc >> bits) & 0xFF));
-      }
-    }
+    std::optional<std::vector<std::byte>> decoded = Base64Decode(j["bytes"][k].get<std::string>());
+    if (!decoded) return DataLossError(path + ": bytes entry '" + k + "' is not base64");
+    v = std::move(*decoded);
   }
   return Status();
 }
+
+}  // namespace
+
+Result<StateDict> ReadExtraState(Storage& storage, const std::string& dir) {
+  const std::string path = JoinPath(dir, kExtraStateName);
+  CKPT_ASSIGN_OR_RETURN(bool present, Exists(storage, path));
+  StateDict sd;
+  if (!present) return sd;
+  CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+  CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, path, 64));
+  if (!j.is_object()) return DataLossError(path + ": not a JSON object");
+  if (auto it = j.find("json"); it != j.end() && it->is_object()) {
+    for (const auto& [k, v] : it->items()) sd.json[k] = v.dump();
+  }
+  if (auto it = j.find("bytes"); it != j.end() && it->is_object()) {
+    for (const auto& [k, v] : it->items()) sd.bytes[k] = {};
+  }
+  CKPT_RETURN_IF_ERROR(LoadExtra(storage, dir, true, sd));
+  return sd;
+}
+
+namespace {
 
 void Place(std::span<const std::byte> out, DType to, LocalChunk& c);
 

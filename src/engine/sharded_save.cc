@@ -15,23 +15,20 @@
 
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
+#include "core/encoding.h"
+#include "core/strided.h"
 #include "engine/shard_dir.h"
+#include "engine/sharded_save.h"
 #include "plan/save_plan.h"
 
 namespace ckpt {
 std::string ShardFileName(int rank) { return engine::ShardFileNameImpl(rank); }
 
-namespace {
+namespace engine {
 
 using json = nlohmann::json;
 
-std::string Hex64(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-Status CheckLocal(const StateDict& sd) {
+Status CheckLocalState(const StateDict& sd) {
   for (const DistTensor& t : sd.tensors) {
     for (const LocalChunk& c : t.chunks) {
       std::string where = "tensor '" + t.fqn + "'";
@@ -53,43 +50,31 @@ Status CheckLocal(const StateDict& sd) {
   return Status();
 }
 
+namespace {
+
+constexpr uint64_t kGatherPiece = 8ull << 20;
+
 // Calls fn(offset, bytes) over the chunk's bytes in row-major order: one
-// call for a contiguous chunk, 8 MiB gathered pieces for a strided one.
+// call for a contiguous chunk, 8 MiB pieces for a strided one.
 template <typename Fn>
 Status ForEachPiece(const LocalChunk& c, DType dtype, uint64_t nbytes, Fn fn) {
   if (c.strides.empty()) return fn(0, std::span<const std::byte>(c.data, nbytes));
-  const uint64_t esz = DTypeBits(dtype) / 8;
-  const size_t rank = c.shape.rank();
-  std::vector<std::byte> buf;
-  buf.reserve(std::min<uint64_t>(nbytes, 8ull << 20));
-  std::vector<uint64_t> idx(rank, 0);
-  uint64_t written = 0;
-  for (uint64_t e = 0; e < nbytes / esz; ++e) {
-    int64_t off = 0;
-    for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(idx[d]) * c.strides[d];
-    const std::byte* src = c.data + off * static_cast<int64_t>(esz);
-    buf.insert(buf.end(), src, src + esz);
-    for (size_t d = rank; d-- > 0;) {
-      if (++idx[d] < c.shape[d]) break;
-      idx[d] = 0;
-    }
-    if (buf.size() >= (8ull << 20)) {
-      CKPT_RETURN_IF_ERROR(fn(written, buf));
-      written += buf.size();
-      buf.clear();
-    }
-  }
-  if (!buf.empty()) CKPT_RETURN_IF_ERROR(fn(written, buf));
-  return Status();
+  const StridedLayout layout{c.shape.dims(), c.strides, DTypeBits(dtype) / 8};
+  return ForEachGatheredPiece(layout, c.data, kGatherPiece, fn);
 }
 
-// Writes this rank's share of the global plan. Returns the file name and
-// size, or an empty name when the rank writes nothing.
-Status WriteShard(Storage& storage, const std::string& staging, int rank, const StateDict& sd,
-                  const std::vector<plan::WriteItem>& writes, ChunkSource* source,
-                  std::string* file, uint64_t* size, std::string* header_hash) {
-  file->clear();
-  if (writes.empty()) return Status();
+}  // namespace
+
+Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging, const std::string& file,
+                                    const StateDict& sd, const std::vector<plan::WriteItem>* writes_in,
+                                    ChunkSource* source) {
+  std::vector<plan::WriteItem> all;
+  if (writes_in == nullptr) {
+    for (uint32_t t = 0; t < sd.tensors.size(); ++t) {
+      for (uint32_t c = 0; c < sd.tensors[t].chunks.size(); ++c) all.push_back({t, c});
+    }
+  }
+  const std::vector<plan::WriteItem>& writes = writes_in == nullptr ? all : *writes_in;
   std::vector<TensorSpec> specs;
   json sharding = json::object();
   SafetensorsMetadata md{{std::string(kDcpVersionKey), std::string(kDcpVersion)}, {"format", "pt"}};
@@ -103,8 +88,7 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
   }
   md[std::string(kDcpShardingInfoKey)] = sharding.dump();
   md[std::string(kChunkChecksumKey)] = sums.dump();
-  *file = ShardFileName(rank);
-  const std::string path = JoinPath(staging, *file);
+  const std::string path = JoinPath(staging, file);
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
                         SafetensorsWriter::Create(storage, path, std::move(specs), md));
   XXH64_state_t* h = XXH64_createState();
@@ -137,35 +121,45 @@ Status WriteShard(Storage& storage, const std::string& staging, int rank, const 
   }
   md[std::string(kChunkChecksumKey)] = sums.dump();
   CKPT_RETURN_IF_ERROR(writer->ReplaceMetadata(md));
-  *size = writer->layout().file_size();
+  WrittenShard out{file, writer->layout().file_size(), ""};
   CKPT_RETURN_IF_ERROR(writer->Commit());
   // The manifest records a hash of every header as written.
-  CKPT_ASSIGN_OR_RETURN(std::string prefix, engine::ReadHeaderPrefix(storage, path));
-  *header_hash = engine::HeaderHash(prefix);
-  return Status();
+  CKPT_ASSIGN_OR_RETURN(std::string prefix, ReadHeaderPrefix(storage, path));
+  out.header_hash = HeaderHash(prefix);
+  return out;
 }
 
-std::string EncodeExtra(const StateDict& sd) {
-  static const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+std::string EncodeExtraState(const StateDict& sd) {
   json j = {{"json", json::object()}, {"bytes", json::object()}};
   for (const auto& [k, v] : sd.json) j["json"][k] = json::parse(v);
-  for (const auto& [k, v] : sd.bytes) {
-    std::string out;
-    for (size_t i = 0; i < v.size(); i += 3) {
-      uint32_t n = static_cast<uint32_t>(v[i]) << 16;
-      if (i + 1 < v.size()) n |= static_cast<uint32_t>(v[i + 1]) << 8;
-      if (i + 2 < v.size()) n |= static_cast<uint32_t>(v[i + 2]);
-      out += kB64[(n >> 18) & 63];
-      out += kB64[(n >> 12) & 63];
-      out += i + 1 < v.size() ? kB64[(n >> 6) & 63] : '=';
-      out += i + 2 < v.size() ? kB64[n & 63] : '=';
-    }
-    j["bytes"][k] = out;
-  }
+  for (const auto& [k, v] : sd.bytes) j["bytes"][k] = Base64Encode(v);
   return j.dump(2) + "\n";
 }
 
-}  // namespace
+Status PublishStagingDir(Storage& storage, const std::string& staging, const std::string& dir,
+                         const std::vector<WrittenShard>& shards, int world_size, const StateDict* extra) {
+  std::vector<std::string> names, hashes;
+  std::vector<uint64_t> sizes;
+  for (const WrittenShard& s : shards) {
+    names.push_back(s.file);
+    sizes.push_back(s.size);
+    hashes.push_back(s.header_hash);
+  }
+  Status published;
+  if (extra != nullptr && (!extra->json.empty() || !extra->bytes.empty())) {
+    published = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtraState(*extra));
+  }
+  if (published.ok()) {
+    published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
+                                    ManifestText(names, sizes, hashes, world_size));
+  }
+  if (published.ok()) published = storage.Rename(staging, dir);
+  if (published.ok()) published = storage.SyncDir(std::string(Dirname(dir)));
+  if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
+  return published;
+}
+
+}  // namespace engine
 
 namespace {
 
@@ -173,7 +167,7 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
                        const StateDict& sd, const SaveOptions& options) {
   const Timeout to = options.timeout;
   const std::string what = "saving " + dir;
-  Status local = CheckLocal(sd);
+  Status local = engine::CheckLocalState(sd);
   for (const auto& [k, v] : sd.json) {
     if (!local.ok()) break;
     if (!nlohmann::json::accept(v)) local = InvalidArgumentError("json entry '" + k + "' is not valid JSON");
@@ -194,34 +188,32 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   if (!staging_dir.ok()) return staging_dir.status().WithContext(what);
   const std::string& staging = *staging_dir;
 
-  std::string file, header_hash;
-  uint64_t size = 0;
-  Status wrote = WriteShard(storage, staging, comm.rank(), sd, global->writes[static_cast<size_t>(comm.rank())],
-                            options.source, &file, &size, &header_hash);
-  if (wrote.ok() && comm.rank() == 0 && (!sd.json.empty() || !sd.bytes.empty())) {
-    wrote = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtra(sd));
+  const std::vector<plan::WriteItem>& mine = global->writes[static_cast<size_t>(comm.rank())];
+  engine::WrittenShard shard;
+  Status wrote;
+  if (!mine.empty()) {
+    Result<engine::WrittenShard> w =
+        engine::WriteShardFile(storage, staging, ShardFileName(comm.rank()), sd, &mine, options.source);
+    wrote = w.status();
+    if (w.ok()) shard = std::move(*w);
   }
   Status agreed = comm.AgreeOnStatus(wrote, to);
   Result<std::vector<std::string>> files =
-      agreed.ok() ? comm.AllGather(file + "\n" + std::to_string(size) + "\n" + header_hash, to) : agreed;
+      agreed.ok() ? comm.AllGather(shard.file + "\n" + std::to_string(shard.size) + "\n" + shard.header_hash, to)
+                  : agreed;
   Status published = files.status();
   if (comm.rank() == 0) {
     if (published.ok()) {
-      std::vector<std::string> names, hashes;
-      std::vector<uint64_t> sizes;
+      std::vector<engine::WrittenShard> shards;
       for (const std::string& f : *files) {
         const size_t nl = f.find('\n'), nl2 = f.find('\n', nl + 1);
         if (nl == 0) continue;  // a rank that wrote nothing
-        names.push_back(f.substr(0, nl));
-        sizes.push_back(std::stoull(f.substr(nl + 1, nl2 - nl - 1)));
-        hashes.push_back(f.substr(nl2 + 1));
+        shards.push_back({f.substr(0, nl), std::stoull(f.substr(nl + 1, nl2 - nl - 1)), f.substr(nl2 + 1)});
       }
-      published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
-                                       engine::ManifestText(names, sizes, hashes, comm.size()));
-      if (published.ok()) published = storage.Rename(staging, dir);
-      if (published.ok()) published = storage.SyncDir(std::string(Dirname(dir)));
+      published = engine::PublishStagingDir(storage, staging, dir, shards, comm.size(), &sd);
+    } else {
+      RemoveAll(storage, staging).IgnoreError();
     }
-    if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
   }
   if (!agreed.ok()) return agreed.WithContext(what);
   if (!files.ok()) return files.status().WithContext(what);

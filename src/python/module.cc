@@ -1,0 +1,236 @@
+// The `ckpt._ckpt` extension: a thin layer between Python and the engine.
+//
+// Python arranges (state dicts, DTensor geometry, torch objects); this file
+// turns its plain descriptions into engine types and moves no tensor bytes
+// itself. Tensors cross as raw data pointers plus element strides; the
+// Python caller keeps the tensors alive for as long as a call (or an
+// asynchronous save's staging) may touch them. Every call that does I/O or
+// waits for other ranks releases the GIL; the torch.distributed
+// communicator takes it back only for the duration of one collective.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <array>
+#include <memory>
+
+#include "ckpt/consolidate.h"
+#include "ckpt/version.h"
+#include "python/common.h"
+
+namespace nb = nanobind;
+
+namespace ckpt::python {
+namespace {
+
+std::array<PyObject*, 9> g_error_classes{};  // by StatusCode; set from Python
+
+void RaiseStatus(const Status& s) {
+  const auto code = static_cast<size_t>(s.code());
+  PyObject* cls = code < g_error_classes.size() ? g_error_classes[code] : nullptr;
+  PyErr_SetString(cls != nullptr ? cls : PyExc_RuntimeError, s.message().c_str());
+}
+
+void RegisterErrors(const nb::dict& classes) {
+  for (size_t c = 1; c < g_error_classes.size(); ++c) {
+    const std::string name(StatusCodeName(static_cast<StatusCode>(c)));
+    if (!classes.contains(name.c_str())) throw nb::key_error(("no error class for " + name).c_str());
+    nb::object cls = classes[name.c_str()];
+    Py_XDECREF(g_error_classes[c]);
+    g_error_classes[c] = cls.release().ptr();
+  }
+}
+
+nb::dict StatsDict(const LoadStats& s) {
+  nb::dict d;
+  d["bytes_needed"] = s.bytes_needed;
+  d["bytes_read"] = s.bytes_read;
+  d["reads"] = s.reads;
+  d["missing_keys"] = s.missing_keys;
+  d["unexpected_keys"] = s.unexpected_keys;
+  return d;
+}
+
+void Save(PyComm& comm, const std::string& path, const TensorList& tensors, const JsonMap& json,
+          const nb::dict& bytes, double timeout_s) {
+  Owned owned = BuildStateDict(tensors, json, bytes);
+  SaveOptions options;
+  options.timeout = ToTimeout(timeout_s);
+  Released([&] { return SaveSharded(comm.get(), *PosixStorage(), path, owned.sd, options); });
+}
+
+struct PyLoadOptions {
+  bool allow_missing = false;
+  bool allow_unexpected = false;
+  std::vector<std::pair<std::string, std::string>> key_mapping;
+  std::vector<std::string> skip_prefixes;
+  bool tie_word_embeddings = false;
+  bool verify_checksums = true;
+  bool cast_floats = false;
+  bool dequantize_fp8 = false;
+  double timeout_s = 600;
+};
+
+nb::dict Load(PyComm& comm, const std::string& path, const TensorList& tensors, const PyLoadOptions& o) {
+  Owned owned = BuildStateDict(tensors, {}, nb::dict());
+  LoadOptions options;
+  options.timeout = ToTimeout(o.timeout_s);
+  options.allow_missing = o.allow_missing;
+  options.allow_unexpected = o.allow_unexpected;
+  options.key_mapping = o.key_mapping;
+  options.skip_prefixes = o.skip_prefixes;
+  options.tie_word_embeddings = o.tie_word_embeddings;
+  options.verify_checksums = o.verify_checksums;
+  options.cast_floats = o.cast_floats;
+  options.dequantize_fp8 = o.dequantize_fp8;
+  LoadStats stats;
+  Released([&] { return LoadSharded(comm.get(), *PosixStorage(), path, owned.sd, options, &stats); });
+  return StatsDict(stats);
+}
+
+nb::tuple ReadExtra(const std::string& path) {
+  StateDict sd;
+  Released([&]() -> Status {
+    CKPT_ASSIGN_OR_RETURN(sd, ReadExtraState(*PosixStorage(), path));
+    return Status();
+  });
+  nb::dict bytes;
+  for (const auto& [k, v] : sd.bytes) {
+    bytes[k.c_str()] = nb::bytes(reinterpret_cast<const char*>(v.data()), v.size());
+  }
+  return nb::make_tuple(sd.json, bytes);
+}
+
+nb::dict Inspect(const std::string& path) {
+  ShardedCheckpointInfo info;
+  Released([&]() -> Status {
+    CKPT_ASSIGN_OR_RETURN(info, ReadShardedCheckpoint(*PosixStorage(), path));
+    return Status();
+  });
+  nb::list tensors;
+  for (const ShardedTensorInfo& t : info.tensors) {
+    nb::list chunks;
+    for (const ShardedChunkInfo& c : t.chunks) {
+      nb::dict cd;
+      cd["file"] = c.file;
+      cd["offsets"] = c.offsets;
+      cd["shape"] = c.shape;
+      cd["checksum"] = c.checksum;
+      chunks.append(cd);
+    }
+    nb::dict td;
+    td["fqn"] = t.fqn;
+    td["dtype"] = std::string(DTypeName(t.dtype));
+    td["shape"] = t.global.dims();
+    td["chunks"] = chunks;
+    tensors.append(td);
+  }
+  nb::dict d;
+  d["files"] = info.files;
+  d["has_manifest"] = info.has_manifest;
+  d["has_sharding_info"] = info.has_sharding_info;
+  d["tensors"] = tensors;
+  return d;
+}
+
+struct PyConsolidateOptions {
+  std::string base_model_dir;
+  std::optional<std::string> cast_dtype;
+  uint64_t max_shard_size = kDefaultMaxShardSize;
+  uint32_t equal_files = 0;
+  unsigned threads = 0;
+  double timeout_s = 600;
+};
+
+nb::dict ConsolidateDir(PyComm& comm, const std::string& in, const std::string& out,
+                        const PyConsolidateOptions& o) {
+  ConsolidateOptions options;
+  options.timeout = ToTimeout(o.timeout_s);
+  options.base_model_dir = o.base_model_dir;
+  if (o.cast_dtype) {
+    Result<DType> d = ParseDType(*o.cast_dtype);
+    if (!d.ok()) throw StatusException{d.status()};
+    options.cast_dtype = *d;
+  }
+  options.max_shard_size = o.max_shard_size;
+  options.equal_files = o.equal_files;
+  options.threads = o.threads;
+  ConsolidateStats stats;
+  Released([&] { return Consolidate(comm.get(), *PosixStorage(), in, out, options, &stats); });
+  nb::dict d;
+  d["files"] = stats.files;
+  d["tensors"] = stats.tensors;
+  d["bytes"] = stats.bytes;
+  d["rank_bytes"] = stats.rank_bytes;
+  d["warnings"] = stats.warnings;
+  return d;
+}
+
+}  // namespace
+}  // namespace ckpt::python
+
+NB_MODULE(_ckpt, m) {
+  using namespace ckpt;
+  using namespace ckpt::python;
+  m.doc() = "ckpt's engine, called from the ckpt package (use the package, not this module).";
+  m.attr("__version__") = CKPT_VERSION_STRING;
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const StatusException& e) {
+      RaiseStatus(e.status);
+    }
+  });
+  m.def("_register_errors", &RegisterErrors, nb::arg("classes"),
+        "Sets the exception class raised for each status code name.");
+  m.def("dtype_names", [] {
+    std::vector<std::string> out;
+    for (const DTypeInfo& d : AllDTypes()) out.emplace_back(d.name);
+    return out;
+  });
+
+  BindCommunicator(m);
+
+  nb::class_<PyLoadOptions>(m, "LoadOptions")
+      .def(nb::init<>())
+      .def_rw("allow_missing", &PyLoadOptions::allow_missing)
+      .def_rw("allow_unexpected", &PyLoadOptions::allow_unexpected)
+      .def_rw("key_mapping", &PyLoadOptions::key_mapping)
+      .def_rw("skip_prefixes", &PyLoadOptions::skip_prefixes)
+      .def_rw("tie_word_embeddings", &PyLoadOptions::tie_word_embeddings)
+      .def_rw("verify_checksums", &PyLoadOptions::verify_checksums)
+      .def_rw("cast_floats", &PyLoadOptions::cast_floats)
+      .def_rw("dequantize_fp8", &PyLoadOptions::dequantize_fp8)
+      .def_rw("timeout_s", &PyLoadOptions::timeout_s);
+  nb::class_<PyConsolidateOptions>(m, "ConsolidateOptions")
+      .def(nb::init<>())
+      .def_rw("base_model_dir", &PyConsolidateOptions::base_model_dir)
+      .def_rw("cast_dtype", &PyConsolidateOptions::cast_dtype)
+      .def_rw("max_shard_size", &PyConsolidateOptions::max_shard_size)
+      .def_rw("equal_files", &PyConsolidateOptions::equal_files)
+      .def_rw("threads", &PyConsolidateOptions::threads)
+      .def_rw("timeout_s", &PyConsolidateOptions::timeout_s);
+
+  m.def("save", &Save, nb::arg("comm"), nb::arg("path"), nb::arg("tensors"), nb::arg("json"), nb::arg("bytes"),
+        nb::arg("timeout_s"), "Collective sharded save of described tensors.");
+  m.def("load", &Load, nb::arg("comm"), nb::arg("path"), nb::arg("tensors"), nb::arg("options"),
+        "Collective sharded load into described tensors; returns load statistics.");
+  m.def("read_extra_state", &ReadExtra, nb::arg("path"),
+        "The non-tensor entries of a sharded checkpoint: (json texts, raw bytes).");
+  m.def("inspect", &Inspect, nb::arg("path"), "The files, tensors and chunks of a sharded checkpoint.");
+  m.def(
+      "verify",
+      [](const std::string& path) { Released([&] { return VerifyShardedCheckpoint(*PosixStorage(), path); }); },
+      nb::arg("path"), "Reads every chunk of a sharded checkpoint and checks its checksums.");
+  m.def("consolidate", &ConsolidateDir, nb::arg("comm"), nb::arg("in_dir"), nb::arg("out_dir"), nb::arg("options"),
+        "Collective: a sharded checkpoint into a Hugging Face model directory.");
+
+  BindDcpSteps(m);
+  BindAsyncSaver(m);
+  BindSafetensors(m);
+}

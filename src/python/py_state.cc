@@ -1,0 +1,83 @@
+// State dicts from Python descriptions, and the steps of a sharded save that
+// the torch.distributed.checkpoint plugin runs under DCP's own coordination.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include "engine/shard_dir.h"
+#include "engine/sharded_save.h"
+#include "python/common.h"
+
+namespace ckpt::python {
+
+Owned BuildStateDict(const TensorList& tensors, const JsonMap& json, const nb::dict& bytes) {
+  Owned out;
+  out.sd.tensors.reserve(tensors.size());
+  for (const auto& [fqn, dtype_name, global, chunks] : tensors) {
+    Result<DType> dtype = ParseDType(dtype_name);
+    if (!dtype.ok()) throw StatusException{dtype.status().WithContext("tensor '" + fqn + "'")};
+    DistTensor t{fqn, *dtype, Shape(global), {}};
+    t.chunks.reserve(chunks.size());
+    for (const auto& [offsets, shape, ptr, strides] : chunks) {
+      t.chunks.push_back(LocalChunk{offsets, Shape(shape), reinterpret_cast<std::byte*>(ptr),
+                                    strides ? *strides : std::vector<int64_t>{}});
+    }
+    out.sd.tensors.push_back(std::move(t));
+  }
+  out.sd.json = json;
+  for (auto [k, v] : bytes) {
+    nb::bytes b = nb::cast<nb::bytes>(v);
+    const auto* p = reinterpret_cast<const std::byte*>(b.c_str());
+    out.sd.bytes[nb::cast<std::string>(k)] = std::vector<std::byte>(p, p + b.size());
+  }
+  return out;
+}
+
+void BindDcpSteps(nb::module_& m) {
+  m.def(
+      "create_staging_dir",
+      [](const std::string& dir) {
+        std::string staging;
+        Released([&]() -> Status {
+          CKPT_ASSIGN_OR_RETURN(staging, engine::CreateStagingDir(*PosixStorage(), dir));
+          return Status();
+        });
+        return staging;
+      },
+      nb::arg("dir"), "Refuses an existing `dir`; creates and returns the hidden staging directory beside it.");
+  m.def(
+      "write_shard_file",
+      [](const std::string& staging, const std::string& file, const TensorList& tensors) {
+        Owned owned = BuildStateDict(tensors, {}, nb::dict());
+        engine::WrittenShard shard;
+        Released([&]() -> Status {
+          CKPT_RETURN_IF_ERROR(engine::CheckLocalState(owned.sd));
+          CKPT_ASSIGN_OR_RETURN(shard,
+                                engine::WriteShardFile(*PosixStorage(), staging, file, owned.sd, nullptr, nullptr));
+          return Status();
+        });
+        return std::make_tuple(shard.file, shard.size, shard.header_hash);
+      },
+      nb::arg("staging"), nb::arg("file"), nb::arg("tensors"),
+      "Writes every described chunk into one shard file, durably; returns (file, size, header hash).");
+  m.def(
+      "publish_staging_dir",
+      [](const std::string& staging, const std::string& dir,
+         const std::vector<std::tuple<std::string, uint64_t, std::string>>& shards, int world_size,
+         const JsonMap& json, const nb::dict& bytes) {
+        Owned extra = BuildStateDict({}, json, bytes);
+        std::vector<engine::WrittenShard> written;
+        for (const auto& [file, size, hash] : shards) written.push_back({file, size, hash});
+        Released([&] {
+          return engine::PublishStagingDir(*PosixStorage(), staging, dir, written, world_size, &extra.sd);
+        });
+      },
+      nb::arg("staging"), nb::arg("dir"), nb::arg("shards"), nb::arg("world_size"), nb::arg("json"),
+      nb::arg("bytes"), "Writes the manifest and extra state, then renames the staging directory to `dir`.");
+  m.def(
+      "remove_all", [](const std::string& path) { Released([&] { return RemoveAll(*PosixStorage(), path); }); },
+      nb::arg("path"));
+}
+
+}  // namespace ckpt::python
