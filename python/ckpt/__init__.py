@@ -47,6 +47,16 @@ _ckpt._register_errors(_BY_CODE)
 
 __version__: str = _ckpt.__version__
 
+
+def __getattr__(name: str) -> object:
+    # ckpt.dcp imports torch.distributed.checkpoint: only when asked for.
+    if name in ("dcp", "safetensors"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ckpt' has no attribute '{name}'")
+
+
 __all__ = [
     "AlreadyExistsError",
     "CheckpointError",
@@ -63,9 +73,11 @@ __all__ = [
     "TensorInfo",
     "UnavailableError",
     "async_save",
+    "dcp",
     "consolidate",
     "inspect",
     "load",
+    "safetensors",
     "save",
     "verify",
 ]

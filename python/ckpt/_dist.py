@@ -8,6 +8,7 @@ hangs or died becomes an error on every rank that waits for it.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import datetime
 import threading
@@ -22,6 +23,14 @@ _cache_lock = threading.Lock()
 # Engine communicators by process group; ckpt's collectives run on a group of
 # its own (a duplicate), so they never interleave with the job's.
 _foreground: dict[Any, _ckpt.Communicator] = {}
+
+
+def _clear() -> None:
+    with _cache_lock:
+        _foreground.clear()
+
+
+atexit.register(_clear)
 
 
 def _wait(work: Any, timeout_s: float, what: str) -> None:

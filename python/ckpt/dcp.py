@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch.futures import Future
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,

@@ -4,7 +4,15 @@
 #ifndef CKPT_PYTHON_COMMON_H_
 #define CKPT_PYTHON_COMMON_H_
 
+// Every file sees the same set of type casters: a caster missing from one
+// translation unit changes the layout of shared template instances.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <map>

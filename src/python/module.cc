@@ -7,13 +7,6 @@
 // asynchronous save's staging) may touch them. Every call that does I/O or
 // waits for other ranks releases the GIL; the torch.distributed
 // communicator takes it back only for the duration of one collective.
-#include <nanobind/nanobind.h>
-#include <nanobind/stl/map.h>
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/pair.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/tuple.h>
-#include <nanobind/stl/vector.h>
 
 #include <array>
 #include <memory>

@@ -6,9 +6,6 @@
 // in the background and the training thread never wait on each other for
 // the GIL. A Python exception (a timeout, a dead peer) becomes Unavailable,
 // and the communicator is broken from then on, as the interface requires.
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/vector.h>
 
 #include <atomic>
 

@@ -1,10 +1,5 @@
 // safetensors files for Python: lazy opening, ranged and boxed reads into
 // caller memory, and writes straight from (possibly strided) tensors.
-#include <nanobind/stl/map.h>
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/tuple.h>
-#include <nanobind/stl/vector.h>
 
 #include "ckpt/safetensors.h"
 #include "core/strided.h"

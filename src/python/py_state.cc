@@ -1,9 +1,5 @@
 // State dicts from Python descriptions, and the steps of a sharded save that
 // the torch.distributed.checkpoint plugin runs under DCP's own coordination.
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
-#include <nanobind/stl/tuple.h>
-#include <nanobind/stl/vector.h>
 
 #include "engine/shard_dir.h"
 #include "engine/sharded_save.h"
