@@ -10,6 +10,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   PickleLimits limits;
   limits.max_objects = 1u << 16;
   limits.max_stack = 1u << 14;
+  limits.max_entries = 1u << 16;
+  limits.max_total_bytes = 64u << 20;
   std::string_view text(reinterpret_cast<const char*>(data), size);
   Result<TorchPickle> p = ParseTorchPickle(text, "fuzz", limits);
   if (!p.ok()) return 0;

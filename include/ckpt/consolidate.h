@@ -43,7 +43,8 @@ struct ConsolidateOptions {
   // A Hugging Face model directory whose file layout is reused: a tensor goes
   // to the file its index names (`model.safetensors` counts as file 1).
   std::string base_model_dir;
-  // Cast ordinary float tensors (never FP8) to this dtype.
+  // Cast ordinary float tensors (never FP8) to this dtype, one of F16, BF16,
+  // F32, F64; any other dtype is InvalidArgument.
   std::optional<DType> cast_dtype;
   // Size-based split: a new file when the next tensor would pass this.
   uint64_t max_shard_size = kDefaultMaxShardSize;

@@ -89,6 +89,9 @@ struct MoePlan {
 // be below num_layers. Each disagreement is an error naming the tensor.
 Result<MoePlan> PlanHfToGrouped(const MoeAdapter& a, const MoeConfig& config,
                                 const std::map<std::string, TensorMeta>& hf, std::string_view source);
+// Per-expert tensors a grouped directory may expand to (3 per expert per
+// layer); more is refused before anything is planned. DeepSeek-V3 needs 47,000.
+inline constexpr uint64_t kMaxMoeExpertTensors = 1u << 20;
 Result<MoePlan> PlanGroupedToHf(const MoeAdapter& a, const MoeConfig& config,
                                 const std::map<std::string, TensorMeta>& grouped, std::string_view source);
 

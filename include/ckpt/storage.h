@@ -32,6 +32,16 @@ struct MappedRegion {
   std::shared_ptr<const void> owner;
 };
 
+// The POSIX backend never blocks opening a file to read (a FIFO, socket or
+// device is FailedPrecondition) and holds at most kMaxOpenReadFiles
+// descriptors for open ReadableFiles at once (at most a quarter of
+// RLIMIT_NOFILE, at least kMinOpenReadFiles): idle ones are closed, least
+// recently used first, and reopened on the next read. A reader keeps its
+// snapshot of a file replaced after open while its descriptor is held; one
+// reopened after the file was replaced or removed is DataLoss.
+inline constexpr uint64_t kMaxOpenReadFiles = 256;
+inline constexpr uint64_t kMinOpenReadFiles = 16;
+
 class ReadableFile {
  public:
   virtual ~ReadableFile() = default;
@@ -92,7 +102,10 @@ class Storage {
   virtual Result<DirEntry> Stat(const std::string& path) = 0;
   // Removes a file or an empty directory. NotFound when absent.
   virtual Status Remove(const std::string& path) = 0;
-  // Atomically renames a file or directory, replacing an existing file.
+  // Atomically renames a file or directory, replacing an existing file. A
+  // directory never replaces anything, not even an empty directory
+  // (AlreadyExists), so a published directory cannot swallow one that
+  // appeared at its name meanwhile.
   virtual Status Rename(const std::string& from, const std::string& to) = 0;
   // Creates a directory and its missing parents; OK when it exists.
   virtual Status MakeDirs(const std::string& path) = 0;
@@ -120,7 +133,15 @@ std::string_view Dirname(std::string_view path);   // "." when there is no '/'
 std::string_view Basename(std::string_view path);
 
 Result<bool> Exists(Storage& storage, const std::string& path);
-Result<std::string> ReadFileToString(Storage& storage, const std::string& path);
+// Side files (JSON indexes, manifests, configs, small state) are read whole;
+// a larger one is FailedPrecondition naming the file and both sizes, so a
+// huge or sparse file cannot exhaust memory. Copy big files with CopyFile.
+inline constexpr uint64_t kMaxSideFileBytes = 256ull << 20;
+Result<std::string> ReadFileToString(Storage& storage, const std::string& path,
+                                     uint64_t max_bytes = kMaxSideFileBytes);
+// Publishes a copy of the file `from` at `to` through AtomicFileWriter,
+// streamed in bounded pieces (any size, constant memory).
+Status CopyFile(Storage& storage, const std::string& from, const std::string& to);
 // ReadAt split into pieces of at least `min_piece` bytes read by up to
 // `threads` threads at once (0: one per hardware thread, at most 8). Page-cache
 // copies are CPU-bound, so large reads go faster on several cores.

@@ -31,6 +31,11 @@ struct SampleOptions {
   int ranks = 0;  // > 0: write a sharded checkpoint saved by this many thread ranks
   uint64_t seed = 1;
 };
+// Bounds of a sample model, which is generated in memory.
+inline constexpr int kMaxSampleLayers = 1024;
+inline constexpr int kMaxSampleHidden = 65536;
+inline constexpr int kMaxSampleRanks = 1024;
+inline constexpr uint64_t kMaxSampleBytes = 4ull << 30;
 int RunSample(const SampleOptions& opts);
 
 struct ConsolidateCliOptions {

@@ -557,7 +557,8 @@ int RunDemo(const DemoOptions& in) {
       // written but never published, exactly what a crash leaves.
       s = TrainPhase(**comm, o, specs, ckpts, out, &m, nullptr);
       if (s.ok() && (*comm)->rank() == 0) {
-        std::printf("train phase done: step %d left unpublished; now run the resume phase on another number of "
+        std::fprintf(o.json ? stderr : stdout,
+                     "train phase done: step %d left unpublished; now run the resume phase on another number of "
                     "ranks\n", m.crash_step);
       }
     } else {
@@ -622,7 +623,8 @@ int RunDemo(const DemoOptions& in) {
     return 1;
   }
   const int rc = Report(o, specs, root, m);
-  if (!temp) std::printf("checkpoints kept in %s\n", ckpts.c_str());
+  // With --json, stdout carries exactly one JSON document.
+  if (!temp) std::fprintf(o.json ? stderr : stdout, "checkpoints kept in %s\n", ckpts.c_str());
   cleanup();
   return rc;
 }

@@ -98,9 +98,9 @@ void PrintSharded(const Target& t) {
     }
     uint64_t bytes = ti.global.NumBytes(ti.dtype).value();
     total += bytes;
-    std::printf("  %-*s  %-11s  %-20s  %12llu  %6zu  %s\n", static_cast<int>(name_w), ti.fqn.c_str(),
+    std::printf("  %-*s  %-11s  %-20s  %12llu  %6zu  %s\n", static_cast<int>(name_w), Shown(ti.fqn).c_str(),
                 std::string(DTypeName(ti.dtype)).c_str(), ti.global.ToString().c_str(),
-                static_cast<unsigned long long>(bytes), ti.chunks.size(), files.c_str());
+                static_cast<unsigned long long>(bytes), ti.chunks.size(), Shown(files).c_str());
   }
   std::printf("total: %zu tensors, %s (%llu bytes) in %zu file%s\n", info.tensors.size(),
               HumanBytes(total).c_str(), static_cast<unsigned long long>(total), info.files.size(),
@@ -118,18 +118,17 @@ void PrintText(const Target& t) {
               "SHAPE", "BYTES", "FILE");
   uint64_t total = 0;
   for (const auto& e : t.tensors) {
-    std::printf("  %-*s  %-11s  %-20s  %12llu  %s\n", static_cast<int>(name_w), e.name.c_str(),
+    std::printf("  %-*s  %-11s  %-20s  %12llu  %s\n", static_cast<int>(name_w), Shown(e.name).c_str(),
                 std::string(DTypeName(e.info->dtype)).c_str(), e.info->shape.ToString().c_str(),
-                static_cast<unsigned long long>(e.info->nbytes()),
-                std::string(Basename(t.files[e.file]->path())).c_str());
+                static_cast<unsigned long long>(e.info->nbytes()), Shown(Basename(t.files[e.file]->path())).c_str());
     total += e.info->nbytes();
   }
   for (const SafetensorsFile* f : t.files) {
     if (!f->header().has_metadata()) continue;
-    std::printf("metadata of %s:\n", std::string(Basename(f->path())).c_str());
+    std::printf("metadata of %s:\n", Shown(Basename(f->path())).c_str());
     for (const auto& [k, v] : f->header().metadata()) {
       std::string shown = v.size() > 200 ? v.substr(0, 200) + "..." : v;
-      std::printf("  %s = %s\n", k.c_str(), shown.c_str());
+      std::printf("  %s = %s\n", Shown(k).c_str(), Shown(shown).c_str());
     }
   }
   if (t.hf && t.hf->index() && t.hf->index()->total_size) {

@@ -1,6 +1,10 @@
 // The `ckpt` command line.
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
+#include <exception>
+#include <new>
+
 #include "ckpt/version.h"
 #include "cli/commands.h"
 
@@ -83,11 +87,19 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--phase", demo.phase, "with --mpi: train (first job) or resume (second job)");
 
   CLI11_PARSE(app, argc, argv);
-  if (*demo_cmd) return ckpt::cli::RunDemo(demo);
-  if (*convert_cmd) return ckpt::cli::RunConvert(convert);
-  if (*consolidate_cmd) return ckpt::cli::RunConsolidate(consolidate);
-  if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
-  if (*verify_cmd) return ckpt::cli::RunVerify(verify);
-  if (*sample_cmd) return ckpt::cli::RunSample(sample);
+  // Errors are values; this is the boundary where anything the standard
+  // library still throws (out of memory, no more threads) becomes one.
+  try {
+    if (*demo_cmd) return ckpt::cli::RunDemo(demo);
+    if (*convert_cmd) return ckpt::cli::RunConvert(convert);
+    if (*consolidate_cmd) return ckpt::cli::RunConsolidate(consolidate);
+    if (*inspect_cmd) return ckpt::cli::RunInspect(inspect);
+    if (*verify_cmd) return ckpt::cli::RunVerify(verify);
+    if (*sample_cmd) return ckpt::cli::RunSample(sample);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "ckpt: out of memory\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ckpt: %s\n", e.what());
+  }
   return 1;
 }

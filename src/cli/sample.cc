@@ -11,6 +11,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
 #include "cli/commands.h"
+#include "format/model_dir_writer.h"
 
 namespace ckpt::cli {
 namespace {
@@ -76,11 +77,23 @@ int WriteSharded(Storage& fs, const SampleOptions& o, const std::vector<SampleTe
 }  // namespace
 
 int RunSample(const SampleOptions& o) {
-  if (o.layers < 1 || o.hidden < 8 || o.hidden % 8 != 0 || o.shards < 1) {
-    std::fprintf(stderr, "ckpt sample: need --layers >= 1, --hidden a multiple of 8, --shards >= 1\n");
+  if (o.layers < 1 || o.layers > kMaxSampleLayers || o.hidden < 8 || o.hidden % 8 != 0 ||
+      o.hidden > kMaxSampleHidden || o.shards < 1 || o.ranks < 0 || o.ranks > kMaxSampleRanks) {
+    std::fprintf(stderr,
+                 "ckpt sample: need --layers in [1, %d], --hidden a multiple of 8 in [8, %d], --shards >= 1 and "
+                 "--ranks in [0, %d] (got --layers %d --hidden %d --shards %d --ranks %d)\n",
+                 kMaxSampleLayers, kMaxSampleHidden, kMaxSampleRanks, o.layers, o.hidden, o.shards, o.ranks);
     return 1;
   }
   const uint64_t h = static_cast<uint64_t>(o.hidden), inter = h * 8 / 3 / 8 * 8, vocab = 1024;
+  // The weights are generated in memory: bound them before allocating.
+  const uint64_t params = 2 * vocab * h + h + static_cast<uint64_t>(o.layers) * (2 * h + 4 * h * h + 3 * inter * h);
+  if (params * 2 > kMaxSampleBytes) {
+    std::fprintf(stderr, "ckpt sample: --layers %d --hidden %d make %llu bytes of weights, more than the %llu-byte "
+                 "limit of a sample model\n", o.layers, o.hidden, static_cast<unsigned long long>(params * 2),
+                 static_cast<unsigned long long>(kMaxSampleBytes));
+    return 1;
+  }
   uint64_t rng = o.seed;
   std::vector<SampleTensor> ts;
   auto add = [&](std::string name, Shape shape) {
@@ -104,34 +117,41 @@ int RunSample(const SampleOptions& o) {
 
   Storage& fs = *PosixStorage();
   if (o.ranks > 0) return WriteSharded(fs, o, ts);
-  Status s = fs.MakeDirs(o.out_dir);
   // Equal division of the tensors over the shards, in state-dict order.
   const size_t n = ts.size(), shards = std::min<size_t>(static_cast<size_t>(o.shards), n);
   HfIndex index;
   uint64_t total = 0;
-  for (size_t i = 0, begin = 0; i < shards && s.ok(); ++i) {
-    size_t count = n / shards + (i < n % shards ? 1 : 0);
-    char name[64];
-    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards);
-    std::vector<TensorData> part;
-    for (size_t k = begin; k < begin + count; ++k) {
-      part.push_back({ts[k].name, DType::kBF16, ts[k].shape, ts[k].data});
-      index.weight_map[ts[k].name] = name;
-      total += ts[k].data.size();
+  // Built in a staging directory: an existing directory is never overwritten.
+  Status s = BuildInStaging(fs, o.out_dir, [&](const std::string& dir) -> Status {
+    Status w;
+    for (size_t i = 0, begin = 0; i < shards && w.ok(); ++i) {
+      size_t count = n / shards + (i < n % shards ? 1 : 0);
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards);
+      std::vector<TensorData> part;
+      for (size_t k = begin; k < begin + count; ++k) {
+        part.push_back({ts[k].name, DType::kBF16, ts[k].shape, ts[k].data});
+        index.weight_map[ts[k].name] = name;
+        total += ts[k].data.size();
+      }
+      begin += count;
+      w = WriteSafetensors(fs, JoinPath(dir, name), part, SafetensorsMetadata{{"format", "pt"}});
     }
-    begin += count;
-    s = WriteSafetensors(fs, JoinPath(o.out_dir, name), part, SafetensorsMetadata{{"format", "pt"}});
-  }
-  index.total_size = total;
-  if (s.ok()) s = WriteFileAtomically(fs, JoinPath(o.out_dir, kHfIndexName), SerializeHfIndex(index));
-  if (s.ok()) {
-    nlohmann::json config = {
-        {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
-        {"hidden_size", h},  {"intermediate_size", inter}, {"num_hidden_layers", o.layers},
-        {"num_attention_heads", std::max<uint64_t>(1, h / 64)},
-        {"vocab_size", vocab}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false}};
-    s = WriteFileAtomically(fs, JoinPath(o.out_dir, "config.json"), config.dump(2) + "\n");
-  }
+    index.total_size = total;
+    if (w.ok()) w = WriteFileAtomically(fs, JoinPath(dir, kHfIndexName), SerializeHfIndex(index));
+    if (w.ok()) {
+      nlohmann::json config = {
+          {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
+          {"hidden_size", h},  {"intermediate_size", inter}, {"num_hidden_layers", o.layers},
+          {"num_attention_heads", std::max<uint64_t>(1, h / 64)},
+          {"vocab_size", vocab}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false}};
+      w = WriteFileAtomically(fs, JoinPath(dir, "config.json"), config.dump(2) + "\n");
+    }
+    if (w.ok()) w = fs.SyncDir(dir);
+    if (w.ok()) w = fs.Rename(dir, o.out_dir);
+    if (w.ok()) w = fs.SyncDir(std::string(Dirname(o.out_dir)));
+    return w;
+  });
   if (!s.ok()) {
     std::fprintf(stderr, "ckpt sample: %s\n", s.ToString().c_str());
     return 1;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "format/json_util.h"
+
 namespace ckpt::cli {
 namespace {
 
@@ -23,6 +25,34 @@ std::string HumanBytes(uint64_t n) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, kUnits[u]);
   return buf;
+}
+
+std::string Shown(std::string_view text) {
+  if (FindInvalidUtf8(text) != std::string_view::npos) return Printable(text, text.size());
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+    for (size_t k = 1; k < len; ++k) cp = cp << 6 | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+    const bool control = cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0) || cp == '\\';
+    const bool bidi = (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 ||
+                      cp == 0x2029 || cp == 0x200E || cp == 0x200F;
+    if (control && cp < 0x80) {
+      out += "\\x";
+      out.push_back(kHex[cp >> 4]);
+      out.push_back(kHex[cp & 15]);
+    } else if (control || bidi) {
+      char buf[16];
+      std::snprintf(buf, sizeof buf, "\\u{%04x}", static_cast<unsigned>(cp));
+      out += buf;
+    } else {
+      out.append(text.substr(i, len));
+    }
+    i += len;
+  }
+  return out;
 }
 
 Result<Target> OpenTarget(Storage& storage, const std::string& path) {

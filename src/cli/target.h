@@ -36,6 +36,11 @@ Result<Target> OpenTarget(Storage& storage, const std::string& path);
 
 // "1.5 MiB".
 std::string HumanBytes(uint64_t n);
+// Text from a file (tensor names, metadata, file names) as a terminal may
+// show it: valid UTF-8 is kept except control characters and bidirectional
+// overrides, which become \xNN / \u{NNNN}; invalid UTF-8 is escaped byte by
+// byte. A name can then never move the cursor, clear the screen or hide.
+std::string Shown(std::string_view text);
 
 }  // namespace ckpt::cli
 

@@ -106,15 +106,15 @@ int InspectTorchBin(const InspectOptions& opts) {
                     {"bytes", t.nbytes}, {"storage", t.storage_key}, {"storage_offset", t.storage_offset},
                     {"stride", t.stride}, {"contiguous", t.contiguous}, {"file", base}});
       if (!opts.json) {
-        std::printf("  %-*s  %-11s  %-20s  %12llu  %-*s  %s\n", static_cast<int>(name_w), t.name.c_str(),
+        std::printf("  %-*s  %-11s  %-20s  %12llu  %-*s  %s\n", static_cast<int>(name_w), Shown(t.name).c_str(),
                     std::string(DTypeName(t.dtype)).c_str(), t.shape.ToString().c_str(),
                     static_cast<unsigned long long>(t.nbytes), static_cast<int>(storage_w), StorageText(t).c_str(),
-                    base.c_str());
+                    Shown(base).c_str());
       }
     }
     if (!opts.json && !f->skipped().empty()) {
-      std::printf("not tensors (ignored) in %s:", base.c_str());
-      for (const std::string& s : f->skipped()) std::printf(" %s", s.c_str());
+      std::printf("not tensors (ignored) in %s:", Shown(base).c_str());
+      for (const std::string& s : f->skipped()) std::printf(" %s", Shown(s).c_str());
       std::printf("\n");
     }
   }

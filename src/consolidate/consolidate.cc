@@ -203,6 +203,10 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
                    const ConsolidateOptions& o, ConsolidateStats* stats_out) {
   const Timeout to = o.timeout;
   const std::string what = "consolidating " + in_dir + " into " + out_dir;
+  if (o.cast_dtype && !IsOrdinaryFloat(*o.cast_dtype)) {
+    return InvalidArgumentError(what + ": cast dtype " + std::string(DTypeName(*o.cast_dtype)) +
+                                " is not a float cast (F16, BF16, F32 or F64)");
+  }
   CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadCheckpointCollective(comm, storage, in_dir, to));
   ConsolidateStats stats;
   Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt.index, o, &stats.warnings);

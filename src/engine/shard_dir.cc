@@ -268,10 +268,21 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir) {
   if (exists) return AlreadyExistsError(dir + " already exists; it is never overwritten");
   const std::string parent(Dirname(dir));
   CKPT_RETURN_IF_ERROR(storage.MakeDirs(parent));
+  // Staging directories of earlier runs for this same output that were
+  // killed before publishing: removed, as the Checkpointer removes dead
+  // saves (one writer per output directory).
+  const std::string prefix = "." + std::string(Basename(dir)) + ".tmp-";
+  CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> siblings, storage.List(parent));
+  for (const DirEntry& e : siblings) {
+    const std::string_view token = std::string_view(e.name).substr(std::min(prefix.size(), e.name.size()));
+    const bool ours = e.type == EntryType::kDirectory && e.name.starts_with(prefix) && token.size() == 16 &&
+                      token.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+    if (ours) CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(parent, e.name)));
+  }
   std::random_device rd;
   char token[24];
   std::snprintf(token, sizeof token, "%08x%08x", rd(), rd());
-  const std::string staging = JoinPath(parent, "." + std::string(Basename(dir)) + ".tmp-" + token);
+  const std::string staging = JoinPath(parent, prefix + token);
   CKPT_RETURN_IF_ERROR(storage.MakeDirs(staging));
   return staging;
 }

@@ -58,7 +58,9 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
 
 // Refuses an existing `dir` and creates the hidden staging directory
 // "<parent>/.<name>.tmp-<16 hex digits>" where a new `dir` is assembled
-// before being renamed into place. Returns the staging path.
+// before being renamed into place, after removing staging directories that
+// earlier runs for the same `dir` left behind (one writer per output
+// directory). Returns the staging path.
 Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir);
 // Collective: rank 0 creates it; every rank gets its path or rank 0's error.
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);

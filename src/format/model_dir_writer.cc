@@ -63,8 +63,8 @@ Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std
   for (const DirEntry& e : entries) {
     if (e.type != EntryType::kFile || skip.count(e.name) || e.name.starts_with(".")) continue;
     if (e.name.ends_with(".safetensors") || e.name == kHfIndexName || e.name == kDiffusersIndexName) continue;
-    CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(in_dir, e.name)));
-    CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, e.name), bytes));
+    // Streamed: side files can be large (tf_model.h5, flax_model.msgpack).
+    CKPT_RETURN_IF_ERROR(CopyFile(storage, JoinPath(in_dir, e.name), JoinPath(staging, e.name)));
   }
   CKPT_RETURN_IF_ERROR(storage.SyncDir(staging));
   CKPT_RETURN_IF_ERROR(storage.Rename(staging, out_dir));

@@ -89,6 +89,11 @@ Result<SafetensorsHeader> SafetensorsHeader::Parse(std::string_view text, uint64
     return DataLossError(src + ": header is not valid UTF-8 (byte " + std::to_string(bad) +
                          " of the header)");
   }
+  // JSON text has no byte-order mark (RFC 8259 §8.1); the JSON parser would
+  // skip one, the reference reader refuses it.
+  if (text.starts_with("\xEF\xBB\xBF")) {
+    return DataLossError(src + ": header starts with a UTF-8 byte-order mark (JSON text has none)");
+  }
   // JSON text never contains a raw NUL, and the JSON parser would take one
   // for the end of input, accepting whatever follows.
   if (size_t nul = text.find('\0'); nul != std::string_view::npos) {

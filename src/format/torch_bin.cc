@@ -117,6 +117,17 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
   pl.max_objects = limits.max_objects;
   CKPT_ASSIGN_OR_RETURN(TorchPickle parsed, ParseTorchPickle(pickle, path + ": data.pkl", pl));
 
+  // Views may repeat elements (stride 0), so the data an archive expands to
+  // is bounded in all, not only per tensor: many views of one small storage
+  // would otherwise declare terabytes.
+  std::map<std::string, uint64_t> record_sizes;
+  for (const TorchTensorRecord& r : parsed.tensors) {
+    if (const ZipEntry* rec = zip.Find("data/" + r.storage_key)) record_sizes[r.storage_key] = rec->size;
+  }
+  uint64_t stored = 0;
+  for (const auto& [key, size] : record_sizes) stored += size;
+  const uint64_t total_allowed = std::max<uint64_t>(stored, 1u << 20);
+  uint64_t materialized = 0;
   std::vector<TorchTensorInfo> tensors;
   for (TorchTensorRecord& r : parsed.tensors) {
     const std::string label = path + ": tensor '" + r.name + "'";
@@ -131,6 +142,13 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
     if (r.nbytes() / limits.max_expansion > allowed) {
       return InvalidArgumentError(label + ": a view of " + std::to_string(r.nbytes()) + " bytes over a storage of " +
                                   std::to_string(rec->size) + " bytes repeats its elements more than " +
+                                  std::to_string(limits.max_expansion) + " times (refused)");
+    }
+    // No overflow: each term is bounded by the check above and the sum stops at the first excess.
+    materialized += r.nbytes();
+    if (materialized / limits.max_expansion > total_allowed) {
+      return InvalidArgumentError(label + ": the archive's tensors materialize " + std::to_string(materialized) +
+                                  " bytes from " + std::to_string(stored) + " bytes of storage records, more than " +
                                   std::to_string(limits.max_expansion) + " times (refused)");
     }
     impl->records[r.storage_key] = rec;

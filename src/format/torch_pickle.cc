@@ -111,6 +111,15 @@ class Machine {
     n.kind = k;
     return &n;
   }
+  // Counts `bytes` of strings built, copied or hashed against the budget.
+  Status Charge(uint64_t bytes) {
+    spent_ += bytes;
+    if (spent_ > limits_.max_total_bytes) {
+      return Fail("more than " + std::to_string(limits_.max_total_bytes) +
+                  " bytes of strings built, copied or hashed in all (a memoized string reused too often)");
+    }
+    return Status();
+  }
   Status Push(Node* n) {
     if (stack_.size() >= limits_.max_stack) return Fail("stack deeper than " + std::to_string(limits_.max_stack));
     stack_.push_back(n);
@@ -203,7 +212,9 @@ class Machine {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Node*> memo_;
   std::map<std::string, Node*> storages_;
-  std::unordered_map<const Node*, std::unordered_map<std::string, size_t>> str_keys_;  // dict → key → item index
+  // dict → key → item index; keys view the key nodes' strings, which never change.
+  std::unordered_map<const Node*, std::unordered_map<std::string_view, size_t>> str_keys_;
+  uint64_t spent_ = 0;  // see Charge
 };
 
 Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
@@ -424,8 +435,9 @@ Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
         return Fail("_codecs.encode takes (str, 'latin1')");
       }
       // Code points below 256, one byte each.
-      CKPT_ASSIGN_OR_RETURN(Node * b, New(Kind::kBytes));
       const std::string& s = a[0]->s;
+      CKPT_RETURN_IF_ERROR(Charge(s.size()));
+      CKPT_ASSIGN_OR_RETURN(Node * b, New(Kind::kBytes));
       for (size_t i = 0; i < s.size(); ++i) {
         const auto c = static_cast<unsigned char>(s[i]);
         if (c < 0x80) {
@@ -458,7 +470,8 @@ Status Machine::SetItems(Node* dict, const std::vector<Node*>& kv, const char* o
     // A repeated string key replaces the value, as in Python (found through
     // a per-dict index: a linear scan would make big dicts quadratic).
     if (key->kind == Kind::kStr) {
-      auto [it, fresh] = str_keys_[dict].emplace(key->s, dict->items.size());
+      CKPT_RETURN_IF_ERROR(Charge(key->s.size()));  // hashed
+      auto [it, fresh] = str_keys_[dict].emplace(std::string_view(key->s), dict->items.size());
       if (!fresh) {
         dict->items[it->second + 1] = kv[i + 1];
         continue;
@@ -584,6 +597,7 @@ Result<Node*> Machine::Run() {
         if (n > limits_.max_string) return Fail("string of " + std::to_string(n) + " bytes exceeds the limit");
         CKPT_ASSIGN_OR_RETURN(std::string_view v, Take(n, "string"));
         if (op == 'X' && !ValidUtf8(v)) return Fail("BINUNICODE string is not valid UTF-8");
+        CKPT_RETURN_IF_ERROR(Charge(n));
         CKPT_ASSIGN_OR_RETURN(Node * s, New(Kind::kStr));
         s->s = std::string(v);
         CKPT_RETURN_IF_ERROR(Push(s));
@@ -673,12 +687,37 @@ Result<Node*> Machine::Run() {
   return Fail("the pickle ends without STOP");
 }
 
+// What reading the state dict out may cost: a dict referenced from many
+// places (through the memo) is walked once per reference, so the entries and
+// the bytes of names and records are bounded in all.
+struct WalkBudget {
+  uint64_t entries = 0;
+  uint64_t bytes = 0;
+  const PickleLimits& limits;
+
+  Status Spend(std::string_view source, uint64_t name_bytes) {
+    ++entries;
+    bytes += name_bytes + sizeof(TorchTensorRecord);
+    if (entries > limits.max_entries) {
+      return InvalidArgumentError(std::string(source) + ": the state dict expands to more than " +
+                                  std::to_string(limits.max_entries) + " entries (dicts shared through the memo)");
+    }
+    if (bytes > limits.max_total_bytes) {
+      return InvalidArgumentError(std::string(source) + ": the state dict expands to more than " +
+                                  std::to_string(limits.max_total_bytes) +
+                                  " bytes of names and records (dicts shared through the memo)");
+    }
+    return Status();
+  }
+};
+
 Status Collect(const Node* dict, const std::string& prefix, uint32_t depth, std::string_view source,
-               std::map<std::string, size_t>& seen, TorchPickle& out) {
+               std::map<std::string, size_t>& seen, WalkBudget& budget, TorchPickle& out) {
   if (depth > 8) return InvalidArgumentError(std::string(source) + ": dicts nested more than 8 deep under " + Quote(prefix));
   for (size_t i = 0; i + 1 < dict->items.size(); i += 2) {
     const Node* k = dict->items[i];
     const Node* v = dict->items[i + 1];
+    if (k->kind == Kind::kStr) CKPT_RETURN_IF_ERROR(budget.Spend(source, prefix.size() + 1 + k->s.size()));
     if (k->kind != Kind::kStr) {
       return InvalidArgumentError(std::string(source) + ": a state-dict key is a " + KindName(k->kind) +
                                   (prefix.empty() ? "" : " under " + Quote(prefix)) + ", not a string");
@@ -686,7 +725,7 @@ Status Collect(const Node* dict, const std::string& prefix, uint32_t depth, std:
     if (!ValidUtf8(k->s)) return InvalidArgumentError(std::string(source) + ": a state-dict key is not valid UTF-8");
     const std::string name = prefix.empty() ? k->s : prefix + "." + k->s;
     if (v->kind == Kind::kDict) {
-      CKPT_RETURN_IF_ERROR(Collect(v, name, depth + 1, source, seen, out));
+      CKPT_RETURN_IF_ERROR(Collect(v, name, depth + 1, source, seen, budget, out));
       continue;
     }
     if (v->kind != Kind::kTensor) {
@@ -735,7 +774,8 @@ Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view sou
   }
   TorchPickle out;
   std::map<std::string, size_t> seen;
-  CKPT_RETURN_IF_ERROR(Collect(root, "", 0, source, seen, out));
+  WalkBudget budget{0, 0, limits};
+  CKPT_RETURN_IF_ERROR(Collect(root, "", 0, source, seen, budget, out));
   return out;
 }
 

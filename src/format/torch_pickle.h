@@ -4,7 +4,8 @@
 // ckpt (an OrderedDict becomes a dict, _rebuild_tensor_v2 becomes a tensor
 // record, ...). Any other opcode or global is refused when it is read,
 // before the machine acts on anything it names. Stack, memo, object count,
-// nesting and string sizes are bounded.
+// nesting and string sizes are bounded, and so are the total bytes built
+// and the entries the state dict expands to.
 #ifndef CKPT_FORMAT_TORCH_PICKLE_H_
 #define CKPT_FORMAT_TORCH_PICKLE_H_
 
@@ -26,6 +27,13 @@ struct PickleLimits {
   uint64_t max_string = 16u << 20;
   uint32_t max_depth = 64;  // nesting of containers
   uint32_t max_rank = 64;   // dimensions of a tensor
+  // Work and memory in all, not per object: bytes of strings the machine
+  // builds, copies or hashes (a memoized string can be reused without
+  // bound), and bytes of names and records the state dict expands to
+  // (shared sub-dicts are walked once per reference).
+  uint64_t max_total_bytes = 512ull << 20;
+  // Entries walked to read the state dict out of its (possibly shared) dicts.
+  uint64_t max_entries = 1u << 24;
 };
 
 // A tensor as the pickle describes it: a view of storage `storage_key`

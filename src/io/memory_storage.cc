@@ -214,10 +214,7 @@ class MemoryStorageImpl final : public Storage,
       return InvalidArgumentError(what + ": target is inside the source");
     }
     if (files_.count(dst)) return FailedPreconditionError(what + ": target is a file");
-    if (dirs_.count(dst)) {
-      if (HasChildren(dst)) return FailedPreconditionError(what + ": target directory not empty");
-      dirs_.erase(dst);
-    }
+    if (dirs_.count(dst)) return AlreadyExistsError(what + ": the target exists (a directory never replaces one)");
     MoveTree(src, dst);
     return Status();
   }

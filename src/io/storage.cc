@@ -36,12 +36,30 @@ Result<bool> Exists(Storage& storage, const std::string& path) {
   return st.status();
 }
 
-Result<std::string> ReadFileToString(Storage& storage, const std::string& path) {
+Result<std::string> ReadFileToString(Storage& storage, const std::string& path, uint64_t max_bytes) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenRead(path));
+  if (file->Size() > max_bytes) {
+    return FailedPreconditionError(path + ": file of " + std::to_string(file->Size()) +
+                                   " bytes is larger than the " + std::to_string(max_bytes) +
+                                   "-byte limit for files read whole");
+  }
   std::string out(file->Size(), '\0');
   CKPT_RETURN_IF_ERROR(
       file->ReadAt(0, std::as_writable_bytes(std::span<char>(out.data(), out.size()))));
   return out;
+}
+
+Status CopyFile(Storage& storage, const std::string& from, const std::string& to) {
+  constexpr uint64_t kPiece = 8ull << 20;
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, storage.OpenRead(from));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out, AtomicFileWriter::Create(storage, to));
+  std::vector<std::byte> buf(std::min<uint64_t>(kPiece, in->Size()));
+  for (uint64_t off = 0; off < in->Size(); off += buf.size()) {
+    const auto piece = std::span(buf).first(std::min<uint64_t>(buf.size(), in->Size() - off));
+    CKPT_RETURN_IF_ERROR(in->ReadAt(off, piece));
+    CKPT_RETURN_IF_ERROR(out->Append(piece));
+  }
+  return out->Commit();
 }
 
 Status ReadAtParallel(const ReadableFile& file, uint64_t offset, std::span<std::byte> dst,

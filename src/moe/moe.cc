@@ -253,6 +253,13 @@ Result<MoePlan> PlanGroupedToHf(const MoeAdapter& a, const MoeConfig& config,
     }
     parts[layer] |= gate_up ? 1 : 2;
   }
+  const uint64_t expert_tensors = 3ull * plan.layers.size() * config.num_experts;
+  if (expert_tensors > kMaxMoeExpertTensors) {
+    return InvalidArgumentError(where + ": " + std::to_string(plan.layers.size()) + " grouped layers of " +
+                                std::to_string(config.num_experts) + " experts (" + a.expert_count_keys.front() +
+                                ") expand to " + std::to_string(expert_tensors) + " per-expert tensors, more than " +
+                                std::to_string(kMaxMoeExpertTensors));
+  }
   for (const auto& [layer, L] : plan.layers) {
     if (parts[layer] != 3) {
       return InvalidArgumentError(where + ": layer " + std::to_string(layer) + " lacks '" +

@@ -52,6 +52,10 @@ Status SavedIndex::Finalize() {
       }
     }
     t.global = Shape(std::move(dims));
+    if (!t.global.NumBytes(t.dtype).ok()) {
+      return DataLossError("tensor '" + fqn + "': global shape " + t.global.ToString() + " of " +
+                           std::string(DTypeName(t.dtype)) + " is more than 2^64 bytes");
+    }
     Status s = CheckTiling(fqn, t.global, boxes);
     if (!s.ok()) return DataLossError("saved " + s.message());
     if (rank > 0) {

@@ -1,9 +1,12 @@
 // Runs the real `ckpt` executable.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/safetensors.h"
@@ -19,8 +22,9 @@ struct CliRun {
   std::string out;  // stdout and stderr
 };
 
-CliRun RunCkpt(const std::string& args) {
-  std::string cmd = std::string(CKPT_BINARY) + " " + args + " 2>&1";
+// `prefix` runs first in the same shell (a deadline, a descriptor limit).
+CliRun RunCkptAfter(const std::string& prefix, const std::string& args) {
+  std::string cmd = prefix + std::string(CKPT_BINARY) + " " + args + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return {-1, ""};
   std::string out;
@@ -30,6 +34,8 @@ CliRun RunCkpt(const std::string& args) {
   int st = ::pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
 }
+
+CliRun RunCkpt(const std::string& args) { return RunCkptAfter("", args); }
 
 TEST(CliTest, HelpAndVersion) {
   CliRun help = RunCkpt("--help");
@@ -294,6 +300,169 @@ TEST(Cli, TorchBinInspectVerifyConvert) {
   CliRun evil = RunCkpt("inspect " + dir / "evil.bin");
   EXPECT_EQ(evil.code, 1);
   EXPECT_NE(evil.out.find("global 'os.system' is not allowed"), std::string::npos) << evil.out;
+}
+
+// ---------------------------------------------------------------- hangs and descriptors
+
+void MakeFifo(const std::string& path) {
+  std::remove(path.c_str());
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0) << path;
+}
+
+// A FIFO at any name ckpt opens is refused at once (it used to block in
+// open() forever). Each run has a deadline so a regression fails, not hangs.
+TEST(CliTest, FifosAtEveryNameCkptOpensAreRefusedWithoutHanging) {
+  testing::TempDir tmp;
+  const std::string hf = tmp / "hf", sharded = tmp / "sharded", bin = tmp / "bin";
+  ASSERT_EQ(RunCkpt("sample " + hf + " --hidden 32 --layers 1 --shards 2").code, 0);
+  ASSERT_EQ(RunCkpt("sample " + sharded + " --hidden 32 --layers 1 --ranks 2").code, 0);
+  const std::string archive = testing::ZipBytes(testing::ArchiveRecords(
+      "pytorch_model", testing::StateDictPickle({{"w", "FloatStorage", "", "0", 2, 0, {2}, {1}}}),
+      {{"0", std::string(8, 'a')}}));
+  struct Case {
+    const char* what;
+    std::function<void(const std::string& dir)> setup;  // in a fresh copy
+    std::string source;                                  // sample to copy
+    std::string fifo;                                    // relative to the copy
+    std::string command;                                 // %D: the copy, %O: an output path
+  };
+  const Case cases[] = {
+      {"the HF index", nullptr, hf, "model.safetensors.index.json", "inspect %D"},
+      {"a weight-map shard", nullptr, hf, "model-00002-of-00002.safetensors", "verify %D"},
+      {"the single file", [](const std::string& d) { CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d)); }, "",
+       "model.safetensors", "inspect %D"},
+      {".hf_metadata JSON",
+       [](const std::string& d) { CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d + "/.hf_metadata")); }, sharded,
+       ".hf_metadata/fqn_to_file_index_mapping.json", "consolidate %D %O"},
+      {"pytorch_model.bin",
+       [](const std::string& d) {
+         CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d));
+         CKPT_EXPECT_OK(WriteFileAtomically(*PosixStorage(), d + "/config.json", "{}"));
+       },
+       "", "pytorch_model.bin", "convert %D %O"},
+      {"the .bin index",
+       [&](const std::string& d) {
+         CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d));
+         CKPT_EXPECT_OK(WriteFileAtomically(*PosixStorage(), d + "/pytorch_model-00001-of-00001.bin", archive));
+       },
+       "", "pytorch_model.bin.index.json", "convert %D %O"},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    const std::string dir = tmp / ("case" + std::to_string(n)), out = tmp / ("out" + std::to_string(n++));
+    if (!c.source.empty()) {
+      ASSERT_EQ(std::system(("cp -r " + c.source + " " + dir).c_str()), 0);
+    }
+    if (c.setup) c.setup(dir);
+    MakeFifo(dir + "/" + c.fifo);
+    std::string cmd = c.command;
+    cmd.replace(cmd.find("%D"), 2, dir);
+    if (size_t o = cmd.find("%O"); o != std::string::npos) cmd.replace(o, 2, out);
+    CliRun r = RunCkptAfter("timeout 30 ", cmd);
+    EXPECT_EQ(r.code, 1) << c.what << " (124: it hung): " << r.out;
+    EXPECT_NE(r.out.find("not a regular file (a FIFO)"), std::string::npos) << c.what << ": " << r.out;
+    EXPECT_NE(r.out.find(c.fifo), std::string::npos) << c.what << ": " << r.out;
+  }
+  // --base's index.
+  const std::string base = tmp / "base";
+  ASSERT_EQ(std::system(("cp -r " + hf + " " + base).c_str()), 0);
+  MakeFifo(base + "/model.safetensors.index.json");
+  CliRun r = RunCkptAfter("timeout 30 ", "consolidate " + sharded + " " + tmp / "from_base" + " --base " + base);
+  EXPECT_EQ(r.code, 1) << "(124: it hung) " << r.out;
+  EXPECT_NE(r.out.find("not a regular file (a FIFO)"), std::string::npos) << r.out;
+}
+
+// Hundreds of rank files under a small descriptor limit: every command
+// holds a bounded number of files open.
+TEST(CliTest, ManyRankFilesFitASmallDescriptorLimit) {
+  testing::TempDir tmp;
+  const std::string in = tmp / "sharded", out = tmp / "hf";
+  ASSERT_EQ(RunCkpt("sample " + in + " --hidden 64 --layers 1 --ranks 150").code, 0);
+  for (const std::string& cmd : {"verify " + in, "inspect " + in, "consolidate " + in + " " + out + " --threads 8",
+                                "verify " + out}) {
+    CliRun r = RunCkptAfter("ulimit -n 64 && ", cmd);
+    EXPECT_EQ(r.code, 0) << cmd << ": " << r.out;
+  }
+}
+
+// ---------------------------------------------------------------- careless users, aborts
+
+TEST(CliTest, SampleNeverOverwritesAndBoundsWhatItGenerates) {
+  testing::TempDir tmp;
+  const std::string dir = tmp / "model";
+  ASSERT_EQ(RunCkpt("sample " + dir + " --hidden 32 --layers 1").code, 0);
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dir + "/mine.txt", "keep"));
+  CliRun again = RunCkpt("sample " + dir + " --hidden 64 --layers 1");
+  EXPECT_EQ(again.code, 1) << again.out;
+  EXPECT_NE(again.out.find(dir + " already exists; it is never overwritten"), std::string::npos) << again.out;
+  EXPECT_EQ(*ReadFileToString(*PosixStorage(), dir + "/mine.txt"), "keep");
+  auto j = nlohmann::json::parse(RunCkpt("inspect --json " + dir).out);
+  EXPECT_EQ(j["tensors"][0]["shape"][1], 32);
+  // Sizes that used to abort on an uncaught exception.
+  const std::pair<std::string, std::string> bad[] = {
+      {"--hidden 1000000000", "--hidden a multiple of 8 in [8, 65536]"},
+      {"--ranks 100000", "--ranks in [0, 1024]"},
+      {"--ranks -3", "--ranks in [0, 1024]"},
+      {"--hidden 65536 --layers 1024", "more than the 4294967296-byte limit of a sample model"},
+  };
+  for (const auto& [args, want] : bad) {
+    CliRun r = RunCkpt("sample " + tmp / "big" + " " + args);
+    EXPECT_EQ(r.code, 1) << args << ": " << r.out;
+    EXPECT_NE(r.out.find(want), std::string::npos) << args << ": " << r.out;
+  }
+  EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "big"));
+}
+
+TEST(CliTest, ConsolidateRefusesCastsThatAreNotFloatCasts) {
+  testing::TempDir tmp;
+  const std::string in = tmp / "sharded";
+  ASSERT_EQ(RunCkpt("sample " + in + " --ranks 2 --hidden 32 --layers 1").code, 0);
+  for (const char* d : {"I8", "F8_E4M3", "U8", "BOOL"}) {
+    CliRun r = RunCkpt("consolidate " + in + " " + tmp / "out" + " --cast-dtype " + d);
+    EXPECT_EQ(r.code, 1) << d << ": " << r.out;
+    EXPECT_NE(r.out.find(std::string("cast dtype ") + d + " is not a float cast"), std::string::npos)
+        << d << ": " << r.out;
+  }
+  EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "out"));
+  CliRun ok = RunCkpt("consolidate " + in + " " + tmp / "out" + " --cast-dtype F16");
+  EXPECT_EQ(ok.code, 0) << ok.out;
+}
+
+TEST(CliTest, InspectEscapesControlCharactersInNames) {
+  testing::TempDir tmp;
+  const std::string path = tmp / "evil.safetensors";
+  const std::string name = "w\x1b[2J\x07\r\xe2\x80\xae" "gnp.exe";
+  TensorData t{name, DType::kU8, Shape({2}), AsBytes("ab")};
+  CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), path, std::span(&t, 1),
+                                  SafetensorsMetadata{{"note\x1b]0;title\x07", "v\x1b[31m"}}));
+  CliRun r = RunCkpt("inspect " + path);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find('\x1b'), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find('\x07'), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find('\r'), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("w\\x1b[2J\\x07\\x0d\\u{202e}gnp.exe"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("note\\x1b]0;title\\x07 = v\\x1b[31m"), std::string::npos) << r.out;
+  // JSON output carries the name itself, escaped as JSON.
+  auto j = nlohmann::json::parse(RunCkpt("inspect --json " + path).out);
+  EXPECT_EQ(j["tensors"][0]["name"], name);
+}
+
+TEST(CliTest, LeftoverStagingOfAKilledRunIsCleanedUp) {
+  testing::TempDir tmp;
+  const std::string in = tmp / "sharded", out = tmp / "hf";
+  ASSERT_EQ(RunCkpt("sample " + in + " --ranks 2 --hidden 32 --layers 1").code, 0);
+  // What killed runs left: ours (the same output name) and someone else's.
+  const std::string dead = tmp / ".hf.tmp-0123456789abcdef", other = tmp / ".hf2.tmp-0123456789abcdef";
+  CKPT_ASSERT_OK(PosixStorage()->MakeDirs(dead + "/sub"));
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dead + "/sub/model-00001-of-00001.safetensors", "junk"));
+  CKPT_ASSERT_OK(PosixStorage()->MakeDirs(other));
+  CliRun r = RunCkpt("consolidate " + in + " " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(*Exists(*PosixStorage(), dead));
+  EXPECT_TRUE(*Exists(*PosixStorage(), other));
+  auto list = PosixStorage()->List(tmp.path());
+  CKPT_ASSERT_OK(list);
+  for (const DirEntry& e : *list) EXPECT_EQ(e.name.find(".hf.tmp-"), std::string::npos) << e.name;
 }
 
 }  // namespace

@@ -14,7 +14,9 @@ if [ "$mode" = mpi ]; then
   "${mpi[@]}" -np 4 "$bin" demo --mpi --phase train --dir "$dir/run" "${small[@]}"
   "${mpi[@]}" -np 2 "$bin" demo --mpi --phase resume --dir "$dir/run" "${small[@]}" --json > "$dir/out.json"
 else
-  "$bin" demo "${small[@]}" --json > "$dir/out.json"
+  "$bin" demo "${small[@]}" --json --dir "$dir/json" > "$dir/out.json"
+  # stdout is exactly one JSON document (nothing after it).
+  python3 -c 'import json, sys; json.load(sys.stdin)' < "$dir/out.json"
   # --dir keeps everything: the export verifies with the CLI.
   "$bin" demo "${small[@]}" --dir "$dir/kept" > "$dir/table.txt"
   grep -q "bit-exact against an uninterrupted run" "$dir/table.txt"

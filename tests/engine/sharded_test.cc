@@ -10,6 +10,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
 #include "engine/layouts.h"
+#include "plan/load_plan.h"
 #include "test_util.h"
 
 namespace ckpt {
@@ -230,6 +231,22 @@ TEST(ShardedSaveTest, BadGlobalPlansNameTensorAndChunks) {
     }
     EXPECT_FALSE(*Exists(*fs, "/bad"));
   }
+}
+
+// Chunks that tile a tensor whose byte size does not fit 64 bits (the
+// element count does): refused when indexed, so inspect and verify never
+// meet a size they cannot compute.
+TEST(ShardedLoadTest, GlobalByteSizesBeyond64BitsAreRefusedWhenIndexed) {
+  plan::SavedIndex index;
+  plan::SavedChunk c;
+  c.box.offsets = {0};
+  c.box.sizes = {1ull << 62};
+  CKPT_ASSERT_OK(index.Add("w", DType::kF32, c, "a.safetensors"));
+  Status s = index.Finalize();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("tensor 'w': global shape [4611686018427387904] of F32 is more than 2^64 bytes"),
+            std::string::npos)
+      << s.ToString();
 }
 
 TEST(ShardedLoadTest, KeyProblemsAreReportedTogether) {

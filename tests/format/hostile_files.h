@@ -51,6 +51,8 @@ inline std::vector<HostileCase> HostileFiles() {
        "header is not valid UTF-8 (byte 2"},
       {"utf16_surrogate", RawSafetensors("{\"\xed\xa0\x80\":{}}", ""), StatusCode::kDataLoss,
        "not valid UTF-8"},
+      {"utf8_bom", RawSafetensors("\xEF\xBB\xBF{}", ""), StatusCode::kDataLoss,
+       "header starts with a UTF-8 byte-order mark"},
       {"not_json", RawSafetensors("{\"a\":", ""), StatusCode::kDataLoss,
        "header: not valid JSON"},
       {"nul_padding", RawSafetensors(std::string("{}") + std::string(6, '\0'), ""),

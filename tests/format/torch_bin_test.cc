@@ -503,6 +503,72 @@ TEST(TorchBin, LimitsAreEnforced) {
   CKPT_EXPECT_OK(a.status());
 }
 
+// Small archives that make the machine (or a converter) do unbounded work:
+// the budgets are in all, not per object.
+TEST(TorchBin, AmplificationIsBoundedInAll) {
+  TempDir dir;
+  struct Case {
+    const char* what;
+    std::string pickle;
+    const char* message;
+  };
+  std::vector<Case> cases;
+  {
+    // Seven levels of 1000 keys, each naming the dict one level below:
+    // 1000^7 entries from a 70 KB pickle.
+    PickleWriter w;
+    w.Proto(2).EmptyDict().Mark().Unicode("leaf").Int(1).SetItems().BinPut(0);
+    for (int level = 1; level < 7; ++level) {
+      w.EmptyDict().Mark();
+      for (int k = 0; k < 1000; ++k) w.Unicode("k" + std::to_string(k)).BinGet(static_cast<uint8_t>(level - 1));
+      w.SetItems().BinPut(static_cast<uint8_t>(level));
+    }
+    w.Stop();
+    cases.push_back({"shared nested dicts", w.str(), "the state dict expands to more than"});
+  }
+  const std::string big(16u << 20, 'a');
+  {
+    // _codecs.encode on one memoized 16 MiB string, 200 times.
+    PickleWriter w;
+    w.Proto(2).Unicode(big).BinPut(0).EmptyDict().Mark();
+    for (int k = 0; k < 200; ++k) {
+      w.Unicode("k" + std::to_string(k)).Global("_codecs", "encode").BinGet(0).Unicode("latin1").Tuple2().Reduce();
+    }
+    w.SetItems().Stop();
+    cases.push_back({"repeated encode", w.str(), "bytes of strings built, copied or hashed in all"});
+  }
+  {
+    // One memoized 16 MiB key set into 200 dicts.
+    PickleWriter w;
+    w.Proto(2).Unicode(big).BinPut(0).EmptyDict();
+    for (int k = 0; k < 200; ++k) w.Unicode("d" + std::to_string(k)).EmptyDict().BinGet(0).Int(1).SetItem().SetItem();
+    w.Stop();
+    cases.push_back({"one big key in many dicts", w.str(), "bytes of strings built, copied or hashed in all"});
+  }
+  for (const Case& c : cases) {
+    auto a = OpenBytes(dir, Arch(c.pickle));
+    ASSERT_FALSE(a.ok()) << c.what;
+    EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument) << c.what;
+    EXPECT_NE(a.status().message().find(c.message), std::string::npos) << c.what << ": " << a.status().ToString();
+    EXPECT_NE(a.status().message().find("model.bin: data.pkl"), std::string::npos) << a.status().ToString();
+  }
+  // 1,000 stride-0 views of one 16-byte storage, each 1 GiB (within the
+  // per-tensor bound): 1 TiB in all is refused at the second view.
+  std::vector<PickledTensor> views;
+  for (int k = 0; k < 1000; ++k) {
+    views.push_back({"v" + std::to_string(k), "FloatStorage", "", "0", 4, 0, {1 << 18, 1 << 10}, {0, 0}});
+  }
+  auto a = OpenBytes(dir, Arch(StateDictPickle(views), {{"0", std::string(16, 'x')}}));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(a.status().message().find("tensor 'v1': the archive's tensors materialize 2147483648 bytes from 16 bytes"),
+            std::string::npos)
+      << a.status().ToString();
+  // One such view alone is still read.
+  a = OpenBytes(dir, Arch(StateDictPickle({views[0]}), {{"0", std::string(16, 'x')}}));
+  CKPT_EXPECT_OK(a.status());
+}
+
 // ---------------------------------------------------------------- directories
 
 struct BinModel {

@@ -1,7 +1,14 @@
 // One suite that every Storage backend must pass.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <filesystem>
 #include <functional>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -211,6 +218,12 @@ TEST_P(StorageConformanceTest, RenameReplacesFilesAndMovesDirectories) {
   EXPECT_EQ(*ReadFileToString(*storage_, P("moved/sub/leaf")), "L");
   EXPECT_FALSE(*Exists(*storage_, P("tree")));
   CKPT_EXPECT_OK(storage_->SyncDir(P("moved")));
+  // A directory never replaces one, not even an empty one.
+  CKPT_ASSERT_OK(storage_->MakeDirs(P("empty")));
+  Status s = storage_->Rename(P("moved"), P("empty"));
+  EXPECT_EQ(s.code(), StatusCode::kAlreadyExists) << s.ToString();
+  EXPECT_NE(s.message().find("a directory never replaces one"), std::string::npos) << s.ToString();
+  EXPECT_TRUE(*Exists(*storage_, P("moved/sub/leaf")));
 }
 
 TEST_P(StorageConformanceTest, OpenReadersKeepTheirSnapshotAcrossReplace) {
@@ -288,6 +301,139 @@ TEST(PathTest, JoinDirnameBasename) {
   EXPECT_EQ(Dirname("/z"), "/");
   EXPECT_EQ(Basename("/x/y/z"), "z");
   EXPECT_EQ(Basename("/x/y/"), "y");
+}
+
+// ---- POSIX only: special files, descriptor budget, side-file cap.
+
+size_t OpenDescriptors() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// Runs `open` with a deadline; a FIFO that blocks it is unblocked by opening
+// the write side, so a regression fails instead of hanging the suite.
+template <typename T>
+T WithFifoDeadline(const std::string& fifo, std::function<T()> open) {
+  auto f = std::async(std::launch::async, std::move(open));
+  if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "opening " << fifo << " blocked";
+    int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    f.wait();
+    if (w >= 0) ::close(w);
+  }
+  return f.get();
+}
+
+TEST(PosixStorageTest, FifosAreRefusedWithoutBlocking) {
+  TempDir tmp;
+  const std::string fifo = tmp / "index.json";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  Storage& fs = *PosixStorage();
+  Status open = WithFifoDeadline<Status>(fifo, [&] { return fs.OpenRead(fifo).status(); });
+  EXPECT_EQ(open.code(), StatusCode::kFailedPrecondition) << open.ToString();
+  EXPECT_NE(open.message().find("not a regular file (a FIFO)"), std::string::npos) << open.ToString();
+  EXPECT_NE(open.message().find(fifo), std::string::npos) << open.ToString();
+  Status whole = WithFifoDeadline<Status>(fifo, [&] { return ReadFileToString(fs, fifo).status(); });
+  EXPECT_EQ(whole.code(), StatusCode::kFailedPrecondition) << whole.ToString();
+  Status dir = fs.OpenRead(tmp.path()).status();
+  EXPECT_EQ(dir.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(dir.message().find("a directory"), std::string::npos) << dir.ToString();
+}
+
+TEST(PosixStorageTest, OpenReadersHoldABoundedNumberOfDescriptors) {
+  TempDir tmp;
+  Storage& fs = *PosixStorage();
+  const size_t files = 3 * kMaxOpenReadFiles;
+  for (size_t i = 0; i < files; ++i) {
+    CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / ("f" + std::to_string(i)), "file " + std::to_string(i)));
+  }
+  const size_t before = OpenDescriptors();
+  std::vector<std::unique_ptr<ReadableFile>> open;
+  for (size_t i = 0; i < files; ++i) {
+    auto f = fs.OpenRead(tmp / ("f" + std::to_string(i)));
+    CKPT_ASSERT_OK(f);
+    open.push_back(std::move(*f));
+  }
+  EXPECT_LE(OpenDescriptors(), before + kMaxOpenReadFiles);
+  // Every file still reads its own bytes, from several threads at once.
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 2; ++round) {
+        for (size_t i = static_cast<size_t>(t); i < files; i += 4) {
+          const std::string want = "file " + std::to_string(i);
+          std::vector<std::byte> buf(want.size());
+          if (!open[i]->ReadAt(0, buf).ok() || ToString(buf) != want) ++wrong;
+          auto m = open[i]->Map(0, want.size());
+          if (!m.ok() || ToString(m->bytes) != want) ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_LE(OpenDescriptors(), before + kMaxOpenReadFiles);
+  open.clear();
+  EXPECT_LE(OpenDescriptors(), before);
+}
+
+TEST(PosixStorageTest, AReaderReopenedAfterItsFileWasReplacedIsDataLoss) {
+  TempDir tmp;
+  Storage& fs = *PosixStorage();
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / "first", "version-one"));
+  auto first = fs.OpenRead(tmp / "first");
+  CKPT_ASSERT_OK(first);
+  // Enough other readers to close the first one's descriptor.
+  std::vector<std::unique_ptr<ReadableFile>> others;
+  for (size_t i = 0; i < kMaxOpenReadFiles + 4; ++i) {
+    const std::string p = tmp / ("o" + std::to_string(i));
+    CKPT_ASSERT_OK(WriteFileAtomically(fs, p, "x"));
+    auto f = fs.OpenRead(p);
+    CKPT_ASSERT_OK(f);
+    others.push_back(std::move(*f));
+  }
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / "first", "version-two"));
+  std::vector<std::byte> buf(11);
+  Status s = (*first)->ReadAt(0, buf);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("replaced since it was opened"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find(tmp / "first"), std::string::npos) << s.ToString();
+}
+
+TEST(PosixStorageTest, SideFilesReadWholeAreCappedAndCopiesStream) {
+  TempDir tmp;
+  Storage& fs = *PosixStorage();
+  // A sparse file one byte over the cap: refused before anything is allocated.
+  const std::string big = tmp / "manifest.json";
+  {
+    int fd = ::open(big.c_str(), O_WRONLY | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(kMaxSideFileBytes + 1)), 0);
+    ::close(fd);
+  }
+  Result<std::string> r = ReadFileToString(fs, big);
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(big + ": file of " + std::to_string(kMaxSideFileBytes + 1) + " bytes"),
+            std::string::npos)
+      << r.status().ToString();
+  EXPECT_NE(r.status().message().find(std::to_string(kMaxSideFileBytes) + "-byte limit"), std::string::npos);
+  // CopyFile streams any size: 20 MiB of random bytes, bit-exact.
+  std::mt19937_64 rng(5);
+  const std::vector<std::byte> data = testing::RandomBytes(20u << 20, rng);
+  {
+    auto w = fs.OpenWrite(tmp / "tf_model.h5", CreateMode::kExclusive);
+    CKPT_ASSERT_OK(w);
+    CKPT_ASSERT_OK((*w)->Append(data));
+    CKPT_ASSERT_OK((*w)->Close());
+  }
+  CKPT_ASSERT_OK(CopyFile(fs, tmp / "tf_model.h5", tmp / "copy.h5"));
+  auto c = fs.OpenRead(tmp / "copy.h5");
+  CKPT_ASSERT_OK(c);
+  std::vector<std::byte> back((*c)->Size());
+  CKPT_ASSERT_OK((*c)->ReadAt(0, back));
+  EXPECT_TRUE(back == data);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -176,6 +176,24 @@ TEST(Moe, ConfigAndTensorsMustAgree) {
   EXPECT_NE(s.message().find("no mixtral expert tensors"), std::string::npos) << s.ToString();
 }
 
+// A few empty grouped tensors that claim a million experts: refused before
+// 60 million per-expert tensors are planned.
+TEST(Moe, GroupedTensorsThatExpandToTooManyExpertTensorsAreRefused) {
+  const MoeAdapter a = FindMoeAdapter("qwen3_moe").value();
+  std::map<std::string, TensorMeta> grouped;
+  for (uint32_t l = 0; l < 20; ++l) {
+    grouped[GroupedGateUpName(l)] = TensorMeta{DType::kBF16, Shape({1000000, 0, 0})};
+    grouped[GroupedDownName(l)] = TensorMeta{DType::kBF16, Shape({1000000, 0, 0})};
+  }
+  Result<MoePlan> p = PlanGroupedToHf(a, MoeConfig{20, 1000000}, grouped, "in/model.safetensors");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(p.status().message().find("in/model.safetensors: 20 grouped layers of 1000000 experts (num_experts) "
+                                      "expand to 60000000 per-expert tensors, more than 1048576"),
+            std::string::npos)
+      << p.status().ToString();
+}
+
 // Grouped memory on `world` expert-parallel ranks (optionally each expert
 // range further split in two on the hidden dimension), loaded from the HF
 // directory through HF views, then saved through the same views and
