@@ -25,9 +25,22 @@ _cache_lock = threading.Lock()
 _foreground: dict[Any, _ckpt.Communicator] = {}
 
 
+_own_groups: list[Any] = []
+
+
 def _clear() -> None:
+    # Groups ckpt created are destroyed before the interpreter exits: gloo
+    # groups left to process teardown can abort it.
     with _cache_lock:
         _foreground.clear()
+        groups = list(_own_groups)
+        _own_groups.clear()
+    if dist.is_available() and dist.is_initialized():
+        for g in groups:
+            try:
+                dist.destroy_process_group(g)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
 
 
 atexit.register(_clear)
@@ -86,12 +99,15 @@ class TorchDistComm:
 def new_group_like(group: Any, timeout_s: float) -> Any:
     """A new gloo group over the ranks of `group` (collective over them)."""
     ranks = dist.get_process_group_ranks(group)
-    return dist.new_group(
+    g = dist.new_group(
         ranks=ranks,
         backend="gloo",
         timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)),
         use_local_synchronization=True,
     )
+    with _cache_lock:
+        _own_groups.append(g)
+    return g
 
 
 def engine_comm(process_group: Any = None, *, timeout_s: float = 600.0) -> _ckpt.Communicator:

@@ -127,8 +127,11 @@ def load(
     o.dequantize_fp8 = dequantize_fp8
     o.verify_checksums = verify_checksums
     o.timeout_s = timeout
-    comm = _dist.engine_comm(process_group, timeout_s=timeout)
-    stats = _ckpt.load(comm, p, d.tensors, o)
+    if d.tensors:
+        comm = _dist.engine_comm(process_group, timeout_s=timeout)
+        stats = _ckpt.load(comm, p, d.tensors, o)
+    else:  # only values (every rank's state dict has the same keys)
+        stats = {"bytes_needed": 0, "bytes_read": 0, "reads": 0, "missing_keys": [], "unexpected_keys": []}
     if d.slots:
         _fill_values(d.slots, p, allow_missing, allow_pickle)
     return LoadStats(**stats)

@@ -1,0 +1,51 @@
+"""Fixtures for ckpt's Python tests: real gloo ranks on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(n: int, script: str, *args: str, timeout: float = 240, expect_ok: bool = True) -> list[str]:
+    """Runs tests/python/jobs/<script> on `n` gloo ranks under torchrun;
+    returns each rank's output. Fails the test when a rank fails (unless
+    `expect_ok` is False)."""
+    port = free_port()
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"ckpt_ranks_{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={n}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        "--log-dir",
+        str(logs),
+        "--redirects=3",
+        "--tee=3",
+        str(HERE / "jobs" / script),
+        *args,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if expect_ok and proc.returncode != 0:
+        pytest.fail(f"{script} on {n} ranks failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return [proc.stdout, proc.stderr, str(proc.returncode)]
+
+
+@pytest.fixture
+def ranks():
+    return run_ranks

@@ -1,0 +1,37 @@
+"""Helpers for the rank jobs: process group, meshes, expected tensors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def init() -> tuple[int, int]:
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def expected(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A deterministic tensor whose every element differs (by name)."""
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    n = 1
+    for s in shape:
+        n *= s
+    if dtype == torch.bool:
+        return torch.randint(0, 2, (n,), generator=g).to(torch.bool).reshape(shape)
+    if dtype.is_floating_point:
+        return (torch.randn(n, generator=g, dtype=torch.float64) * 100).to(dtype).reshape(shape)
+    return torch.randint(-100, 100, (n,), generator=g).to(dtype).reshape(shape)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8))
