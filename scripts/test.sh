@@ -2,15 +2,17 @@
 # Builds and runs every test: the test suite (warnings are errors) and a short
 # fuzzing run of every parser. Extra presets may be named: "asan" runs the
 # suite under AddressSanitizer + UndefinedBehaviorSanitizer, "tsan" under
-# ThreadSanitizer. Installs missing Debian packages first.
+# ThreadSanitizer; "python" builds the Python package into .venv and runs
+# its checks (ruff, mypy) and tests (pytest, real gloo ranks). Installs
+# missing Debian packages and the pinned Python packages first.
 #
-#   scripts/test.sh                 # default suite + fuzz
+#   scripts/test.sh                 # default suite + fuzz + python
 #   scripts/test.sh default asan    # what CI adds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 presets=("$@")
-[ ${#presets[@]} -eq 0 ] && presets=(default fuzz)
+[ ${#presets[@]} -eq 0 ] && presets=(default fuzz python)
 jobs=$(nproc)
 fuzz_seconds=${CKPT_FUZZ_SECONDS:-20}
 
@@ -35,6 +37,14 @@ for preset in "${presets[@]}"; do
         build/fuzz/fuzz/"$name" -max_total_time="$fuzz_seconds" -print_final_stats=0 \
           -artifact_prefix=build/fuzz/"$name"- "$corpus" "fuzz/corpus/$name" 2>&1 | tail -n 2
       done
+      ;;
+    python)
+      scripts/deps.sh
+      py=$(scripts/python_env.sh)
+      "$py" -m ruff check
+      "$py" -m ruff format --check
+      "$py" -m mypy
+      "$py" -m pytest -q -p no:cacheprovider tests/python
       ;;
     *) echo "test.sh: unknown preset '$preset'" >&2; exit 2 ;;
   esac
