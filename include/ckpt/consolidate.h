@@ -34,6 +34,13 @@ inline constexpr std::string_view kHfMetadataDir = ".hf_metadata";
 inline constexpr std::string_view kFileMappingName = "fqn_to_file_index_mapping.json";
 inline constexpr std::string_view kDtypeMappingName = "fqn_to_dtype_mapping.json";
 
+// The side files an export copies from `.hf_metadata/`: plain, visible,
+// UTF-8 names of the kinds Hugging Face models ship (*.json, *.txt, *.model,
+// *.jinja, *.py, *.tiktoken, *.md) that are not an index (*.index.json), not
+// ckpt's own files (the two mappings, ckpt_*) and so never a name the export
+// writes itself.
+bool IsHfArtifactName(std::string_view name);
+
 // Key order of exported files: digit runs compare as numbers, so
 // "model.layers.10.x" sorts after "model.layers.9.x".
 bool NaturalLess(const std::string& a, const std::string& b);
@@ -94,9 +101,21 @@ DType ExportDType(DType saved, std::optional<DType> original, std::optional<DTyp
 std::vector<uint32_t> DivideBySize(const std::vector<uint64_t>& bytes, uint64_t target);
 std::vector<uint32_t> DivideEqually(size_t keys, uint32_t files);
 
+// The most output files a consolidation writes: file names carry the number
+// in five digits ("model-00001-of-99999.safetensors").
+inline constexpr uint32_t kMaxOutputFiles = 99999;
+
 // fqn → 1-based file from a base model directory's index; NotFound when it
-// has neither an index nor model.safetensors.
+// has neither an index nor model.safetensors. InvalidArgument, naming the
+// file and the tensor, when a file's number is 0, above its "-of-N", above
+// kMaxOutputFiles or above the number of distinct files the index names, or
+// when the files disagree on N.
 Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir);
+
+// Checks an fqn → file mapping: every number between 1 and the number of
+// distinct files it names (so no output file is empty) and at most
+// kMaxOutputFiles. InvalidArgument naming `source`, the tensor and the number.
+Status CheckFileNumbers(const std::map<std::string, uint32_t>& mapping, const std::string& source);
 
 }  // namespace ckpt
 

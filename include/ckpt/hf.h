@@ -41,6 +41,10 @@ Result<HfIndex> ParseHfIndex(std::string_view text, std::string_view source);
 std::string SerializeHfIndex(const HfIndex& index);
 // OK when `name` is a plain file name inside the model directory.
 Status CheckShardFileName(std::string_view name);
+// What safetensors loaders read through an index: a non-empty weight map
+// whose files are visible `*.safetensors` files. DataLoss naming `source`,
+// the tensor and the file otherwise.
+Status CheckIndexedShards(const HfIndex& index, std::string_view source);
 
 // The model directory `path` names: `path` itself when it holds model files
 // (an index, model.safetensors, or pytorch_model*.bin); for a hub cache entry

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -195,7 +196,7 @@ class AtomicFileWriter {
   std::string temp_path_;
   std::unique_ptr<WritableFile> file_;
   std::mutex mu_;  // writes may come from several threads
-  std::vector<Written> written_;
+  std::map<uint64_t, Written> written_;  // by offset; no two overlap
   bool done_ = false;
 };
 

@@ -19,6 +19,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/staging.h"
 #include "ckpt/torch_bin.h"
+#include "engine/shard_dir.h"
 #include "engine/torch_bin_load.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
@@ -222,10 +223,9 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifa
     }
   }
   for (const auto& [name, text] : extra) {
-    Status ok = CheckShardFileName(name);
-    if (!ok.ok() || name == kFileMappingName || name == kDtypeMappingName) {
+    if (!IsHfArtifactName(name)) {
       return InvalidArgumentError("Hugging Face artifact '" + Printable(name) +
-                                  "': not a plain file name, or a name ckpt reserves");
+                                  "': not a plain file name of an artifact kind, or a name ckpt reserves");
     }
     artifacts[name] = text;
   }
@@ -295,6 +295,7 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifa
   }
   CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(meta_dir, kFileMappingName), files.dump(2) + "\n"));
   CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(meta_dir, kDtypeMappingName), dtypes.dump(2) + "\n"));
+  CKPT_RETURN_IF_ERROR(engine::AddSideFilesToManifest(st, model_dir));
 
   std::string script =
       "#!/bin/sh\n"

@@ -6,11 +6,13 @@
 #include <atomic>
 #include <cctype>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
@@ -38,22 +40,26 @@ struct OutFile {
 };
 
 // Reads an optional JSON object of <in>/.hf_metadata/<name>.
-Result<std::optional<json>> ReadHfMetadataJson(Storage& storage, const std::string& in_dir, std::string_view name) {
+// Checked against the manifest when it covers side files.
+Result<std::optional<json>> ReadHfMetadataJson(Storage& storage, const std::string& in_dir,
+                                               const engine::ShardListing& listing, std::string_view name) {
   const std::string path = JoinPath(JoinPath(in_dir, kHfMetadataDir), name);
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, path));
   if (!exists) return std::optional<json>();
   CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+  CKPT_RETURN_IF_ERROR(engine::CheckSideFile(listing, in_dir, std::string(name), text));
   CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, path, 4));
   if (!j.is_object()) return DataLossError(path + ": must be a JSON object");
   return std::optional<json>(std::move(j));
 }
 
 // Decides every output file and its tensors; the same on every rank.
-Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir, const plan::SavedIndex& index,
+Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir, const engine::SavedCheckpoint& ckpt,
                                     const ConsolidateOptions& o, std::vector<std::string>* warnings) {
+  const plan::SavedIndex& index = ckpt.index;
   std::map<std::string, DType> originals = o.original_dtypes;
   if (originals.empty()) {
-    CKPT_ASSIGN_OR_RETURN(std::optional<json> m, ReadHfMetadataJson(storage, in_dir, kDtypeMappingName));
+    CKPT_ASSIGN_OR_RETURN(std::optional<json> m, ReadHfMetadataJson(storage, in_dir, ckpt.listing, kDtypeMappingName));
     if (m) {
       for (const auto& [k, v] : m->items()) {
         if (!v.is_string()) continue;
@@ -67,15 +73,25 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
     }
   }
   std::map<std::string, uint32_t> mapping = o.fqn_to_file;
+  if (!mapping.empty()) CKPT_RETURN_IF_ERROR(CheckFileNumbers(mapping, "ConsolidateOptions::fqn_to_file"));
   if (mapping.empty() && !o.base_model_dir.empty()) {
     CKPT_ASSIGN_OR_RETURN(mapping, FileMappingFromBase(storage, o.base_model_dir));
   }
   if (mapping.empty()) {
-    CKPT_ASSIGN_OR_RETURN(std::optional<json> m, ReadHfMetadataJson(storage, in_dir, kFileMappingName));
+    const std::string source = JoinPath(JoinPath(in_dir, kHfMetadataDir), kFileMappingName);
+    CKPT_ASSIGN_OR_RETURN(std::optional<json> m, ReadHfMetadataJson(storage, in_dir, ckpt.listing, kFileMappingName));
     if (m) {
       for (const auto& [k, v] : m->items()) {
-        if (v.is_number_unsigned() && v.get<uint64_t>() > 0) mapping[k] = static_cast<uint32_t>(v.get<uint64_t>());
+        // Read as unsigned only when it fits: 2^32 must not wrap to 0.
+        if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 || v.get<uint64_t>() > kMaxOutputFiles) {
+          std::string got = v.dump();
+          if (got.size() > 40) got = got.substr(0, 40) + "...";
+          return InvalidArgumentError(source + ": tensor '" + Printable(k) + "': file number " + got +
+                                      " is not an integer between 1 and " + std::to_string(kMaxOutputFiles));
+        }
+        mapping[k] = static_cast<uint32_t>(v.get<uint64_t>());
       }
+      CKPT_RETURN_IF_ERROR(CheckFileNumbers(mapping, source));
     }
   }
 
@@ -122,8 +138,95 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
   return out;
 }
 
-// Writes one output file: each saved chunk streamed through `buf` to its
-// place, cast on the way when the output dtype differs.
+std::string Hex16(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// The XXH64 of each saved chunk, computed from the bytes the consolidation
+// reads anyway: windows arrive in file order, each continuing where the last
+// one of its chunk ended. A chunk whose bytes were not all seen that way is
+// read again on its own at the end.
+class ChunkHashes {
+ public:
+  // `bytes` at absolute file offset `at` belong to chunk `c`.
+  void Update(const plan::SavedChunk& c, uint64_t at, std::span<const std::byte> bytes) {
+    if (!c.has_checksum || bytes.empty()) return;
+    State& st = states_[&c];
+    if (st.h == nullptr) {
+      st.h.reset(XXH64_createState());
+      XXH64_reset(st.h.get(), 0);
+    }
+    if (st.broken || at != c.data_offset + st.hashed) {
+      st.broken = true;
+      return;
+    }
+    XXH64_update(st.h.get(), bytes.data(), bytes.size());
+    st.hashed += bytes.size();
+  }
+
+  // Compares every recorded checksum of `t`; DataLoss names the file, the
+  // tensor, the chunk and both sums.
+  Status Check(const plan::SavedTensor& t, const std::function<Result<ReadableFile*>(uint32_t)>& open,
+               const std::vector<std::string>& paths, std::vector<std::byte>& buf) {
+    for (const plan::SavedChunk& c : t.chunks) {
+      if (!c.has_checksum) continue;
+      CKPT_ASSIGN_OR_RETURN(uint64_t bytes, Shape(c.box.sizes).NumBytes(t.dtype));
+      uint64_t got;
+      auto it = states_.find(&c);
+      if (it != states_.end() && !it->second.broken && it->second.hashed == bytes) {
+        got = XXH64_digest(it->second.h.get());
+      } else {
+        CKPT_ASSIGN_OR_RETURN(ReadableFile * f, open(c.file));
+        std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> h(XXH64_createState(), &XXH64_freeState);
+        XXH64_reset(h.get(), 0);
+        for (uint64_t k = 0; k < bytes; k += buf.size()) {
+          const uint64_t n = std::min<uint64_t>(buf.size(), bytes - k);
+          CKPT_RETURN_IF_ERROR(f->ReadAt(c.data_offset + k, std::span(buf).first(n)));
+          XXH64_update(h.get(), buf.data(), n);
+        }
+        got = XXH64_digest(h.get());
+      }
+      if (got != c.checksum) {
+        return DataLossError(paths[c.file] + ": tensor '" + Printable(t.fqn) + "' chunk at " + c.box.ToString() +
+                             ", bytes [" + std::to_string(c.data_offset) + ", " + std::to_string(c.data_offset + bytes) +
+                             "): checksum " + Hex16(got) + " does not match the recorded " + Hex16(c.checksum) +
+                             " (the file is corrupt)");
+      }
+    }
+    states_.clear();
+    return Status();
+  }
+
+ private:
+  struct State {
+    std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> h{nullptr, &XXH64_freeState};
+    uint64_t hashed = 0;
+    bool broken = false;
+  };
+  std::unordered_map<const plan::SavedChunk*, State> states_;
+};
+
+// True when some chunk of `t` is narrower than the tensor past dimension 0
+// (a tensor-parallel split along dimension 1 or later): its rows are then
+// scattered, and the tensor is assembled in row blocks before writing.
+bool SplitPastDim0(const plan::SavedTensor& t) {
+  for (const plan::SavedChunk& c : t.chunks) {
+    if (c.box.Empty()) continue;
+    for (size_t d = 1; d < c.box.sizes.size(); ++d) {
+      if (c.box.sizes[d] != t.global[d]) return true;
+    }
+  }
+  return false;
+}
+
+// Writes one output file, cast on the way when the output dtype differs.
+// Tensors split along dimension 0 only: each saved chunk is streamed through
+// `window` straight to its place. Tensors split past dimension 0: blocks of
+// whole rows (at most kBuffer bytes) are assembled from every chunk that
+// overlaps them and written once, so the writes and the pieces are linear in
+// the bytes, not in rows × chunks. Every recorded chunk checksum is compared.
 Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<std::string>& shard_files,
                  const std::string& path, const OutFile& f, std::atomic<uint64_t>* done,
                  const ConsolidateOptions& o, uint64_t total) {
@@ -132,36 +235,43 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
                         SafetensorsWriter::Create(storage, path, std::move(specs), SafetensorsMetadata{{"format", "pt"}}));
   std::unordered_map<uint32_t, std::unique_ptr<ReadableFile>> open;
-  std::vector<std::byte> window(kBuffer), cast;
+  std::vector<std::string> paths;
+  for (const std::string& n : shard_files) paths.push_back(JoinPath(in_dir, n));
+  std::function<Result<ReadableFile*>(uint32_t)> get = [&](uint32_t file) -> Result<ReadableFile*> {
+    auto it = open.find(file);
+    if (it == open.end()) {
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> rf, storage.OpenRead(paths[file]));
+      it = open.emplace(file, std::move(rf)).first;
+    }
+    return it->second.get();
+  };
+  std::vector<std::byte> window(kBuffer), cast, rows;
   std::vector<plan::ReadOp> ops;
+  std::vector<const plan::SavedChunk*> overlapping;
+  ChunkHashes hashes;
   for (const OutTensor& t : f.tensors) {
     const plan::SavedTensor& s = *t.saved;
-    const uint64_t in_size = std::max<uint64_t>(DTypeBits(s.dtype) / 8, 1);
+    const uint64_t bits = DTypeBits(s.dtype);
+    const uint64_t in_size = std::max<uint64_t>(bits / 8, 1);
     const uint64_t out_size = std::max<uint64_t>(DTypeBits(t.dtype) / 8, 1);
     const bool convert = t.dtype != s.dtype;
-    plan::Box whole{std::vector<uint64_t>(s.global.rank(), 0), s.global.dims()};
-    for (const plan::SavedChunk& c : s.chunks) {
-      ops.clear();
-      CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(c, s.dtype, whole, {}, &ops).WithContext("tensor '" + s.fqn + "'"));
-      auto it = open.find(c.file);
-      if (it == open.end()) {
-        CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> rf,
-                              storage.OpenRead(JoinPath(in_dir, shard_files[c.file])));
-        it = open.emplace(c.file, std::move(rf)).first;
-      }
-      ReadableFile& in = *it->second;
-      // Copies `bytes` (saved dtype) bound for tensor byte `dest` (saved dtype units).
-      auto emit = [&](const std::byte* src, uint64_t bytes, uint64_t dest) -> Status {
-        if (!convert) return w->Write(s.fqn, dest, std::span<const std::byte>(src, bytes));
-        cast.resize(bytes / in_size * out_size);
-        CKPT_RETURN_IF_ERROR(CastFloats(s.dtype, std::span<const std::byte>(src, bytes), t.dtype, cast));
-        return w->Write(s.fqn, dest / in_size * out_size, cast);
-      };
+    // Copies `bytes` (saved dtype) bound for tensor byte `dest` (saved dtype units).
+    auto emit = [&](const std::byte* src, uint64_t bytes, uint64_t dest) -> Status {
+      if (!convert) return w->Write(s.fqn, dest, std::span<const std::byte>(src, bytes));
+      cast.resize(bytes / in_size * out_size);
+      CKPT_RETURN_IF_ERROR(CastFloats(s.dtype, std::span<const std::byte>(src, bytes), t.dtype, cast));
+      return w->Write(s.fqn, dest / in_size * out_size, cast);
+    };
+    // Runs the reads of `ops` (all of chunk `c`), handing each piece to `piece`.
+    auto run = [&](const plan::SavedChunk& c, auto&& piece) -> Status {
+      CKPT_ASSIGN_OR_RETURN(ReadableFile * in, get(c.file));
       for (const plan::ReadOp& op : ops) {
         if (op.length <= kBuffer) {
-          CKPT_RETURN_IF_ERROR(in.ReadAt(op.file_offset, std::span(window).first(op.length)));
+          std::span<std::byte> win = std::span(window).first(op.length);
+          CKPT_RETURN_IF_ERROR(in->ReadAt(op.file_offset, win));
+          hashes.Update(c, op.file_offset, win);
           for (const plan::ReadOp::Piece& p : op.pieces) {
-            CKPT_RETURN_IF_ERROR(emit(window.data() + p.window_offset, p.count * op.elem_bytes, p.dest_offset));
+            CKPT_RETURN_IF_ERROR(piece(window.data() + p.window_offset, p.count * op.elem_bytes, p.dest_offset));
           }
         } else {
           // Long runs: read each piece in buffer-sized parts.
@@ -169,35 +279,116 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
             const uint64_t bytes = p.count * op.elem_bytes;
             for (uint64_t k = 0; k < bytes; k += kBuffer) {
               const uint64_t n = std::min(kBuffer, bytes - k);
-              CKPT_RETURN_IF_ERROR(in.ReadAt(op.file_offset + p.window_offset + k, std::span(window).first(n)));
-              CKPT_RETURN_IF_ERROR(emit(window.data(), n, p.dest_offset + k));
+              std::span<std::byte> win = std::span(window).first(n);
+              CKPT_RETURN_IF_ERROR(in->ReadAt(op.file_offset + p.window_offset + k, win));
+              hashes.Update(c, op.file_offset + p.window_offset + k, win);
+              CKPT_RETURN_IF_ERROR(piece(window.data(), n, p.dest_offset + k));
             }
           }
         }
         uint64_t now = done->fetch_add(op.length) + op.length;
         if (o.progress) o.progress(now, total);
       }
+      return Status();
+    };
+    const size_t rank = s.global.rank();
+    uint64_t row_elems = 1;
+    for (size_t d = 1; d < rank; ++d) row_elems *= s.global[d];  // the tensor's size is checked: no overflow
+    const uint64_t row_bits = row_elems * bits;
+    const bool by_rows = rank >= 2 && row_bits % 8 == 0 && row_bits / 8 <= kBuffer && row_bits > 0 &&
+                         SplitPastDim0(s);
+    if (by_rows) {
+      const uint64_t row_bytes = row_bits / 8;
+      const uint64_t per_block = kBuffer / row_bytes;
+      for (uint64_t r0 = 0; r0 < s.global[0]; r0 += per_block) {
+        const uint64_t n = std::min(per_block, s.global[0] - r0);
+        plan::Box block{std::vector<uint64_t>(rank, 0), s.global.dims()};
+        block.offsets[0] = r0;
+        block.sizes[0] = n;
+        rows.resize(n * row_bytes);
+        overlapping.clear();
+        plan::SavedIndex::Overlapping(s, block, &overlapping);
+        for (const plan::SavedChunk* c : overlapping) {
+          ops.clear();
+          CKPT_RETURN_IF_ERROR(
+              plan::PlanChunkReads(*c, s.dtype, block, {}, &ops).WithContext("tensor '" + Printable(s.fqn) + "'"));
+          CKPT_RETURN_IF_ERROR(run(*c, [&](const std::byte* src, uint64_t bytes, uint64_t dest) -> Status {
+            std::memcpy(rows.data() + dest, src, bytes);
+            return Status();
+          }));
+        }
+        // The chunks tile the tensor (checked when indexing), so the block is whole.
+        CKPT_RETURN_IF_ERROR(emit(rows.data(), rows.size(), r0 * row_bytes));
+      }
+    } else {
+      plan::Box whole{std::vector<uint64_t>(rank, 0), s.global.dims()};
+      for (const plan::SavedChunk& c : s.chunks) {
+        ops.clear();
+        CKPT_RETURN_IF_ERROR(
+            plan::PlanChunkReads(c, s.dtype, whole, {}, &ops).WithContext("tensor '" + Printable(s.fqn) + "'"));
+        CKPT_RETURN_IF_ERROR(run(c, emit));
+      }
     }
+    CKPT_RETURN_IF_ERROR(hashes.Check(s, get, paths, window));
   }
   return w->Commit();
 }
 
 // Copies the HF artifacts (config, tokenizer, custom code, ...) kept in
-// <in>/.hf_metadata, except ckpt's own mapping files.
-Status CopyHfArtifacts(Storage& storage, const std::string& in_dir, const std::string& out_dir) {
+// <in>/.hf_metadata: regular files of the kinds IsHfArtifactName accepts.
+// Links are never followed (a link could name any file of the machine), and
+// nothing the export writes itself is replaced; what is skipped is reported.
+Status CopyHfArtifacts(Storage& storage, const std::string& in_dir, const engine::ShardListing& listing,
+                       const std::string& out_dir, std::vector<std::string>* warnings) {
   const std::string src = JoinPath(in_dir, kHfMetadataDir);
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, src));
   if (!exists) return Status();
+  if (Result<std::string> link = storage.ReadLink(src); link.ok()) {
+    warnings->push_back(src + " is a symbolic link (to '" + Printable(*link) + "'): no side file copied");
+    return Status();
+  }
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(src));
   for (const DirEntry& e : entries) {
-    if (e.type != EntryType::kFile || e.name == kFileMappingName || e.name == kDtypeMappingName) continue;
-    CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(src, e.name)));
+    if (e.name == kFileMappingName || e.name == kDtypeMappingName) continue;
+    const std::string path = JoinPath(src, e.name);
+    if (Result<std::string> link = storage.ReadLink(path); link.ok()) {
+      warnings->push_back(path + " is a symbolic link (to '" + Printable(*link) + "'): not copied");
+      continue;
+    }
+    if (e.type != EntryType::kFile) {
+      if (e.type != EntryType::kDirectory) warnings->push_back(Printable(path, 4096) + " is not a regular file: not copied");
+      continue;
+    }
+    if (!IsHfArtifactName(e.name)) {
+      warnings->push_back(Printable(path, 4096) +
+                          ": not a Hugging Face artifact kind, or a name the export writes: not copied");
+      continue;
+    }
+    CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, path));
+    CKPT_RETURN_IF_ERROR(engine::CheckSideFile(listing, in_dir, e.name, bytes));
     CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(out_dir, e.name), bytes));
   }
   return Status();
 }
 
 }  // namespace
+
+bool IsHfArtifactName(std::string_view name) {
+  if (!CheckShardFileName(name).ok() || name.front() == '.' || FindInvalidUtf8(name) != std::string_view::npos) {
+    return false;
+  }
+  auto ends = [&](std::string_view suffix) {
+    return name.size() > suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
+  };
+  // Indexes (of any weight format) and ckpt's own files are never artifacts.
+  if (ends(".index.json") || name == kFileMappingName || name == kDtypeMappingName || name.starts_with("ckpt_")) {
+    return false;
+  }
+  for (std::string_view kind : {".json", ".txt", ".model", ".jinja", ".py", ".tiktoken", ".md"}) {
+    if (ends(kind)) return true;
+  }
+  return false;
+}
 
 Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_dir, const std::string& out_dir,
                    const ConsolidateOptions& o, ConsolidateStats* stats_out) {
@@ -209,7 +400,7 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
   }
   CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadCheckpointCollective(comm, storage, in_dir, to));
   ConsolidateStats stats;
-  Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt.index, o, &stats.warnings);
+  Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt, o, &stats.warnings);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(layout.status(), to).WithContext(what));
 
   Result<std::string> staging_dir = engine::CreateStagingDir(comm, storage, out_dir, to);
@@ -262,7 +453,7 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
       }
       const std::string index_name(o.diffusers ? kDiffusersIndexName : kHfIndexName);
       published = WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
-      if (published.ok()) published = CopyHfArtifacts(storage, in_dir, staging);
+      if (published.ok()) published = CopyHfArtifacts(storage, in_dir, ckpt.listing, staging, &stats.warnings);
       if (published.ok()) published = storage.SyncDir(staging);
       if (published.ok()) published = storage.Rename(staging, out_dir);
       if (published.ok()) published = storage.SyncDir(std::string(Dirname(out_dir)));

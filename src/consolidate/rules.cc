@@ -2,12 +2,14 @@
 // model's file layout.
 #include <cctype>
 #include <regex>
+#include <set>
 
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/torch_bin.h"
 #include "convert/float_cast.h"
 #include "engine/torch_bin_load.h"
+#include "format/json_util.h"
 
 namespace ckpt {
 
@@ -103,8 +105,63 @@ std::vector<uint32_t> DivideEqually(size_t keys, uint32_t files) {
   return out;
 }
 
+namespace {
+
+// The <i> and <N> of "...-<i>-of-<N>.<ext>" in `file`, or nullopt when the
+// name has no such numbers. Digits are read with a cap, so any length is safe.
+Result<std::optional<std::pair<uint32_t, uint32_t>>> FileNumbers(const std::string& file, const std::regex& pattern,
+                                                                  const std::string& where) {
+  std::smatch match;
+  if (!std::regex_search(file, match, pattern)) return std::optional<std::pair<uint32_t, uint32_t>>();
+  uint32_t v[2];
+  for (int k = 0; k < 2; ++k) {
+    const std::string digits = match[k + 1].str();
+    uint64_t n = 0;
+    for (char ch : digits) {
+      n = n * 10 + static_cast<uint64_t>(ch - '0');
+      if (n > kMaxOutputFiles) {
+        return InvalidArgumentError(where + ": file number " + Printable(digits) + " in '" + Printable(file) +
+                                    "' exceeds the limit of " + std::to_string(kMaxOutputFiles) + " files");
+      }
+    }
+    v[k] = static_cast<uint32_t>(n);
+  }
+  if (v[0] == 0 || v[0] > v[1]) {
+    return InvalidArgumentError(where + ": file number " + std::to_string(v[0]) + " in '" + Printable(file) +
+                                "' is not between 1 and " + std::to_string(v[1]));
+  }
+  return std::optional<std::pair<uint32_t, uint32_t>>(std::make_pair(v[0], v[1]));
+}
+
+// Every numbered file of a base model must agree on N.
+Status SameTotal(std::optional<uint32_t>* total, uint32_t n, const std::string& file, const std::string& where) {
+  if (*total && **total != n) {
+    return InvalidArgumentError(where + ": '" + Printable(file) + "' says " + std::to_string(n) +
+                                " files but another file says " + std::to_string(**total));
+  }
+  *total = n;
+  return Status();
+}
+
+}  // namespace
+
+Status CheckFileNumbers(const std::map<std::string, uint32_t>& mapping, const std::string& source) {
+  std::set<uint32_t> distinct;
+  for (const auto& [fqn, f] : mapping) distinct.insert(f);
+  const uint64_t named = distinct.size();
+  for (const auto& [fqn, f] : mapping) {
+    if (f == 0 || f > named || f > kMaxOutputFiles) {
+      return InvalidArgumentError(source + ": tensor '" + Printable(fqn) + "': file number " + std::to_string(f) +
+                                  " is not between 1 and " + std::to_string(std::min<uint64_t>(named, kMaxOutputFiles)) +
+                                  " (the number of distinct files the mapping names)");
+    }
+  }
+  return Status();
+}
+
 Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir) {
   std::map<std::string, uint32_t> out;
+  std::optional<uint32_t> total;
   CKPT_ASSIGN_OR_RETURN(bool bin_only, engine::IsTorchBinOnlyDir(storage, dir));
   if (bin_only) {
     // pytorch_model-0000i-of-0000N.bin keeps its number in the export.
@@ -112,24 +169,31 @@ Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, co
     static const std::regex kBinNumbered(R"(-(\d+)-of-(\d+)\.bin$)");
     for (const auto& [name, loc] : b.tensors()) {
       std::string file(Basename(b.files()[loc.file]->path()));
-      std::smatch match;
-      out[name] = std::regex_search(file, match, kBinNumbered) ? static_cast<uint32_t>(std::stoul(match[1].str())) : 1;
+      const std::string where = dir + ": tensor '" + Printable(name) + "'";
+      CKPT_ASSIGN_OR_RETURN(auto numbers, FileNumbers(file, kBinNumbered, where));
+      if (numbers) CKPT_RETURN_IF_ERROR(SameTotal(&total, numbers->second, file, where));
+      out[name] = numbers ? numbers->first : 1;
     }
-    return out;
-  }
-  CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, dir));
-  static const std::regex kNumbered(R"(-(\d+)-of-(\d+)\.safetensors$)");
-  for (const auto& [name, loc] : m.tensors()) {
-    std::string file(Basename(m.files()[loc.file]->path()));
-    std::smatch match;
-    if (file == kHfSingleFileName) {
-      out[name] = 1;
-    } else if (std::regex_search(file, match, kNumbered)) {
-      out[name] = static_cast<uint32_t>(std::stoul(match[1].str()));
-    } else {
-      return InvalidArgumentError(dir + ": cannot tell the file number of '" + file + "' (tensor '" + name + "')");
+  } else {
+    CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, dir));
+    static const std::regex kNumbered(R"(-(\d+)-of-(\d+)\.safetensors$)");
+    for (const auto& [name, loc] : m.tensors()) {
+      std::string file(Basename(m.files()[loc.file]->path()));
+      const std::string where = dir + ": tensor '" + Printable(name) + "'";
+      if (file == kHfSingleFileName) {
+        out[name] = 1;
+        continue;
+      }
+      CKPT_ASSIGN_OR_RETURN(auto numbers, FileNumbers(file, kNumbered, where));
+      if (!numbers) {
+        return InvalidArgumentError(dir + ": cannot tell the file number of '" + Printable(file) + "' (tensor '" +
+                                    Printable(name) + "')");
+      }
+      CKPT_RETURN_IF_ERROR(SameTotal(&total, numbers->second, file, where));
+      out[name] = numbers->first;
     }
   }
+  CKPT_RETURN_IF_ERROR(CheckFileNumbers(out, dir + " (the base model's file layout)"));
   return out;
 }
 

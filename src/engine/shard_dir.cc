@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <random>
+#include <unordered_map>
+#include <unordered_set>
 
+#include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/sharded.h"
 #include "ckpt/version.h"
@@ -43,6 +46,23 @@ Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
       l.has_extra_state = true;
     }
   }
+  if (auto meta = std::find_if(entries.begin(), entries.end(),
+                               [](const DirEntry& e) { return e.name == kHfMetadataDir; });
+      meta != entries.end()) {
+    const std::string side = JoinPath(dir, kHfMetadataDir);
+    Result<std::string> link = storage.ReadLink(side);
+    if (link.ok() || meta->type != EntryType::kDirectory) {
+      l.side_files[""] = UINT64_MAX;  // the directory itself is not a plain directory
+    } else {
+      // Unreadable: only an error when the manifest covers side files.
+      Result<std::vector<DirEntry>> sides = storage.List(side);
+      if (!sides.ok()) l.side_files[""] = UINT64_MAX;
+      for (const DirEntry& e : sides.ok() ? *sides : std::vector<DirEntry>()) {
+        const bool plain = e.type == EntryType::kFile && !storage.ReadLink(JoinPath(side, e.name)).ok();
+        l.side_files[e.name] = plain ? e.size : UINT64_MAX;
+      }
+    }
+  }
   // A Hugging Face directory with an index: exactly the files it names.
   for (std::string_view name : {kHfIndexName, kDiffusersIndexName}) {
     if (std::find_if(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.name == name; }) ==
@@ -52,16 +72,20 @@ Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
     const std::string path = JoinPath(dir, name);
     CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
     CKPT_ASSIGN_OR_RETURN(HfIndex index, ParseHfIndex(text, path));
+    CKPT_RETURN_IF_ERROR(CheckIndexedShards(index, path));
+    std::unordered_map<std::string_view, size_t> present;
+    for (size_t i = 0; i < l.files.size(); ++i) present.emplace(l.files[i], i);
+    std::unordered_set<std::string_view> taken;
     std::vector<std::string> files;
     std::vector<uint64_t> sizes;
     for (const auto& [tensor, file] : index.weight_map) {
-      if (std::find(files.begin(), files.end(), file) != files.end()) continue;
-      auto it = std::find(l.files.begin(), l.files.end(), file);
-      if (it == l.files.end()) {
-        return NotFoundError(path + ": shard '" + file + "' named in weight_map does not exist");
+      if (!taken.insert(file).second) continue;
+      auto it = present.find(file);
+      if (it == present.end()) {
+        return NotFoundError(path + ": shard '" + Printable(file) + "' named in weight_map does not exist");
       }
       files.push_back(file);
-      sizes.push_back(l.sizes[static_cast<size_t>(it - l.files.begin())]);
+      sizes.push_back(l.sizes[it->second]);
     }
     l.files = std::move(files);
     l.sizes = std::move(sizes);
@@ -73,26 +97,64 @@ Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
   return l;
 }
 
+// Binary, not JSON: file names are bytes, and a name that is not UTF-8 must
+// reach the other ranks exactly as rank 0 listed it.
 std::string EncodeListing(const ShardListing& l) {
-  json j = {{"files", l.files}, {"sizes", l.sizes}, {"extra", l.has_extra_state},
-            {"weight_map", l.weight_map}, {"index_name", l.index_name}};
-  j["manifest"] = l.manifest ? json(*l.manifest) : json(nullptr);
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  plan::Encoder e;
+  e.U64(l.files.size());
+  for (size_t i = 0; i < l.files.size(); ++i) {
+    e.Str(l.files[i]);
+    e.U64(l.sizes[i]);
+  }
+  e.U64(l.manifest ? 1 : 0);
+  e.Str(l.manifest.value_or(""));
+  e.U64(l.has_extra_state ? 1 : 0);
+  e.U64(l.weight_map.size());
+  for (const auto& [tensor, file] : l.weight_map) {
+    e.Str(tensor);
+    e.Str(file);
+  }
+  e.Str(l.index_name);
+  e.U64(l.side_files.size());
+  for (const auto& [name, size] : l.side_files) {
+    e.Str(name);
+    e.U64(size);
+  }
+  return e.Take();
 }
 
 Result<ShardListing> DecodeListing(std::string_view text) {
-  CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, "directory listing", 4));
+  plan::Decoder d(text);
   ShardListing l;
-  try {
-    l.files = j.at("files").get<std::vector<std::string>>();
-    l.sizes = j.at("sizes").get<std::vector<uint64_t>>();
-    l.has_extra_state = j.at("extra").get<bool>();
-    l.weight_map = j.at("weight_map").get<std::map<std::string, std::string>>();
-    l.index_name = j.at("index_name").get<std::string>();
-    if (!j.at("manifest").is_null()) l.manifest = j.at("manifest").get<std::string>();
-  } catch (const json::exception& e) {
-    return InternalError(std::string("malformed directory listing: ") + e.what());
+  uint64_t n = 0, flag = 0;
+  bool ok = d.U64(&n) && n <= text.size();
+  for (uint64_t i = 0; ok && i < n; ++i) {
+    std::string f;
+    uint64_t size = 0;
+    ok = d.Str(&f) && d.U64(&size);
+    l.files.push_back(std::move(f));
+    l.sizes.push_back(size);
   }
+  std::string manifest;
+  ok = ok && d.U64(&flag) && d.Str(&manifest);
+  if (ok && flag) l.manifest = std::move(manifest);
+  ok = ok && d.U64(&flag);
+  l.has_extra_state = flag != 0;
+  ok = ok && d.U64(&n) && n <= text.size();
+  for (uint64_t i = 0; ok && i < n; ++i) {
+    std::string tensor, file;
+    ok = d.Str(&tensor) && d.Str(&file);
+    l.weight_map.emplace(std::move(tensor), std::move(file));
+  }
+  ok = ok && d.Str(&l.index_name) && d.U64(&n) && n <= text.size();
+  for (uint64_t i = 0; ok && i < n; ++i) {
+    std::string name;
+    uint64_t size = 0;
+    ok = d.Str(&name) && d.U64(&size);
+    l.side_files.emplace(std::move(name), size);
+  }
+  ok = ok && d.done();
+  if (!ok) return InternalError("malformed directory listing (" + std::to_string(text.size()) + " bytes)");
   return l;
 }
 
@@ -104,12 +166,14 @@ Status CheckManifest(const ShardListing& l, const std::string& dir) {
   if (!m.is_object() || files == m.end() || !files->is_object()) {
     return DataLossError(src + ": missing \"files\" object");
   }
+  std::unordered_map<std::string_view, size_t> present;
+  for (size_t i = 0; i < l.files.size(); ++i) present.emplace(l.files[i], i);
   for (const auto& [name, size] : files->items()) {
-    auto it = std::find(l.files.begin(), l.files.end(), name);
-    if (it == l.files.end()) {
-      return DataLossError(src + ": shard '" + name + "' is missing from " + dir);
+    auto it = present.find(name);
+    if (it == present.end()) {
+      return DataLossError(src + ": shard '" + Printable(name) + "' is missing from " + dir);
     }
-    uint64_t actual = l.sizes[static_cast<size_t>(it - l.files.begin())];
+    uint64_t actual = l.sizes[it->second];
     if (!size.is_number_unsigned() || size.get<uint64_t>() != actual) {
       return DataLossError(src + ": shard '" + name + "' is " + std::to_string(actual) +
                            " bytes but the manifest records " + size.dump());
@@ -117,10 +181,77 @@ Status CheckManifest(const ShardListing& l, const std::string& dir) {
   }
   for (const std::string& f : l.files) {
     if (!files->contains(f)) {
-      return DataLossError(dir + ": file '" + f + "' is not part of the checkpoint's manifest");
+      return DataLossError(dir + ": file '" + Printable(f) + "' is not part of the checkpoint's manifest");
+    }
+  }
+  auto sides = m.find("hf_metadata");
+  if (sides == m.end()) return Status();  // written before side files were covered
+  if (!sides->is_object()) return DataLossError(src + ": \"hf_metadata\" is not an object");
+  const std::string side_dir = JoinPath(dir, kHfMetadataDir);
+  for (const auto& [name, entry] : sides->items()) {
+    auto it = l.side_files.find(name);
+    if (it == l.side_files.end()) {
+      return DataLossError(src + ": side file '" + Printable(name) + "' is missing from " + side_dir);
+    }
+    auto size = entry.is_object() ? entry.find("size") : entry.end();
+    if (it->second == UINT64_MAX) {
+      return DataLossError(JoinPath(side_dir, name) + ": not a regular file (a link or a special file)");
+    }
+    if (size == entry.end() || !size->is_number_unsigned() || size->get<uint64_t>() != it->second) {
+      return DataLossError(src + ": side file '" + Printable(name) + "' is " + std::to_string(it->second) +
+                           " bytes but the manifest records " + entry.dump());
+    }
+  }
+  for (const auto& [name, size] : l.side_files) {
+    if (name.empty()) return DataLossError(side_dir + ": not a plain directory (a link or a special file)");
+    if (!sides->contains(name)) {
+      return DataLossError(side_dir + ": file '" + Printable(name) + "' is not part of the checkpoint's manifest");
     }
   }
   return Status();
+}
+
+Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l, const std::string& dir,
+                                                        const std::string& name) {
+  if (!l.manifest) return std::optional<std::string>();
+  const std::string src = JoinPath(dir, kManifestName);
+  CKPT_ASSIGN_OR_RETURN(json m, ParseStrictJson(*l.manifest, src, 8));
+  auto sides = m.find("hf_metadata");
+  if (sides == m.end() || !sides->is_object()) return std::optional<std::string>();
+  auto entry = sides->find(name);
+  auto hash = entry != sides->end() && entry->is_object() ? entry->find("xxh64") : sides->end();
+  if (entry == sides->end() || hash == entry->end() || !hash->is_string()) {
+    return DataLossError(src + ": side file '" + Printable(name) + "' has no recorded xxh64");
+  }
+  return std::optional<std::string>(hash->get<std::string>());
+}
+
+Status CheckSideFile(const ShardListing& l, const std::string& dir, const std::string& name, std::string_view bytes) {
+  CKPT_ASSIGN_OR_RETURN(std::optional<std::string> want, ManifestSideFileHash(l, dir, name));
+  if (!want) return Status();
+  const std::string got = HeaderHash(bytes);
+  if (got != *want) {
+    return DataLossError(JoinPath(JoinPath(dir, kHfMetadataDir), name) + ": " + std::to_string(bytes.size()) +
+                         " bytes hash to " + got + " but the manifest records " + *want +
+                         " (the file was changed after it was written)");
+  }
+  return Status();
+}
+
+Status AddSideFilesToManifest(Storage& storage, const std::string& dir) {
+  const std::string path = JoinPath(dir, kManifestName);
+  CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+  CKPT_ASSIGN_OR_RETURN(json m, ParseStrictJson(text, path, 8));
+  const std::string side_dir = JoinPath(dir, kHfMetadataDir);
+  json sides = json::object();
+  CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(side_dir));
+  for (const DirEntry& e : entries) {
+    if (e.type != EntryType::kFile) continue;
+    CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(side_dir, e.name)));
+    sides[e.name] = {{"size", bytes.size()}, {"xxh64", HeaderHash(bytes)}};
+  }
+  m["hf_metadata"] = std::move(sides);
+  return WriteFileAtomically(storage, path, m.dump(2) + "\n");
 }
 
 Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path) {
@@ -143,7 +274,7 @@ Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path) 
 }
 
 Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::string& path,
-                  plan::SavedIndex* index) {
+                  plan::SavedIndex* index, const ShardListing* listing) {
   json info = json::object();
   auto it = header.metadata().find(std::string(kDcpShardingInfoKey));
   if (it != header.metadata().end()) {
@@ -156,6 +287,12 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
     if (!sums.is_object()) return DataLossError(path + ": " + std::string(kChunkChecksumKey) + " is not a JSON object");
   }
   for (const TensorInfo& t : header.tensors()) {
+    if (listing != nullptr && !listing->weight_map.empty()) {
+      // Through an index, a shard holds only the tensors mapped to it; any
+      // other (a stale copy) is ignored, as by every Hugging Face loader.
+      auto m = listing->weight_map.find(t.name);
+      if (m == listing->weight_map.end() || m->second != listing->files[file]) continue;
+    }
     plan::SavedChunk c;
     c.file = file;
     c.box.sizes = t.shape.dims();
@@ -242,7 +379,7 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
     const std::string path = JoinPath(dir, listing.files[i]);
     Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
         std::as_bytes(std::span<const char>(prefixes[i].data(), prefixes[i].size())), listing.sizes[i], path);
-    indexed = h.ok() ? IndexShard(*h, static_cast<uint32_t>(i), path, &out.index) : h.status();
+    indexed = h.ok() ? IndexShard(*h, static_cast<uint32_t>(i), path, &out.index, &listing) : h.status();
   }
   if (indexed.ok()) indexed = out.index.Finalize();
   // Every tensor of an HF index must be in the file it names.

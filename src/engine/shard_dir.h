@@ -25,6 +25,9 @@ struct ShardListing {
   // file). Only the files it names are read, and each must hold its tensors.
   std::map<std::string, std::string> weight_map;
   std::string index_name;
+  // Entries of <dir>/.hf_metadata (the export's side files): name → size,
+  // UINT64_MAX for anything that is not a regular file (a link, a FIFO).
+  std::map<std::string, uint64_t> side_files;
 };
 
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir);
@@ -32,16 +35,29 @@ std::string EncodeListing(const ShardListing& l);
 Result<ShardListing> DecodeListing(std::string_view text);
 
 // Checks the manifest against the listing: every file it names exists with
-// its recorded size, and no other shard file is present.
+// its recorded size, and no other shard file is present. When the manifest
+// has "hf_metadata", the same for the side files in .hf_metadata/.
 Status CheckManifest(const ShardListing& l, const std::string& dir);
+
+// Side files: the XXH64 the manifest records for .hf_metadata/<name>, or
+// nullopt when the manifest does not cover side files.
+Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l, const std::string& dir,
+                                                        const std::string& name);
+// Compares `bytes`, read from .hf_metadata/<name>, with the manifest.
+Status CheckSideFile(const ShardListing& l, const std::string& dir, const std::string& name,
+                     std::string_view bytes);
+// Rank 0, after writing .hf_metadata/: records every side file's size and
+// XXH64 in <dir>/ckpt_manifest.json (replaced atomically).
+Status AddSideFilesToManifest(Storage& storage, const std::string& dir);
 
 // The 8-byte length and the header of a safetensors file.
 Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path);
 
 // Adds the chunks a file holds (its DCP_SHARDING_INFO, or zero offsets when
-// it has none) to `index`.
+// it has none) to `index`. With a `listing` that has a weight map, only the
+// tensors the map assigns to this file (`listing->files[file]`).
 Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::string& path,
-                  plan::SavedIndex* index);
+                  plan::SavedIndex* index, const ShardListing* listing = nullptr);
 
 // "shard-00003-model-00001-of-00001.safetensors" for rank 2.
 std::string ShardFileNameImpl(int rank);

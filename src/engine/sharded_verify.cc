@@ -1,7 +1,9 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <unordered_map>
 
+#include "ckpt/consolidate.h"
 #include "ckpt/sharded.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
@@ -31,7 +33,7 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
                               std::as_bytes(std::span<const char>(prefix.data(), prefix.size())),
                               listing.sizes[i], path));
     if (h.metadata().count(std::string(kDcpShardingInfoKey))) info.has_sharding_info = true;
-    CKPT_RETURN_IF_ERROR(engine::IndexShard(h, static_cast<uint32_t>(i), path, &index));
+    CKPT_RETURN_IF_ERROR(engine::IndexShard(h, static_cast<uint32_t>(i), path, &index, &listing));
     auto it = h.metadata().find(std::string(kChunkChecksumKey));
     if (it != h.metadata().end()) {
       CKPT_ASSIGN_OR_RETURN(nlohmann::json j,
@@ -61,31 +63,48 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
 
 Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(ShardedCheckpointInfo info, ReadShardedCheckpoint(storage, dir));
+  // The side files the manifest covers: what consolidation will read.
+  CKPT_ASSIGN_OR_RETURN(engine::ShardListing listing, engine::ListShardDir(storage, dir));
+  for (const auto& [name, size] : listing.side_files) {
+    CKPT_ASSIGN_OR_RETURN(std::optional<std::string> want, engine::ManifestSideFileHash(listing, dir, name));
+    if (!want) break;
+    CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(JoinPath(dir, kHfMetadataDir), name)));
+    CKPT_RETURN_IF_ERROR(engine::CheckSideFile(listing, dir, name, bytes));
+  }
+  // The chunks of each file, gathered once: the work is files + chunks.
+  std::unordered_map<std::string_view, std::vector<std::pair<const ShardedTensorInfo*, const ShardedChunkInfo*>>>
+      by_file;
+  for (const ShardedTensorInfo& t : info.tensors) {
+    for (const ShardedChunkInfo& c : t.chunks) {
+      if (!c.checksum.empty()) by_file[c.file].emplace_back(&t, &c);
+    }
+  }
+  std::vector<std::byte> buf;
   for (size_t i = 0; i < info.files.size(); ++i) {
     const std::string path = JoinPath(dir, info.files[i]);
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(storage, path));
     CKPT_RETURN_IF_ERROR(f->ReadAllData());
-    for (const ShardedTensorInfo& t : info.tensors) {
-      for (const ShardedChunkInfo& c : t.chunks) {
-        if (c.file != info.files[i] || c.checksum.empty()) continue;
-        const TensorInfo* ti = f->header().Find(t.fqn);
-        XXH64_state_t* h = XXH64_createState();
-        std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> guard(h, &XXH64_freeState);
-        XXH64_reset(h, 0);
-        std::vector<std::byte> buf(std::min<uint64_t>(ti->nbytes(), 8ull << 20));
-        for (uint64_t off = 0; off < ti->nbytes(); off += buf.size()) {
-          uint64_t n = std::min<uint64_t>(buf.size(), ti->nbytes() - off);
-          CKPT_RETURN_IF_ERROR(f->ReadRange(t.fqn, off, std::span(buf).first(n)));
-          XXH64_update(h, buf.data(), n);
-        }
-        char hex[17];
-        std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(XXH64_digest(h)));
-        if (c.checksum != hex) {
-          return DataLossError(path + ": tensor '" + t.fqn + "' bytes [" +
-                               std::to_string(f->header().data_offset() + ti->begin) + ", " +
-                               std::to_string(f->header().data_offset() + ti->end) +
-                               "): checksum " + hex + " does not match the recorded " + c.checksum);
-        }
+    auto chunks = by_file.find(info.files[i]);
+    if (chunks == by_file.end()) continue;
+    for (const auto& [t, c] : chunks->second) {
+      const TensorInfo* ti = f->header().Find(t->fqn);
+      if (ti == nullptr) return InternalError(path + ": tensor '" + t->fqn + "' vanished from the header");
+      XXH64_state_t* h = XXH64_createState();
+      std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> guard(h, &XXH64_freeState);
+      XXH64_reset(h, 0);
+      buf.resize(std::min<uint64_t>(ti->nbytes(), 8ull << 20));
+      for (uint64_t off = 0; off < ti->nbytes(); off += buf.size()) {
+        uint64_t n = std::min<uint64_t>(buf.size(), ti->nbytes() - off);
+        CKPT_RETURN_IF_ERROR(f->ReadRange(t->fqn, off, std::span(buf).first(n)));
+        XXH64_update(h, buf.data(), n);
+      }
+      char hex[17];
+      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(XXH64_digest(h)));
+      if (c->checksum != hex) {
+        return DataLossError(path + ": tensor '" + t->fqn + "' bytes [" +
+                             std::to_string(f->header().data_offset() + ti->begin) + ", " +
+                             std::to_string(f->header().data_offset() + ti->end) + "): checksum " + hex +
+                             " does not match the recorded " + c->checksum);
       }
     }
   }

@@ -23,6 +23,20 @@ Status CheckShardFileName(std::string_view name) {
   return Status();
 }
 
+Status CheckIndexedShards(const HfIndex& index, std::string_view source) {
+  if (index.weight_map.empty()) return DataLossError(std::string(source) + ": weight_map is empty");
+  constexpr std::string_view kExt = ".safetensors";
+  for (const auto& [tensor, file] : index.weight_map) {
+    const bool hidden = !file.empty() && file[0] == '.';
+    const bool safetensors = file.size() > kExt.size() && file.compare(file.size() - kExt.size(), kExt.size(), kExt) == 0;
+    if (hidden || !safetensors) {
+      return DataLossError(std::string(source) + ": weight_map['" + Printable(tensor) + "'] names '" + Printable(file) +
+                           "', " + (hidden ? "a hidden file" : "not a .safetensors file"));
+    }
+  }
+  return Status();
+}
+
 Result<HfIndex> ParseHfIndex(std::string_view text, std::string_view source) {
   std::string src(source);
   CKPT_ASSIGN_OR_RETURN(json root, ParseStrictJson(text, source, /*max_depth=*/16));

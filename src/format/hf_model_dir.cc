@@ -80,6 +80,7 @@ Result<HfModelDir> HfModelDir::Open(Storage& storage, const std::string& dir) {
     }
     CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
     CKPT_ASSIGN_OR_RETURN(HfIndex index, ParseHfIndex(text, path));
+    CKPT_RETURN_IF_ERROR(CheckIndexedShards(index, path));
     m.index_name_ = std::string(name);
     m.index_ = std::move(index);
     break;
@@ -125,7 +126,9 @@ Result<HfModelDir> HfModelDir::Open(Storage& storage, const std::string& dir) {
   }
   for (const auto& f : m.files_) {
     for (const TensorInfo& t : f->header().tensors()) {
-      if (!m.tensors_.count(t.name)) m.unindexed_.push_back(t.name);
+      // Not in the weight map, or a stale copy in a shard the map does not name for it.
+      auto it = m.tensors_.find(t.name);
+      if (it == m.tensors_.end() || m.files_[it->second.file].get() != f.get()) m.unindexed_.push_back(t.name);
     }
   }
   return m;

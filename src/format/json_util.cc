@@ -1,6 +1,6 @@
 #include "format/json_util.h"
 
-#include <set>
+#include <unordered_set>
 #include <vector>
 
 namespace ckpt {
@@ -85,51 +85,75 @@ std::string Printable(std::string_view s, size_t max) {
 
 namespace {
 
-// Thrown from the parser callback to stop parsing at once; never escapes.
-struct StopParsing {
-  std::string message;
+using json = nlohmann::json;
+
+// The strict rules, checked by a SAX pass that builds nothing: each event
+// costs O(1) (a key: one hash-set insertion), so the check is linear in the
+// text. (A parser callback would do, but the DOM parser rescans the parent
+// object after every nested object when one is installed: quadratic in the
+// number of entries.)
+class StrictChecker : public nlohmann::json_sax<json> {
+ public:
+  explicit StrictChecker(int max_depth) : max_depth_(max_depth) {}
+  const std::string& error() const { return error_; }
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    if (!Deeper()) return false;
+    keys_.emplace_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (keys_.back().insert(k).second) return true;
+    const std::string where = depth_ <= 1 ? "top-level key" : "key in a nested object";
+    error_ = "JSON has a duplicate " + where + " '" + Printable(k) + "'";
+    return false;
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override { return Deeper(); }
+  bool end_array() override {
+    --depth_;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    error_ = std::string("not valid JSON: ") + e.what();
+    return false;
+  }
+
+ private:
+  bool Deeper() {
+    if (++depth_ <= max_depth_) return true;
+    error_ = "JSON nests objects and arrays deeper than " + std::to_string(max_depth_) + " levels";
+    return false;
+  }
+  int max_depth_;
+  int depth_ = 0;
+  std::vector<std::unordered_set<std::string>> keys_;  // one set per open object
+  std::string error_;
 };
 
 }  // namespace
 
 Result<nlohmann::json> ParseStrictJson(std::string_view text, std::string_view source,
                                        int max_depth) {
-  using json = nlohmann::json;
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  int depth = 0;
-  auto cb = [&](int /*parser_depth*/, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        if (++depth > max_depth) {
-          throw StopParsing{"nests objects and arrays deeper than " + std::to_string(max_depth) +
-                            " levels"};
-        }
-        if (event == json::parse_event_t::object_start) keys.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        keys.pop_back();
-        --depth;
-        break;
-      case json::parse_event_t::array_end:
-        --depth;
-        break;
-      case json::parse_event_t::key:
-        if (!keys.back().insert(parsed.get<std::string>()).second) {
-          std::string where = depth <= 1 ? "top-level key" : "key in a nested object";
-          throw StopParsing{"has a duplicate " + where + " '" + Printable(parsed.get<std::string>()) +
-                            "'"};
-        }
-        break;
-      case json::parse_event_t::value:
-        break;
-    }
-    return true;
-  };
+  StrictChecker check(max_depth);
   try {
-    return json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true);
-  } catch (const StopParsing& stop) {
-    return DataLossError(std::string(source) + ": JSON " + stop.message);
+    if (!json::sax_parse(text.begin(), text.end(), &check)) {
+      return DataLossError(std::string(source) + ": " +
+                           (check.error().empty() ? std::string("not valid JSON") : check.error()));
+    }
+    // Checked: the DOM parse below (no callback) cannot fail.
+    return json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     return DataLossError(std::string(source) + ": not valid JSON: " + e.what());
   }

@@ -63,6 +63,19 @@ Status SavedIndex::Finalize() {
         return a.box.offsets[0] < b.box.offsets[0];
       });
     }
+    // Sub-byte dtypes: each chunk must begin and end on byte boundaries of
+    // the whole tensor, or no consolidation can place its bytes.
+    if (DTypeBits(t.dtype) % 8 != 0) {
+      const Box whole{std::vector<uint64_t>(rank, 0), t.global.dims()};
+      std::vector<ReadOp> scratch;
+      for (const SavedChunk& c : t.chunks) {
+        scratch.clear();
+        if (Status p = PlanChunkReads(c, t.dtype, whole, {}, &scratch); !p.ok()) {
+          return DataLossError("saved tensor '" + fqn + "' (" + std::string(DTypeName(t.dtype)) + ", shape " +
+                               t.global.ToString() + "): chunk " + c.box.ToString() + ": " + p.message());
+        }
+      }
+    }
   }
   return Status();
 }

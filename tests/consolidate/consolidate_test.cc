@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "ckpt/hf.h"
@@ -10,6 +11,7 @@
 #include "ckpt/sharded.h"
 #include "convert/float_cast.h"
 #include "engine/layouts.h"
+#include "engine/shard_dir.h"
 #include "test_util.h"
 
 namespace ckpt {
@@ -202,6 +204,226 @@ TEST(ConsolidateTest, HolesOverlapsAndExistingOutputAreErrors) {
   CKPT_ASSERT_OK(fs->MakeDirs("/exists"));
   s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ok", "/exists"); });
   EXPECT_EQ(s.code(), StatusCode::kAlreadyExists);
+}
+
+Status ConsolidateOne(Storage& fs, const std::string& in, const std::string& out, const ConsolidateOptions& o = {},
+                      ConsolidateStats* stats = nullptr) {
+  return testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, fs, in, out, o, stats); });
+}
+
+// Numbers read from side files decide how many output files there are and
+// where each tensor goes: every one is checked before anything is allocated.
+TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
+  auto fs = NewMemoryStorage();
+  CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt", {{"w", DType::kU8, Shape({4})}}, {1, Split::kDim0}));
+  CKPT_ASSERT_OK(fs->MakeDirs("/ckpt/.hf_metadata"));
+  const std::string mapping = "/ckpt/.hf_metadata/fqn_to_file_index_mapping.json";
+  struct Case {
+    const char* json;
+    const char* want;
+  };
+  const Case cases[] = {
+      {R"({"w": 4294967296})", "fqn_to_file_index_mapping.json: tensor 'w': file number 4294967296 is not an integer"},
+      {R"({"w": 3e9})", "tensor 'w': file number 3000000000.0 is not an integer between 1 and 99999"},
+      {R"({"w": 20000})", "tensor 'w': file number 20000 is not between 1 and 1"},
+      {R"({"w": 0})", "tensor 'w': file number 0 is not an integer"},
+      {R"({"w": -1})", "tensor 'w': file number -1 is not an integer"},
+      {R"({"w": 1, "x": 3})", "tensor 'x': file number 3 is not between 1 and 2"},
+      {R"({"w": 123456789012345678901234567890})", "tensor 'w': file number 1.2345678901234568e+29"},
+  };
+  for (const Case& c : cases) {
+    RemoveAll(*fs, mapping).IgnoreError();
+    CKPT_ASSERT_OK(WriteFileAtomically(*fs, mapping, c.json));
+    Status s = ConsolidateOne(*fs, "/ckpt", "/out");
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << c.json;
+    EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
+    EXPECT_FALSE(*Exists(*fs, "/out"));
+  }
+  RemoveAll(*fs, mapping).IgnoreError();
+
+  // --base: the numbers in the base model's file names.
+  const char* bases[][2] = {
+      {"model-00000-of-00001.safetensors", "file number 0 in 'model-00000-of-00001.safetensors' is not between 1 and 1"},
+      {"model-4294967297-of-4294967297.safetensors", "file number 4294967297 in 'model-4294967297-of-4294967297"
+                                                     ".safetensors' exceeds the limit of 99999 files"},
+      {"model-99999999999999999999999-of-99999999999999999999999.safetensors", "exceeds the limit of 99999 files"},
+      {"model-00003-of-00002.safetensors", "file number 3 in 'model-00003-of-00002.safetensors' is not between 1 and 2"},
+      {"model-00002-of-00002.safetensors", "tensor 'w': file number 2 is not between 1 and 1"},
+  };
+  for (const auto& [file, want] : bases) {
+    RemoveAll(*fs, "/base").IgnoreError();
+    CKPT_ASSERT_OK(fs->MakeDirs("/base"));
+    TensorData t{"w", DType::kU8, Shape({4}), AsBytes("abcd")};
+    CKPT_ASSERT_OK(WriteSafetensors(*fs, std::string("/base/") + file, std::span(&t, 1)));
+    HfIndex idx;
+    idx.weight_map = {{"w", file}};
+    CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/base/model.safetensors.index.json", SerializeHfIndex(idx)));
+    ConsolidateOptions o;
+    o.base_model_dir = "/base";
+    Status s = ConsolidateOne(*fs, "/ckpt", "/out", o);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << file;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("/base"), std::string::npos) << s.message();
+    EXPECT_FALSE(*Exists(*fs, "/out"));
+  }
+  ConsolidateOptions o;
+  o.fqn_to_file = {{"w", 7}};
+  Status s = ConsolidateOne(*fs, "/ckpt", "/out", o);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("fqn_to_file: tensor 'w': file number 7 is not between 1 and 1"), std::string::npos)
+      << s.message();
+}
+
+// Side files are copied only as regular files of artifact kinds, never over
+// a file the export writes and never through a link.
+TEST(ConsolidateTest, SideFilesNeverReplaceTheExportAndLinksAreNotFollowed) {
+  testing::TempDir tmp;
+  Storage& fs = *PosixStorage();
+  const std::string in = tmp / "ckpt";
+  CKPT_ASSERT_OK(SaveModel(fs, in, {{"w", DType::kU8, Shape({4})}}, {2, Split::kDim0}));
+  const std::string meta = JoinPath(in, ".hf_metadata");
+  CKPT_ASSERT_OK(fs.MakeDirs(meta));
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "model.safetensors.index.json"), R"({"weight_map": {}})"));
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "model-00001-of-00001.safetensors"), "evil"));
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "config.json"), "{}"));
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / "secret", "top secret"));
+  CKPT_ASSERT_OK(fs.Symlink(tmp / "secret", JoinPath(meta, "tokenizer.json")));
+  ConsolidateStats stats;
+  CKPT_ASSERT_OK(ConsolidateOne(fs, in, tmp / "out", {}, &stats));
+  auto m = HfModelDir::Open(fs, tmp / "out");
+  CKPT_ASSERT_OK(m);
+  EXPECT_EQ(m->index()->weight_map.at("w"), "model-00001-of-00001.safetensors");
+  CKPT_EXPECT_OK(VerifyShardedCheckpoint(fs, tmp / "out"));
+  EXPECT_EQ(*ReadFileToString(fs, tmp / "out/config.json"), "{}");
+  EXPECT_FALSE(*Exists(fs, tmp / "out/tokenizer.json"));
+  std::string all;
+  for (const std::string& w : stats.warnings) all += w + "\n";
+  EXPECT_NE(all.find("tokenizer.json is a symbolic link"), std::string::npos) << all;
+  EXPECT_NE(all.find("model.safetensors.index.json: not a Hugging Face artifact kind, or a name the export writes"),
+            std::string::npos)
+      << all;
+
+  // The whole .hf_metadata a link (to a directory of anything): nothing copied.
+  const std::string in2 = tmp / "ckpt2";
+  CKPT_ASSERT_OK(SaveModel(fs, in2, {{"w", DType::kU8, Shape({4})}}, {1, Split::kDim0}));
+  CKPT_ASSERT_OK(fs.MakeDirs(tmp / "elsewhere"));
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / "elsewhere/config.json", "{\"secret\": 1}"));
+  CKPT_ASSERT_OK(fs.Symlink(tmp / "elsewhere", JoinPath(in2, ".hf_metadata")));
+  stats = {};
+  CKPT_ASSERT_OK(ConsolidateOne(fs, in2, tmp / "out2", {}, &stats));
+  EXPECT_FALSE(*Exists(fs, tmp / "out2/config.json"));
+  ASSERT_EQ(stats.warnings.size(), 1u);
+  EXPECT_NE(stats.warnings[0].find(".hf_metadata is a symbolic link"), std::string::npos) << stats.warnings[0];
+}
+
+// A bit flip in a chunk is caught while consolidating, naming the file and the tensor.
+TEST(ConsolidateTest, ChunkChecksumsAreVerifiedWhileConsolidating) {
+  for (Split split : {Split::kDim0, Split::kDim1}) {
+    auto fs = NewMemoryStorage();
+    CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt", {{"w", DType::kF32, Shape({8, 6})}}, {2, split}));
+    const std::string shard = "/ckpt/" + ShardFileName(1);
+    std::string bytes = *ReadFileToString(*fs, shard);
+    bytes[bytes.size() - 3] ^= 0x10;
+    CKPT_ASSERT_OK(WriteFileAtomically(*fs, shard, bytes));
+    Status s = ConsolidateOne(*fs, "/ckpt", "/out");
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+    EXPECT_NE(s.message().find(shard + ": tensor 'w' chunk at"), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("does not match the recorded"), std::string::npos) << s.message();
+    EXPECT_FALSE(*Exists(*fs, "/out"));
+  }
+}
+
+// The manifest covers .hf_metadata: a side file changed, added or removed
+// after the save is refused by verify and by consolidate alike.
+TEST(ConsolidateTest, ManifestCoversSideFiles) {
+  auto fs = NewMemoryStorage();
+  CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt", {{"w", DType::kU8, Shape({4})}, {"v", DType::kU8, Shape({4})}},
+                           {1, Split::kDim0}));
+  CKPT_ASSERT_OK(fs->MakeDirs("/ckpt/.hf_metadata"));
+  const std::string mapping = "/ckpt/.hf_metadata/fqn_to_file_index_mapping.json";
+  CKPT_ASSERT_OK(WriteFileAtomically(*fs, mapping, R"({"w": 1, "v": 2})"));
+  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/config.json", "{}"));
+  CKPT_ASSERT_OK(engine::AddSideFilesToManifest(*fs, "/ckpt"));
+  CKPT_ASSERT_OK(VerifyShardedCheckpoint(*fs, "/ckpt"));
+  ConsolidateStats stats;
+  CKPT_ASSERT_OK(ConsolidateOne(*fs, "/ckpt", "/ok", {}, &stats));
+  EXPECT_EQ(stats.files, 2u);
+
+  struct Case {
+    std::function<void()> tamper;
+    std::function<void()> undo;
+    const char* want;
+  };
+  const Case cases[] = {
+      {[&] { CKPT_EXPECT_OK(WriteFileAtomically(*fs, mapping, R"({"w": 2, "v": 1})")); },
+       [&] { CKPT_EXPECT_OK(WriteFileAtomically(*fs, mapping, R"({"w": 1, "v": 2})")); },
+       "fqn_to_file_index_mapping.json: 16 bytes hash to"},
+      {[&] { CKPT_EXPECT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/config.json", "{ }")); },
+       [&] { CKPT_EXPECT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/config.json", "{}")); },
+       "side file 'config.json' is 3 bytes but the manifest records"},
+      {[&] { CKPT_EXPECT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/extra.json", "{}")); },
+       [&] { CKPT_EXPECT_OK(fs->Remove("/ckpt/.hf_metadata/extra.json")); },
+       "file 'extra.json' is not part of the checkpoint's manifest"},
+      {[&] { CKPT_EXPECT_OK(fs->Remove("/ckpt/.hf_metadata/config.json")); },
+       [&] { CKPT_EXPECT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/config.json", "{}")); },
+       "side file 'config.json' is missing"},
+  };
+  for (const Case& c : cases) {
+    c.tamper();
+    Status v = VerifyShardedCheckpoint(*fs, "/ckpt");
+    EXPECT_EQ(v.code(), StatusCode::kDataLoss);
+    EXPECT_NE(v.message().find(c.want), std::string::npos) << v.message();
+    Status s = ConsolidateOne(*fs, "/ckpt", "/out");
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+    EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
+    EXPECT_FALSE(*Exists(*fs, "/out"));
+    c.undo();
+  }
+  CKPT_EXPECT_OK(VerifyShardedCheckpoint(*fs, "/ckpt"));
+}
+
+// F4 chunks that split bytes cannot be placed by any export: every reader
+// refuses them alike (verify used to pass them).
+TEST(ConsolidateTest, SubByteChunksSplittingBytesAreRefusedByVerifyToo) {
+  auto fs = NewMemoryStorage();
+  CKPT_ASSERT_OK(fs->MakeDirs("/f4"));
+  // [2, 3] F4 as a [2, 2] and a [2, 1] chunk: rows of 12 bits.
+  const uint64_t widths[] = {2, 1};
+  for (int r = 0; r < 2; ++r) {
+    std::string data(widths[r] == 2 ? 2 : 1, '\x11');
+    TensorData t{"w", DType::kF4, Shape({2, widths[r]}), AsBytes(data)};
+    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [0, " + std::to_string(2 * r) + "]}}"}};
+    CKPT_ASSERT_OK(WriteSafetensors(*fs, "/f4/" + ShardFileName(r), std::span(&t, 1), md));
+  }
+  Status v = VerifyShardedCheckpoint(*fs, "/f4");
+  EXPECT_EQ(v.code(), StatusCode::kDataLoss);
+  EXPECT_NE(v.message().find("saved tensor 'w' (F4, shape [2, 3]): chunk [0:2, 0:2]: chunk boundaries split bytes"),
+            std::string::npos)
+      << v.message();
+  Status s = ConsolidateOne(*fs, "/f4", "/out");
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("chunk boundaries split bytes"), std::string::npos) << s.message();
+}
+
+// 262,144 chunk pieces (a [131072, 2] tensor split along dimension 1 in
+// two): assembled in row blocks, so the work is linear. It used to take
+// minutes; correctness is checked here, speed in bench/consolidate_bench.
+TEST(ConsolidateTest, ManyNarrowPiecesAlongDim1ConsolidateExactly) {
+  auto fs = NewMemoryStorage();
+  std::vector<testing::TensorDef> defs = {{"w", DType::kU16, Shape({131072, 2})}, {"b", DType::kF32, Shape({7, 3})}};
+  CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt", defs, {2, Split::kDim1}));
+  ConsolidateOptions o;
+  o.cast_dtype = DType::kF16;  // U16 is never cast; F32 b is (F32 stays F32 only with an original dtype)
+  CKPT_ASSERT_OK(ConsolidateOne(*fs, "/ckpt", "/out", o));
+  auto f = SafetensorsFile::Open(*fs, "/out/model-00001-of-00001.safetensors");
+  CKPT_ASSERT_OK(f);
+  std::vector<std::byte> w(131072 * 2 * 2);
+  CKPT_ASSERT_OK((*f)->ReadRange("w", 0, w));
+  EXPECT_EQ(w, testing::GlobalBytes(defs[0]));
+  std::vector<std::byte> b(7 * 3 * 2), want(7 * 3 * 2);
+  CKPT_ASSERT_OK((*f)->ReadRange("b", 0, b));
+  CKPT_ASSERT_OK(CastFloats(DType::kF32, testing::GlobalBytes(defs[1]), DType::kF16, want));
+  EXPECT_EQ(b, want);
 }
 
 }  // namespace

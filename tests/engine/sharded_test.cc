@@ -10,6 +10,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
 #include "engine/layouts.h"
+#include "plan/box.h"
 #include "plan/load_plan.h"
 #include "test_util.h"
 
@@ -247,6 +248,49 @@ TEST(ShardedLoadTest, GlobalByteSizesBeyond64BitsAreRefusedWhenIndexed) {
   EXPECT_NE(s.message().find("tensor 'w': global shape [4611686018427387904] of F32 is more than 2^64 bytes"),
             std::string::npos)
       << s.ToString();
+}
+
+// Tiling checks stay O(n log n) for the layouts sharding makes, however many
+// chunks share a range (6,000 column slices used to take seconds), and
+// overlaps among them are still found.
+TEST(TilingTest, ManyChunksSharingARangeAreCheckedAndOverlapsFound) {
+  auto cols = [](uint64_t n, uint64_t rows) {
+    std::vector<plan::Box> boxes;
+    for (uint64_t i = 0; i < n; ++i) boxes.push_back({{0, i}, {rows, 1}});
+    return boxes;
+  };
+  std::vector<plan::Box> b = cols(60000, 4);
+  CKPT_EXPECT_OK(plan::CheckTiling("w", Shape({4, 60000}), b));
+  // A grid of uneven 300 x 200 blocks, and 3-D slices along the last dimension.
+  std::vector<plan::Box> grid;
+  for (uint64_t i = 0, r = 0; i < 300; r += 1 + i % 3, ++i) {
+    for (uint64_t j = 0, c = 0; j < 200; c += 2 + j % 2, ++j) grid.push_back({{r, c}, {1 + i % 3, 2 + j % 2}});
+  }
+  CKPT_EXPECT_OK(plan::CheckTiling("g", Shape({600, 500}), grid));
+  std::vector<plan::Box> cube;
+  for (uint64_t k = 0; k < 20000; ++k) cube.push_back({{0, 0, k}, {2, 3, 1}});
+  CKPT_EXPECT_OK(plan::CheckTiling("c", Shape({2, 3, 20000}), cube));
+
+  struct Case {
+    std::vector<plan::Box> boxes;
+    Shape shape;
+    const char* want;
+  };
+  std::vector<Case> cases;
+  b = cols(60000, 4);
+  b[30000] = {{0, 29999}, {4, 2}};  // overlaps its neighbour
+  b[30001] = {{0, 30001}, {4, 0}};  // empty (keeps the volume)
+  cases.push_back({b, Shape({4, 60000}), "chunks [0:4, 29999:30000] and [0:4, 29999:30001] overlap in [0:4, 29999:30000]"});
+  b = cols(60000, 4);
+  b[7] = b[8];  // a duplicate: same volume, one column missing
+  cases.push_back({b, Shape({4, 60000}), "chunks [0:4, 8:9] and [0:4, 8:9] overlap in [0:4, 8:9]"});
+  cube[5] = {{0, 1, 5}, {2, 2, 2}};
+  cases.push_back({cube, Shape({2, 3, 20000}), "chunks [0:2, 0:3, 6:7] and [0:2, 1:3, 5:7] overlap in [0:2, 1:3, 6:7]"});
+  for (const Case& c : cases) {
+    Status s = plan::CheckTiling("w", c.shape, c.boxes);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
+  }
 }
 
 TEST(ShardedLoadTest, KeyProblemsAreReportedTogether) {

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include "ckpt/comm.h"
 #include "ckpt/hf.h"
+#include "engine/shard_dir.h"
 #include "test_util.h"
 
 namespace ckpt {
@@ -144,6 +146,70 @@ TEST_F(HfModelDirTest, TensorMissingFromItsShardIsAnError) {
                                       "not contain it"),
             std::string::npos)
       << m.status().message();
+}
+
+// Exactly what sharded loads and consolidation read through an index: the
+// same names are refused by both readers (ckpt verify uses this one).
+TEST_F(HfModelDirTest, IndexNamingHiddenOrNonSafetensorsShardsOrNothingIsRefused) {
+  WriteShard(".hidden.safetensors", {"a"});
+  WriteShard("model.bin", {"a"});
+  struct Case {
+    std::map<std::string, std::string> wm;
+    const char* want;
+  };
+  const Case cases[] = {
+      {{{"a", ".hidden.safetensors"}}, "weight_map['a'] names '.hidden.safetensors', a hidden file"},
+      {{{"a", "model.bin"}}, "weight_map['a'] names 'model.bin', not a .safetensors file"},
+      {{}, "weight_map is empty"},
+  };
+  for (const Case& c : cases) {
+    WriteIndex(c.wm);
+    auto m = HfModelDir::Open(*fs_, "/m");
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), StatusCode::kDataLoss);
+    EXPECT_NE(m.status().message().find(c.want), std::string::npos) << m.status().message();
+    auto l = engine::ListShardDir(*fs_, "/m");
+    ASSERT_FALSE(l.ok());
+    EXPECT_EQ(l.status().code(), StatusCode::kDataLoss);
+    EXPECT_NE(l.status().message().find(c.want), std::string::npos) << l.status().message();
+  }
+}
+
+// A stale copy of a tensor in a shard the index does not name for it is
+// reported (verify warns) and ignored by every reader.
+TEST_F(HfModelDirTest, StaleCopyInAnotherShardIsUnindexedAndIgnoredByLoads) {
+  WriteShard("model-00001-of-00002.safetensors", {"a"});
+  WriteShard("model-00002-of-00002.safetensors", {"a", "b"});
+  WriteIndex({{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
+  auto m = HfModelDir::Open(*fs_, "/m");
+  CKPT_ASSERT_OK(m);
+  EXPECT_EQ(m->unindexed(), std::vector<std::string>{"a"});
+  auto one = NewSingleRankCommunicator();
+  auto ck = engine::ReadCheckpointCollective(*one, *fs_, "/m", kDefaultCollectiveTimeout);
+  CKPT_ASSERT_OK(ck);
+  ASSERT_EQ(ck->index.Find("a")->chunks.size(), 1u);
+  EXPECT_EQ(ck->listing.files[ck->index.Find("a")->chunks[0].file], "model-00001-of-00002.safetensors");
+}
+
+// Listings travel from rank 0 as bytes: a file name that is not UTF-8 arrives unchanged.
+TEST(ShardListingTest, NamesThatAreNotUtf8SurviveTheBroadcast) {
+  engine::ShardListing l;
+  l.files = {"a\xff\xfe.safetensors", "b.safetensors"};
+  l.sizes = {8, 16};
+  l.manifest = "{}";
+  l.weight_map = {{"w\xc3", "a\xff\xfe.safetensors"}};
+  l.index_name = "model.safetensors.index.json";
+  l.side_files = {{"config.json", 3}, {"\x80", UINT64_MAX}};
+  auto back = engine::DecodeListing(engine::EncodeListing(l));
+  CKPT_ASSERT_OK(back);
+  EXPECT_EQ(back->files, l.files);
+  EXPECT_EQ(back->sizes, l.sizes);
+  EXPECT_EQ(back->manifest, l.manifest);
+  EXPECT_EQ(back->weight_map, l.weight_map);
+  EXPECT_EQ(back->index_name, l.index_name);
+  EXPECT_EQ(back->side_files, l.side_files);
+  const std::string text = engine::EncodeListing(l);
+  EXPECT_FALSE(engine::DecodeListing(text.substr(0, text.size() - 1)).ok());
 }
 
 TEST_F(HfModelDirTest, TraversalInIndexIsRefused) {

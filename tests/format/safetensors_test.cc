@@ -137,6 +137,30 @@ TEST(SafetensorsRoundTripTest, RandomFilesOnBothBackends) {
   }
 }
 
+// 100,000 tensors in one header: parsing is linear in the header (it was
+// quadratic in the tensor count: minutes for a header under the 100 MB cap).
+// The strict rules still hold at that size.
+TEST(SafetensorsHeaderTest, HundredThousandTensorsParseAndDuplicatesAreStillFound) {
+  const int n = 100000;
+  std::string h = "{";
+  for (int i = 0; i < n; ++i) {
+    if (i) h += ',';
+    h += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" + std::to_string(i) + "," +
+         std::to_string(i + 1) + "]}";
+  }
+  auto parsed = SafetensorsHeader::Parse(h + "}", n, "big.safetensors");
+  CKPT_ASSERT_OK(parsed);
+  EXPECT_EQ(parsed->tensors().size(), static_cast<size_t>(n));
+  EXPECT_EQ(parsed->Find("t99999")->begin, 99999u);
+  auto dup = SafetensorsHeader::Parse(h + ",\"t5\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", n,
+                                      "big.safetensors");
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(dup.status().message().find("big.safetensors: header: JSON has a duplicate top-level key 't5'"),
+            std::string::npos)
+      << dup.status().message();
+}
+
 TEST(SafetensorsReaderTest, RangedReadsTouchOnlyTheirBytes) {
   auto fs = NewMemoryStorage();
   std::mt19937_64 rng(7);
