@@ -29,6 +29,10 @@ def main() -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
+    if mode == "hang":
+        # Ranks that joined different subgroups keep different group
+        # bookkeeping in torch; ckpt's own groups must not depend on it.
+        torch.distributed.new_group([0])
     mesh = init_device_mesh("cpu", (world,))
     sd = {"w": distribute_tensor(torch.ones(1 << 20, 4), mesh, [Shard(0)])}
     if mode == "hang":
