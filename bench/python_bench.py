@@ -66,12 +66,22 @@ def parse_size(text: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nproc", type=int, default=int(os.environ.get("WORLD_SIZE", 2)), help="ranks (default 2)")
+    p.add_argument(
+        "--nproc", type=int, default=int(os.environ.get("WORLD_SIZE", 2)), help="ranks (default 2)"
+    )
     p.add_argument("--size", default="1G", help="total state size, e.g. 1G, 256M (default 1G)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median; default 3)")
-    p.add_argument("--dir", default=os.environ.get("TMPDIR") or "/tmp", help="where checkpoints go (default $TMPDIR or /tmp)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
-    p.add_argument("--cold", action="store_true", help="drop the checkpoint files from the page cache before each load")
+    p.add_argument(
+        "--dir",
+        default=os.environ.get("TMPDIR") or "/tmp",
+        help="where checkpoints go (default $TMPDIR or /tmp)",
+    )
+    p.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS)
+    )
+    p.add_argument(
+        "--cold", action="store_true", help="drop the checkpoint files from the page cache before each load"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the rows and every sample as JSON")
     a = p.parse_args(argv)
     a.bytes = parse_size(a.size)
@@ -84,8 +94,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def relaunch_under_torchrun(a: argparse.Namespace) -> None:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}",
-        os.path.abspath(__file__), *sys.argv[1:],
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={a.nproc}",
+        os.path.abspath(__file__),
+        *sys.argv[1:],
     ]
     os.execv(sys.executable, cmd)
 
@@ -93,19 +108,18 @@ def relaunch_under_torchrun(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------
 # Everything below runs on every rank.
 
+import ckpt  # noqa: E402
+import ckpt.dcp  # noqa: E402
+import ckpt.safetensors  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
+from ckpt import _ckpt, _dist  # noqa: E402
+from ckpt._state import describe  # noqa: E402
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter  # noqa: E402
 from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader, HuggingFaceStorageWriter  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor  # noqa: E402
-
-import ckpt  # noqa: E402
-import ckpt.dcp  # noqa: E402
-import ckpt.safetensors  # noqa: E402
-from ckpt import _ckpt, _dist  # noqa: E402
-from ckpt._state import describe  # noqa: E402
 
 RANK = 0
 WORLD = 1
@@ -160,7 +174,9 @@ def model_shapes(total: int) -> list[tuple[str, list[int], torch.dtype]]:
     layers = max(1, int(total * 0.8) // layer_bytes)
     rest = total - layers * layer_bytes - h * 4
     vocab = max(64, rest // (6 * h) // 64 * 64)  # bf16 embedding + f32 head
-    out: list[tuple[str, list[int], torch.dtype]] = [("model.embed_tokens.weight", [vocab, h], torch.bfloat16)]
+    out: list[tuple[str, list[int], torch.dtype]] = [
+        ("model.embed_tokens.weight", [vocab, h], torch.bfloat16)
+    ]
     for i in range(layers):
         p = f"model.layers.{i}."
         out += [
@@ -192,7 +208,9 @@ def shard(full: dict[str, torch.Tensor], mesh: Any, dim: int, zeros: bool = Fals
     for k, v in full.items():
         d = distribute_tensor(v, mesh, [Shard(reshard_dim(v, dim))], src_data_rank=None)
         local = torch.zeros_like(d.to_local()) if zeros else d.to_local().clone()
-        out[k] = DTensor.from_local(local, mesh, d.placements, run_check=False, shape=d.shape, stride=d.stride())
+        out[k] = DTensor.from_local(
+            local, mesh, d.placements, run_check=False, shape=d.shape, stride=d.stride()
+        )
     return out
 
 
@@ -227,8 +245,10 @@ def touch_pages(sd: dict[str, torch.Tensor]) -> None:
 def dd_write(path: str, total: int) -> float:
     count = max(1, math.ceil(total / (16 << 20)))
     t0 = time.perf_counter()
-    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=16M", f"count={count}", "conv=fsync", "status=none"],
-                   check=True)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={path}", "bs=16M", f"count={count}", "conv=fsync", "status=none"],
+        check=True,
+    )
     dt = time.perf_counter() - t0
     os.remove(path)
     return dt
@@ -273,27 +293,46 @@ class Report:
         xs = self.samples.get(name)
         return statistics.median(xs) if xs else float("nan")
 
-    def row(self, section: str, what: str, ckpt_s: str, ref_s: str, ratio: float, target: str,
-            unit: str = "x") -> None:
+    def row(
+        self, section: str, what: str, ckpt_s: str, ref_s: str, ratio: float, target: str, unit: str = "x"
+    ) -> None:
         met: bool | None = None
         if target != "-" and not math.isnan(ratio):
             op, val = target.split()
             met = ratio >= float(val) if op == ">=" else ratio <= float(val)
-        self.rows.append(dict(section=section, what=what, ckpt=ckpt_s, reference=ref_s, ratio=ratio, unit=unit,
-                              target=target, met=met))
+        self.rows.append(
+            dict(
+                section=section,
+                what=what,
+                ckpt=ckpt_s,
+                reference=ref_s,
+                ratio=ratio,
+                unit=unit,
+                target=target,
+                met=met,
+            )
+        )
 
     def print(self) -> None:
         if RANK != 0:
             return
         a = self.args
         print()
-        print(f"ckpt {ckpt.__version__}, torch {torch.__version__}: {WORLD} ranks (gloo, CPU), "
-              f"{self.total / (1 << 30):.3f} GiB in {self.ntensors} tensors (bf16 + f32, DTensor Shard(0)), "
-              f"dir {a.dir}, median of {a.reps}, page cache {'cold (fadvise DONTNEED)' if a.cold else 'warm'} for loads")
+        print(
+            f"ckpt {ckpt.__version__}, torch {torch.__version__}: {WORLD} ranks (gloo, CPU), "
+            f"{self.total / (1 << 30):.3f} GiB in {self.ntensors} tensors (bf16 + f32, DTensor Shard(0)), "
+            f"dir {a.dir}, median of {a.reps}, page cache {'cold (fadvise DONTNEED)' if a.cold else 'warm'} for loads"
+        )
         head = ("what", "ckpt", "reference", "ratio", "target", "met")
         cells = [head] + [
-            (r["what"], r["ckpt"], r["reference"], fmt_ratio(r["ratio"], r["unit"]), r["target"],
-             "-" if r["met"] is None else ("yes" if r["met"] else "NO"))
+            (
+                r["what"],
+                r["ckpt"],
+                r["reference"],
+                fmt_ratio(r["ratio"], r["unit"]),
+                r["target"],
+                "-" if r["met"] is None else ("yes" if r["met"] else "NO"),
+            )
             for r in self.rows
         ]
         w = [max(len(c[i]) for c in cells) for i in range(len(head))]
@@ -309,19 +348,38 @@ class Report:
         print()
         for r in self.rows:
             value = r["ratio"] * (100 if r["unit"] == "%" else 1)
-            print("RESULT " + json.dumps({
-                "bench": "python",
-                "measure": f"{r['what']} ({'%' if r['unit'] == '%' else 'ratio'})",
-                "value": float(f"{value:.4g}") if not math.isnan(value) else None,
-                "target": r["target"] if r["unit"] != "%" or r["target"] == "-" else
-                f"{r['target'].split()[0]} {float(r['target'].split()[1]) * 100:g}",
-                "met": True if r["met"] is None else r["met"],
-            }, separators=(",", ":")))
+            print(
+                "RESULT "
+                + json.dumps(
+                    {
+                        "bench": "python",
+                        "measure": f"{r['what']} ({'%' if r['unit'] == '%' else 'ratio'})",
+                        "value": float(f"{value:.4g}") if not math.isnan(value) else None,
+                        "target": r["target"]
+                        if r["unit"] != "%" or r["target"] == "-"
+                        else f"{r['target'].split()[0]} {float(r['target'].split()[1]) * 100:g}",
+                        "met": True if r["met"] is None else r["met"],
+                    },
+                    separators=(",", ":"),
+                )
+            )
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"ranks": WORLD, "bytes": self.total, "tensors": self.ntensors, "reps": a.reps,
-                           "dir": a.dir, "cold_loads": a.cold, "cores": os.cpu_count(),
-                           "rows": self.rows, "samples": self.samples}, f, indent=1)
+                json.dump(
+                    {
+                        "ranks": WORLD,
+                        "bytes": self.total,
+                        "tensors": self.ntensors,
+                        "reps": a.reps,
+                        "dir": a.dir,
+                        "cold_loads": a.cold,
+                        "cores": os.cpu_count(),
+                        "rows": self.rows,
+                        "samples": self.samples,
+                    },
+                    f,
+                    indent=1,
+                )
             print(f"JSON written to {a.json}")
 
 
@@ -339,8 +397,12 @@ def tput(t: float, n: int) -> str:
     return "n/a" if math.isnan(t) else f"{secs(t)} {n / t / 1e9:.2f} GB/s"
 
 
-def interleave(reps: int, ops: list[tuple[str, Callable[[], float]]], rep_report: Report,
-               on_rep: Callable[[int], None] | None = None) -> None:
+def interleave(
+    reps: int,
+    ops: list[tuple[str, Callable[[], float]]],
+    rep_report: Report,
+    on_rep: Callable[[int], None] | None = None,
+) -> None:
     """Runs every op once per repetition, the order rotated each time."""
     for r in range(reps):
         k = r % len(ops)
@@ -353,7 +415,10 @@ def interleave(reps: int, ops: list[tuple[str, Callable[[], float]]], rep_report
             rep_report.add_samples(name, [t])
         if on_rep is not None:
             on_rep(r)
-        log(f"  repetition {r + 1}/{reps}: " + ", ".join(f"{n} {secs(rep_report.samples[n][-1])}" for n, _ in ops))
+        log(
+            f"  repetition {r + 1}/{reps}: "
+            + ", ".join(f"{n} {secs(rep_report.samples[n][-1])}" for n, _ in ops)
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -372,6 +437,7 @@ def bench_save(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], work:
                 return timed(fn)
             finally:
                 rm(path)
+
         return run
 
     def dd() -> float:
@@ -384,9 +450,14 @@ def bench_save(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], work:
         ("dd", dd),
         ("ckpt.save", op(lambda: ckpt.save(sd, path))),
         ("dcp.save FileSystemWriter", op(lambda: dcp.save(sd, storage_writer=FileSystemWriter(path)))),
-        ("dcp.save HuggingFaceStorageWriter", op(lambda: dcp.save(
-            sd, storage_writer=HuggingFaceStorageWriter(path, save_distributed=True)))),
-        ("dcp.save ckpt.dcp.StorageWriter", op(lambda: dcp.save(sd, storage_writer=ckpt.dcp.StorageWriter(path)))),
+        (
+            "dcp.save HuggingFaceStorageWriter",
+            op(lambda: dcp.save(sd, storage_writer=HuggingFaceStorageWriter(path, save_distributed=True))),
+        ),
+        (
+            "dcp.save ckpt.dcp.StorageWriter",
+            op(lambda: dcp.save(sd, storage_writer=ckpt.dcp.StorageWriter(path))),
+        ),
     ]
     # One untimed save first: communicator set-up and DCP's first-call costs.
     op(lambda: ckpt.save(sd, path))()
@@ -398,12 +469,30 @@ def bench_save(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], work:
         rep.row("save", f"save: ckpt.save vs {ref}", tput(c, total), tput(m(ref), total), m(ref) / c, ">= 2")
     p = m("dcp.save ckpt.dcp.StorageWriter")
     for ref in ("dcp.save FileSystemWriter", "dcp.save HuggingFaceStorageWriter"):
-        rep.row("save", f"save: dcp.save+ckpt.dcp.StorageWriter vs {ref}", tput(p, total), tput(m(ref), total),
-                m(ref) / p, ">= 2")
-    rep.row("save", "save: ckpt.save vs dd conv=fsync (disk limit)", tput(c, total), tput(m("dd"), total),
-            m("dd") / c, ">= 0.9")
-    rep.row("save", "save: dcp.save FileSystemWriter vs dd (for scale)", tput(m("dcp.save FileSystemWriter"), total),
-            tput(m("dd"), total), m("dd") / m("dcp.save FileSystemWriter"), "-")
+        rep.row(
+            "save",
+            f"save: dcp.save+ckpt.dcp.StorageWriter vs {ref}",
+            tput(p, total),
+            tput(m(ref), total),
+            m(ref) / p,
+            ">= 2",
+        )
+    rep.row(
+        "save",
+        "save: ckpt.save vs dd conv=fsync (disk limit)",
+        tput(c, total),
+        tput(m("dd"), total),
+        m("dd") / c,
+        ">= 0.9",
+    )
+    rep.row(
+        "save",
+        "save: dcp.save FileSystemWriter vs dd (for scale)",
+        tput(m("dcp.save FileSystemWriter"), total),
+        tput(m("dd"), total),
+        m("dd") / m("dcp.save FileSystemWriter"),
+        "-",
+    )
 
 
 def bench_async(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], work: str, total: int) -> None:
@@ -442,6 +531,7 @@ def bench_async(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], work
             tb, tc = f()
             rep.add_samples(name + " complete", [tc])
             return tb
+
         return run
 
     ops = [
@@ -454,22 +544,55 @@ def bench_async(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], work
     m = rep.med
     cb, db = m("ckpt.async_save blocking"), m("dcp.async_save blocking")
     mt, mf = m("memcpy touched"), m("memcpy fresh")
-    rep.row("async", "async: blocking, ckpt.async_save vs dcp.async_save", secs(cb), secs(db), cb / db, "<= 0.25")
-    rep.row("async", f"async: blocking, ckpt vs memcpy {per_rank / (1 << 20):.0f} MiB/rank (touched)", secs(cb),
-            secs(mt), cb / mt, "<= 1.2")
+    rep.row(
+        "async", "async: blocking, ckpt.async_save vs dcp.async_save", secs(cb), secs(db), cb / db, "<= 0.25"
+    )
+    rep.row(
+        "async",
+        f"async: blocking, ckpt vs memcpy {per_rank / (1 << 20):.0f} MiB/rank (touched)",
+        secs(cb),
+        secs(mt),
+        cb / mt,
+        "<= 1.2",
+    )
     rep.row("async", "async: blocking, ckpt vs memcpy into fresh pages", secs(cb), secs(mf), cb / mf, "-")
     rep.row("async", "async: blocking, dcp.async_save vs memcpy (touched)", secs(db), secs(mt), db / mt, "-")
-    rep.row("async", "async: first ckpt.async_save blocking vs later", secs(first_ck[0]), secs(cb), first_ck[0] / cb,
-            "<= 2")
-    rep.row("async", "async: first dcp.async_save blocking vs later", secs(first_dc[0]), secs(db), first_dc[0] / db,
-            "-")
+    rep.row(
+        "async",
+        "async: first ckpt.async_save blocking vs later",
+        secs(first_ck[0]),
+        secs(cb),
+        first_ck[0] / cb,
+        "<= 2",
+    )
+    rep.row(
+        "async",
+        "async: first dcp.async_save blocking vs later",
+        secs(first_dc[0]),
+        secs(db),
+        first_dc[0] / db,
+        "-",
+    )
     cc, dcc = m("ckpt.async_save complete"), m("dcp.async_save complete")
-    rep.row("async", "async: until complete, ckpt vs dcp (throughput)", tput(cc, total), tput(dcc, total), dcc / cc,
-            "-")
+    rep.row(
+        "async",
+        "async: until complete, ckpt vs dcp (throughput)",
+        tput(cc, total),
+        tput(dcc, total),
+        dcc / cc,
+        "-",
+    )
 
 
-def bench_load(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], full: dict[str, torch.Tensor] | None,
-               mesh: Any, work: str, total: int) -> None:
+def bench_load(
+    a: argparse.Namespace,
+    rep: Report,
+    sd: dict[str, DTensor],
+    full: dict[str, torch.Tensor] | None,
+    mesh: Any,
+    work: str,
+    total: int,
+) -> None:
     log("== load, all ranks: saving one checkpoint per format (untimed)")
     dirs = {k: os.path.join(work, "load-" + k) for k in ("ckpt", "fs", "hf", "plugin")}
     for d in dirs.values():
@@ -507,19 +630,37 @@ def bench_load(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], full:
                     if out and isinstance(out[0], ckpt.LoadStats):
                         stats[layout] = out[0]
                 return t
+
             return run
 
         pre = f"load {layout}: "
         ops = [
             (pre + "memcpy", lambda: timed(lambda: memcpy_into(touched, expected[dim]))),
             (pre + "ckpt.load", op("ckpt.load", dirs["ckpt"], lambda: ckpt.load(targets, dirs["ckpt"]))),
-            (pre + "dcp.load FileSystemReader", op("fs", dirs["fs"], lambda: dcp.load(
-                targets, storage_reader=FileSystemReader(dirs["fs"])))),
-            (pre + "dcp.load HuggingFaceStorageReader", op("hf", dirs["hf"], lambda: dcp.load(
-                targets, storage_reader=HuggingFaceStorageReader(dirs["hf"])))),
-            (pre + "dcp.load ckpt.dcp.StorageReader", op("plugin", dirs["plugin"], lambda: dcp.load(
-                targets, storage_reader=ckpt.dcp.StorageReader(dirs["plugin"])))),
-            (pre + "ckpt.load of the DCP HF dir", op("ckpt-hf", dirs["hf"], lambda: ckpt.load(targets, dirs["hf"]))),
+            (
+                pre + "dcp.load FileSystemReader",
+                op("fs", dirs["fs"], lambda: dcp.load(targets, storage_reader=FileSystemReader(dirs["fs"]))),
+            ),
+            (
+                pre + "dcp.load HuggingFaceStorageReader",
+                op(
+                    "hf",
+                    dirs["hf"],
+                    lambda: dcp.load(targets, storage_reader=HuggingFaceStorageReader(dirs["hf"])),
+                ),
+            ),
+            (
+                pre + "dcp.load ckpt.dcp.StorageReader",
+                op(
+                    "plugin",
+                    dirs["plugin"],
+                    lambda: dcp.load(targets, storage_reader=ckpt.dcp.StorageReader(dirs["plugin"])),
+                ),
+            ),
+            (
+                pre + "ckpt.load of the DCP HF dir",
+                op("ckpt-hf", dirs["hf"], lambda: ckpt.load(targets, dirs["hf"])),
+            ),
         ]
         # One untimed load of each kind first (and the value check).
         for _, fn in ops:
@@ -531,37 +672,81 @@ def bench_load(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], full:
         m = rep.med
         c = m(pre + "ckpt.load")
         for ref in ("dcp.load FileSystemReader", "dcp.load HuggingFaceStorageReader"):
-            rep.row("load", f"{pre}ckpt.load vs {ref}", tput(c, total), tput(m(pre + ref), total), m(pre + ref) / c,
-                    ">= 2")
+            rep.row(
+                "load",
+                f"{pre}ckpt.load vs {ref}",
+                tput(c, total),
+                tput(m(pre + ref), total),
+                m(pre + ref) / c,
+                ">= 2",
+            )
         p = m(pre + "dcp.load ckpt.dcp.StorageReader")
         for ref in ("dcp.load FileSystemReader", "dcp.load HuggingFaceStorageReader"):
-            rep.row("load", f"{pre}dcp.load+ckpt.dcp.StorageReader vs {ref}", tput(p, total),
-                    tput(m(pre + ref), total), m(pre + ref) / p, ">= 2")
+            rep.row(
+                "load",
+                f"{pre}dcp.load+ckpt.dcp.StorageReader vs {ref}",
+                tput(p, total),
+                tput(m(pre + ref), total),
+                m(pre + ref) / p,
+                ">= 2",
+            )
         h = m(pre + "ckpt.load of the DCP HF dir")
-        rep.row("load", f"{pre}ckpt.load of DCP's HF dir vs dcp.load HuggingFaceStorageReader", tput(h, total),
-                tput(m(pre + "dcp.load HuggingFaceStorageReader"), total),
-                m(pre + "dcp.load HuggingFaceStorageReader") / h, ">= 2")
+        rep.row(
+            "load",
+            f"{pre}ckpt.load of DCP's HF dir vs dcp.load HuggingFaceStorageReader",
+            tput(h, total),
+            tput(m(pre + "dcp.load HuggingFaceStorageReader"), total),
+            m(pre + "dcp.load HuggingFaceStorageReader") / h,
+            ">= 2",
+        )
         if not a.cold:
-            rep.row("load", f"{pre}ckpt.load vs memcpy {per_rank / (1 << 20):.0f} MiB/rank", tput(c, total),
-                    secs(m(pre + "memcpy")), m(pre + "memcpy") / c, ">= 0.8")
+            rep.row(
+                "load",
+                f"{pre}ckpt.load vs memcpy {per_rank / (1 << 20):.0f} MiB/rank",
+                tput(c, total),
+                secs(m(pre + "memcpy")),
+                m(pre + "memcpy") / c,
+                ">= 0.8",
+            )
         if dim == 1:
             same = m("load same layout: ckpt.load")
-            rep.row("load", "load: ckpt.load resharded vs same layout (time)", secs(c), secs(same), c / same, "<= 1.2")
+            rep.row(
+                "load",
+                "load: ckpt.load resharded vs same layout (time)",
+                secs(c),
+                secs(same),
+                c / same,
+                "<= 1.2",
+            )
             s = stats.get(layout)
             if s is not None:
                 rr = allmax([s.bytes_read / max(s.bytes_needed, 1)])[0]
-                rep.row("load", "load resharded: ckpt bytes read / bytes needed (max rank)",
-                        f"{s.bytes_read / (1 << 20):.0f} MiB", f"{s.bytes_needed / (1 << 20):.0f} MiB", rr, "<= 1.05")
+                rep.row(
+                    "load",
+                    "load resharded: ckpt bytes read / bytes needed (max rank)",
+                    f"{s.bytes_read / (1 << 20):.0f} MiB",
+                    f"{s.bytes_needed / (1 << 20):.0f} MiB",
+                    rr,
+                    "<= 1.05",
+                )
         del targets, tl, touched
     for d in dirs.values():
         rm(d)
 
 
-def shard_zeros_like(sd: dict[str, DTensor], mesh: Any, dim: int, expected: list[torch.Tensor]) -> dict[str, DTensor]:
+def shard_zeros_like(
+    sd: dict[str, DTensor], mesh: Any, dim: int, expected: list[torch.Tensor]
+) -> dict[str, DTensor]:
     out = {}
     for (k, v), e in zip(sd.items(), expected, strict=True):
-        out[k] = DTensor.from_local(torch.zeros_like(e), mesh, [Shard(reshard_dim(v, dim))], run_check=False,
-                                    shape=v.shape, stride=v.stride())
+        out[k] = DTensor.from_local(
+            torch.zeros_like(e),
+            mesh,
+            [Shard(reshard_dim(v, dim))],
+            run_check=False,
+            shape=v.shape,
+            stride=v.stride(),
+        )
     return out
 
 
@@ -572,8 +757,9 @@ def check(name: str, names: list[str], got: list[torch.Tensor], want: list[torch
         log(f"  VALUE CHECK FAILED for {name}: {nbad} tensors differ on some rank (e.g. {bad[:3]})")
 
 
-def bench_single(a: argparse.Namespace, rep: Report, full: dict[str, torch.Tensor] | None, work: str,
-                 total: int) -> None:
+def bench_single(
+    a: argparse.Namespace, rep: Report, full: dict[str, torch.Tensor] | None, work: str, total: int
+) -> None:
     log("== single rank (rank 0; the others wait): safetensors files")
     import safetensors.torch as st
 
@@ -598,8 +784,9 @@ def bench_single(a: argparse.Namespace, rep: Report, full: dict[str, torch.Tenso
 
         checked = set()
 
-        def load(name: str, fn: Callable[[str], dict[str, torch.Tensor]], f: str,
-                 touch: bool = False) -> Callable[[], float]:
+        def load(
+            name: str, fn: Callable[[str], dict[str, torch.Tensor]], f: str, touch: bool = False
+        ) -> Callable[[], float]:
             def run() -> float:
                 if a.cold:
                     evict(f)
@@ -614,12 +801,14 @@ def bench_single(a: argparse.Namespace, rep: Report, full: dict[str, torch.Tenso
                         print(f"  VALUE CHECK FAILED for {name}", flush=True)
                 del out
                 return t
+
             return run
 
         save_ckpt()
         save_ref()
         ops = [
-            ("st save ckpt", save_ckpt), ("st save ref", save_ref),
+            ("st save ckpt", save_ckpt),
+            ("st save ref", save_ref),
             ("st load ckpt", load("ckpt", ckpt.safetensors.load_file, fa)),
             ("st load ref", load("ref", st.load_file, fb)),
             ("st load ref + touch", load("ref+touch", st.load_file, fb, touch=True)),
@@ -630,25 +819,50 @@ def bench_single(a: argparse.Namespace, rep: Report, full: dict[str, torch.Tenso
             lo = ops[2:] if r % 2 == 0 else ops[:1:-1]  # the three loads
             for name, fn in s + lo:
                 rep.add_samples(name, [fn()])
-            log(f"  repetition {r + 1}/{a.reps}: " + ", ".join(f"{n} {secs(rep.samples[n][-1])}" for n, _ in ops))
+            log(
+                f"  repetition {r + 1}/{a.reps}: "
+                + ", ".join(f"{n} {secs(rep.samples[n][-1])}" for n, _ in ops)
+            )
         for f in (fa, fb):
             os.remove(f)
     barrier()
     if RANK == 0:
         m = rep.med
-        rep.row("single", "1 rank: ckpt.safetensors.save_file vs safetensors.torch.save_file (ckpt fsyncs, ref not)",
-                tput(m("st save ckpt"), total), tput(m("st save ref"), total), m("st save ref") / m("st save ckpt"),
-                ">= 2")
-        rep.row("single", "1 rank: ckpt.safetensors.load_file vs safetensors.torch.load_file + touching every page",
-                tput(m("st load ckpt"), total), tput(m("st load ref + touch"), total),
-                m("st load ref + touch") / m("st load ckpt"), ">= 1.5")
-        rep.row("single", "1 rank: ckpt.safetensors.load_file vs safetensors.torch.load_file (lazy mmap, untouched)",
-                tput(m("st load ckpt"), total), tput(m("st load ref"), total), m("st load ref") / m("st load ckpt"),
-                "-")
+        rep.row(
+            "single",
+            "1 rank: ckpt.safetensors.save_file vs safetensors.torch.save_file (ckpt fsyncs, ref not)",
+            tput(m("st save ckpt"), total),
+            tput(m("st save ref"), total),
+            m("st save ref") / m("st save ckpt"),
+            ">= 2",
+        )
+        rep.row(
+            "single",
+            "1 rank: ckpt.safetensors.load_file vs safetensors.torch.load_file + touching every page",
+            tput(m("st load ckpt"), total),
+            tput(m("st load ref + touch"), total),
+            m("st load ref + touch") / m("st load ckpt"),
+            ">= 1.5",
+        )
+        rep.row(
+            "single",
+            "1 rank: ckpt.safetensors.load_file vs safetensors.torch.load_file (lazy mmap, untouched)",
+            tput(m("st load ckpt"), total),
+            tput(m("st load ref"), total),
+            m("st load ref") / m("st load ckpt"),
+            "-",
+        )
 
 
-def bench_overhead(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], full: dict[str, torch.Tensor] | None,
-                   one: Any, work: str, total: int) -> None:
+def bench_overhead(
+    a: argparse.Namespace,
+    rep: Report,
+    sd: dict[str, DTensor],
+    full: dict[str, torch.Tensor] | None,
+    one: Any,
+    work: str,
+    total: int,
+) -> None:
     log("== Python overhead: ckpt.save vs the C++ call, rank 0 alone (one-rank group), full state")
     path = os.path.join(work, "overhead")
     inner = 20
@@ -684,8 +898,11 @@ def bench_overhead(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], f
             return statistics.median(xs)
 
         py_save()  # warm-up
-        interleave_local(a.reps, [("ckpt.save (Python)", py_save), ("_ckpt.save (C++)", cpp_save),
-                                  ("Python part", python_part)], rep)
+        interleave_local(
+            a.reps,
+            [("ckpt.save (Python)", py_save), ("_ckpt.save (C++)", cpp_save), ("Python part", python_part)],
+            rep,
+        )
     # The sharded DTensor state, per rank: describe() is the Python work of every save/load.
     xs, ys = [], []
     for _ in range(inner):
@@ -700,18 +917,46 @@ def bench_overhead(a: argparse.Namespace, rep: Report, sd: dict[str, DTensor], f
     m = rep.med
     if RANK == 0:
         py, cpp, part = m("ckpt.save (Python)"), m("_ckpt.save (C++)"), m("Python part")
-        rep.row("overhead", f"Python overhead of ckpt.save, 1 rank, {total / (1 << 30):.2f} GiB: Python part vs C++ call",
-                secs(part), secs(cpp), part / cpp, "<= 0.05", unit="%")
-        rep.row("overhead", "ckpt.save from Python vs _ckpt.save alone (difference; disk noise)", secs(py), secs(cpp),
-                (py - cpp) / cpp, "-", unit="%")
+        rep.row(
+            "overhead",
+            f"Python overhead of ckpt.save, 1 rank, {total / (1 << 30):.2f} GiB: Python part vs C++ call",
+            secs(part),
+            secs(cpp),
+            part / cpp,
+            "<= 0.05",
+            unit="%",
+        )
+        rep.row(
+            "overhead",
+            "ckpt.save from Python vs _ckpt.save alone (difference; disk noise)",
+            secs(py),
+            secs(cpp),
+            (py - cpp) / cpp,
+            "-",
+            unit="%",
+        )
         if "ckpt.save" in rep.samples:
             s = m("ckpt.save")
-            rep.row("overhead", f"describe(DTensor state, {WORLD} ranks) vs ckpt.save of it", secs(dx), secs(s), dx / s,
-                    "<= 0.05", unit="%")
+            rep.row(
+                "overhead",
+                f"describe(DTensor state, {WORLD} ranks) vs ckpt.save of it",
+                secs(dx),
+                secs(s),
+                dx / s,
+                "<= 0.05",
+                unit="%",
+            )
         if "load same layout: ckpt.load" in rep.samples:
             s = m("load same layout: ckpt.load")
-            rep.row("overhead", f"describe(DTensor state, for load) vs ckpt.load of it", secs(dy), secs(s), dy / s,
-                    "<= 0.05", unit="%")
+            rep.row(
+                "overhead",
+                "describe(DTensor state, for load) vs ckpt.load of it",
+                secs(dy),
+                secs(s),
+                dy / s,
+                "<= 0.05",
+                unit="%",
+            )
 
 
 def interleave_local(reps: int, ops: list[tuple[str, Callable[[], float]]], rep: Report) -> None:
@@ -719,8 +964,10 @@ def interleave_local(reps: int, ops: list[tuple[str, Callable[[], float]]], rep:
         k = r % len(ops)
         for name, op in ops[k:] + ops[:k]:
             rep.add_samples(name, [op()])
-        print(f"  repetition {r + 1}/{reps}: " + ", ".join(f"{n} {secs(rep.samples[n][-1])}" for n, _ in ops),
-              flush=True)
+        print(
+            f"  repetition {r + 1}/{reps}: " + ", ".join(f"{n} {secs(rep.samples[n][-1])}" for n, _ in ops),
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -739,8 +986,10 @@ def main() -> None:
 
     shapes = model_shapes(a.bytes)
     total = sum(math.prod(s) * torch.empty(0, dtype=dt).element_size() for _, s, dt in shapes)
-    log(f"building {total / (1 << 30):.3f} GiB in {len(shapes)} tensors on {WORLD} ranks "
-        f"(torch threads per rank: {torch.get_num_threads()})")
+    log(
+        f"building {total / (1 << 30):.3f} GiB in {len(shapes)} tensors on {WORLD} ranks "
+        f"(torch threads per rank: {torch.get_num_threads()})"
+    )
     full = make_full(shapes)
     sd = shard(full, mesh, 0)
     need_full = RANK == 0 or "load" in a.sections

@@ -16,10 +16,10 @@ torch.distributed process group.
 
 from __future__ import annotations
 
-from . import _ckpt
+from . import _ckpt as _ckpt
 from .api import (
-    ChunkInfo,
     CheckpointInfo,
+    ChunkInfo,
     LoadStats,
     SaveFuture,
     TensorInfo,
@@ -30,6 +30,7 @@ from .api import (
     save,
     verify,
 )
+from .errors import BY_CODE as _BY_CODE
 from .errors import (
     AlreadyExistsError,
     CheckpointError,
@@ -41,11 +42,10 @@ from .errors import (
     NotFoundError,
     UnavailableError,
 )
-from .errors import BY_CODE as _BY_CODE
 
-_ckpt._register_errors(_BY_CODE)
+_ckpt.register_errors(_BY_CODE)
 
-__version__: str = _ckpt.__version__
+__version__: str = _ckpt.VERSION
 
 
 def __getattr__(name: str) -> object:

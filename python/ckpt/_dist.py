@@ -62,7 +62,9 @@ def _own_gloo_group(ranks: list[int], timeout_s: float) -> Any:
     with _lock:
         n = _made.get(key, 0) + 1
         _made[key] = n
-    store = dist.PrefixStore(f"ckpt/{'_'.join(map(str, ranks))}/{n}", dist.distributed_c10d._get_default_store())
+    store = dist.PrefixStore(
+        f"ckpt/{'_'.join(map(str, ranks))}/{n}", dist.distributed_c10d._get_default_store()
+    )
     timeout = datetime.timedelta(seconds=max(timeout_s, 1.0))
     pg = dist.ProcessGroupGloo(store, ranks.index(dist.get_rank()), len(ranks), timeout)
     with _lock:

@@ -81,7 +81,9 @@ def flatten(state: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
         fqn = f"{prefix}{key}"
         if isinstance(value, Mapping) and not _is_tensor(value):
             yield from flatten(value, fqn + ".")
-        elif isinstance(value, list) and value and all(_is_tensor(v) or isinstance(v, Mapping) for v in value):
+        elif (
+            isinstance(value, list) and value and all(_is_tensor(v) or isinstance(v, Mapping) for v in value)
+        ):
             for i, item in enumerate(value):
                 if isinstance(item, Mapping):
                     yield from flatten(item, f"{fqn}.{i}.")
@@ -104,7 +106,9 @@ def _local_cpu(t: torch.Tensor, fqn: str, for_load: bool) -> torch.Tensor:
     if t.device.type != "cpu":
         raise InvalidArgumentError(f"tensor '{fqn}' is on {t.device}; ckpt reads and writes CPU tensors")
     if t.is_sparse or t.layout != torch.strided:
-        raise InvalidArgumentError(f"tensor '{fqn}' has layout {t.layout}; only strided tensors are supported")
+        raise InvalidArgumentError(
+            f"tensor '{fqn}' has layout {t.layout}; only strided tensors are supported"
+        )
     if t.is_conj() or t.is_neg():
         raise InvalidArgumentError(f"tensor '{fqn}' is a lazy conjugate/negative view; resolve it first")
     return t
@@ -141,7 +145,9 @@ def _chunk_of(fqn: str, value: torch.Tensor, for_load: bool) -> tuple[list[int],
         local = _local_cpu(value.to_local(), fqn, for_load)
         chunks = value.__create_chunk_list__()
         if len(chunks) != 1:
-            raise InvalidArgumentError(f"tensor '{fqn}': {len(chunks)} local chunks; ckpt expects one per rank")
+            raise InvalidArgumentError(
+                f"tensor '{fqn}': {len(chunks)} local chunks; ckpt expects one per rank"
+            )
         offsets = list(chunks[0].offsets)
         if list(chunks[0].sizes) != list(local.shape):
             raise InvalidArgumentError(

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from . import _ckpt, _dist
+from . import _ckpt as _ckpt
+from . import _dist
 from ._state import decode_bytes, describe, st_dtype, torch_dtype
 from .errors import NotFoundError
 
@@ -137,7 +138,9 @@ def load(
     return LoadStats(**stats)
 
 
-def _fill_values(slots: dict[str, tuple[Any, Any]], path: str, allow_missing: bool, allow_pickle: bool) -> None:
+def _fill_values(
+    slots: dict[str, tuple[Any, Any]], path: str, allow_missing: bool, allow_pickle: bool
+) -> None:
     import json
 
     texts, raw = _ckpt.read_extra_state(path)

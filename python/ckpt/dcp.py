@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.futures import Future
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -48,6 +47,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader as _StorageReader
 from torch.distributed.checkpoint.storage import StorageWriter as _StorageWriter
 from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
 
 from . import _ckpt
 from ._state import Chunk, TensorDesc, _local_cpu, _strides, st_dtype, torch_dtype
@@ -116,7 +116,13 @@ class StorageWriter(_StorageWriter):
         staging = _ckpt.create_staging_dir(self.path)
         self._staging = staging
         return [
-            replace(p, storage_data={"staging": staging, "file": f"shard-{i + 1:05d}-model-00001-of-00001.safetensors"})
+            replace(
+                p,
+                storage_data={
+                    "staging": staging,
+                    "file": f"shard-{i + 1:05d}-model-00001-of-00001.safetensors",
+                },
+            )
             for i, p in enumerate(plans)
         ]
 
@@ -147,8 +153,12 @@ class StorageWriter(_StorageWriter):
         if tensors:
             file, size, header_hash = _ckpt.write_shard_file(staging, plan.storage_data["file"], tensors)
             ref = _Written(file, size, header_hash)
-            results += [WriteResult(index=i.index, size_in_bytes=n, storage_data=ref) for i, n in tensor_items]
-        results += [WriteResult(index=i.index, size_in_bytes=len(b), storage_data=_Value(b)) for i, b in values]
+            results += [
+                WriteResult(index=i.index, size_in_bytes=n, storage_data=ref) for i, n in tensor_items
+            ]
+        results += [
+            WriteResult(index=i.index, size_in_bytes=len(b), storage_data=_Value(b)) for i, b in values
+        ]
         del keep
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
@@ -213,7 +223,9 @@ class StorageReader(_StorageReader):
                 for c in t["chunks"]
             ]
             sd_md[fqn] = TensorStorageMetadata(
-                properties=TensorProperties(dtype=torch_dtype(t["dtype"])), size=torch.Size(t["shape"]), chunks=chunks
+                properties=TensorProperties(dtype=torch_dtype(t["dtype"])),
+                size=torch.Size(t["shape"]),
+                chunks=chunks,
             )
             for i, c in enumerate(t["chunks"]):
                 storage[MetadataIndex(fqn, c["offsets"], i)] = c["file"]
@@ -228,9 +240,13 @@ class StorageReader(_StorageReader):
         md.storage_meta = StorageMeta(checkpoint_id=self.path)
         return md
 
-    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
         self._shapes = {
-            k: list(v.size) for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)
+            k: list(v.size)
+            for k, v in metadata.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata)
         }
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
@@ -304,5 +320,3 @@ def _overlaps(t: torch.Tensor) -> bool:
     from ._state import _overlapping
 
     return not t.is_contiguous() and t.numel() > 0 and _overlapping(t)
-
-

@@ -26,7 +26,9 @@ __all__ = ["load_file", "open", "safe_open", "save", "save_file"]
 
 
 def save_file(
-    tensors: Mapping[str, torch.Tensor], filename: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, torch.Tensor],
+    filename: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Writes `tensors` to `filename` (atomically: the file appears complete
     or not at all). The layout is the reference writer's, byte for byte."""
@@ -38,7 +40,9 @@ def save_file(
             raise InvalidArgumentError(f"{path}: value '{name}' is a {type(t).__name__}, not a tensor")
         t = _local_cpu(t.detach(), name, for_load=False)
         keep.append(t)
-        items.append((name, st_dtype(t.dtype, f"{path}: tensor '{name}'"), list(t.shape), t.data_ptr(), _strides(t)))
+        items.append(
+            (name, st_dtype(t.dtype, f"{path}: tensor '{name}'"), list(t.shape), t.data_ptr(), _strides(t))
+        )
     md = None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
     _ckpt.save_safetensors(os.path.abspath(path), items, md)
     del keep
@@ -91,14 +95,18 @@ def _box(index: Any, shape: list[int], name: str) -> tuple[list[int], list[int],
         if isinstance(i, slice):
             start, stop, step = i.indices(n)
             if step != 1:
-                raise InvalidArgumentError(f"tensor '{name}': dimension {d}: only step 1 slices are supported")
+                raise InvalidArgumentError(
+                    f"tensor '{name}': dimension {d}: only step 1 slices are supported"
+                )
             offsets.append(start)
             box.append(max(stop - start, 0))
             squeeze.append(False)
         elif isinstance(i, int):
             j = i + n if i < 0 else i
             if not 0 <= j < n:
-                raise InvalidArgumentError(f"tensor '{name}': index {i} is out of range for dimension {d} of size {n}")
+                raise InvalidArgumentError(
+                    f"tensor '{name}': index {i} is out of range for dimension {d} of size {n}"
+                )
             offsets.append(j)
             box.append(1)
             squeeze.append(True)

@@ -170,7 +170,7 @@ NB_MODULE(_ckpt, m) {
   using namespace ckpt;
   using namespace ckpt::python;
   m.doc() = "ckpt's engine, called from the ckpt package (use the package, not this module).";
-  m.attr("__version__") = CKPT_VERSION_STRING;
+  m.attr("VERSION") = CKPT_VERSION_STRING;
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
@@ -179,7 +179,7 @@ NB_MODULE(_ckpt, m) {
       RaiseStatus(e.status);
     }
   });
-  m.def("_register_errors", &RegisterErrors, nb::arg("classes"),
+  m.def("register_errors", &RegisterErrors, nb::arg("classes"),
         "Sets the exception class raised for each status code name.");
   m.def("dtype_names", [] {
     std::vector<std::string> out;

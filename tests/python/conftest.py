@@ -42,7 +42,9 @@ def run_ranks(n: int, script: str, *args: str, timeout: float = 240, expect_ok: 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{script} on {n} ranks failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"{script} on {n} ranks failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return [proc.stdout, proc.stderr, str(proc.returncode)]
 
 

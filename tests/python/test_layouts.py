@@ -14,8 +14,12 @@ from conftest import HERE, run_ranks
 
 
 def load_plain(path: str) -> None:
-    r = subprocess.run([sys.executable, str(HERE / "jobs" / "layouts.py"), "load_plain", path], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(HERE / "jobs" / "layouts.py"), "load_plain", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "OK load_plain" in r.stdout, r.stderr[-4000:]
 
 
@@ -28,8 +32,9 @@ def load_plain(path: str) -> None:
         (4, "save_dcp", [(2, "load_dcp"), (2, "load_torch_hf"), (1, "load_plain")]),
     ],
 )
-def test_a_save_on_n_ranks_loads_bit_exactly_into_other_layouts_and_world_sizes(tmp_path, save_ranks, save_mode,
-                                                                                   loads):
+def test_a_save_on_n_ranks_loads_bit_exactly_into_other_layouts_and_world_sizes(
+    tmp_path, save_ranks, save_mode, loads
+):
     path = str(tmp_path / "ckpt")
     out = run_ranks(save_ranks, "layouts.py", save_mode, path)
     assert out[0].count(f" {save_mode}") >= save_ranks

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import ckpt
 import pytest
 import safetensors.torch as st
 import torch
 from test_tensors import ALL_DTYPES, bits, random_bits
-
-import ckpt
 
 
 def sample() -> dict[str, torch.Tensor]:
@@ -68,5 +67,7 @@ def test_safetensors_reads_what_ckpt_writes(tmp_path):
 def test_a_file_is_never_half_written(tmp_path):
     target = tmp_path / "m.safetensors"
     with pytest.raises(ckpt.InvalidArgumentError, match="'bad'"):
-        ckpt.safetensors.save_file({"ok": torch.ones(2), "bad": torch.ones(2, dtype=torch.complex128)}, target)
+        ckpt.safetensors.save_file(
+            {"ok": torch.ones(2), "bad": torch.ones(2, dtype=torch.complex128)}, target
+        )
     assert not target.exists()

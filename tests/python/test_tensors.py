@@ -9,14 +9,25 @@ import sys
 import threading
 import time
 
+import ckpt
 import pytest
 import torch
 
-import ckpt
-
 ALL_DTYPES = [
-    torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
-    torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn,
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.uint16,
+    torch.int32,
+    torch.uint32,
+    torch.int64,
+    torch.uint64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.float8_e4m3fn,
     torch.float8_e5m2,
 ]
 
@@ -55,13 +66,22 @@ def test_every_dtype_round_trips_bit_for_bit(tmp_path, dtype):
 
 def test_non_contiguous_sources_and_destinations_are_read_and_written_in_place(tmp_path):
     base = torch.arange(6 * 8, dtype=torch.float32).reshape(6, 8)
-    src = {"transposed": base.t(), "strided": base[::2, 1::3], "narrow": base[:, 2:5], "expanded": torch.ones(3, 1).expand(3, 4)}
+    src = {
+        "transposed": base.t(),
+        "strided": base[::2, 1::3],
+        "narrow": base[:, 2:5],
+        "expanded": torch.ones(3, 1).expand(3, 4),
+    }
     ckpt.save(src, tmp_path / "c")
     holder = torch.zeros(8, 6)
     dst_t = holder.t()  # a [6, 8] view with strides (1, 6)
     big = torch.zeros(4, 10, dtype=torch.float32)
-    dst = {"transposed": torch.zeros(6, 8).t(), "strided": big[::2, ::3].narrow(1, 0, 3)[:, :3], "narrow": torch.zeros(6, 3),
-           "expanded": torch.zeros(3, 4)}
+    dst = {
+        "transposed": torch.zeros(6, 8).t(),
+        "strided": big[::2, ::3].narrow(1, 0, 3)[:, :3],
+        "narrow": torch.zeros(6, 3),
+        "expanded": torch.zeros(3, 4),
+    }
     dst["strided"] = torch.zeros(3, 3)
     dst["transposed"] = dst_t.t()  # [8, 6] view of `holder` transposed twice = holder itself
     out_view = torch.zeros(10, 10)[1:7:2, 2:5]  # a strided [3, 3] destination
@@ -74,9 +94,17 @@ def test_non_contiguous_sources_and_destinations_are_read_and_written_in_place(t
 
 
 def test_zero_dim_and_empty_tensors_and_nested_dicts_round_trip(tmp_path):
-    src = {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "nest": {"a": torch.tensor([1, 2]), "b": [torch.ones(2)]}}
+    src = {
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "nest": {"a": torch.tensor([1, 2]), "b": [torch.ones(2)]},
+    }
     ckpt.save(src, tmp_path / "c")
-    dst = {"scalar": torch.tensor(0.0), "empty": torch.ones(0, 3), "nest": {"a": torch.zeros(2, dtype=torch.int64), "b": [torch.zeros(2)]}}
+    dst = {
+        "scalar": torch.tensor(0.0),
+        "empty": torch.ones(0, 3),
+        "nest": {"a": torch.zeros(2, dtype=torch.int64), "b": [torch.zeros(2)]},
+    }
     ckpt.load(dst, tmp_path / "c")
     assert dst["scalar"].item() == 2.5
     assert dst["nest"]["a"].tolist() == [1, 2] and dst["nest"]["b"][0].tolist() == [1.0, 1.0]
@@ -84,13 +112,28 @@ def test_zero_dim_and_empty_tensors_and_nested_dicts_round_trip(tmp_path):
 
 
 def test_non_tensor_values_are_kept_as_json_or_torch_bytes(tmp_path):
-    src = {"w": torch.ones(2), "step": 7, "lr": 0.5, "name": "run", "cfg": {"betas": [0.9, 0.99]},
-           "shape": torch.Size([2, 3]), "pair": (1, "a")}
+    src = {
+        "w": torch.ones(2),
+        "step": 7,
+        "lr": 0.5,
+        "name": "run",
+        "cfg": {"betas": [0.9, 0.99]},
+        "shape": torch.Size([2, 3]),
+        "pair": (1, "a"),
+    }
     ckpt.save(src, tmp_path / "c")
     info = ckpt.inspect(tmp_path / "c")
     assert info.values["step"] == "json" and info.values["cfg.betas"] == "json"
     assert info.values["shape"] == "bytes" and info.values["pair"] == "bytes"
-    dst = {"w": torch.zeros(2), "step": 0, "lr": 0.0, "name": "", "cfg": {"betas": None}, "shape": None, "pair": None}
+    dst = {
+        "w": torch.zeros(2),
+        "step": 0,
+        "lr": 0.0,
+        "name": "",
+        "cfg": {"betas": None},
+        "shape": None,
+        "pair": None,
+    }
     ckpt.load(dst, tmp_path / "c")
     assert (dst["step"], dst["lr"], dst["name"], dst["cfg"]["betas"]) == (7, 0.5, "run", [0.9, 0.99])
     assert dst["shape"] == torch.Size([2, 3]) and dst["pair"] == (1, "a")
@@ -162,8 +205,9 @@ print((save_peak - base) // 1024, (load_peak - base) // 1024)
 def test_saving_and_loading_a_large_tensor_does_not_copy_it(tmp_path):
     # Anonymous memory (not the page cache of the files) sampled while the
     # engine works: a copy of the tensor would add 256 MiB.
-    r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "c")], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "c")], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     save_mib, load_mib = map(int, r.stdout.split())
     assert save_mib < 64, f"save grew anonymous memory by {save_mib} MiB"
@@ -216,8 +260,10 @@ def test_errors_are_checkpoint_error_subclasses_named_after_status_codes(tmp_pat
 
 
 def test_key_mapping_and_subsets(tmp_path):
-    ckpt.save({"model.layers.0.w": torch.ones(2), "model.layers.1.w": torch.full((2,), 2.0), "head": torch.ones(1)},
-              tmp_path / "c")
+    ckpt.save(
+        {"model.layers.0.w": torch.ones(2), "model.layers.1.w": torch.full((2,), 2.0), "head": torch.ones(1)},
+        tmp_path / "c",
+    )
     dst = {"layers.0.w": torch.zeros(2), "layers.1.w": torch.zeros(2)}
     stats = ckpt.load(dst, tmp_path / "c", key_mapping={r"^model\.(.*)$": r"\1"})
     assert dst["layers.1.w"].tolist() == [2.0, 2.0] and stats.unexpected_keys == ["head"]
@@ -300,7 +346,9 @@ try:
 except ckpt.IOError as e:
     print("IOError", e)
 """
-    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "c")], capture_output=True, text=True, timeout=120
+    )
     assert r.stdout.startswith("IOError") and "shard-00001" in r.stdout, (r.stdout, r.stderr)
     assert not (tmp_path / "c").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".c.tmp")]

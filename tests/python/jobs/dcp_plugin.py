@@ -1,22 +1,21 @@
 """ckpt's DCP plugin against DCP itself and torch's own HF storage.
 
-    dcp_plugin.py async_thread DIR     dcp.async_save (thread executor) with
-                                       ckpt.dcp.StorageWriter, then dcp.load
-    dcp_plugin.py async_process DIR    the same with the process executor
-    dcp_plugin.py torch_writer DIR     torch's HuggingFaceStorageWriter
-                                       (save_distributed) read back by
-                                       ckpt.load and ckpt.dcp.StorageReader
+dcp_plugin.py async_thread DIR     dcp.async_save (thread executor) with
+                                   ckpt.dcp.StorageWriter, then dcp.load
+dcp_plugin.py async_process DIR    the same with the process executor
+dcp_plugin.py torch_writer DIR     torch's HuggingFaceStorageWriter
+                                   (save_distributed) read back by
+                                   ckpt.load and ckpt.dcp.StorageReader
 """
 
 from __future__ import annotations
 
 import sys
 
+import ckpt
 import torch
 import torch.distributed.checkpoint as dcp
 from common import expected, init, same_bits
-
-import ckpt
 
 
 def tensors(world: int, saving: bool) -> dict:
@@ -36,8 +35,11 @@ def tensors(world: int, saving: bool) -> dict:
 
 
 def check(sd: dict) -> None:
-    for name, shape, dtype in (("a", (8, 6), torch.float32), ("b", (6, 10), torch.bfloat16),
-                               ("c", (3, 3), torch.float16)):
+    for name, shape, dtype in (
+        ("a", (8, 6), torch.float32),
+        ("b", (6, 10), torch.bfloat16),
+        ("c", (3, 3), torch.float16),
+    ):
         assert same_bits(sd[name].full_tensor(), expected(name, shape, dtype)), name
 
 
@@ -62,7 +64,9 @@ def main() -> None:
     else:
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-        dcp.save(tensors(world, saving=True), storage_writer=HuggingFaceStorageWriter(path, save_distributed=True))
+        dcp.save(
+            tensors(world, saving=True), storage_writer=HuggingFaceStorageWriter(path, save_distributed=True)
+        )
         torch.distributed.barrier()
         got = tensors(world, saving=False)
         ckpt.load(got, path)

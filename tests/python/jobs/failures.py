@@ -1,10 +1,10 @@
 """Failure scenarios on real ranks.
 
-    failures.py hang DIR      rank 1 stops answering; every rank must raise
-                              within the timeout
-    failures.py io DIR        rank 1 cannot write its file; every rank raises
-                              the same error and nothing is published
-    failures.py io_dcp DIR    the same through dcp.save with ckpt's writer
+failures.py hang DIR      rank 1 stops answering; every rank must raise
+                          within the timeout
+failures.py io DIR        rank 1 cannot write its file; every rank raises
+                          the same error and nothing is published
+failures.py io_dcp DIR    the same through dcp.save with ckpt's writer
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import signal
 import sys
 import time
 
+import ckpt
 import torch
 from common import init
-
-import ckpt
 
 TIMEOUT = 4.0
 

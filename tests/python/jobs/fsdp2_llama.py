@@ -1,9 +1,9 @@
 """A tiny Llama sharded with FSDP2 (fully_shard per layer and at the root).
 
-    fsdp2_llama.py save DIR    trains one step, saves with ckpt.save, and
-                               rank 0 writes the full state as a reference
-    fsdp2_llama.py load DIR    a fresh model (another world size) loads it;
-                               every parameter must equal the reference
+fsdp2_llama.py save DIR    trains one step, saves with ckpt.save, and
+                           rank 0 writes the full state as a reference
+fsdp2_llama.py load DIR    a fresh model (another world size) loads it;
+                           every parameter must equal the reference
 """
 
 from __future__ import annotations
@@ -11,17 +11,23 @@ from __future__ import annotations
 import os
 import sys
 
+import ckpt
 import torch
 from common import init, same_bits
-
-import ckpt
 
 
 def build() -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
+import ckpt
 import torch
 from common import expected, init, same_bits
-
-import ckpt
 
 TENSORS = {
     "dim0": ((8, 6), torch.float32),
