@@ -56,30 +56,8 @@ void Save(PyComm& comm, const std::string& path, const TensorList& tensors, cons
   Released([&] { return SaveSharded(comm.get(), *PosixStorage(), path, owned.sd, options); });
 }
 
-struct PyLoadOptions {
-  bool allow_missing = false;
-  bool allow_unexpected = false;
-  std::vector<std::pair<std::string, std::string>> key_mapping;
-  std::vector<std::string> skip_prefixes;
-  bool tie_word_embeddings = false;
-  bool verify_checksums = true;
-  bool cast_floats = false;
-  bool dequantize_fp8 = false;
-  double timeout_s = 600;
-};
-
-nb::dict Load(PyComm& comm, const std::string& path, const TensorList& tensors, const PyLoadOptions& o) {
+nb::dict Load(PyComm& comm, const std::string& path, const TensorList& tensors, const LoadOptions& options) {
   Owned owned = BuildStateDict(tensors, {}, nb::dict());
-  LoadOptions options;
-  options.timeout = ToTimeout(o.timeout_s);
-  options.allow_missing = o.allow_missing;
-  options.allow_unexpected = o.allow_unexpected;
-  options.key_mapping = o.key_mapping;
-  options.skip_prefixes = o.skip_prefixes;
-  options.tie_word_embeddings = o.tie_word_embeddings;
-  options.verify_checksums = o.verify_checksums;
-  options.cast_floats = o.cast_floats;
-  options.dequantize_fp8 = o.dequantize_fp8;
   LoadStats stats;
   Released([&] { return LoadSharded(comm.get(), *PosixStorage(), path, owned.sd, options, &stats); });
   return StatsDict(stats);
@@ -130,28 +108,8 @@ nb::dict Inspect(const std::string& path) {
   return d;
 }
 
-struct PyConsolidateOptions {
-  std::string base_model_dir;
-  std::optional<std::string> cast_dtype;
-  uint64_t max_shard_size = kDefaultMaxShardSize;
-  uint32_t equal_files = 0;
-  unsigned threads = 0;
-  double timeout_s = 600;
-};
-
 nb::dict ConsolidateDir(PyComm& comm, const std::string& in, const std::string& out,
-                        const PyConsolidateOptions& o) {
-  ConsolidateOptions options;
-  options.timeout = ToTimeout(o.timeout_s);
-  options.base_model_dir = o.base_model_dir;
-  if (o.cast_dtype) {
-    Result<DType> d = ParseDType(*o.cast_dtype);
-    if (!d.ok()) throw StatusException{d.status()};
-    options.cast_dtype = *d;
-  }
-  options.max_shard_size = o.max_shard_size;
-  options.equal_files = o.equal_files;
-  options.threads = o.threads;
+                        const ConsolidateOptions& options) {
   ConsolidateStats stats;
   Released([&] { return Consolidate(comm.get(), *PosixStorage(), in, out, options, &stats); });
   nb::dict d;
@@ -189,25 +147,44 @@ NB_MODULE(_ckpt, m) {
 
   BindCommunicator(m);
 
-  nb::class_<PyLoadOptions>(m, "LoadOptions")
+  // The engine's own options structs, fields as they are (timeouts in seconds).
+  nb::class_<LoadOptions>(m, "LoadOptions")
       .def(nb::init<>())
-      .def_rw("allow_missing", &PyLoadOptions::allow_missing)
-      .def_rw("allow_unexpected", &PyLoadOptions::allow_unexpected)
-      .def_rw("key_mapping", &PyLoadOptions::key_mapping)
-      .def_rw("skip_prefixes", &PyLoadOptions::skip_prefixes)
-      .def_rw("tie_word_embeddings", &PyLoadOptions::tie_word_embeddings)
-      .def_rw("verify_checksums", &PyLoadOptions::verify_checksums)
-      .def_rw("cast_floats", &PyLoadOptions::cast_floats)
-      .def_rw("dequantize_fp8", &PyLoadOptions::dequantize_fp8)
-      .def_rw("timeout_s", &PyLoadOptions::timeout_s);
-  nb::class_<PyConsolidateOptions>(m, "ConsolidateOptions")
+      .def_rw("allow_missing", &LoadOptions::allow_missing)
+      .def_rw("allow_unexpected", &LoadOptions::allow_unexpected)
+      .def_rw("key_mapping", &LoadOptions::key_mapping)
+      .def_rw("skip_prefixes", &LoadOptions::skip_prefixes)
+      .def_rw("tie_word_embeddings", &LoadOptions::tie_word_embeddings)
+      .def_rw("verify_checksums", &LoadOptions::verify_checksums)
+      .def_rw("cast_floats", &LoadOptions::cast_floats)
+      .def_rw("dequantize_fp8", &LoadOptions::dequantize_fp8)
+      .def_prop_rw(
+          "timeout_s", [](const LoadOptions& o) { return o.timeout.count() / 1000.0; },
+          [](LoadOptions& o, double s) { o.timeout = ToTimeout(s); });
+  nb::class_<ConsolidateOptions>(m, "ConsolidateOptions")
       .def(nb::init<>())
-      .def_rw("base_model_dir", &PyConsolidateOptions::base_model_dir)
-      .def_rw("cast_dtype", &PyConsolidateOptions::cast_dtype)
-      .def_rw("max_shard_size", &PyConsolidateOptions::max_shard_size)
-      .def_rw("equal_files", &PyConsolidateOptions::equal_files)
-      .def_rw("threads", &PyConsolidateOptions::threads)
-      .def_rw("timeout_s", &PyConsolidateOptions::timeout_s);
+      .def_rw("base_model_dir", &ConsolidateOptions::base_model_dir)
+      .def_rw("max_shard_size", &ConsolidateOptions::max_shard_size)
+      .def_rw("equal_files", &ConsolidateOptions::equal_files)
+      .def_rw("threads", &ConsolidateOptions::threads)
+      .def_prop_rw(
+          "cast_dtype",
+          [](const ConsolidateOptions& o) {
+            return o.cast_dtype ? std::optional<std::string>(DTypeName(*o.cast_dtype)) : std::nullopt;
+          },
+          [](ConsolidateOptions& o, std::optional<std::string> name) {
+            if (!name) {
+              o.cast_dtype.reset();
+              return;
+            }
+            Result<DType> d = ParseDType(*name);
+            RaiseIfError(d.status());
+            o.cast_dtype = *d;
+          },
+          nb::arg("name").none())
+      .def_prop_rw(
+          "timeout_s", [](const ConsolidateOptions& o) { return o.timeout.count() / 1000.0; },
+          [](ConsolidateOptions& o, double s) { o.timeout = ToTimeout(s); });
 
   m.def("save", &Save, nb::arg("comm"), nb::arg("path"), nb::arg("tensors"), nb::arg("json"), nb::arg("bytes"),
         nb::arg("timeout_s"), "Collective sharded save of described tensors.");
