@@ -18,9 +18,7 @@
 #include "ckpt/log.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/staging.h"
-#include "ckpt/torch_bin.h"
 #include "engine/shard_dir.h"
-#include "engine/torch_bin_load.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -238,27 +236,14 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifa
   std::map<std::string, uint32_t> base_files;
   std::map<std::string, DType> base_dtypes;
   if (!base_model_dir_.empty()) {
-    Result<bool> bin_only = engine::IsTorchBinOnlyDir(st, base_model_dir_);
-    Status base_read;
-    if (bin_only.ok() && *bin_only) {
-      Result<TorchBinDir> base = TorchBinDir::Open(st, base_model_dir_);
-      base_read = base.status();
-      if (base.ok()) {
-        for (const auto& [fqn, loc] : base->tensors()) base_dtypes[fqn] = loc.info->dtype;
-      }
-    } else {
-      Result<HfModelDir> base = HfModelDir::Open(st, base_model_dir_);
-      base_read = base.status();
-      if (base.ok()) {
-        for (const auto& [fqn, loc] : base->tensors()) base_dtypes[fqn] = loc.info->dtype;
-      }
-    }
-    if (base_read.ok()) {
+    Result<std::map<std::string, DType>> base = DTypesFromBase(st, base_model_dir_);
+    if (base.ok()) {
+      base_dtypes = std::move(*base);
       Result<std::map<std::string, uint32_t>> files = FileMappingFromBase(st, base_model_dir_);
       if (files.ok()) base_files = std::move(*files);
     } else {
       Log(LogLevel::kWarning, "base model " + base_model_dir_ + " could not be read for its layout and dtypes: " +
-                                  base_read.ToString());
+                                  base.status().ToString());
     }
   }
   json dtypes = json::object();

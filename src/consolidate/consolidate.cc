@@ -71,6 +71,12 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
         }
       }
     }
+    // The base model's own dtypes win over the recorded ones; tensors it
+    // lacks (new heads) keep what the mapping says.
+    if (!o.base_model_dir.empty()) {
+      CKPT_ASSIGN_OR_RETURN(auto base, DTypesFromBase(storage, o.base_model_dir));
+      for (const auto& [k, d] : base) originals[k] = d;
+    }
   }
   std::map<std::string, uint32_t> mapping = o.fqn_to_file;
   if (!mapping.empty()) CKPT_RETURN_IF_ERROR(CheckFileNumbers(mapping, "ConsolidateOptions::fqn_to_file"));
