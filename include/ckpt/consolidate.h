@@ -78,6 +78,7 @@ struct ConsolidateStats {
   uint64_t tensors = 0;
   uint64_t bytes = 0;         // tensor bytes in the output, all ranks
   uint64_t rank_bytes = 0;    // tensor bytes this rank wrote
+  double seconds = 0;         // wall time of the call on this rank (rank 0: until published)
   std::vector<std::string> warnings;
 };
 

@@ -187,23 +187,24 @@ Status Checkpointer::SaveModel(Model& model, const std::string& weights_path, co
   }
   const HfArtifacts extra = options.artifacts;
   const bool is_final = options.is_final_checkpoint;
+  ConsolidateStats* stats = options.export_stats;
   if (worker_) {
     return SaveAsync(model_kind_, model.state_dict(), weights_path, model_dir, [=, this](Communicator& c) {
-      return FinishModelSave(c, model_dir, extra, is_final);
+      return FinishModelSave(c, model_dir, extra, is_final, stats);
     });
   }
   SaveOptions so;
   so.timeout = config_.timeout;
   CKPT_RETURN_IF_ERROR(SaveSharded(comm_, *storage_, model_dir, model.state_dict(), so));
-  return FinishModelSave(comm_, model_dir, extra, is_final);
+  return FinishModelSave(comm_, model_dir, extra, is_final, stats);
 }
 
 Status Checkpointer::FinishModelSave(Communicator& comm, const std::string& model_dir, const HfArtifacts& extra,
-                                     bool is_final) {
+                                     bool is_final, ConsolidateStats* stats) {
   Status meta;
   if (comm.rank() == 0) meta = SaveHfMetadata(model_dir, extra, is_final);
   CKPT_RETURN_IF_ERROR(AgreeOn(comm, meta, "writing the Hugging Face metadata of " + model_dir));
-  return MaybeConsolidate(comm, model_dir, is_final);
+  return MaybeConsolidate(comm, model_dir, is_final, stats);
 }
 
 // Rank 0: .hf_metadata/ (artifacts and the export mappings) and consolidate.sh.
@@ -312,7 +313,8 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifa
   return Status();
 }
 
-Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final) {
+Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final,
+                                      ConsolidateStats* stats) {
   const bool now = config_.save_consolidated == ConsolidationMode::kEvery ||
                    (config_.save_consolidated == ConsolidationMode::kFinal && is_final);
   if (!now) return Status();
@@ -325,11 +327,11 @@ Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& mod
   if (config_.single_rank_consolidation) {
     if (comm.rank() == 0) {
       std::unique_ptr<Communicator> one = NewSingleRankCommunicator();
-      s = Consolidate(*one, *storage_, model_dir, out, o);
+      s = Consolidate(*one, *storage_, model_dir, out, o, stats);
     }
     return AgreeOn(comm, s, "consolidating " + model_dir);
   }
-  s = Consolidate(comm, *storage_, model_dir, out, o);
+  s = Consolidate(comm, *storage_, model_dir, out, o, stats);
   return AgreeOn(comm, s, "consolidating " + model_dir);
 }
 

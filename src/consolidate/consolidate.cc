@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -398,6 +399,7 @@ bool IsHfArtifactName(std::string_view name) {
 
 Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_dir, const std::string& out_dir,
                    const ConsolidateOptions& o, ConsolidateStats* stats_out) {
+  const auto start = std::chrono::steady_clock::now();
   const Timeout to = o.timeout;
   const std::string what = "consolidating " + in_dir + " into " + out_dir;
   if (o.cast_dtype && !IsOrdinaryFloat(*o.cast_dtype)) {
@@ -468,6 +470,7 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
   }
   if (!agreed.ok()) return agreed.WithContext(what);
   stats.files = static_cast<uint32_t>(layout->size());
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (stats_out) *stats_out = stats;
   return comm.AgreeOnStatus(published, to).WithContext(what);
 }
