@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "ckpt/comm.h"
+#include "ckpt/consolidate.h"
 #include "ckpt/sharded.h"
 #include "ckpt/state_dict.h"
 #include "ckpt/status.h"
@@ -174,6 +175,10 @@ struct SaveModelOptions {
   const PeftConfig* peft = nullptr;  // required when config.is_peft
   HfArtifacts artifacts = {};        // added to (and win over) the base model's
   bool is_final_checkpoint = false;
+  // When this save writes model/consolidated/ (save_consolidated), filled
+  // with the export's statistics once it is done: for asynchronous saves
+  // after AsyncWait() or Close(), so it must outlive the save.
+  ConsolidateStats* export_stats = nullptr;
 };
 
 struct LoadModelOptions {
@@ -290,9 +295,10 @@ class Checkpointer {
   Status SaveHfMetadata(const std::string& model_dir, const HfArtifacts& extra, bool is_final);
   Status SaveAdapter(Model& model, const std::string& model_dir, const PeftConfig& peft);
   Status LoadAdapter(Model& model, const std::string& model_dir);
-  Status MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final);
+  Status MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final,
+                          ConsolidateStats* stats);
   Status FinishModelSave(Communicator& comm, const std::string& model_dir, const HfArtifacts& extra,
-                         bool is_final);
+                         bool is_final, ConsolidateStats* stats);
   Status PublishOn(Communicator& comm, const std::string& weights_path, const std::map<std::string, double>& metrics);
   Status ApplyRetention();
   Status SaveStatefulFile(Stateful& state, const std::string& path);

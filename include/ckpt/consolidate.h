@@ -47,8 +47,9 @@ bool NaturalLess(const std::string& a, const std::string& b);
 
 struct ConsolidateOptions {
   Timeout timeout = kDefaultCollectiveTimeout;
-  // A Hugging Face model directory whose file layout is reused: a tensor goes
-  // to the file its index names (`model.safetensors` counts as file 1).
+  // A Hugging Face model directory whose file layout and dtypes are reused: a
+  // tensor goes to the file its index names (`model.safetensors` counts as
+  // file 1), and the base's dtype is the tensor's original dtype (ExportDType).
   std::string base_model_dir;
   // Cast ordinary float tensors (never FP8) to this dtype, one of F16, BF16,
   // F32, F64; any other dtype is InvalidArgument.
@@ -61,7 +62,8 @@ struct ConsolidateOptions {
   bool diffusers = false;
   // Threads per rank writing files (0: one per hardware thread, at most 8).
   unsigned threads = 0;
-  // fqn → original dtype. Empty: read <in>/.hf_metadata/fqn_to_dtype_mapping.json when present.
+  // fqn → original dtype. Empty: the base model's dtype of each tensor it
+  // has, else <in>/.hf_metadata/fqn_to_dtype_mapping.json's when present.
   std::map<std::string, DType> original_dtypes;
   // fqn → 1-based output file. Empty: from the base model, else
   // <in>/.hf_metadata/fqn_to_file_index_mapping.json, else by size.
@@ -76,6 +78,7 @@ struct ConsolidateStats {
   uint64_t tensors = 0;
   uint64_t bytes = 0;         // tensor bytes in the output, all ranks
   uint64_t rank_bytes = 0;    // tensor bytes this rank wrote
+  double seconds = 0;         // wall time of the call on this rank (rank 0: until published)
   std::vector<std::string> warnings;
 };
 
@@ -111,6 +114,11 @@ inline constexpr uint32_t kMaxOutputFiles = 99999;
 // kMaxOutputFiles or above the number of distinct files the index names, or
 // when the files disagree on N.
 Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir);
+
+// fqn → dtype of every tensor of a base model directory, from its
+// safetensors headers (or its .bin archives when it has no safetensors);
+// NotFound when it has neither an index nor a single model file.
+Result<std::map<std::string, DType>> DTypesFromBase(Storage& storage, const std::string& dir);
 
 // Checks an fqn → file mapping: every number between 1 and the number of
 // distinct files it names (so no output file is empty) and at most

@@ -18,9 +18,7 @@
 #include "ckpt/log.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/staging.h"
-#include "ckpt/torch_bin.h"
 #include "engine/shard_dir.h"
-#include "engine/torch_bin_load.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -189,23 +187,24 @@ Status Checkpointer::SaveModel(Model& model, const std::string& weights_path, co
   }
   const HfArtifacts extra = options.artifacts;
   const bool is_final = options.is_final_checkpoint;
+  ConsolidateStats* stats = options.export_stats;
   if (worker_) {
     return SaveAsync(model_kind_, model.state_dict(), weights_path, model_dir, [=, this](Communicator& c) {
-      return FinishModelSave(c, model_dir, extra, is_final);
+      return FinishModelSave(c, model_dir, extra, is_final, stats);
     });
   }
   SaveOptions so;
   so.timeout = config_.timeout;
   CKPT_RETURN_IF_ERROR(SaveSharded(comm_, *storage_, model_dir, model.state_dict(), so));
-  return FinishModelSave(comm_, model_dir, extra, is_final);
+  return FinishModelSave(comm_, model_dir, extra, is_final, stats);
 }
 
 Status Checkpointer::FinishModelSave(Communicator& comm, const std::string& model_dir, const HfArtifacts& extra,
-                                     bool is_final) {
+                                     bool is_final, ConsolidateStats* stats) {
   Status meta;
   if (comm.rank() == 0) meta = SaveHfMetadata(model_dir, extra, is_final);
   CKPT_RETURN_IF_ERROR(AgreeOn(comm, meta, "writing the Hugging Face metadata of " + model_dir));
-  return MaybeConsolidate(comm, model_dir, is_final);
+  return MaybeConsolidate(comm, model_dir, is_final, stats);
 }
 
 // Rank 0: .hf_metadata/ (artifacts and the export mappings) and consolidate.sh.
@@ -238,27 +237,14 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifa
   std::map<std::string, uint32_t> base_files;
   std::map<std::string, DType> base_dtypes;
   if (!base_model_dir_.empty()) {
-    Result<bool> bin_only = engine::IsTorchBinOnlyDir(st, base_model_dir_);
-    Status base_read;
-    if (bin_only.ok() && *bin_only) {
-      Result<TorchBinDir> base = TorchBinDir::Open(st, base_model_dir_);
-      base_read = base.status();
-      if (base.ok()) {
-        for (const auto& [fqn, loc] : base->tensors()) base_dtypes[fqn] = loc.info->dtype;
-      }
-    } else {
-      Result<HfModelDir> base = HfModelDir::Open(st, base_model_dir_);
-      base_read = base.status();
-      if (base.ok()) {
-        for (const auto& [fqn, loc] : base->tensors()) base_dtypes[fqn] = loc.info->dtype;
-      }
-    }
-    if (base_read.ok()) {
+    Result<std::map<std::string, DType>> base = DTypesFromBase(st, base_model_dir_);
+    if (base.ok()) {
+      base_dtypes = std::move(*base);
       Result<std::map<std::string, uint32_t>> files = FileMappingFromBase(st, base_model_dir_);
       if (files.ok()) base_files = std::move(*files);
     } else {
       Log(LogLevel::kWarning, "base model " + base_model_dir_ + " could not be read for its layout and dtypes: " +
-                                  base_read.ToString());
+                                  base.status().ToString());
     }
   }
   json dtypes = json::object();
@@ -327,7 +313,8 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const HfArtifa
   return Status();
 }
 
-Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final) {
+Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final,
+                                      ConsolidateStats* stats) {
   const bool now = config_.save_consolidated == ConsolidationMode::kEvery ||
                    (config_.save_consolidated == ConsolidationMode::kFinal && is_final);
   if (!now) return Status();
@@ -340,11 +327,11 @@ Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& mod
   if (config_.single_rank_consolidation) {
     if (comm.rank() == 0) {
       std::unique_ptr<Communicator> one = NewSingleRankCommunicator();
-      s = Consolidate(*one, *storage_, model_dir, out, o);
+      s = Consolidate(*one, *storage_, model_dir, out, o, stats);
     }
     return AgreeOn(comm, s, "consolidating " + model_dir);
   }
-  s = Consolidate(comm, *storage_, model_dir, out, o);
+  s = Consolidate(comm, *storage_, model_dir, out, o, stats);
   return AgreeOn(comm, s, "consolidating " + model_dir);
 }
 

@@ -5,9 +5,11 @@
 // steps, and is killed (SIGKILL) while a save is still being written. A job
 // of M ranks resumes from the newest complete checkpoint, finishes training,
 // checks every weight and optimizer moment bit for bit against an
-// uninterrupted run, exports a consolidated Hugging Face directory and
-// verifies it. The table at the end puts each time beside a reference
-// measured in the same run.
+// uninterrupted run, and saves a final checkpoint holding its Hugging Face
+// export (model/consolidated/), which it verifies. Every checkpoint holds
+// what a training loop saves: model, optimizer, data-loader position per dp
+// rank, RNG state per global rank. The table at the end puts each time
+// beside a reference measured in the same run.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -134,11 +136,35 @@ class Cursor : public Stateful {
   }
 };
 
+// A rank's random stream (what dropout would draw from): a seed and how many
+// steps have drawn from it, like torch's Philox seed and offset. It does not
+// enter the arithmetic, so a resumed run matches whatever the layout.
+class Rng : public Stateful {
+ public:
+  Rng(uint64_t seed, int rank) : seed_(Mix(seed ^ Mix(static_cast<uint64_t>(rank)))) {}
+  void Advance() { ++offset_; }
+  uint64_t offset() const { return offset_; }
+  Result<std::string> SaveState() override { return json({{"seed", seed_}, {"offset", offset_}}).dump(); }
+  Status LoadState(std::string_view s) override {
+    json j = json::parse(s, nullptr, false);
+    if (!j.is_object() || !j["seed"].is_number_unsigned() || !j["offset"].is_number_unsigned()) {
+      return DataLossError("bad RNG state");
+    }
+    seed_ = j["seed"].get<uint64_t>();
+    offset_ = j["offset"].get<uint64_t>();
+    return Status();
+  }
+
+ private:
+  uint64_t seed_;
+  uint64_t offset_ = 0;
+};
+
 // One rank's share of the model: rows [row0, row0 + rows) of every tensor,
 // bf16 weights, f32 Adam moments.
 class DemoModel : public Model {
  public:
-  DemoModel(const std::vector<Spec>& specs, int rank, int world, uint64_t seed) : seed_(seed) {
+  DemoModel(const std::vector<Spec>& specs, int rank, int world, uint64_t seed) : seed_(seed), rng_(seed, rank) {
     for (const Spec& s : specs) {
       Part p;
       p.fqn = s.fqn;
@@ -178,6 +204,7 @@ class DemoModel : public Model {
   StateDict& state_dict() override { return model_; }
   StateDict& optimizer() { return optim_; }
   Cursor& cursor() { return cursor_; }
+  Rng& rng() { return rng_; }
   float step() const { return step_; }
 
   uint64_t model_bytes() const {
@@ -192,6 +219,7 @@ class DemoModel : public Model {
   void TrainStep() {
     const uint64_t batch = cursor_.position;
     cursor_.position += 64;
+    rng_.Advance();
     step_ += 1.f;
     const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, lr = static_cast<float>(kLr);
     const float bc1 = 1.f - std::pow(b1, step_), bc2 = 1.f - std::pow(b2, step_);
@@ -236,6 +264,7 @@ class DemoModel : public Model {
   std::vector<Part> parts_;
   float step_ = 0.f;
   Cursor cursor_;
+  Rng rng_;
   StateDict model_, optim_;
 };
 
@@ -273,11 +302,28 @@ CheckpointingConfig DemoConfig(const std::string& root) {
   c.is_async = true;
   c.max_recent_checkpoints = 2;
   c.timeout = std::chrono::minutes(5);
+  // The final checkpoint carries its Hugging Face export, where NeMo puts it.
+  c.save_consolidated = ConsolidationMode::kFinal;
+  c.consolidation_timeout = std::chrono::minutes(5);
   return c;
+}
+
+// What every checkpoint holds besides the model and the optimizer.
+Status SaveLoopState(Checkpointer& ck, DemoModel& model, const std::string& dir) {
+  CKPT_RETURN_IF_ERROR(ck.SaveOnDpRanks(model.cursor(), "dataloader", dir));
+  return ck.SaveOnGlobalRanks(model.rng(), "rng", dir);
 }
 
 // The last save step at or before the end: where the first job dies.
 int CrashStep(const DemoOptions& o) { return (o.steps - 1) / o.save_every * o.save_every; }
+
+// Whether <dir>/rng holds one state per rank of this job, no more, no less.
+Result<bool> SameWorldAsSaved(Communicator& comm, const std::string& dir) {
+  auto file = [&](int rank) { return JoinPath(JoinPath(dir, "rng"), "rng_global_rank_" + std::to_string(rank) + ".state"); };
+  CKPT_ASSIGN_OR_RETURN(bool last, Exists(*PosixStorage(), file(comm.size() - 1)));
+  CKPT_ASSIGN_OR_RETURN(bool beyond, Exists(*PosixStorage(), file(comm.size())));
+  return last && !beyond;
+}
 
 // The first job. `die` runs once every rank has staged the crash step's save.
 Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Spec>& specs, const std::string& root,
@@ -299,7 +345,7 @@ Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Sp
     CKPT_RETURN_IF_ERROR(ck->SaveModel(model, dir, so));
     CKPT_RETURN_IF_ERROR(ck->SaveOptimizer(model.optimizer(), dir));
     const double blocked = Since(t0);
-    CKPT_RETURN_IF_ERROR(ck->SaveOnDpRanks(model.cursor(), "dataloader", dir));
+    CKPT_RETURN_IF_ERROR(SaveLoopState(*ck, model, dir));
     if (comm.rank() == 0) {
       m->blocked.push_back(blocked);
       m->staged_bytes = model.model_bytes() + model.optimizer_bytes();
@@ -325,9 +371,10 @@ Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Sp
   return Status();
 }
 
-// The second job: resume, finish, compare, export, verify.
+// The second job: resume, finish, save the final checkpoint with its export,
+// compare, verify.
 Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<Spec>& specs, const std::string& root,
-                   const std::string& hf, Progress& out, Measured* m) {
+                   Progress& out, Measured* m) {
   DemoModel model(specs, comm.rank(), comm.size(), o.seed + 1);  // other values: the load must replace them
   CKPT_ASSIGN_OR_RETURN(auto ck, Checkpointer::Create(DemoConfig(root), {.dp = comm.rank()}, comm));
   const std::string tag = "[resume · " + std::to_string(comm.size()) + " ranks] ";
@@ -337,6 +384,14 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<S
   CKPT_RETURN_IF_ERROR(ck->LoadModel(model, JoinPath(*latest, "model")));
   CKPT_RETURN_IF_ERROR(ck->LoadOptimizer(model.optimizer(), *latest));
   CKPT_RETURN_IF_ERROR(ck->LoadOnDpRanks(model.cursor(), "dataloader", *latest));
+  // RNG streams belong to global ranks: restored when the job has as many
+  // ranks as the one that saved them, else reseeded at the step reached.
+  CKPT_ASSIGN_OR_RETURN(bool same_world, SameWorldAsSaved(comm, *latest));
+  if (same_world) {
+    CKPT_RETURN_IF_ERROR(ck->LoadOnGlobalRanks(model.rng(), "rng", *latest));
+  } else {
+    for (int s = 0; s < static_cast<int>(model.step()); ++s) model.rng().Advance();
+  }
   const double load = Since(t0);
   const int from = static_cast<int>(model.step());
   if (comm.rank() == 0) {
@@ -350,14 +405,16 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<S
     model.TrainStep();
     if (comm.rank() == 0) out.Say(tag + "step " + std::to_string(step) + "/" + std::to_string(o.steps));
   }
-  // The final checkpoint, then an export for the world.
+  // The final checkpoint, with the export for the world in model/consolidated/.
   CKPT_ASSIGN_OR_RETURN(std::string dir, ck->Reserve(0, o.steps));
   SaveModelOptions so;
   so.artifacts["config.json"] = LlamaConfig(o);
   so.is_final_checkpoint = true;
+  ConsolidateStats cs;
+  so.export_stats = &cs;
   CKPT_RETURN_IF_ERROR(ck->SaveModel(model, dir, so));
   CKPT_RETURN_IF_ERROR(ck->SaveOptimizer(model.optimizer(), dir));
-  CKPT_RETURN_IF_ERROR(ck->SaveOnDpRanks(model.cursor(), "dataloader", dir));
+  CKPT_RETURN_IF_ERROR(SaveLoopState(*ck, model, dir));
   CKPT_RETURN_IF_ERROR(ck->Publish(dir, {{"val_loss", 1.0 / o.steps}}));
   CKPT_RETURN_IF_ERROR(ck->Close());
 
@@ -370,20 +427,15 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<S
       std::chrono::minutes(5)));
   if (comm.rank() == 0) out.Say(tag + "weights and Adam moments match an uninterrupted run bit for bit");
 
-  ConsolidateOptions co;
-  co.timeout = std::chrono::minutes(5);
-  ConsolidateStats cs;
-  auto t2 = Clock::now();
-  CKPT_RETURN_IF_ERROR(Consolidate(comm, *PosixStorage(), JoinPath(dir, "model"), hf, co, &cs));
-  const double cons = Since(t2);
+  const std::string hf = JoinPath(JoinPath(dir, "model"), "consolidated");
   Status verified;
   if (comm.rank() == 0) verified = VerifyShardedCheckpoint(*PosixStorage(), hf);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(verified, std::chrono::minutes(5)));
   if (comm.rank() == 0) {
-    m->consolidate_s = cons;
+    m->consolidate_s = cs.seconds;
     m->consolidated_bytes = cs.bytes;
     out.Say(tag + "exported " + hf + " (" + std::to_string(cs.files) + " files, " + Mib(cs.bytes) +
-            ") and verified it");
+            ") with the final checkpoint and verified it");
   }
   return Status();
 }
@@ -516,8 +568,8 @@ int RunDemo(const DemoOptions& in) {
   }
   const std::vector<Spec> specs = LlamaSpecs(o);
   Progress out(false);
-  // The demo exports explicitly at the end; the hint to run consolidate.sh
-  // would only confuse.
+  // Progress lines are the demo's own; the library's informational messages
+  // (key summaries of loads) would only clutter them.
   SetLogSink([](LogLevel level, std::string_view msg) {
     if (level != LogLevel::kInfo) std::fprintf(stderr, "ckpt %s: %.*s\n", std::string(LogLevelName(level)).c_str(),
                                                 static_cast<int>(msg.size()), msg.data());
@@ -564,7 +616,7 @@ int RunDemo(const DemoOptions& in) {
     } else {
       o.resume_ranks = (*comm)->size();
       m.crash_step = CrashStep(o);  // where the train phase stopped
-      s = ResumePhase(**comm, o, specs, ckpts, JoinPath(root, "hf_export"), out, &m);
+      s = ResumePhase(**comm, o, specs, ckpts, out, &m);
       if (s.ok() && (*comm)->rank() == 0) Report(o, specs, root, m);
     }
     if (!s.ok()) {
@@ -615,7 +667,7 @@ int RunDemo(const DemoOptions& in) {
   out.Say("[crash] the training job is gone; LATEST still names the last checkpoint whose writes finished");
 
   Status s = RunThreads(o.resume_ranks, [&](Communicator& comm) {
-    return ResumePhase(comm, o, specs, ckpts, JoinPath(root, "hf_export"), out, &m);
+    return ResumePhase(comm, o, specs, ckpts, out, &m);
   });
   if (!s.ok()) {
     std::fprintf(stderr, "ckpt demo: %s\n", s.ToString().c_str());

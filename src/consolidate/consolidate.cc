@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -70,6 +71,12 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
           originals[k] = *d;
         }
       }
+    }
+    // The base model's own dtypes win over the recorded ones; tensors it
+    // lacks (new heads) keep what the mapping says.
+    if (!o.base_model_dir.empty()) {
+      CKPT_ASSIGN_OR_RETURN(auto base, DTypesFromBase(storage, o.base_model_dir));
+      for (const auto& [k, d] : base) originals[k] = d;
     }
   }
   std::map<std::string, uint32_t> mapping = o.fqn_to_file;
@@ -392,6 +399,7 @@ bool IsHfArtifactName(std::string_view name) {
 
 Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_dir, const std::string& out_dir,
                    const ConsolidateOptions& o, ConsolidateStats* stats_out) {
+  const auto start = std::chrono::steady_clock::now();
   const Timeout to = o.timeout;
   const std::string what = "consolidating " + in_dir + " into " + out_dir;
   if (o.cast_dtype && !IsOrdinaryFloat(*o.cast_dtype)) {
@@ -462,6 +470,7 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
   }
   if (!agreed.ok()) return agreed.WithContext(what);
   stats.files = static_cast<uint32_t>(layout->size());
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (stats_out) *stats_out = stats;
   return comm.AgreeOnStatus(published, to).WithContext(what);
 }

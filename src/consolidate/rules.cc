@@ -1,5 +1,5 @@
 // Pure rules of consolidation: sizes, file division, export dtypes, the base
-// model's file layout.
+// model's file layout and dtypes.
 #include <cctype>
 #include <regex>
 #include <set>
@@ -157,6 +157,19 @@ Status CheckFileNumbers(const std::map<std::string, uint32_t>& mapping, const st
     }
   }
   return Status();
+}
+
+Result<std::map<std::string, DType>> DTypesFromBase(Storage& storage, const std::string& dir) {
+  std::map<std::string, DType> out;
+  CKPT_ASSIGN_OR_RETURN(bool bin_only, engine::IsTorchBinOnlyDir(storage, dir));
+  if (bin_only) {
+    CKPT_ASSIGN_OR_RETURN(TorchBinDir b, TorchBinDir::Open(storage, dir));
+    for (const auto& [name, loc] : b.tensors()) out[name] = loc.info->dtype;
+  } else {
+    CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, dir));
+    for (const auto& [name, loc] : m.tensors()) out[name] = loc.info->dtype;
+  }
+  return out;
 }
 
 Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir) {

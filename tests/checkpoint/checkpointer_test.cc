@@ -144,6 +144,7 @@ TEST(CheckpointerModel, ConsolidationModesAndOfflineScript) {
     CheckpointingConfig cfg = BaseConfig(tmp / ("ckpts-" + std::string(ConsolidationModeName(mode))));
     cfg.model_repo_id = tmp / "base";
     cfg.save_consolidated = mode;
+    std::vector<ConsolidateStats> final_export(2);
     CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
       TinyTrainer t(comm.rank(), comm.size());
       CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = comm.rank()}, comm));
@@ -152,6 +153,7 @@ TEST(CheckpointerModel, ConsolidationModesAndOfflineScript) {
         CKPT_ASSIGN_OR_RETURN(std::string d, c->Reserve(0, step));
         SaveModelOptions o;
         o.is_final_checkpoint = step == 2;
+        if (step == 2) o.export_stats = &final_export[static_cast<size_t>(comm.rank())];
         CKPT_RETURN_IF_ERROR(c->SaveModel(t, d, o));
         CKPT_RETURN_IF_ERROR(c->Publish(d));
       }
@@ -161,6 +163,12 @@ TEST(CheckpointerModel, ConsolidationModesAndOfflineScript) {
     const std::string last = JoinPath(cfg.checkpoint_dir, "epoch_0_step_2/model/consolidated");
     EXPECT_EQ(Exist(first), mode == ConsolidationMode::kEvery) << ConsolidationModeName(mode);
     EXPECT_EQ(Exist(last), mode != ConsolidationMode::kNever) << ConsolidationModeName(mode);
+    // The export's statistics reach the caller of the save that wrote it.
+    for (const ConsolidateStats& st : final_export) {
+      EXPECT_EQ(st.files, mode == ConsolidationMode::kNever ? 0u : 2u) << ConsolidationModeName(mode);
+      EXPECT_EQ(st.bytes > 0, mode != ConsolidationMode::kNever) << ConsolidationModeName(mode);
+      EXPECT_EQ(st.seconds > 0, mode != ConsolidationMode::kNever) << ConsolidationModeName(mode);
+    }
     if (mode == ConsolidationMode::kNever) {
       EXPECT_TRUE(log.Contains("final checkpoint saved without a Hugging Face export"));
       continue;

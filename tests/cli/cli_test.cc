@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/safetensors.h"
+#include "engine/layouts.h"
 #include "format/hostile_files.h"
 #include "format/torch_archive_builder.h"
 #include "test_util.h"
@@ -426,6 +427,69 @@ TEST(CliTest, ConsolidateRefusesCastsThatAreNotFloatCasts) {
   EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "out"));
   CliRun ok = RunCkpt("consolidate " + in + " " + tmp / "out" + " --cast-dtype F16");
   EXPECT_EQ(ok.code, 0) << ok.out;
+}
+
+TEST(CliTest, ConsolidateWithABaseModelGivesTensorsBackTheBaseDTypes) {
+  testing::TempDir tmp;
+  Storage& fs = *PosixStorage();
+  const std::string in = tmp / "sharded", base = tmp / "base";
+  // Saved in F32 (as a training run keeps its weights); released in BF16.
+  std::vector<float> w = {1.f, 1.00390625f, 1.01171875f, 3.14159265f, -2.5e-3f, 1e-40f, 3e38f, -0.f};
+  std::vector<float> norm(4, 0.5f);
+  CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& c) {
+    // Two ranks, each saving half of w; rank 0 saves norm.
+    StateDict mine;
+    std::vector<uint64_t> off = {static_cast<uint64_t>(4 * c.rank())};
+    LocalChunk half{off, Shape({4}), reinterpret_cast<std::byte*>(w.data() + 4 * c.rank()), {}};
+    mine.tensors.push_back({"w", DType::kF32, Shape({8}), {half}});
+    if (c.rank() == 0) {
+      mine.tensors.push_back(WholeTensor("norm", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(norm.data())));
+    }
+    return SaveSharded(c, fs, in, mine);
+  }));
+  CKPT_ASSERT_OK(fs.MakeDirs(base));
+  const std::string zeros(16, '\0');
+  std::vector<TensorData> ts = {{"w", DType::kBF16, Shape({8}), AsBytes(zeros)},
+                                {"norm", DType::kF32, Shape({4}), AsBytes(zeros)}};
+  CKPT_ASSERT_OK(WriteSafetensors(fs, base + "/model.safetensors", ts));
+
+  auto exported = [&](const std::string& out) {
+    std::map<std::string, std::pair<std::string, std::vector<uint8_t>>> got;
+    Result<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(fs, out + "/model-00001-of-00001.safetensors");
+    EXPECT_TRUE(f.ok()) << f.status().ToString();
+    if (!f.ok()) return got;
+    for (const TensorInfo& t : (*f)->header().tensors()) {
+      std::vector<uint8_t> bytes(t.nbytes());
+      EXPECT_TRUE((*f)->ReadTensor(t.name, std::as_writable_bytes(std::span(bytes))).ok());
+      got[t.name] = {std::string(DTypeName(t.dtype)), bytes};
+    }
+    return got;
+  };
+
+  CliRun c = RunCkpt("consolidate " + in + " " + tmp / "hf" + " --base " + base);
+  ASSERT_EQ(c.code, 0) << c.out;
+  auto got = exported(tmp / "hf");
+  EXPECT_EQ(got["w"].first, "BF16");
+  // Rounded to nearest, ties to even: 1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6.
+  const std::vector<uint8_t> want = {0x80, 0x3F, 0x80, 0x3F, 0x82, 0x3F, 0x49, 0x40,
+                                     0x24, 0xBB, 0x01, 0x00, 0x62, 0x7F, 0x00, 0x80};
+  EXPECT_EQ(got["w"].second, want);
+  EXPECT_EQ(got["norm"].first, "F32");  // originally F32 stays F32
+  EXPECT_EQ(RunCkpt("verify " + tmp / "hf").code, 0);
+
+  // An explicit cast still wins.
+  c = RunCkpt("consolidate " + in + " " + tmp / "hf16" + " --base " + base + " --cast-dtype F16");
+  ASSERT_EQ(c.code, 0) << c.out;
+  got = exported(tmp / "hf16");
+  EXPECT_EQ(got["w"].first, "F16");
+  EXPECT_EQ(got["norm"].first, "F32");
+
+  // A base that is not a model is refused before anything is written.
+  c = RunCkpt("consolidate " + in + " " + tmp / "none" + " --base " + tmp / "nowhere");
+  EXPECT_EQ(c.code, 1) << c.out;
+  EXPECT_NE(c.out.find("NotFound"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find(tmp / "nowhere"), std::string::npos) << c.out;
+  EXPECT_FALSE(*Exists(fs, tmp / "none"));
 }
 
 TEST(CliTest, InspectEscapesControlCharactersInNames) {

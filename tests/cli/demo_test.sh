@@ -20,9 +20,19 @@ else
   # --dir keeps everything: the export verifies with the CLI.
   "$bin" demo "${small[@]}" --dir "$dir/kept" > "$dir/table.txt"
   grep -q "bit-exact against an uninterrupted run" "$dir/table.txt"
-  "$bin" verify "$dir/kept/hf_export" > /dev/null
   test -L "$dir/kept/checkpoints/LATEST"
 fi
+# Each checkpoint holds what a training loop saves: RNG state per global rank
+# (4 ranks trained step 3, 2 resumed and saved step 7), and the final one its
+# Hugging Face export where NeMo puts it, which verifies.
+ckpts=$(ls -d "$dir"/*/checkpoints | tail -n 1)
+for r in 0 1 2 3; do test -s "$ckpts/epoch_0_step_3/rng/rng_global_rank_$r.state"; done
+for r in 0 1; do test -s "$ckpts/epoch_0_step_7/rng/rng_global_rank_$r.state"; done
+test ! -e "$ckpts/epoch_0_step_7/rng/rng_global_rank_2.state"
+test -s "$ckpts/epoch_0_step_7/model/consolidated/model.safetensors.index.json"
+test -s "$ckpts/epoch_0_step_7/model/consolidated/config.json"
+test ! -e "$ckpts/epoch_0_step_3/model/consolidated"
+"$bin" verify "$ckpts/epoch_0_step_7/model/consolidated" > /dev/null
 grep -q '"bit_exact": true' "$dir/out.json"
 grep -q '"resumed_from": "epoch_0_step_3"' "$dir/out.json"
 grep -q '"crashed_at_step": 6' "$dir/out.json"

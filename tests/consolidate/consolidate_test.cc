@@ -186,6 +186,100 @@ TEST(ConsolidateTest, BaseModelLayoutAndHfArtifacts) {
   EXPECT_FALSE(*Exists(*fs, "/hf/fqn_to_dtype_mapping.json"));
 }
 
+// F32 values whose BF16 rounding is not a truncation: ties go to even.
+const std::vector<float> kNeedRounding = {1.f, 1.00390625f, 1.01171875f, 3.14159265f, -2.5e-3f, 1e-40f, 3e38f, -0.f};
+
+// A checkpoint saved in F32 (w, norm, head) and I32 (ids), and a base model
+// holding w in BF16, norm in F32 and ids in I32 (no head: a new tensor).
+void WriteF32CheckpointAndBf16Base(Storage& fs, const std::string& ckpt, const std::string& base) {
+  std::vector<float> w = kNeedRounding, norm(4, 0.1f), head = kNeedRounding;
+  std::vector<int32_t> ids = {7, -7};
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({2, 4}), reinterpret_cast<std::byte*>(w.data())));
+  sd.tensors.push_back(WholeTensor("norm", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(norm.data())));
+  sd.tensors.push_back(WholeTensor("head", DType::kF32, Shape({8}), reinterpret_cast<std::byte*>(head.data())));
+  sd.tensors.push_back(WholeTensor("ids", DType::kI32, Shape({2}), reinterpret_cast<std::byte*>(ids.data())));
+  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return SaveSharded(c, fs, ckpt, sd); }));
+  CKPT_ASSERT_OK(fs.MakeDirs(base));
+  const std::string zeros(16, '\0');
+  std::vector<TensorData> ts = {{"w", DType::kBF16, Shape({2, 4}), AsBytes(zeros)},
+                                {"norm", DType::kF32, Shape({4}), AsBytes(zeros)},
+                                {"ids", DType::kI32, Shape({2}), AsBytes(std::string_view(zeros).substr(0, 8))}};
+  CKPT_ASSERT_OK(WriteSafetensors(fs, JoinPath(base, kHfSingleFileName), ts));
+}
+
+// The exported bytes of every tensor of an HF directory.
+std::map<std::string, std::pair<DType, std::vector<std::byte>>> ReadExport(Storage& fs, const std::string& dir) {
+  std::map<std::string, std::pair<DType, std::vector<std::byte>>> out;
+  Result<HfModelDir> m = HfModelDir::Open(fs, dir);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (!m.ok()) return out;
+  for (const auto& [name, loc] : m->tensors()) {
+    std::vector<std::byte> bytes(loc.info->nbytes());
+    EXPECT_TRUE(m->files()[loc.file]->ReadTensor(name, bytes).ok()) << name;
+    out[name] = {loc.info->dtype, std::move(bytes)};
+  }
+  return out;
+}
+
+std::vector<std::byte> Bf16Bytes(const std::vector<float>& v) {
+  std::vector<std::byte> out(v.size() * 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint16_t b = DoubleToBf16(v[i]);
+    std::memcpy(out.data() + 2 * i, &b, 2);
+  }
+  return out;
+}
+
+TEST(ConsolidateTest, BaseModelDTypesComeBackOnExport) {
+  auto fs = NewMemoryStorage();
+  WriteF32CheckpointAndBf16Base(*fs, "/ckpt", "/base");
+  // The rounding is the cast code's: ties to even, not truncation.
+  EXPECT_EQ(DoubleToBf16(1.00390625), 0x3F80);
+  EXPECT_EQ(DoubleToBf16(1.01171875), 0x3F82);
+
+  ConsolidateOptions o;
+  o.base_model_dir = "/base";
+  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
+  auto out = ReadExport(*fs, "/hf");
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(out["w"].first, DType::kBF16);
+  EXPECT_EQ(out["w"].second, Bf16Bytes(kNeedRounding));
+  EXPECT_EQ(out["norm"].first, DType::kF32);  // originally F32 stays F32
+  EXPECT_EQ(out["head"].first, DType::kF32);  // not in the base: kept as saved
+  EXPECT_EQ(out["ids"].first, DType::kI32);
+  auto idx = HfModelDir::Open(*fs, "/hf");
+  CKPT_ASSERT_OK(idx);
+  EXPECT_EQ(idx->index()->total_size, 8u * 2 + 4 * 4 + 8 * 4 + 2 * 4);
+
+  // The base wins over the checkpoint's own dtype record.
+  CKPT_ASSERT_OK(fs->MakeDirs("/ckpt/.hf_metadata"));
+  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/fqn_to_dtype_mapping.json",
+                                     R"({"w": "torch.float16", "head": "torch.bfloat16"})"));
+  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf2", o); }));
+  out = ReadExport(*fs, "/hf2");
+  EXPECT_EQ(out["w"].first, DType::kBF16);
+  EXPECT_EQ(out["head"].first, DType::kBF16);  // the record still serves tensors the base lacks
+  EXPECT_EQ(out["head"].second, Bf16Bytes(kNeedRounding));
+
+  // An explicit cast wins over the base's float dtypes, but F32 originals stay F32.
+  o.cast_dtype = DType::kF16;
+  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf3", o); }));
+  out = ReadExport(*fs, "/hf3");
+  EXPECT_EQ(out["w"].first, DType::kF16);
+  EXPECT_EQ(out["head"].first, DType::kF16);
+  EXPECT_EQ(out["norm"].first, DType::kF32);
+  EXPECT_EQ(out["ids"].first, DType::kI32);
+
+  // A base that cannot be read is an error, not a silent fallback.
+  o.cast_dtype.reset();
+  o.base_model_dir = "/nobase";
+  Status s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf4", o); });
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s.ToString();
+  EXPECT_NE(s.message().find("/nobase"), std::string::npos) << s.message();
+  EXPECT_FALSE(*Exists(*fs, "/hf4"));
+}
+
 TEST(ConsolidateTest, HolesOverlapsAndExistingOutputAreErrors) {
   auto fs = NewMemoryStorage();
   CKPT_ASSERT_OK(fs->MakeDirs("/hole"));
