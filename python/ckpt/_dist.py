@@ -52,19 +52,21 @@ def _to_bytes(t: torch.Tensor, n: int) -> bytes:
     return ctypes.string_at(t.data_ptr(), n) if n else b""
 
 
-def _own_gloo_group(ranks: list[int], timeout_s: float) -> Any:
-    """A gloo group over `ranks` (global ranks) that meets through the job's
-    store under a name of ckpt's. It is not registered with
-    torch.distributed: making it needs only its members, and the job's own
-    group bookkeeping (which differs between ranks that joined different
-    subgroups) plays no part."""
+def _group_name(ranks: list[int]) -> str:
     key = tuple(ranks)
     with _lock:
         n = _made.get(key, 0) + 1
         _made[key] = n
-    store = dist.PrefixStore(
-        f"ckpt/{'_'.join(map(str, ranks))}/{n}", dist.distributed_c10d._get_default_store()
-    )
+    return f"ckpt/{'_'.join(map(str, ranks))}/{n}"
+
+
+def _own_gloo_group(name: str, ranks: list[int], timeout_s: float) -> Any:
+    """A gloo group over `ranks` (global ranks) that meets through the job's
+    store under `name`. It is not registered with torch.distributed: making
+    it needs only its members, and the job's own group bookkeeping (which
+    differs between ranks that joined different subgroups) plays no part.
+    Making it waits for every member, with the GIL released."""
+    store = dist.PrefixStore(name, dist.distributed_c10d._get_default_store())
     timeout = datetime.timedelta(seconds=max(timeout_s, 1.0))
     pg = dist.ProcessGroupGloo(store, ranks.index(dist.get_rank()), len(ranks), timeout)
     with _lock:
@@ -79,7 +81,19 @@ class TorchDistComm:
         self.ranks = list(ranks)
         self.rank = self.ranks.index(dist.get_rank())
         self.size = len(self.ranks)
-        self.pg = _own_gloo_group(self.ranks, timeout_s)
+        # Named now, in the caller's order; made at the first collective, on
+        # whichever thread runs it (an asynchronous saver's background
+        # thread, so waiting for the other ranks to join never blocks the
+        # caller).
+        self._name = _group_name(self.ranks)
+        self._timeout_s = timeout_s
+        self._pg: Any = None
+
+    @property
+    def pg(self) -> Any:
+        if self._pg is None:
+            self._pg = _own_gloo_group(self._name, self.ranks, self._timeout_s)
+        return self._pg
 
     def all_gather(self, data: bytes, timeout_s: float) -> list[bytes]:
         n = torch.tensor([len(data)], dtype=torch.int64)
