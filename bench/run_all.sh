@@ -38,6 +38,13 @@ if python3 -c 'import torch' 2>/dev/null; then
 else
   echo; echo "== torch.save / torch.load: skipped (python3-torch is not installed)"
 fi
+# The Python package against torch.distributed.checkpoint and safetensors
+# (needs the .venv that scripts/python_env.sh makes).
+if [ -x .venv/bin/python ] && .venv/bin/python -c 'import ckpt, torch' 2>/dev/null; then
+  if [ "$quick" = 1 ]; then run bench/python_bench.sh --quick; else run bench/python_bench.sh --size 1G --reps "$reps"; fi
+else
+  echo; echo "== Python package vs DCP: skipped (run scripts/python_env.sh first)"
+fi
 
 echo
 printf '%-12s %-62s %10s %10s %s\n' bench measure value target met
