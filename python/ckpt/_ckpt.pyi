@@ -152,9 +152,9 @@ def verify(path: str) -> None:
 def consolidate(comm: Communicator, in_dir: str, out_dir: str, options: ConsolidateOptions) -> dict:
     """Collective: a sharded checkpoint into a Hugging Face model directory."""
 
-def create_staging_dir(dir: str) -> str:
+def create_staging_dir(dir: str, token: str = '') -> str:
     """
-    Refuses an existing `dir`; creates and returns the hidden staging directory beside it.
+    Refuses an existing `dir`; removes staging left by earlier saves to it; creates and returns the hidden staging directory beside it (named by `token`, 16 hex digits, when given).
     """
 
 def write_shard_file(staging: str, file: str, tensors: Sequence[tuple[str, str, Sequence[int], Sequence[tuple[Sequence[int], Sequence[int], int, Sequence[int] | None]]]]) -> tuple[str, int, str]:

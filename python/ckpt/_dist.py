@@ -146,7 +146,7 @@ def engine_comm(process_group: Any = None, *, timeout_s: float = 600.0) -> _ckpt
     ranks = _group_ranks(process_group)
     if ranks is None:
         return _ckpt.Communicator.single()
-    key = process_group if process_group is not None else dist.group.WORLD
+    key = _key(process_group, timeout_s)
     with _lock:
         comm = _foreground.get(key)
     if comm is None:
@@ -155,6 +155,20 @@ def engine_comm(process_group: Any = None, *, timeout_s: float = 600.0) -> _ckpt
         with _lock:
             _foreground[key] = comm
     return comm
+
+
+def _key(process_group: Any, timeout_s: float) -> tuple[Any, float]:
+    # A group's gloo timeout is fixed when it is made: one group per timeout.
+    return (process_group if process_group is not None else dist.group.WORLD, float(timeout_s))
+
+
+def forget(process_group: Any, timeout_s: float) -> None:
+    """Drops the communicator of a failed call (a communicator is broken
+    after a failed collective); the next call makes a new group."""
+    if _group_ranks(process_group) is None:
+        return
+    with _lock:
+        _foreground.pop(_key(process_group, timeout_s), None)
 
 
 def background_comm(process_group: Any = None, *, timeout_s: float = 600.0) -> _ckpt.Communicator:

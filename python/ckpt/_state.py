@@ -75,22 +75,34 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def flatten(state: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any, Any, Any]]:
-    """(fqn, value, container, key) for every leaf, nested dicts and lists
-    joined with '.' the way torch.distributed.checkpoint flattens them."""
+    """(fqn, value, container, key) for every leaf. Nested dicts, and lists
+    or tuples that hold a tensor somewhere inside, are walked with their keys
+    or indices joined by '.', the way torch.distributed.checkpoint flattens
+    state dicts; any other value is one leaf."""
     for key, value in state.items():
-        fqn = f"{prefix}{key}"
-        if isinstance(value, Mapping) and not _is_tensor(value):
-            yield from flatten(value, fqn + ".")
-        elif (
-            isinstance(value, list) and value and all(_is_tensor(v) or isinstance(v, Mapping) for v in value)
-        ):
-            for i, item in enumerate(value):
-                if isinstance(item, Mapping):
-                    yield from flatten(item, f"{fqn}.{i}.")
-                else:
-                    yield f"{fqn}.{i}", item, value, i
-        else:
-            yield fqn, value, state, key
+        yield from _walk(f"{prefix}{key}", value, state, key)
+
+
+def _walk(fqn: str, value: Any, container: Any, key: Any) -> Iterator[tuple[str, Any, Any, Any]]:
+    if isinstance(value, Mapping) and not _is_tensor(value):
+        for k, v in value.items():
+            yield from _walk(f"{fqn}.{k}", v, value, k)
+    elif isinstance(value, (list, tuple)) and _holds_tensor(value):
+        for i, item in enumerate(value):
+            # A tuple cannot take a new value; its tensors are still filled in place.
+            yield from _walk(f"{fqn}.{i}", item, value if isinstance(value, list) else None, i)
+    else:
+        yield fqn, value, container, key
+
+
+def _holds_tensor(value: Any) -> bool:
+    if _is_tensor(value):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_tensor(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    return False
 
 
 def _is_tensor(v: Any) -> bool:
@@ -197,12 +209,34 @@ def _overlapping(t: torch.Tensor) -> bool:
     return False
 
 
+# The engine keeps JSON values as nlohmann::json does: integers within 64
+# bits, nesting within its parser's depth limit. Other values are pickled.
+_JSON_MAX_DEPTH = 32
+
+
 def _json_exact(value: Any) -> str | None:
+    if not _json_fits(value, 0):
+        return None
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return None
-    return text if json.loads(text) == value and type(json.loads(text)) is type(value) else None
+    back = json.loads(text)
+    return text if back == value and type(back) is type(value) else None
+
+
+def _json_fits(value: Any, depth: int) -> bool:
+    if depth > _JSON_MAX_DEPTH:
+        return False
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, list):
+        return all(_json_fits(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_fits(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def encode_value(fqn: str, value: Any, out: Described) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from . import _ckpt as _ckpt
 from . import _dist
 from ._state import decode_bytes, describe, st_dtype, torch_dtype
-from .errors import NotFoundError
+from .errors import CheckpointError, InvalidArgumentError, NotFoundError, UnavailableError
 
 __all__ = [
     "CheckpointInfo",
@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 600.0
+# About 30 years: longer timeouts are refused rather than overflowing.
+MAX_TIMEOUT = 1e9
 
 PathLike = str | os.PathLike[str]
 
@@ -61,9 +63,54 @@ def save(
 
         ckpt.save({"model": model.state_dict(), "step": 100}, "/ckpt/step_100")
     """
-    d = describe(state_dict, for_load=False)
+    p = _path(path)
+    _collective(
+        process_group,
+        timeout,
+        lambda: describe(state_dict, for_load=False),
+        lambda comm, d: _ckpt.save(comm, p, d.tensors, d.json, d.bytes, timeout),
+    )
+
+
+def _check_timeout(timeout: float) -> float:
+    if not (0 < timeout <= MAX_TIMEOUT):
+        raise InvalidArgumentError(
+            f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], not {timeout}"
+        )
+    return float(timeout)
+
+
+def _collective(
+    process_group: Any,
+    timeout: float,
+    prepare: Callable[[], Any],
+    call: Callable[[_ckpt.Communicator, Any], Any],
+) -> Any:
+    """Runs `prepare` on every rank, makes every rank raise when any rank's
+    preparation failed (the failing rank raises its own error), then runs the
+    collective engine `call`. A communicator whose collective failed is
+    dropped so the next call starts on a fresh group."""
+    timeout = _check_timeout(timeout)
     comm = _dist.engine_comm(process_group, timeout_s=timeout)
-    _ckpt.save(comm, _path(path), d.tensors, d.json, d.bytes, timeout)
+    error: CheckpointError | None = None
+    prepared: Any = None
+    try:
+        prepared = prepare()
+    except CheckpointError as e:
+        error = e
+    try:
+        if comm.size > 1:
+            comm.agree(None if error is None else f"{type(error).__name__}: {error}", timeout)
+        if error is not None:
+            raise error
+        return call(comm, prepared)
+    except UnavailableError:
+        _dist.forget(process_group, timeout)
+        raise
+    except CheckpointError:
+        if error is not None:
+            raise error from None
+        raise
 
 
 @dataclass
@@ -115,7 +162,6 @@ def load(
         print(stats.bytes_read, stats.missing_keys)
     """
     p = _path(path)
-    d = describe(state_dict, for_load=True)
     o = _ckpt.LoadOptions()
     o.allow_missing = allow_missing
     o.allow_unexpected = allow_unexpected
@@ -127,30 +173,48 @@ def load(
     o.cast_floats = cast_floats
     o.dequantize_fp8 = dequantize_fp8
     o.verify_checksums = verify_checksums
-    o.timeout_s = timeout
-    if d.tensors:
-        comm = _dist.engine_comm(process_group, timeout_s=timeout)
-        stats = _ckpt.load(comm, p, d.tensors, o)
-    else:  # only values (every rank's state dict has the same keys)
-        stats = {"bytes_needed": 0, "bytes_read": 0, "reads": 0, "missing_keys": [], "unexpected_keys": []}
-    if d.slots:
-        _fill_values(d.slots, p, allow_missing, allow_pickle)
+    o.timeout_s = _check_timeout(timeout)
+
+    def prepare() -> tuple[Any, dict[str, Any]]:
+        d = describe(state_dict, for_load=True)
+        # Values are read and checked before any tensor is overwritten.
+        return d, _read_values(d.slots, p, allow_missing, allow_pickle)
+
+    def run(comm: _ckpt.Communicator, prepared: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+        d, values = prepared
+        # Every rank's state dict has the same keys: all or none call the engine.
+        stats = _ckpt.load(comm, p, d.tensors, o) if d.tensors else _no_stats()
+        for fqn, value in values.items():
+            container, key = d.slots[fqn]
+            if container is not None:  # None: inside a tuple, which cannot take a new value
+                container[key] = value
+        return stats
+
+    stats = _collective(process_group, timeout, prepare, run)
     return LoadStats(**stats)
 
 
-def _fill_values(
+def _no_stats() -> dict[str, Any]:
+    return {"bytes_needed": 0, "bytes_read": 0, "reads": 0, "missing_keys": [], "unexpected_keys": []}
+
+
+def _read_values(
     slots: dict[str, tuple[Any, Any]], path: str, allow_missing: bool, allow_pickle: bool
-) -> None:
+) -> dict[str, Any]:
     import json
 
+    if not slots:
+        return {}
     texts, raw = _ckpt.read_extra_state(path)
-    for fqn, (container, key) in slots.items():
+    out: dict[str, Any] = {}
+    for fqn in slots:
         if fqn in texts:
-            container[key] = json.loads(texts[fqn])
+            out[fqn] = json.loads(texts[fqn])
         elif fqn in raw:
-            container[key] = decode_bytes(fqn, raw[fqn], allow_pickle)
+            out[fqn] = decode_bytes(fqn, raw[fqn], allow_pickle)
         elif not allow_missing:
             raise NotFoundError(f"{path}: the checkpoint has no value '{fqn}'")
+    return out
 
 
 class SaveFuture:
@@ -166,7 +230,16 @@ class SaveFuture:
         return self._saver.done(self._ticket)
 
     def result(self) -> None:
-        self._saver.wait(self._ticket)
+        try:
+            self._saver.wait(self._ticket)
+        except UnavailableError:
+            # The saver's group failed (a peer timed out or died): the next
+            # asynchronous save starts a new saver on a new group.
+            with _savers_lock:
+                for k, v in list(_savers.items()):
+                    if v is self._saver:
+                        del _savers[k]
+            raise
 
     # torch.futures / concurrent.futures spelling
     wait = result
@@ -200,8 +273,9 @@ def async_save(
     The caller is blocked only while the tensors are copied into host
     staging memory (kept for the next save); writing, fsync and publishing
     happen on a background thread with its own process group. A save waits
-    for the previous one to finish first. `staging_budget` bounds staging
-    memory in bytes (0: the whole state).
+    for the previous one to finish first (its outcome stays with its
+    future). `staging_budget` bounds staging memory in bytes (0: the whole
+    state); it is fixed by the first asynchronous save on a process group.
 
     Example::
 
@@ -209,19 +283,24 @@ def async_save(
         ...  # keep training
         fut.result()
     """
-    d = describe(state_dict, for_load=False)
-    group = process_group
-    key = (id(group) if group is not None else None, staging_budget)
-    with _savers_lock:
-        saver = _savers.get(key)
-    if saver is None:
-        comm = _dist.background_comm(process_group, timeout_s=timeout)
-        saver = _ckpt.AsyncSaver(comm, 0, staging_budget)
-        with _savers_lock:
-            _savers[key] = saver
     p = _path(path)
-    ticket = saver.submit(p, d.tensors, d.json, d.bytes, timeout)
-    return SaveFuture(saver, ticket, p)
+
+    def submit(comm: _ckpt.Communicator, d: Any) -> SaveFuture:
+        key = id(process_group) if process_group is not None else None
+        with _savers_lock:
+            saver = _savers.get(key)
+        if saver is None:  # the first asynchronous save on this group, on every rank
+            saver = _ckpt.AsyncSaver(
+                _dist.background_comm(process_group, timeout_s=timeout), 0, staging_budget
+            )
+            with _savers_lock:
+                _savers[key] = saver
+        return SaveFuture(saver, saver.submit(p, d.tensors, d.json, d.bytes, timeout), p)
+
+    future: SaveFuture = _collective(
+        process_group, timeout, lambda: describe(state_dict, for_load=False), submit
+    )
+    return future
 
 
 def consolidate(
@@ -247,9 +326,13 @@ def consolidate(
     o.max_shard_size = int(max_shard_size)
     o.equal_files = int(equal_files)
     o.threads = int(threads)
-    o.timeout_s = timeout
-    comm = _dist.engine_comm(process_group, timeout_s=timeout)
-    return dict(_ckpt.consolidate(comm, _path(path), _path(out_dir), o))
+    o.timeout_s = _check_timeout(timeout)
+    src, dst = _path(path), _path(out_dir)
+    return dict(
+        _collective(
+            process_group, timeout, lambda: None, lambda comm, _: _ckpt.consolidate(comm, src, dst, o)
+        )
+    )
 
 
 def verify(path: PathLike) -> None:
@@ -282,11 +365,23 @@ class CheckpointInfo:
     values: dict[str, str]
 
 
+def inspect_files(path: str) -> dict[str, Any]:
+    """The engine's description of a sharded checkpoint; a checkpoint that
+    holds only non-tensor values has no files and no tensors."""
+    try:
+        return dict(_ckpt.inspect(path))
+    except NotFoundError:
+        texts, raw = _ckpt.read_extra_state(path)
+        if not texts and not raw:
+            raise
+        return {"files": [], "has_manifest": True, "has_sharding_info": False, "tensors": []}
+
+
 def inspect(path: PathLike) -> CheckpointInfo:
     """What a sharded checkpoint holds: its files, and per tensor the dtype
     (a torch dtype where torch has it), global shape and saved chunks."""
     p = _path(path)
-    raw = _ckpt.inspect(p)
+    raw = inspect_files(p)
     tensors: dict[str, TensorInfo] = {}
     for t in raw["tensors"]:
         try:

@@ -21,6 +21,7 @@ either executor (thread or process) can take them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass, replace
@@ -51,7 +52,8 @@ from torch.futures import Future
 
 from . import _ckpt
 from ._state import Chunk, TensorDesc, _local_cpu, _strides, st_dtype, torch_dtype
-from .errors import AlreadyExistsError, InvalidArgumentError
+from .api import inspect_files
+from .errors import InvalidArgumentError
 
 __all__ = ["StorageReader", "StorageWriter"]
 
@@ -79,6 +81,15 @@ def _local_path(checkpoint_id: str | os.PathLike[str]) -> str:
     return os.path.abspath(p)
 
 
+def _staging_token(path: str) -> str:
+    return hashlib.sha256(path.encode()).hexdigest()[:16]
+
+
+def _staging_path(path: str) -> str:
+    parent, name = os.path.split(path)
+    return os.path.join(parent, f".{name}.tmp-{_staging_token(path)}")
+
+
 class StorageWriter(_StorageWriter):
     """Writes a DCP checkpoint as ckpt's sharded directory.
 
@@ -100,34 +111,30 @@ class StorageWriter(_StorageWriter):
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.is_coordinator = is_coordinator
-        self.rank = int(kwargs.get("rank", 0) or 0)
         if self.path is None:
             raise InvalidArgumentError("StorageWriter needs a path or a checkpoint_id")
+        self._staging = _staging_path(self.path)
+        if is_coordinator:
+            # Every rank derives the same staging name from the path, so the
+            # plans carry nothing that changes between saves (DCP may cache
+            # them). Staging an earlier save left behind is removed here.
+            if os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(self.path):
+                os.rmdir(self.path)  # an empty directory made ahead of the save
+            made = _ckpt.create_staging_dir(self.path, _staging_token(self.path))
+            assert made == self._staging, (made, self._staging)
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        assert self.path is not None
-        if os.path.isdir(self.path) and not os.path.islink(self.path) and not os.listdir(self.path):
-            os.rmdir(self.path)  # an empty directory made ahead of the save
-        elif os.path.lexists(self.path):
-            raise AlreadyExistsError(f"{self.path} already exists; a checkpoint is never overwritten")
-        staging = _ckpt.create_staging_dir(self.path)
-        self._staging = staging
         return [
-            replace(
-                p,
-                storage_data={
-                    "staging": staging,
-                    "file": f"shard-{i + 1:05d}-model-00001-of-00001.safetensors",
-                },
-            )
+            replace(p, storage_data={"file": f"shard-{i + 1:05d}-model-00001-of-00001.safetensors"})
             for i, p in enumerate(plans)
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        staging = plan.storage_data["staging"]
+        assert self._staging is not None
+        staging = self._staging
         tensors: list[TensorDesc] = []
         keep: list[torch.Tensor] = []
         tensor_items = []
@@ -176,8 +183,7 @@ class StorageWriter(_StorageWriter):
                     raw[r.index.fqn] = r.storage_data.data
         staging = self._staging
         if staging is None:
-            raise InvalidArgumentError(f"{self.path}: finish() without prepare_global_plan()")
-        self._staging = None
+            raise InvalidArgumentError(f"{self.path}: finish() without set_up_storage_writer()")
         _ckpt.publish_staging_dir(
             staging,
             self.path,
@@ -213,7 +219,7 @@ class StorageReader(_StorageReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         if self.path is None:
             raise InvalidArgumentError("StorageReader needs a path or a checkpoint_id")
-        info = _ckpt.inspect(self.path)
+        info = inspect_files(self.path)
         sd_md: dict[str, Any] = {}
         storage: dict[MetadataIndex, Any] = {}
         for t in info["tensors"]:

@@ -86,6 +86,7 @@ Status StagingPipe::Produce() {
       std::unique_lock<std::mutex> lock(mu_);
       Result<uint64_t> at = Allocate(lens[i], ordinals[i], lock);
       if (!at.ok()) return at.status();
+      if (*at == kNothingLeft) break;
       j.dst = ring_.subspan(*at, lens[i]);
     }
     // Copied without the lock: the writer never touches unready regions.
@@ -104,7 +105,9 @@ Status StagingPipe::Produce() {
 Result<uint64_t> StagingPipe::Allocate(uint64_t len, uint64_t chunk, std::unique_lock<std::mutex>& lock) {
   for (;;) {
     if (finished_ && !finished_->ok()) return *finished_;
-    if (finished_) return InternalError("staging: the save finished before every piece was staged");
+    // The save succeeded: what is left are pieces it skipped (replicas that
+    // another rank wrote), which this rank need not stage.
+    if (finished_) return kNothingLeft;
     if (in_flight_.empty()) {
       in_flight_.push_back({0, len, chunk});
       return 0;

@@ -43,7 +43,9 @@ class StagingPipe final : public ChunkSource {
     uint64_t len;
     uint64_t chunk;  // ordinal of its chunk in state-dict order
   };
-  // Waits for `len` free bytes of the ring; returns their position.
+  // Waits for `len` free bytes of the ring; returns their position, or
+  // kNothingLeft once the save has succeeded without needing more pieces.
+  static constexpr uint64_t kNothingLeft = ~uint64_t{0};
   Result<uint64_t> Allocate(uint64_t len, uint64_t chunk, std::unique_lock<std::mutex>& lock);
 
   StagingMemory& memory_;

@@ -400,7 +400,7 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
   return out;
 }
 
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir) {
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view given) {
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, dir));
   if (exists) return AlreadyExistsError(dir + " already exists; it is never overwritten");
   const std::string parent(Dirname(dir));
@@ -416,9 +416,15 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir) {
                       token.find_first_not_of("0123456789abcdef") == std::string_view::npos;
     if (ours) CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(parent, e.name)));
   }
-  std::random_device rd;
-  char token[24];
-  std::snprintf(token, sizeof token, "%08x%08x", rd(), rd());
+  std::string token(given);
+  if (token.empty()) {
+    std::random_device rd;
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+    token = buf;
+  } else if (token.size() != 16 || token.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return InvalidArgumentError("staging token '" + token + "' is not 16 lowercase hex digits");
+  }
   const std::string staging = JoinPath(parent, prefix + token);
   CKPT_RETURN_IF_ERROR(storage.MakeDirs(staging));
   return staging;

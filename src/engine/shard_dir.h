@@ -77,7 +77,9 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
 // before being renamed into place, after removing staging directories that
 // earlier runs for the same `dir` left behind (one writer per output
 // directory). Returns the staging path.
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir);
+// `token` (16 lowercase hex digits) names it instead of a random one, for
+// callers whose ranks must derive the same name without talking.
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view token = {});
 // Collective: rank 0 creates it; every rank gets its path or rank 0's error.
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
 

@@ -22,7 +22,7 @@ using json = nlohmann::json;
 const MoeAdapter kAdapters[] = {
     {"mixtral", "block_sparse_moe.experts", "w1", "w3", "w2", {"num_local_experts"}},
     {"qwen2_moe", "mlp.experts", "gate_proj", "up_proj", "down_proj", {"num_experts"}},
-    {"qwen3_moe", "mlp.experts", "gate_proj", "up_proj", "down_proj", {"num_experts"}},
+    {"qwen3_moe", "mlp.experts", "gate_proj", "up_proj", "down_proj", {"num_experts", "num_local_experts"}},
     {"deepseek_v2", "mlp.experts", "gate_proj", "up_proj", "down_proj", {"n_routed_experts"}},
     {"deepseek_v3", "mlp.experts", "gate_proj", "up_proj", "down_proj", {"n_routed_experts"}},
 };

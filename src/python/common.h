@@ -53,7 +53,8 @@ void Released(Fn fn) {
 }
 
 inline Timeout ToTimeout(double seconds) {
-  if (!(seconds > 0)) throw nb::value_error("timeout must be a positive number of seconds");
+  // At most about 30 years, so the milliseconds always fit.
+  if (!(seconds > 0 && seconds <= 1e9)) throw nb::value_error("timeout must be a number of seconds in (0, 1e9]");
   return Timeout(static_cast<int64_t>(seconds * 1000.0 + 0.5));
 }
 

@@ -8,6 +8,7 @@
 // and the communicator is broken from then on, as the interface requires.
 
 #include <atomic>
+#include <map>
 
 #include "async/staging_pipe.h"
 #include "async/worker.h"
@@ -117,8 +118,9 @@ class AsyncSaver {
   uint64_t Submit(const std::string& path, const TensorList& tensors, const JsonMap& json, const nb::dict& bytes,
                   double timeout_s) {
     if (!worker_) throw StatusException{FailedPreconditionError("the async saver is closed")};
-    // The previous save must be past its staging before the memory is reused.
-    if (last_ != 0) Released([&] { return worker_->Wait(last_); });
+    // The previous save must be done before its staging memory is reused;
+    // its outcome stays with its own future.
+    if (last_ != 0) Collect(last_);
     auto job = std::make_shared<Job>();
     job->owned = BuildStateDict(tensors, json, bytes);
     job->pipe = std::make_unique<async::StagingPipe>(*memory_, job->owned.sd, budget_);
@@ -134,15 +136,33 @@ class AsyncSaver {
     return ticket;
   }
 
-  void Wait(uint64_t ticket) { Released([&] { return worker_ ? worker_->Wait(ticket) : Status(); }); }
-  bool Done(uint64_t ticket) { return !worker_ || worker_->Done(ticket); }
-  void Drain() { Released([&] { return worker_ ? worker_->Drain() : Status(); }); }
+  // Raises the save's error, every time it is asked.
+  void Wait(uint64_t ticket) { RaiseIfError(Collect(ticket)); }
+  bool Done(uint64_t ticket) { return results_.contains(ticket) || !worker_ || worker_->Done(ticket); }
+  void Drain() {
+    if (last_ != 0) RaiseIfError(Collect(last_));
+  }
+
+  // Waits for save `ticket` (GIL released) and keeps its outcome.
+  Status Collect(uint64_t ticket) {
+    if (auto it = results_.find(ticket); it != results_.end()) return it->second;
+    if (!worker_) return FailedPreconditionError("the async saver was closed before save " + std::to_string(ticket));
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      s = worker_->Wait(ticket);
+    }
+    results_[ticket] = s;
+    return s;
+  }
 
   // Runs what is queued and stops the worker; later submits fail.
   void Close() {
     if (!worker_) return;
+    const bool gil = Py_IsInitialized() && PyGILState_Check();
+    if (gil && last_ != 0) Collect(last_).IgnoreError();  // kept for its future
     std::unique_ptr<async::Worker> w = std::move(worker_);
-    if (Py_IsInitialized() && PyGILState_Check()) {
+    if (gil) {
       nb::gil_scoped_release release;
       w.reset();
     } else {
@@ -160,6 +180,7 @@ class AsyncSaver {
   const uint64_t budget_;
   std::unique_ptr<async::Worker> worker_;
   uint64_t last_ = 0;
+  std::map<uint64_t, Status> results_;  // outcome of each collected save; guarded by the GIL
 };
 
 }  // namespace

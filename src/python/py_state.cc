@@ -33,15 +33,17 @@ Owned BuildStateDict(const TensorList& tensors, const JsonMap& json, const nb::d
 void BindDcpSteps(nb::module_& m) {
   m.def(
       "create_staging_dir",
-      [](const std::string& dir) {
+      [](const std::string& dir, const std::string& token) {
         std::string staging;
         Released([&]() -> Status {
-          CKPT_ASSIGN_OR_RETURN(staging, engine::CreateStagingDir(*PosixStorage(), dir));
+          CKPT_ASSIGN_OR_RETURN(staging, engine::CreateStagingDir(*PosixStorage(), dir, token));
           return Status();
         });
         return staging;
       },
-      nb::arg("dir"), "Refuses an existing `dir`; creates and returns the hidden staging directory beside it.");
+      nb::arg("dir"), nb::arg("token") = "",
+      "Refuses an existing `dir`; removes staging left by earlier saves to it; creates and returns the hidden "
+      "staging directory beside it (named by `token`, 16 hex digits, when given).");
   m.def(
       "write_shard_file",
       [](const std::string& staging, const std::string& file, const TensorList& tensors) {

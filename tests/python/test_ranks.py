@@ -35,6 +35,22 @@ def test_a_rank_that_stops_answering_makes_every_rank_raise_within_the_timeout(t
     raised = [line for line in out[0].splitlines() if "RAISED rank" in line]
     assert len(raised) == 2, out[0][-3000:]
     assert not os.path.exists(tmp_path / "c")
+    assert out[0].count("RECOVERED") == 2, out[0][-3000:]
+
+
+def test_an_invalid_state_dict_on_one_rank_makes_every_rank_raise_at_once(tmp_path):
+    out = run_ranks(2, "failures.py", "prepare_error", str(tmp_path / "c"))
+    assert out[0].count("RAISED rank") == 2 and out[0].count("RECOVERED") == 2, out[0][-3000:]
+
+
+def test_an_async_save_under_a_staging_budget_succeeds_on_a_rank_that_writes_little(tmp_path):
+    out = run_ranks(2, "failures.py", "budget", str(tmp_path / "c"))
+    assert out[0].count("RECOVERED") == 2, out[0][-3000:]
+
+
+def test_dcp_plan_caching_reuses_plans_across_saves_through_the_plugin(tmp_path):
+    out = run_ranks(2, "dcp_plugin.py", "cached", str(tmp_path / "c"))
+    assert out[0].count("OK rank") == 2
 
 
 def test_a_rank_that_cannot_write_makes_every_rank_raise_the_same_error_and_nothing_is_published(tmp_path):

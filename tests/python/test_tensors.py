@@ -352,3 +352,72 @@ except ckpt.IOError as e:
     assert r.stdout.startswith("IOError") and "shard-00001" in r.stdout, (r.stdout, r.stderr)
     assert not (tmp_path / "c").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".c.tmp")]
+
+
+def test_values_json_cannot_hold_exactly_are_kept_as_bytes(tmp_path):
+    deep = json_nest(70)
+    src = {"w": torch.ones(1), "big": 2**70, "neg": -(2**64), "deep": deep, "ok": [1, 2.5, "x"]}
+    ckpt.save(src, tmp_path / "c")
+    info = ckpt.inspect(tmp_path / "c")
+    assert info.values == {"big": "bytes", "neg": "bytes", "deep": "bytes", "ok": "json"}
+    dst = {"w": torch.zeros(1), "big": 0, "neg": 0, "deep": None, "ok": None}
+    ckpt.load(dst, tmp_path / "c")
+    assert dst["big"] == 2**70 and type(dst["big"]) is int and dst["neg"] == -(2**64)
+    assert dst["deep"] == deep and dst["ok"] == [1, 2.5, "x"]
+
+
+def json_nest(depth: int) -> list:
+    v: list = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def test_lists_and_tuples_holding_tensors_are_flattened_and_filled_in_place(tmp_path):
+    src = {
+        "mixed": [torch.ones(2), 3, {"t": torch.full((2,), 2.0)}],
+        "pair": (torch.ones(3), torch.zeros(1) + 5),
+    }
+    ckpt.save(src, tmp_path / "c")
+    assert set(ckpt.inspect(tmp_path / "c").tensors) == {"mixed.0", "mixed.2.t", "pair.0", "pair.1"}
+    a, b, c, d = torch.zeros(2), torch.zeros(2), torch.zeros(3), torch.zeros(1)
+    dst = {"mixed": [a, 0, {"t": b}], "pair": (c, d)}
+    ckpt.load(dst, tmp_path / "c")
+    assert dst["mixed"][0] is a and a.tolist() == [1.0, 1.0] and b.tolist() == [2.0, 2.0]
+    assert dst["mixed"][1] == 3 and c.tolist() == [1.0] * 3 and d.item() == 5.0
+
+
+def test_a_checkpoint_of_values_only_inspects_and_loads(tmp_path):
+    ckpt.save({"step": 3, "name": "x"}, tmp_path / "c")
+    info = ckpt.inspect(tmp_path / "c")
+    assert info.tensors == {} and info.values == {"step": "json", "name": "json"}
+    dst = {"step": 0, "name": ""}
+    ckpt.load(dst, tmp_path / "c")
+    assert dst == {"step": 3, "name": "x"}
+
+
+def test_a_missing_value_is_reported_before_any_tensor_is_overwritten(tmp_path):
+    ckpt.save({"w": torch.ones(4), "step": 1}, tmp_path / "c")
+    dst = {"w": torch.zeros(4), "step": 0, "epoch": 0}
+    with pytest.raises(ckpt.NotFoundError, match="no value 'epoch'"):
+        ckpt.load(dst, tmp_path / "c")
+    assert dst["w"].tolist() == [0.0] * 4 and dst["step"] == 0
+
+
+def test_timeouts_must_be_finite_and_positive(tmp_path):
+    for bad in (0, -1, float("inf"), float("nan"), 1e16):
+        with pytest.raises(ckpt.InvalidArgumentError, match="timeout"):
+            ckpt.save({"w": torch.ones(1)}, tmp_path / "c", timeout=bad)
+
+
+def test_a_failed_async_save_keeps_its_error_and_the_next_save_still_runs(tmp_path):
+    ckpt.save({"w": torch.ones(2)}, tmp_path / "taken")
+    bad = ckpt.async_save({"w": torch.ones(2)}, tmp_path / "taken")
+    good = ckpt.async_save({"w": torch.full((2,), 3.0)}, tmp_path / "free")  # queued after the failure
+    for _ in range(2):
+        with pytest.raises(ckpt.AlreadyExistsError):
+            bad.result()
+    good.result()
+    dst = {"w": torch.zeros(2)}
+    ckpt.load(dst, tmp_path / "free")
+    assert dst["w"].tolist() == [3.0, 3.0]

@@ -46,7 +46,18 @@ def check(sd: dict) -> None:
 def main() -> None:
     mode, path = sys.argv[1], sys.argv[2]
     rank, world = init()
-    if mode.startswith("async"):
+    if mode == "cached":
+        from torch.distributed.checkpoint import DefaultSavePlanner
+
+        planner = DefaultSavePlanner(enable_plan_caching=True)
+        for i in range(3):
+            sd = tensors(world, saving=True)
+            dcp.save(sd, storage_writer=ckpt.dcp.StorageWriter(f"{path}{i}"), planner=planner)
+        for i in range(3):
+            got = tensors(world, saving=False)
+            dcp.load(got, storage_reader=ckpt.dcp.StorageReader(f"{path}{i}"))
+            check(got)
+    elif mode.startswith("async"):
         from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
         kind = AsyncCheckpointerType.THREAD if mode == "async_thread" else AsyncCheckpointerType.PROCESS

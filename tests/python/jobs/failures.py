@@ -47,7 +47,43 @@ def main() -> None:
             print(f"RAISED rank {rank} after {elapsed:.1f}s: {str(e)[:200]}", flush=True)
         else:
             raise AssertionError("a save with a silent peer returned")
-        os._exit(0)  # the group is broken; skip teardown
+        # The failed group is dropped: the next save works on a fresh one.
+        ckpt.save(sd, path + "_after", timeout=30)
+        ckpt.verify(path + "_after")
+        print(f"RECOVERED rank {rank}", flush=True)
+        os._exit(0)  # the abandoned gloo group may still hold a socket; skip teardown
+    if mode == "prepare_error":
+        # One rank's state dict is invalid: every rank raises at once (well
+        # within the timeout), the others naming that rank's error.
+        bad = {"w": torch.empty(4, device="meta")} if rank == 1 else {"w": torch.ones(4)}
+        t0 = time.monotonic()
+        try:
+            ckpt.save(bad, path, timeout=60)
+        except ckpt.InvalidArgumentError as e:
+            elapsed = time.monotonic() - t0
+            assert elapsed < 30, elapsed
+            assert "meta device" in str(e) and (rank == 1 or "rank 1" in str(e)), str(e)
+            print(f"RAISED rank {rank}: {e}", flush=True)
+        else:
+            raise AssertionError("a save with an invalid state dict on rank 1 returned")
+        assert not os.path.exists(path)
+        ckpt.save({"w": torch.ones(4)}, path, timeout=60)  # the same group still works
+        print(f"RECOVERED rank {rank}", flush=True)
+        torch.distributed.destroy_process_group()
+        return
+    if mode == "budget":
+        # A staging budget smaller than the state, with a replicated tensor only
+        # rank 0 writes: rank 1 stages nothing it needs and must still succeed.
+        state = {"rep": torch.full((1 << 20,), float(rank + 1)) * 0 + 7, "w": sd["w"]}
+        fut = ckpt.async_save(state, path, staging_budget=1 << 20)
+        fut.result()
+        fut.result()  # the outcome stays with the future
+        got = {"rep": torch.zeros(1 << 20), "w": distribute_tensor(torch.zeros(1 << 20, 4), mesh, [Shard(0)])}
+        ckpt.load(got, path)
+        assert bool((got["rep"] == 7).all()) and bool((got["w"].to_local() == 1).all())
+        print(f"RECOVERED rank {rank}", flush=True)
+        torch.distributed.destroy_process_group()
+        return
     import torch.distributed.checkpoint as dcp
 
     def save() -> None:
