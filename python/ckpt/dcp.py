@@ -102,7 +102,6 @@ class StorageWriter(_StorageWriter):
         super().__init__()
         self.path = _local_path(path) if path is not None else None
         self.is_coordinator = False
-        self.rank = 0
         self._staging: str | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
