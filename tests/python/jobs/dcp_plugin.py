@@ -15,7 +15,7 @@ import sys
 import ckpt
 import torch
 import torch.distributed.checkpoint as dcp
-from common import expected, init, same_bits
+from common import expected, finish, init, same_bits
 
 
 def tensors(world: int, saving: bool) -> dict:
@@ -88,7 +88,7 @@ def main() -> None:
         info = ckpt.inspect(path)
         assert not info.has_manifest and info.has_sharding_info
     print(f"OK rank {rank} {mode}", flush=True)
-    torch.distributed.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

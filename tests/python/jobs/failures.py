@@ -17,7 +17,7 @@ import time
 
 import ckpt
 import torch
-from common import init
+from common import finish, init
 
 TIMEOUT = 4.0
 
@@ -69,8 +69,7 @@ def main() -> None:
         assert not os.path.exists(path)
         ckpt.save({"w": torch.ones(4)}, path, timeout=60)  # the same group still works
         print(f"RECOVERED rank {rank}", flush=True)
-        torch.distributed.destroy_process_group()
-        return
+        finish()
     if mode == "budget":
         # A staging budget smaller than the state, with a replicated tensor only
         # rank 0 writes: rank 1 stages nothing it needs and must still succeed.
@@ -82,8 +81,7 @@ def main() -> None:
         ckpt.load(got, path)
         assert bool((got["rep"] == 7).all()) and bool((got["w"].to_local() == 1).all())
         print(f"RECOVERED rank {rank}", flush=True)
-        torch.distributed.destroy_process_group()
-        return
+        finish()
     import torch.distributed.checkpoint as dcp
 
     def save() -> None:
@@ -115,6 +113,7 @@ def main() -> None:
     assert os.path.isdir(path) and not [e for e in os.listdir(parent) if e.startswith(staging)]
     ckpt.verify(path)
     print(f"RECOVERED rank {rank}", flush=True)
+    finish()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 
 import ckpt
 import torch
-from common import init, same_bits
+from common import finish, init, same_bits
 
 
 def build() -> torch.nn.Module:
@@ -65,7 +65,7 @@ def main() -> None:
             assert same_bits(got, ref[k]), k
         assert stats.missing_keys == [] and stats.unexpected_keys == []
     print(f"OK rank {rank} {mode}", flush=True)
-    torch.distributed.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

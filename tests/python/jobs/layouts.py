@@ -15,7 +15,7 @@ import sys
 
 import ckpt
 import torch
-from common import expected, init, same_bits
+from common import expected, finish, init, same_bits
 
 TENSORS = {
     "dim0": ((8, 6), torch.float32),
@@ -132,12 +132,7 @@ def main() -> None:
             dcp.load(sd, storage_reader=HuggingFaceStorageReader(path))
         check(sd, torch_reader=mode == "load_torch_hf")
     print(f"OK rank {rank} {mode}", flush=True)
-    torch.distributed.destroy_process_group()
-    # torch 2.13's gloo groups of device meshes sometimes abort the
-    # interpreter's teardown ("terminate called without an active
-    # exception"), with or without ckpt; the checks above are done.
-    sys.stdout.flush()
-    os._exit(0)
+    finish()
 
 
 if __name__ == "__main__":
