@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <ostream>
 #include <random>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ckpt/status.h"
@@ -46,6 +49,89 @@ class TempDir {
   std::string path_;
 };
 
+// StatusIs(code, substring) matches a Status, or a Result<T>, whose code is
+// `code` and whose message contains `substring`:
+//   EXPECT_THAT(Load(path), StatusIs(StatusCode::kDataLoss, "truncated"));
+// A failure prints the actual code and message. IsOk() matches an OK one.
+// Both are gtest polymorphic matchers (gtest-matchers.h), so they also work
+// with gmock's EXPECT_THAT where gmock is linked.
+class StatusIsMatcher {
+ public:
+  StatusIsMatcher(StatusCode code, std::string substring) : code_(code), substring_(std::move(substring)) {}
+
+  template <typename T>
+  bool MatchAndExplain(const T& actual, ::testing::MatchResultListener* listener) const {
+    const Status s = ::ckpt::internal::AsStatus(actual);
+    *listener << "whose status is " << s.ToString();
+    if (s.code() != code_) return false;
+    if (s.message().find(substring_) == std::string::npos) {
+      *listener << ", whose message lacks \"" << substring_ << "\"";
+      return false;
+    }
+    return true;
+  }
+  void DescribeTo(std::ostream* os) const {
+    *os << "has code " << StatusCodeName(code_) << " and a message containing \"" << substring_ << "\"";
+  }
+  void DescribeNegationTo(std::ostream* os) const {
+    *os << "does not have code " << StatusCodeName(code_) << " with a message containing \"" << substring_
+        << "\"";
+  }
+
+ private:
+  StatusCode code_;
+  std::string substring_;
+};
+
+inline ::testing::PolymorphicMatcher<StatusIsMatcher> StatusIs(StatusCode code, std::string substring) {
+  return ::testing::MakePolymorphicMatcher(StatusIsMatcher(code, std::move(substring)));
+}
+
+class IsOkMatcher {
+ public:
+  template <typename T>
+  bool MatchAndExplain(const T& actual, ::testing::MatchResultListener* listener) const {
+    const Status s = ::ckpt::internal::AsStatus(actual);
+    *listener << "whose status is " << s.ToString();
+    return s.ok();
+  }
+  void DescribeTo(std::ostream* os) const { *os << "is OK"; }
+  void DescribeNegationTo(std::ostream* os) const { *os << "is not OK"; }
+};
+
+inline ::testing::PolymorphicMatcher<IsOkMatcher> IsOk() { return ::testing::MakePolymorphicMatcher(IsOkMatcher()); }
+
+// EXPECT_THAT / ASSERT_THAT for the matchers above without linking gmock
+// (only libgtest is a dependency). A test that includes <gmock/gmock.h>
+// before this header gets gmock's own macros instead.
+namespace matcher_detail {
+class StreamListener : public ::testing::MatchResultListener {
+ public:
+  explicit StreamListener(std::ostream* os) : ::testing::MatchResultListener(os) {}
+};
+
+template <typename M>
+class MatcherFormatter {
+ public:
+  explicit MatcherFormatter(M matcher) : matcher_(std::move(matcher)) {}
+  template <typename T>
+  ::testing::AssertionResult operator()(const char* expr, const T& value) const {
+    const ::testing::Matcher<const T&> m = matcher_;
+    std::ostringstream why;
+    StreamListener listener(&why);
+    if (m.MatchAndExplain(value, &listener)) return ::testing::AssertionSuccess();
+    std::ostringstream msg;
+    msg << "Value of: " << expr << "\nExpected: ";
+    m.DescribeTo(&msg);
+    msg << "\n  Actual: " << why.str();
+    return ::testing::AssertionFailure() << msg.str();
+  }
+
+ private:
+  M matcher_;
+};
+}  // namespace matcher_detail
+
 inline std::vector<std::byte> RandomBytes(size_t n, std::mt19937_64& rng) {
   std::vector<std::byte> out(n);
   for (auto& b : out) b = static_cast<std::byte>(rng() & 0xFF);
@@ -68,5 +154,12 @@ inline std::string RawSafetensors(std::string_view header, std::string_view data
 }
 
 }  // namespace ckpt::testing
+
+#ifndef EXPECT_THAT
+#define EXPECT_THAT(value, matcher) \
+  EXPECT_PRED_FORMAT1(::ckpt::testing::matcher_detail::MatcherFormatter(matcher), value)
+#define ASSERT_THAT(value, matcher) \
+  ASSERT_PRED_FORMAT1(::ckpt::testing::matcher_detail::MatcherFormatter(matcher), value)
+#endif
 
 #endif  // CKPT_TESTS_TEST_UTIL_H_

@@ -223,7 +223,7 @@ TEST(AsyncLifecycle, BackgroundFailureIsReturnedOnceAndNothingIsPublished) {
     return Status();
   });
   CheckpointingConfig cfg = AsyncConfig(tmp / "ckpts");
-  std::vector<std::string> errors(2);
+  std::vector<Status> errors(2);
   CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
     VersionedModel m(comm.rank(), comm.size());
     CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = comm.rank()}, comm, storage));
@@ -234,7 +234,7 @@ TEST(AsyncLifecycle, BackgroundFailureIsReturnedOnceAndNothingIsPublished) {
       CKPT_RETURN_IF_ERROR(c->Publish(d));
       Status waited = c->AsyncWait();
       if (step == 2) {
-        errors[static_cast<size_t>(comm.rank())] = waited.ToString();
+        errors[static_cast<size_t>(comm.rank())] = waited;
         CKPT_RETURN_IF_ERROR(c->AsyncWait());  // already returned: OK now
         CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, c->FindLatest());
         if (Basename(latest.value_or("")) != "epoch_0_step_1") return InternalError("a failed save moved LATEST");
@@ -244,7 +244,7 @@ TEST(AsyncLifecycle, BackgroundFailureIsReturnedOnceAndNothingIsPublished) {
     }
     return c->Close();
   }));
-  for (const std::string& e : errors) EXPECT_NE(e.find("injected I/O error"), std::string::npos) << e;
+  for (const Status& e : errors) EXPECT_THAT(e, StatusIs(StatusCode::kIOError, "injected I/O error"));
   EXPECT_EQ(Basename(*PosixStorage()->ReadLink(tmp / "ckpts/LATEST")), "epoch_0_step_3");
   // Never published, then cleaned by the next reserve.
   EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "ckpts/epoch_0_step_2"));

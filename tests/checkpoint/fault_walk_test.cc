@@ -102,10 +102,13 @@ void Walk(bool async) {
         } else {
           // Every other fault, silent torn writes included (saves read back
           // what they wrote), is an error of the save; nothing is published.
-          EXPECT_FALSE(saved.ok()) << "a failed " << OpName(op) << " was reported as success";
-          const bool named = saved.message().find("injected") != std::string::npos ||
-                             (f == Fault::kTornWrite && saved.message().find("read back differ") != std::string::npos);
-          EXPECT_TRUE(named) << saved.ToString();
+          // Injected faults fail as I/O errors naming the fault; a silent
+          // torn write is caught when the save reads the file back.
+          if (f == Fault::kTornWrite) {
+            EXPECT_THAT(saved, StatusIs(StatusCode::kDataLoss, "read back differ"));
+          } else {
+            EXPECT_THAT(saved, StatusIs(StatusCode::kIOError, std::string("injected ") + FaultName(f)));
+          }
           EXPECT_EQ(name, "epoch_0_step_1") << "a failed save was published";
           if (f == Fault::kTornWrite) ++torn;
         }
@@ -120,7 +123,11 @@ void Walk(bool async) {
               (unsigned long long)counter.count(Op::kWrite), (unsigned long long)counter.count(Op::kSync),
               (unsigned long long)counter.count(Op::kRename), (unsigned long long)counter.count(Op::kRead),
               torn, healed);
-  EXPECT_GT(trials, 50);
+  // The step-2 save does 18 opens, 68 writes, 43 fsyncs, 23 renames and 34
+  // reads, sync and async alike: two faults at each operation and three at
+  // each write make 440 trials. A change to the save's I/O changes this
+  // number; docs/reliability.md states it.
+  EXPECT_EQ(trials, 440);
 }
 
 TEST(FaultWalk, SynchronousSave) { Walk(false); }

@@ -100,14 +100,12 @@ TEST_P(LifecycleTest, ReserveMarksAndPublishClearsAndPointsLatest) {
 TEST_P(LifecycleTest, PublishedCheckpointsAreNeverOverwrittenNorPublishedTwice) {
   auto c = Make();
   Save(*c, 1);
-  Result<std::string> again = c->Reserve(0, 1);
-  ASSERT_FALSE(again.ok());
-  EXPECT_EQ(again.status().code(), StatusCode::kAlreadyExists);
-  EXPECT_NE(again.status().message().find("epoch_0_step_1"), std::string::npos);
-  Status twice = c->Publish(JoinPath(root_, "epoch_0_step_1"));
-  EXPECT_EQ(twice.code(), StatusCode::kFailedPrecondition) << twice.ToString();
-  Status stranger = c->Publish(JoinPath(root_, "elsewhere"));
-  EXPECT_EQ(stranger.code(), StatusCode::kInvalidArgument) << stranger.ToString();
+  EXPECT_THAT(c->Reserve(0, 1), StatusIs(StatusCode::kAlreadyExists, "epoch_0_step_1"));
+  EXPECT_THAT(c->Publish(JoinPath(root_, "epoch_0_step_1")),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       "epoch_0_step_1 was not reserved or is already published"));
+  EXPECT_THAT(c->Publish(JoinPath(root_, "elsewhere")),
+              StatusIs(StatusCode::kInvalidArgument, "elsewhere is not a checkpoint directory"));
   Result<std::string> payload = ReadFileToString(*storage_, JoinPath(root_, "epoch_0_step_1/payload"));
   ASSERT_TRUE(payload.ok());
   EXPECT_EQ(*payload, "1");
@@ -234,9 +232,8 @@ TEST(Lifecycle, RankZeroFilesystemFailureFailsEveryRank) {
     return c->Reserve(0, 1).status();
   });
   for (size_t r = 0; r < out.size(); ++r) {
-    EXPECT_FALSE(out[r].ok()) << "rank " << r;
-    EXPECT_NE(out[r].message().find("rank 0"), std::string::npos) << out[r].ToString();
-    EXPECT_NE(out[r].message().find("file/ckpts"), std::string::npos) << out[r].ToString();
+    EXPECT_THAT(out[r], StatusIs(StatusCode::kFailedPrecondition, "rank 0")) << "rank " << r;
+    EXPECT_THAT(out[r], StatusIs(StatusCode::kFailedPrecondition, "file/ckpts")) << "rank " << r;
   }
 }
 

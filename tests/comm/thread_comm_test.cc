@@ -10,6 +10,7 @@ namespace ckpt {
 namespace {
 
 using std::chrono::milliseconds;
+using testing::StatusIs;
 
 // Runs fn(comm) on one thread per rank and waits for all.
 template <typename Fn>
@@ -77,8 +78,7 @@ TEST(ThreadCommTest, ARankThatStopsAnsweringMakesOthersFailWithinTheTimeout) {
   int timed_out = 0;
   for (int r = 0; r < 3; ++r) {
     const Status& s = got[static_cast<size_t>(r)];
-    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
-    EXPECT_NE(s.message().find("waiting for rank(s) 3"), std::string::npos) << s.message();
+    EXPECT_THAT(s, StatusIs(StatusCode::kUnavailable, "waiting for rank(s) 3"));
     EXPECT_LT(seconds[static_cast<size_t>(r)], 5.0);
     if (s.message().find("timed out") != std::string::npos) ++timed_out;
   }

@@ -19,6 +19,7 @@ namespace {
 
 using std::chrono::milliseconds;
 using testing::Layout;
+using testing::StatusIs;
 using testing::Split;
 
 
@@ -36,7 +37,8 @@ TEST(ConsolidateRulesTest, ByteSizes) {
   EXPECT_EQ(*ParseByteSize("1234"), 1234u);
   EXPECT_EQ(*ParseByteSize("7B"), 7u);
   for (const char* bad : {"", "GiB", "5XB", "0", "99999999999999999999", "20000000000GiB"}) {
-    EXPECT_FALSE(ParseByteSize(bad).ok()) << bad;
+    EXPECT_THAT(ParseByteSize(bad),
+                StatusIs(StatusCode::kInvalidArgument, "size '" + std::string(bad) + "'")) << bad;
   }
 }
 
@@ -275,8 +277,7 @@ TEST(ConsolidateTest, BaseModelDTypesComeBackOnExport) {
   o.cast_dtype.reset();
   o.base_model_dir = "/nobase";
   Status s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf4", o); });
-  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s.ToString();
-  EXPECT_NE(s.message().find("/nobase"), std::string::npos) << s.message();
+  EXPECT_THAT(s, StatusIs(StatusCode::kNotFound, "/nobase"));
   EXPECT_FALSE(*Exists(*fs, "/hf4"));
 }
 
@@ -290,14 +291,13 @@ TEST(ConsolidateTest, HolesOverlapsAndExistingOutputAreErrors) {
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/hole/" + ShardFileName(r), std::span(&t, 1), md));
   }
   Status s = testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/hole", "/out"); });
-  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-  EXPECT_NE(s.message().find("chunks cover 2 of 3 elements (a hole)"), std::string::npos) << s.message();
+  EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "chunks cover 2 of 3 elements (a hole)"));
   EXPECT_FALSE(*Exists(*fs, "/out"));
 
   CKPT_ASSERT_OK(SaveModel(*fs, "/ok", {{"w", DType::kU8, Shape({4})}}, {1, Split::kDim0}));
   CKPT_ASSERT_OK(fs->MakeDirs("/exists"));
   s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ok", "/exists"); });
-  EXPECT_EQ(s.code(), StatusCode::kAlreadyExists);
+  EXPECT_THAT(s, StatusIs(StatusCode::kAlreadyExists, "/exists already exists; it is never overwritten"));
 }
 
 Status ConsolidateOne(Storage& fs, const std::string& in, const std::string& out, const ConsolidateOptions& o = {},
@@ -329,8 +329,7 @@ TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
     RemoveAll(*fs, mapping).IgnoreError();
     CKPT_ASSERT_OK(WriteFileAtomically(*fs, mapping, c.json));
     Status s = ConsolidateOne(*fs, "/ckpt", "/out");
-    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << c.json;
-    EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
+    EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, c.want)) << c.json;
     EXPECT_FALSE(*Exists(*fs, "/out"));
   }
   RemoveAll(*fs, mapping).IgnoreError();
@@ -355,17 +354,16 @@ TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
     ConsolidateOptions o;
     o.base_model_dir = "/base";
     Status s = ConsolidateOne(*fs, "/ckpt", "/out", o);
-    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << file;
-    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
-    EXPECT_NE(s.message().find("/base"), std::string::npos) << s.message();
+    EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, want)) << file;
+    EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "/base")) << file;
     EXPECT_FALSE(*Exists(*fs, "/out"));
   }
   ConsolidateOptions o;
   o.fqn_to_file = {{"w", 7}};
   Status s = ConsolidateOne(*fs, "/ckpt", "/out", o);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("fqn_to_file: tensor 'w': file number 7 is not between 1 and 1"), std::string::npos)
-      << s.message();
+  EXPECT_THAT(s,
+              StatusIs(StatusCode::kInvalidArgument,
+                       "fqn_to_file: tensor 'w': file number 7 is not between 1 and 1"));
 }
 
 // Side files are copied only as regular files of artifact kinds, never over
@@ -420,9 +418,8 @@ TEST(ConsolidateTest, ChunkChecksumsAreVerifiedWhileConsolidating) {
     bytes[bytes.size() - 3] ^= 0x10;
     CKPT_ASSERT_OK(WriteFileAtomically(*fs, shard, bytes));
     Status s = ConsolidateOne(*fs, "/ckpt", "/out");
-    EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-    EXPECT_NE(s.message().find(shard + ": tensor 'w' chunk at"), std::string::npos) << s.message();
-    EXPECT_NE(s.message().find("does not match the recorded"), std::string::npos) << s.message();
+    EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, shard + ": tensor 'w' chunk at"));
+    EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "does not match the recorded"));
     EXPECT_FALSE(*Exists(*fs, "/out"));
   }
 }
@@ -464,12 +461,8 @@ TEST(ConsolidateTest, ManifestCoversSideFiles) {
   };
   for (const Case& c : cases) {
     c.tamper();
-    Status v = VerifyShardedCheckpoint(*fs, "/ckpt");
-    EXPECT_EQ(v.code(), StatusCode::kDataLoss);
-    EXPECT_NE(v.message().find(c.want), std::string::npos) << v.message();
-    Status s = ConsolidateOne(*fs, "/ckpt", "/out");
-    EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-    EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
+    EXPECT_THAT(VerifyShardedCheckpoint(*fs, "/ckpt"), StatusIs(StatusCode::kDataLoss, c.want));
+    EXPECT_THAT(ConsolidateOne(*fs, "/ckpt", "/out"), StatusIs(StatusCode::kDataLoss, c.want));
     EXPECT_FALSE(*Exists(*fs, "/out"));
     c.undo();
   }
@@ -489,14 +482,11 @@ TEST(ConsolidateTest, SubByteChunksSplittingBytesAreRefusedByVerifyToo) {
     SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [0, " + std::to_string(2 * r) + "]}}"}};
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/f4/" + ShardFileName(r), std::span(&t, 1), md));
   }
-  Status v = VerifyShardedCheckpoint(*fs, "/f4");
-  EXPECT_EQ(v.code(), StatusCode::kDataLoss);
-  EXPECT_NE(v.message().find("saved tensor 'w' (F4, shape [2, 3]): chunk [0:2, 0:2]: chunk boundaries split bytes"),
-            std::string::npos)
-      << v.message();
-  Status s = ConsolidateOne(*fs, "/f4", "/out");
-  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-  EXPECT_NE(s.message().find("chunk boundaries split bytes"), std::string::npos) << s.message();
+  EXPECT_THAT(VerifyShardedCheckpoint(*fs, "/f4"),
+              StatusIs(StatusCode::kDataLoss,
+                       "saved tensor 'w' (F4, shape [2, 3]): chunk [0:2, 0:2]: chunk boundaries split bytes"));
+  EXPECT_THAT(ConsolidateOne(*fs, "/f4", "/out"),
+              StatusIs(StatusCode::kDataLoss, "chunk boundaries split bytes"));
 }
 
 // 262,144 chunk pieces (a [131072, 2] tensor split along dimension 1 in

@@ -16,6 +16,7 @@ namespace {
 
 using std::chrono::milliseconds;
 using testing::Layout;
+using testing::StatusIs;
 using testing::Split;
 
 
@@ -31,8 +32,7 @@ TEST(KeyMappingTest, FirstChangingPatternWins) {
   EXPECT_EQ(*MapKey(m, "model.norm.weight"), "model.norm.weight");
   EXPECT_EQ(*MapKey({{"(a)(b)", "$2$1"}}, "xab"), "xba");
   Result<std::string> bad = MapKey({{"([", "x"}}, "k");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("pattern '([' is not a valid regex"), std::string::npos);
+  EXPECT_THAT(bad, StatusIs(StatusCode::kInvalidArgument, "pattern '([' is not a valid regex"));
 }
 
 TEST(HubCacheTest, PrefersTheSnapshotWithAnIndex) {
@@ -49,7 +49,8 @@ TEST(HubCacheTest, PrefersTheSnapshotWithAnIndex) {
   CKPT_ASSERT_OK(fs->Remove(repo + "/snapshots/bbb/model.safetensors.index.json"));
   EXPECT_EQ(*ResolveHfModelDir(*fs, repo), repo + "/snapshots/aaa");  // refs/main
   EXPECT_EQ(*ResolveHfModelDir(*fs, repo + "/snapshots/aaa"), repo + "/snapshots/aaa");
-  EXPECT_EQ(ResolveHfModelDir(*fs, "/cache", "no/such").status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(ResolveHfModelDir(*fs, "/cache", "no/such"),
+              StatusIs(StatusCode::kNotFound, "/cache/models--no--such: no model files"));
 }
 
 // Sharded save → consolidate → load the HF directory into other layouts.
@@ -101,7 +102,7 @@ TEST_F(HfImportTest, MappingPrefixesAndTiedHead) {
   o.skip_prefixes = {"score."};
   // Without tying, lm_head is missing from the checkpoint.
   Status s = LoadSharded(*one, *fs_, "/m", sd, o);
-  EXPECT_NE(s.message().find("missing keys (1): lm_head.weight"), std::string::npos) << s.message();
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "missing keys (1): lm_head.weight"));
   // Tied: filled from the embeddings (under their original checkpoint name).
   o.key_mapping = {{R"(^model\.layers\.)", "layers."}};
   sd.tensors[0].fqn = "model.embed_tokens.weight";
@@ -125,8 +126,9 @@ TEST_F(HfImportTest, SubsetRules) {
   o.allow_missing = true;  // model keys absent from the checkpoint are dropped
   Status s = LoadSharded(*one, *fs_, "/m", sd, o);
   // ... but checkpoint keys the model lacks are an error, listed sorted.
-  EXPECT_NE(s.message().find("unexpected keys (2): model.embed_tokens.weight, score.weight"), std::string::npos)
-      << s.message();
+  EXPECT_THAT(s,
+              StatusIs(StatusCode::kInvalidArgument,
+                       "unexpected keys (2): model.embed_tokens.weight, score.weight"));
   o.skip_prefixes = {"score.", "model.embed_tokens."};
   LoadStats stats;
   CKPT_ASSERT_OK(LoadSharded(*one, *fs_, "/m", sd, o, &stats));
@@ -137,7 +139,7 @@ TEST_F(HfImportTest, SubsetRules) {
   none.tensors.push_back(WholeTensor("x", DType::kF32, Shape({3}), reinterpret_cast<std::byte*>(extra.data())));
   o.allow_unexpected = true;
   s = LoadSharded(*one, *fs_, "/m", none, o);
-  EXPECT_NE(s.message().find("no state-dict key is in the checkpoint"), std::string::npos) << s.message();
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "no state-dict key is in the checkpoint"));
 }
 
 }  // namespace
@@ -145,6 +147,8 @@ TEST_F(HfImportTest, SubsetRules) {
 
 namespace ckpt {
 namespace {
+
+using testing::StatusIs;
 
 // Loading an HF directory honours its index: only the files it names, each
 // of which must exist and hold the tensors mapped to it.
@@ -172,14 +176,14 @@ TEST(HfIndexImportTest, HostileOrBrokenIndexes) {
   index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors"}})");
   CKPT_EXPECT_OK(load());  // without the index the stray file would overlap 'a'
   index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
-  EXPECT_NE(load().message().find("shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"),
-            std::string::npos);
+  EXPECT_THAT(load(), StatusIs(StatusCode::kNotFound,
+                              "shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"));
   index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"}})");
-  EXPECT_NE(load().message().find("tensor 'ghost' is mapped to 'model-00001-of-00002.safetensors' but that shard "
-                                  "does not contain it"),
-            std::string::npos);
+  EXPECT_THAT(load(), StatusIs(StatusCode::kDataLoss,
+                              "tensor 'ghost' is mapped to 'model-00001-of-00002.safetensors' but that shard "
+                              "does not contain it"));
   index(R"({"weight_map": {"a": "../m/model-00001-of-00002.safetensors"}})");
-  EXPECT_NE(load().message().find("contains a path separator"), std::string::npos);
+  EXPECT_THAT(load(), StatusIs(StatusCode::kDataLoss, "contains a path separator"));
 }
 
 }  // namespace

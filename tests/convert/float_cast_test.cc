@@ -5,9 +5,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include "test_util.h"
 
 namespace ckpt {
 namespace {
+
+using ::ckpt::testing::StatusIs;
 
 uint32_t F32Bits(float f) {
   uint32_t b;
@@ -101,8 +104,7 @@ TEST(FloatCastTest, BuffersAndRoundTrips) {
     }
   }
   Status s = CastFloats(DType::kF8_E4M3, in, DType::kF32, back);
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("cannot cast F8_E4M3 to F32"), std::string::npos);
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "cannot cast F8_E4M3 to F32"));
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 namespace ckpt {
 namespace {
 
+using testing::StatusIs;
+
 TEST(HfIndexTest, SerializesLikeTransformers) {
   HfIndex idx;
   idx.total_size = 48;
@@ -44,30 +46,32 @@ TEST(HfIndexTest, RoundTripKeepsExtraMetadataAndEscapesNonAscii) {
 TEST(HfIndexTest, RejectsHostileWeightMaps) {
   struct Case {
     const char* json;
+    StatusCode code;
     const char* want;
   };
   const Case cases[] = {
-      {R"({"weight_map": {"w": "../secret.safetensors"}})", "contains a path separator"},
-      {R"({"weight_map": {"w": "/etc/passwd"}})", "is absolute"},
-      {R"({"weight_map": {"w": "sub/model.safetensors"}})", "contains a path separator"},
-      {R"({"weight_map": {"w": ".."}})", "contains '..'"},
-      {R"({"weight_map": {"w": "a..b"}})", "contains '..'"},
-      {R"({"weight_map": {"w": "c:\\x"}})", "contains a path separator"},
-      {R"({"weight_map": {"w": ""}})", "file name is empty"},
-      {R"({"weight_map": {"w": 3}})", "must be a file name string"},
-      {R"({"weight_map": []})", "\"weight_map\" must be an object"},
-      {R"({"metadata": {}})", "missing \"weight_map\""},
-      {R"({"metadata": {"total_size": -3}, "weight_map": {}})", "total_size must be"},
-      {R"([])", "index must be a JSON object"},
-      {R"({"weight_map": )", "not valid JSON"},
-      {R"({"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}})",
+      {R"({"weight_map": {"w": "../secret.safetensors"}})", StatusCode::kDataLoss,
+       "contains a path separator"},
+      {R"({"weight_map": {"w": "/etc/passwd"}})", StatusCode::kDataLoss, "is absolute"},
+      {R"({"weight_map": {"w": "sub/model.safetensors"}})", StatusCode::kDataLoss,
+       "contains a path separator"},
+      {R"({"weight_map": {"w": ".."}})", StatusCode::kDataLoss, "contains '..'"},
+      {R"({"weight_map": {"w": "a..b"}})", StatusCode::kDataLoss, "contains '..'"},
+      {R"({"weight_map": {"w": "c:\\x"}})", StatusCode::kDataLoss, "contains a path separator"},
+      {R"({"weight_map": {"w": ""}})", StatusCode::kDataLoss, "file name is empty"},
+      {R"({"weight_map": {"w": 3}})", StatusCode::kDataLoss, "must be a file name string"},
+      {R"({"weight_map": []})", StatusCode::kDataLoss, "\"weight_map\" must be an object"},
+      {R"({"metadata": {}})", StatusCode::kDataLoss, "missing \"weight_map\""},
+      {R"({"metadata": {"total_size": -3}, "weight_map": {}})", StatusCode::kDataLoss, "total_size must be"},
+      {R"([])", StatusCode::kDataLoss, "index must be a JSON object"},
+      {R"({"weight_map": )", StatusCode::kDataLoss, "not valid JSON"},
+      {R"({"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}})", StatusCode::kDataLoss,
        "duplicate key in a nested object 'a'"},
   };
   for (const Case& c : cases) {
     auto idx = ParseHfIndex(c.json, "model.safetensors.index.json");
-    ASSERT_FALSE(idx.ok()) << c.json;
-    EXPECT_NE(idx.status().message().find(c.want), std::string::npos) << idx.status().message();
-    EXPECT_NE(idx.status().message().find("model.safetensors.index.json"), std::string::npos);
+    EXPECT_THAT(idx, StatusIs(c.code, c.want)) << c.json;
+    EXPECT_THAT(idx, StatusIs(c.code, "model.safetensors.index.json")) << c.json;
   }
 }
 
@@ -127,25 +131,17 @@ TEST_F(HfModelDirTest, MissingShardIsAnError) {
   WriteShard("model-00001-of-00002.safetensors", {"a"});
   WriteIndex({{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
   auto m = HfModelDir::Open(*fs_, "/m");
-  ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(m.status().message().find("shard 'model-00002-of-00002.safetensors' named in "
-                                      "weight_map does not exist"),
-            std::string::npos)
-      << m.status().message();
+  EXPECT_THAT(m, StatusIs(StatusCode::kNotFound,
+                          "shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"));
 }
 
 TEST_F(HfModelDirTest, TensorMissingFromItsShardIsAnError) {
   WriteShard("model-00001-of-00001.safetensors", {"a"});
   WriteIndex({{"a", "model-00001-of-00001.safetensors"}, {"ghost", "model-00001-of-00001.safetensors"}});
   auto m = HfModelDir::Open(*fs_, "/m");
-  ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.status().code(), StatusCode::kDataLoss);
-  EXPECT_NE(m.status().message().find("tensor 'ghost' is mapped to "
-                                      "'model-00001-of-00001.safetensors' but that shard does "
-                                      "not contain it"),
-            std::string::npos)
-      << m.status().message();
+  EXPECT_THAT(m, StatusIs(StatusCode::kDataLoss,
+                          "tensor 'ghost' is mapped to 'model-00001-of-00001.safetensors' but that shard does "
+                          "not contain it"));
 }
 
 // Exactly what sharded loads and consolidation read through an index: the
@@ -165,13 +161,8 @@ TEST_F(HfModelDirTest, IndexNamingHiddenOrNonSafetensorsShardsOrNothingIsRefused
   for (const Case& c : cases) {
     WriteIndex(c.wm);
     auto m = HfModelDir::Open(*fs_, "/m");
-    ASSERT_FALSE(m.ok());
-    EXPECT_EQ(m.status().code(), StatusCode::kDataLoss);
-    EXPECT_NE(m.status().message().find(c.want), std::string::npos) << m.status().message();
-    auto l = engine::ListShardDir(*fs_, "/m");
-    ASSERT_FALSE(l.ok());
-    EXPECT_EQ(l.status().code(), StatusCode::kDataLoss);
-    EXPECT_NE(l.status().message().find(c.want), std::string::npos) << l.status().message();
+    EXPECT_THAT(m, StatusIs(StatusCode::kDataLoss, c.want));
+    EXPECT_THAT(engine::ListShardDir(*fs_, "/m"), StatusIs(StatusCode::kDataLoss, c.want));
   }
 }
 
@@ -209,7 +200,8 @@ TEST(ShardListingTest, NamesThatAreNotUtf8SurviveTheBroadcast) {
   EXPECT_EQ(back->index_name, l.index_name);
   EXPECT_EQ(back->side_files, l.side_files);
   const std::string text = engine::EncodeListing(l);
-  EXPECT_FALSE(engine::DecodeListing(text.substr(0, text.size() - 1)).ok());
+  EXPECT_THAT(engine::DecodeListing(text.substr(0, text.size() - 1)),
+              StatusIs(StatusCode::kInternal, "malformed directory listing"));
 }
 
 TEST_F(HfModelDirTest, TraversalInIndexIsRefused) {
@@ -217,8 +209,7 @@ TEST_F(HfModelDirTest, TraversalInIndexIsRefused) {
   CKPT_ASSERT_OK(WriteFileAtomically(*fs_, "/m/model.safetensors.index.json",
                                      R"({"weight_map": {"a": "../m/model.safetensors"}})"));
   auto m = HfModelDir::Open(*fs_, "/m");
-  ASSERT_FALSE(m.ok());
-  EXPECT_NE(m.status().message().find("weight_map['a']"), std::string::npos);
+  EXPECT_THAT(m, StatusIs(StatusCode::kDataLoss, "weight_map['a']"));
 }
 
 TEST(HfModelDirSizeTest, OversizedIndexIsRefusedBeforeReading) {
@@ -228,17 +219,13 @@ TEST(HfModelDirSizeTest, OversizedIndexIsRefusedBeforeReading) {
   CKPT_ASSERT_OK((*w)->WriteAt(kHfIndexMaxSize, AsBytes("}")));  // sparse: cheap to make
   CKPT_ASSERT_OK((*w)->Close());
   auto m = HfModelDir::Open(*PosixStorage(), tmp.path());
-  ASSERT_FALSE(m.ok());
-  EXPECT_NE(m.status().message().find("index is 100000001 bytes, more than the 100000000-byte limit"),
-            std::string::npos)
-      << m.status().message();
+  EXPECT_THAT(m, StatusIs(StatusCode::kDataLoss,
+                          "index is 100000001 bytes, more than the 100000000-byte limit"));
 }
 
 TEST_F(HfModelDirTest, NotAModelDirectory) {
   auto m = HfModelDir::Open(*fs_, "/m");
-  ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(m.status().message().find("not a Hugging Face model directory"), std::string::npos);
+  EXPECT_THAT(m, StatusIs(StatusCode::kNotFound, "not a Hugging Face model directory"));
 }
 
 }  // namespace
