@@ -51,3 +51,18 @@ def run_ranks(n: int, script: str, *args: str, timeout: float = 240, expect_ok: 
 @pytest.fixture
 def ranks():
     return run_ranks
+
+
+# The ckpt command-line tool the C++ build made (the test command builds it
+# before the Python tests run).
+CLI = Path(os.environ.get("CKPT_CLI", HERE.parents[1] / "build" / "default" / "ckpt"))
+
+
+def cli(*args: object, ok: bool = True) -> subprocess.CompletedProcess:
+    """Runs `ckpt ARGS...`; with `ok`, fails the test unless it exits 0."""
+    if not CLI.exists():
+        pytest.fail(f"{CLI} is not built (cmake --build --preset default)")
+    proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
+    if ok:
+        assert proc.returncode == 0, f"ckpt {' '.join(map(str, args))}: {proc.stdout}\n{proc.stderr}"
+    return proc

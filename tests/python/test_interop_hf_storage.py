@@ -10,9 +10,7 @@ package, and compare ckpt's consolidation with torch's, tensor for tensor.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,14 +18,13 @@ import ckpt
 import pytest
 import safetensors.torch as st
 import torch
-from conftest import run_ranks
+from conftest import cli, run_ranks
 from torch.distributed.checkpoint._consolidate_hf_safetensors import consolidate_safetensors_files
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "jobs"))
 from interop_hf_storage import ALL, FLOATS, MAPPING, VARIANTS, full  # noqa: E402
 
-CLI = Path(os.environ.get("CKPT_CLI", HERE.parents[1] / "build" / "default" / "ckpt"))
 WORLDS = (4, 2, 1)
 DTYPE_NAMES = {
     torch.float32: "F32",
@@ -42,15 +39,6 @@ DTYPE_NAMES = {
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).contiguous().view(torch.uint8)
-
-
-def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (cmake --build --preset default)")
-    proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
-    if ok:
-        assert proc.returncode == 0, f"ckpt {' '.join(map(str, args))}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def header(path: Path) -> dict:

@@ -5,8 +5,6 @@ not already cover): every dtype, metadata, empty and 0-d tensors."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import ckpt
@@ -14,10 +12,10 @@ import pytest
 import safetensors
 import safetensors.torch as st
 import torch
+from conftest import cli
 from test_tensors import ALL_DTYPES, bits, random_bits
 
 HERE = Path(__file__).resolve().parent
-CLI = Path(os.environ.get("CKPT_CLI", HERE.parents[1] / "build" / "default" / "ckpt"))
 NAMES = {
     torch.bool: "BOOL",
     torch.uint8: "U8",
@@ -36,15 +34,6 @@ NAMES = {
     torch.float8_e5m2: "F8_E5M2",
 }
 METADATA = {"format": "pt", "note": "ünïcode ✓", "empty": "", "json": '{"a": [1, 2]}'}
-
-
-def cli(*args, ok: bool = True) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (cmake --build --preset default)")
-    proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
-    if ok:
-        assert proc.returncode == 0, f"ckpt {' '.join(map(str, args))}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def sample() -> dict[str, torch.Tensor]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 import safetensors.torch as st
 import torch
+from conftest import cli
 
 HERE = Path(__file__).resolve().parent
-CLI = Path(os.environ.get("CKPT_CLI", HERE.parents[1] / "build" / "default" / "ckpt"))
 NAMES = {
     torch.float32: "F32",
     torch.float64: "F64",
@@ -27,15 +26,6 @@ NAMES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-
-
-def cli(*args, ok: bool = True) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (cmake --build --preset default)")
-    proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
-    if ok:
-        assert proc.returncode == 0, f"ckpt {' '.join(map(str, args))}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

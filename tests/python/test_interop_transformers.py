@@ -5,20 +5,18 @@ package, every tensor bit for bit and logits identical."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import ckpt
 import pytest
 import safetensors.torch as st
 import torch
+from conftest import cli
 
 transformers = pytest.importorskip("transformers")
 
 HERE = Path(__file__).resolve().parent
-CLI = Path(os.environ.get("CKPT_CLI", HERE.parents[1] / "build" / "default" / "ckpt"))
 COMMON = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -44,15 +42,6 @@ def config(kind: str):
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).contiguous().view(torch.uint8)
-
-
-def cli(*args, ok: bool = True) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.skip(f"{CLI} not built (cmake --build --preset default)")
-    proc = subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
-    if ok:
-        assert proc.returncode == 0, f"ckpt {' '.join(map(str, args))}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def read_dir(path: Path) -> dict[str, torch.Tensor]:
