@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,3 +67,29 @@ def cli(*args: object, ok: bool = True) -> subprocess.CompletedProcess:
     if ok:
         assert proc.returncode == 0, f"ckpt {' '.join(map(str, args))}: {proc.stdout}\n{proc.stderr}"
     return proc
+
+
+# torch dtype -> safetensors dtype name, written out here on purpose (the
+# tests do not take the table from the code they check).
+ST_NAMES = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.uint16: "U16",
+    torch.int32: "I32",
+    torch.uint32: "U32",
+    torch.int64: "I64",
+    torch.uint64: "U64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's bytes, for bit-for-bit comparisons (NaN payloads included)."""
+    return t.reshape(-1).contiguous().view(torch.uint8)

@@ -18,7 +18,7 @@ import ckpt
 import pytest
 import safetensors.torch as st
 import torch
-from conftest import cli, run_ranks
+from conftest import ST_NAMES, bits, cli, run_ranks
 from torch.distributed.checkpoint._consolidate_hf_safetensors import consolidate_safetensors_files
 
 HERE = Path(__file__).resolve().parent
@@ -26,19 +26,6 @@ sys.path.insert(0, str(HERE / "jobs"))
 from interop_hf_storage import ALL, FLOATS, MAPPING, VARIANTS, full  # noqa: E402
 
 WORLDS = (4, 2, 1)
-DTYPE_NAMES = {
-    torch.float32: "F32",
-    torch.bfloat16: "BF16",
-    torch.float16: "F16",
-    torch.float64: "F64",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.bool: "BOOL",
-}
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
 
 
 def header(path: Path) -> dict:
@@ -101,7 +88,7 @@ def test_ckpt_inspect_json_reports_global_shapes_and_chunks_of_torch_shards_and_
         for name in names:
             shape, dtype, save_pl, _ = ALL[name]
             assert got[name]["shape"] == list(shape), (variant, name)
-            assert got[name]["dtype"] == DTYPE_NAMES[dtype], (variant, name)
+            assert got[name]["dtype"] == ST_NAMES[dtype], (variant, name)
             assert got[name]["bytes"] == full(name).numel() * full(name).element_size()
             if save_pl == "r":  # replicated: written once
                 assert got[name]["chunks"] == 1, (variant, name)

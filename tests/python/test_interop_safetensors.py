@@ -5,41 +5,22 @@ not already cover): every dtype, metadata, empty and 0-d tensors."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import ckpt
 import pytest
 import safetensors
 import safetensors.torch as st
 import torch
-from conftest import cli
-from test_tensors import ALL_DTYPES, bits, random_bits
+from conftest import ST_NAMES, bits, cli
+from test_tensors import ALL_DTYPES, random_bits
 
-HERE = Path(__file__).resolve().parent
-NAMES = {
-    torch.bool: "BOOL",
-    torch.uint8: "U8",
-    torch.int8: "I8",
-    torch.int16: "I16",
-    torch.uint16: "U16",
-    torch.int32: "I32",
-    torch.uint32: "U32",
-    torch.int64: "I64",
-    torch.uint64: "U64",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float32: "F32",
-    torch.float64: "F64",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
 METADATA = {"format": "pt", "note": "ünïcode ✓", "empty": "", "json": '{"a": [1, 2]}'}
 
 
 def sample() -> dict[str, torch.Tensor]:
     out = {}
     for i, d in enumerate(ALL_DTYPES):
-        name = NAMES[d]
+        name = ST_NAMES[d]
         out[f"m.{name}"] = random_bits((3, 5), d, i)
         out[f"s.{name}"] = random_bits((), d, 100 + i)  # 0-d
         out[f"e.{name}"] = torch.zeros(0, 4, dtype=d)  # empty
@@ -56,7 +37,7 @@ def test_ckpt_inspect_and_verify_read_every_dtype_metadata_empty_and_0d_that_saf
     assert sorted(got) == sorted(tensors)
     with st.safe_open(str(path), framework="pt") as ref:
         for k, v in tensors.items():
-            assert got[k]["dtype"] == NAMES[v.dtype] == ref.get_slice(k).get_dtype(), k
+            assert got[k]["dtype"] == ST_NAMES[v.dtype] == ref.get_slice(k).get_dtype(), k
             assert got[k]["shape"] == list(v.shape) == ref.get_slice(k).get_shape(), k
             assert got[k]["bytes"] == v.numel() * v.element_size(), k
     assert info["total_bytes"] == sum(v.numel() * v.element_size() for v in tensors.values())
@@ -96,7 +77,7 @@ def test_safetensors_safe_open_reads_ckpt_files_metadata_slices_empty_and_0d(tmp
             got = f.get_tensor(k)
             assert got.dtype == v.dtype and got.shape == v.shape, k
             assert torch.equal(bits(got), bits(v)), k
-            assert f.get_slice(k).get_dtype() == NAMES[v.dtype], k
+            assert f.get_slice(k).get_dtype() == ST_NAMES[v.dtype], k
         assert torch.equal(bits(f.get_slice("m.F32")[1:3]), bits(tensors["m.F32"][1:3]))
 
 

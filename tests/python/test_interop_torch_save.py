@@ -11,25 +11,21 @@ from pathlib import Path
 import pytest
 import safetensors.torch as st
 import torch
-from conftest import cli
+from conftest import ST_NAMES, bits, cli
 
-HERE = Path(__file__).resolve().parent
-NAMES = {
-    torch.float32: "F32",
-    torch.float64: "F64",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
+# The dtypes the archive holds (torch.save's storage classes).
+ARCHIVE_DTYPES = (
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+)
 
 
 def state_dict() -> dict[str, torch.Tensor]:
@@ -41,13 +37,13 @@ def state_dict() -> dict[str, torch.Tensor]:
     sd["rows"] = base[2:5]  # same storage, offset 16
     sd["strided"] = base[::2, 1::3]  # same storage, offset and gaps
     sd["tied"] = base  # the same tensor under a second name
-    for dtype in NAMES:
+    for dtype in ARCHIVE_DTYPES:
         if dtype == torch.bool:
-            sd[f"t_{NAMES[dtype]}"] = torch.randint(0, 2, (3, 5), generator=g).bool()
+            sd[f"t_{ST_NAMES[dtype]}"] = torch.randint(0, 2, (3, 5), generator=g).bool()
         elif dtype.is_floating_point:
-            sd[f"t_{NAMES[dtype]}"] = torch.randn(3, 5, generator=g).to(dtype)
+            sd[f"t_{ST_NAMES[dtype]}"] = torch.randn(3, 5, generator=g).to(dtype)
         else:
-            sd[f"t_{NAMES[dtype]}"] = torch.randint(-100, 100, (3, 5), generator=g).to(dtype)
+            sd[f"t_{ST_NAMES[dtype]}"] = torch.randint(-100, 100, (3, 5), generator=g).to(dtype)
     sd["scalar"] = torch.tensor(2.5, dtype=torch.float64)
     sd["empty"] = torch.zeros(0, 3, dtype=torch.bfloat16)
     big = torch.arange(40, dtype=torch.int32)
@@ -87,7 +83,7 @@ def test_ckpt_inspect_and_verify_read_a_torch_save_archive_with_views_and_shared
         assert sorted(got) == sorted(sd), target
         for k, v in sd.items():
             assert got[k]["shape"] == list(v.shape), (target, k)
-            assert got[k]["dtype"] == NAMES[v.dtype], (target, k)
+            assert got[k]["dtype"] == ST_NAMES[v.dtype], (target, k)
         verdict = json.loads(cli("verify", "--json", target).stdout)
         assert verdict["valid"] is True and verdict["num_tensors"] == len(sd), verdict
 

@@ -12,11 +12,10 @@ import ckpt
 import pytest
 import safetensors.torch as st
 import torch
-from conftest import cli
+from conftest import bits, cli
 
 transformers = pytest.importorskip("transformers")
 
-HERE = Path(__file__).resolve().parent
 COMMON = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -38,10 +37,6 @@ def config(kind: str):
     return transformers.Qwen3MoeConfig(
         **COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8
     )
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
 
 
 def read_dir(path: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,8 @@ import ckpt
 import pytest
 import safetensors.torch as st
 import torch
-from test_tensors import ALL_DTYPES, bits, random_bits
+from conftest import bits
+from test_tensors import ALL_DTYPES, random_bits
 
 
 def sample() -> dict[str, torch.Tensor]:

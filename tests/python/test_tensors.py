@@ -12,6 +12,7 @@ import time
 import ckpt
 import pytest
 import torch
+from conftest import bits
 
 ALL_DTYPES = [
     torch.bool,
@@ -45,10 +46,6 @@ def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.
     if dtype.is_floating_point:  # keep NaN payloads out of equality checks
         out = torch.where(torch.isnan(out.float()), torch.zeros((), dtype=dtype), out)
     return out
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
