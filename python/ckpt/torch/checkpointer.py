@@ -242,8 +242,16 @@ class Checkpointer:
         if is_init_step and hf.is_bin_checkpoint(model_path) and not hf.is_safetensors_checkpoint(model_path):
             self._load_bin(model, model_path, key_mapping, tied)
             return
+        cast = False
         if is_init_step and os.path.isdir(model_path):
-            match_checkpoint_dtypes(model, hf.safetensors_dtypes(model_path), key_mapping)
+            kept = match_checkpoint_dtypes(model, hf.safetensors_dtypes(model_path), key_mapping)
+            if kept:
+                # FSDP2 owns its sharded parameters: their dtype stays, the values are cast.
+                cast = True
+                _warn_once(
+                    f"{model_path}: {len(kept)} sharded parameters keep their dtype "
+                    f"(e.g. {kept[0]}); the checkpoint's values are cast into them"
+                )
         sd = model_state_dict(model, cpu_offload=False)
         expected = set(sd)
         stats = api.load(
@@ -255,6 +263,7 @@ class Checkpointer:
             key_mapping=key_mapping,
             skip_prefixes=list(self.config.skip_task_head_prefixes_for_base_model or []) if is_init_step else [],
             tie_word_embeddings=tied,
+            cast_floats=cast,
             dequantize_fp8=bool(self.config.dequantize_base_checkpoint) and is_init_step,
         )
         missing = set(stats.missing_keys)
@@ -476,11 +485,17 @@ class Checkpointer:
         `weights_path` once they are durable: now for synchronous saves, in
         the background when the asynchronous writes complete."""
         _barrier(self.process_group)
-        if _rank() != 0:
-            return
         root = os.fspath(self.config.checkpoint_dir)
         if not self.config.is_async or (self._model_future is None and self._optim_future is None):
-            lifecycle.publish(root, weights_path, self.config.max_recent_checkpoints)
+            err: BaseException | None = None
+            if _rank() == 0:
+                try:
+                    lifecycle.publish(root, weights_path, self.config.max_recent_checkpoints)
+                except BaseException as e:
+                    err = e
+            _raise_everywhere(err, f"publishing {weights_path}", self.process_group)
+            return
+        if _rank() != 0:
             return
         model_future, optim_future = self._model_future, self._optim_future
 

@@ -56,12 +56,16 @@ def model_state_dict(model: torch.nn.Module, cpu_offload: bool) -> dict[str, Any
 
 def match_checkpoint_dtypes(
     model: torch.nn.Module, dtypes: Mapping[str, Any], key_mapping: Mapping[str, str] | None
-) -> None:
+) -> list[str]:
     """Gives floating-point parameters the dtype their checkpoint tensor has
     (a bf16 base model stays bf16), as NeMo's base-model load does. `dtypes`
-    maps checkpoint keys to torch dtypes or safetensors dtype names."""
+    maps checkpoint keys to torch dtypes or safetensors dtype names. Returns
+    the parameters whose dtype could not change (sharded by FSDP2)."""
+    from torch.distributed.tensor import DTensor
+
     if key_mapping:
         dtypes = hf.apply_key_mapping(dtypes, key_mapping)
+    kept: list[str] = []
     for name, p in list(model.named_parameters()):
         want = dtypes.get(name)
         if want is None:
@@ -71,8 +75,13 @@ def match_checkpoint_dtypes(
                 want = torch_dtype(want)
             except Exception:
                 continue
-        if p.dtype != want and p.is_floating_point() and want.is_floating_point:
+        if p.dtype == want or not (p.is_floating_point() and want.is_floating_point):
+            continue
+        if isinstance(p, DTensor):
+            kept.append(name)
+        else:
             p.data = p.data.to(want)
+    return kept
 
 
 def optimizer_state_dict(
