@@ -80,6 +80,61 @@ def probe_ids() -> Any:
     return torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(7))
 
 
+def full_state(model: Any, opt: Any, sched: Any, loader: StepLoader, rng: Any) -> dict[str, Any]:
+    """Everything a resume must restore, as full tensors (collective)."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    def full(sd: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in sd.items()}
+
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    return {
+        "model": full(get_model_state_dict(model)),
+        "optim": full(get_optimizer_state_dict(model, opt, options=flat)),
+        "sched": sched.state_dict(),
+        "dataloader": loader.state_dict(),
+        "rng": {k: v for k, v in rng.state_dict().items() if k != "cuda_rng_state"},
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def compare_states(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """The entries that differ (tensors compared bit for bit)."""
+    import torch
+
+    bad: list[str] = []
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return (
+                a.dtype == b.dtype
+                and a.shape == b.shape
+                and torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+            )
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return bool(a == b)
+
+    for part in want:
+        if isinstance(want[part], dict) and part in ("model", "optim"):
+            bad += [
+                f"{part}:{k}"
+                for k in want[part]
+                if k not in got[part] or not same(got[part][k], want[part][k])
+            ]
+            bad += [f"{part}:{k} (extra)" for k in got[part] if k not in want[part]]
+        elif not same(got[part], want[part]):
+            bad.append(part)
+    return bad
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
@@ -91,6 +146,7 @@ def worker(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     root = os.path.join(args.dir, "checkpoints")
+    os.makedirs(root, exist_ok=True)
     cfg = CheckpointingConfig(checkpoint_dir=root, is_async=True, save_consolidated="final")
     ckptr = Checkpointer(cfg, dp_rank=rank, tp_rank=0, pp_rank=0)
     model = build_model()
@@ -102,7 +158,8 @@ def worker(args: argparse.Namespace) -> None:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps, eta_min=1e-4)
     loader = StepLoader(seed=11)
     rng = StatefulRNG(1234)
-    start, measured = 0, {"blocked_s": [], "step_s": []}
+    start = 0
+    measured: dict[str, Any] = {"blocked_s": [], "step_s": []}
     if args.mode == "resume":
         path = ckptr.latest()
         assert path is not None, f"{root}: no complete checkpoint"
@@ -114,6 +171,11 @@ def worker(args: argparse.Namespace) -> None:
         measured["load_s"] = time.perf_counter() - t0
         measured["resumed_from"] = os.path.basename(path)
         start = int(os.path.basename(path).rsplit("_", 1)[1])
+        want = torch.load(os.path.join(args.reference, f"state_step_{start}.pt"), weights_only=True)
+        got = full_state(model, opt, sched, loader, rng)
+        bad = compare_states(got, want)
+        assert not bad, f"rank {rank}: state after resume differs from the uninterrupted run: {bad[:5]}"
+        measured["state_checked"] = {k: len(v) if k in ("model", "optim") else 1 for k, v in want.items()}
     losses: dict[int, str] = {}
     for step in range(start, args.steps):
         t0 = time.perf_counter()
@@ -128,6 +190,10 @@ def worker(args: argparse.Namespace) -> None:
         measured["step_s"].append(time.perf_counter() - t0)
         s = step + 1
         if s % args.save_every == 0 or s == args.steps:
+            if args.mode == "reference":
+                state = full_state(model, opt, sched, loader, rng)
+                if rank == 0:
+                    torch.save(state, os.path.join(args.dir, f"state_step_{s}.pt"))
             path = os.path.join(root, f"epoch_0_step_{s}")
             ckptr.reserve(path)
             t0 = time.perf_counter()
@@ -165,7 +231,7 @@ def _launch(n: int, mode: str, args: argparse.Namespace, expect_ok: bool = True)
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}",
         "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "ckpt.demo", "--worker", mode,
         "--dir", args.dir, "--steps", str(args.steps), "--save-every", str(args.save_every),
-        "--crash-at", str(args.crash_at),
+        "--crash-at", str(args.crash_at), "--reference", args.reference,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
@@ -187,9 +253,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from .torch import lifecycle
 
-    ref_dir, args.dir = os.path.join(args.dir, "uninterrupted"), args.dir
     base = args.dir
-    args.dir = ref_dir
+    ref_dir = args.reference = args.dir = os.path.join(base, "uninterrupted")
     t_ref = _launch(4, "reference", args)
     args.dir = os.path.join(base, "interrupted")
     t_crash = _launch(4, "crash", args, expect_ok=False)
@@ -223,6 +288,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "killed mid-save at step": args.crash_at,
         "killed checkpoint left": "incomplete (ignored)" if os.path.exists(killed) else "staging only",
         "resumed from (4 -> 2 ranks)": resumed_from,
+        "state after resume, bit for bit": "{model} weights, {optim} optimizer entries, "
+        "scheduler, dataloader, RNG".format(**m["state_checked"]),
         "loss steps compared bit for bit": f"{len(res['losses'])} (steps {first}..{args.steps})",
         "final loss": float.fromhex(res["losses"][str(args.steps)]),
         "train step, mean (2 ranks)": f"{1000 * sum(m['step_s']) / len(m['step_s']):.1f} ms",
@@ -243,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crash-at", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print the measurements as JSON")
     p.add_argument("--worker", choices=["reference", "crash", "resume"], help=argparse.SUPPRESS)
+    p.add_argument("--reference", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         args.mode = args.worker

@@ -100,7 +100,11 @@ def test_fields_ckpt_cannot_apply_warn_and_bad_values_name_the_field():
 
 def test_key_mapping_has_python_re_semantics_and_the_first_matching_pattern_wins():
     keys = {"language_model.model.layers.0.w": 1, "lm_head.weight": 2, "vision.x": 3}
-    mapping = {r"^language_model\.model\.(.*)$": r"model.language_model.\1", r"^lm_": "head_", r"^(\w+)\.x": r"\1.y"}
+    mapping = {
+        r"^language_model\.model\.(.*)$": r"model.language_model.\1",
+        r"^lm_": "head_",
+        r"^(\w+)\.x": r"\1.y",
+    }
     got = apply_key_mapping(keys, mapping)
     assert got == {"model.language_model.layers.0.w": 1, "head_head.weight": 2, "vision.y": 3}
     # once a pattern changed a key the later ones are not applied to it
@@ -163,8 +167,12 @@ def test_renamed_checkpoint_keys_load_through_key_mapping_and_a_missing_key_is_w
     dst = llama(6)
     before = dst.model.norm.weight.clone()
     with caplog.at_level(logging.WARNING):
-        ckptr().load_model(dst, str(tmp_path), is_init_step=True, key_mapping={r"^backbone\.(.*)$": r"model.\1"})
-    assert torch.equal(dst.model.layers[1].self_attn.q_proj.weight, src.model.layers[1].self_attn.q_proj.weight)
+        ckptr().load_model(
+            dst, str(tmp_path), is_init_step=True, key_mapping={r"^backbone\.(.*)$": r"model.\1"}
+        )
+    assert torch.equal(
+        dst.model.layers[1].self_attn.q_proj.weight, src.model.layers[1].self_attn.q_proj.weight
+    )
     assert torch.equal(dst.model.norm.weight, before)  # absent from the checkpoint: kept
     assert "missing=1" in caplog.text and "model.norm.weight" in caplog.text
 
@@ -274,7 +282,9 @@ def test_a_lora_adapter_saves_as_peft_files_that_peft_model_from_pretrained_load
         want = model.eval()(INPUT).logits
         assert torch.equal(loaded(INPUT).logits, want)
     # and the Checkpointer reads its own adapter back
-    fresh = peft.get_peft_model(llama(12), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    fresh = peft.get_peft_model(
+        llama(12), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     c.load_model(fresh, str(adapter_dir))
     with torch.no_grad():
         assert torch.equal(fresh.eval()(INPUT).logits, want)

@@ -193,7 +193,7 @@ class Checkpointer:
         pending, self._pending_model = self._pending_model, None
         if pending is None or pending[1] is None:
             return
-        model_dir, out = pending
+        model_dir, out = pending[0], pending[1]
         reference = self._reference_path()
         api.consolidate(
             model_dir,
@@ -261,7 +261,9 @@ class Checkpointer:
             allow_missing=allow_checkpoint_key_subset or is_init_step,
             allow_unexpected=True,
             key_mapping=key_mapping,
-            skip_prefixes=list(self.config.skip_task_head_prefixes_for_base_model or []) if is_init_step else [],
+            skip_prefixes=list(self.config.skip_task_head_prefixes_for_base_model or [])
+            if is_init_step
+            else [],
             tie_word_embeddings=tied,
             cast_floats=cast,
             dequantize_fp8=bool(self.config.dequantize_base_checkpoint) and is_init_step,
@@ -308,7 +310,7 @@ class Checkpointer:
         if tied and "lm_head.weight" not in full and "model.embed_tokens.weight" in full:
             full["lm_head.weight"] = full["model.embed_tokens.weight"]
         match_checkpoint_dtypes(model, {k: v.dtype for k, v in full.items()}, None)
-        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))
+        set_model_state_dict(model, dict(full), options=StateDictOptions(full_state_dict=True, strict=False))
         diff = hf.summarize_key_diff(expected, set(full) & (expected | set(full)))
         if diff["missing_count"] or diff["unexpected_count"]:
             _warn_once(
@@ -342,8 +344,7 @@ class Checkpointer:
             self.load_model(model, path, is_init_step=True, key_mapping=mapping)
         hf.reinit_non_persistent_buffers(model)
         self.config.original_model_root_dir = root_dir
-        if hasattr(model, "tie_weights") and lm_head_tied_to_embeddings(model):
-            model.tie_weights()
+        _tie(model)
 
     @staticmethod
     def initialize_model_weights(
@@ -360,25 +361,31 @@ class Checkpointer:
                     module._buffers[key] = torch.empty_like(buf, device=device)
         for module in model.modules():
             if hasattr(module, "_is_hf_initialized"):
-                module._is_hf_initialized = False
-        init = getattr(model, "initialize_weights", None) or getattr(model, "init_weights", None)
-        if init is not None:
+                setattr(module, "_is_hf_initialized", False)  # noqa: B010 (a plain attribute, not a buffer)
+        init: Any = getattr(model, "initialize_weights", None) or getattr(model, "init_weights", None)
+        if callable(init):
             init()
         else:
-            logger.warning("%s has no initialize_weights method; parameters stay uninitialized", type(model).__name__)
+            logger.warning(
+                "%s has no initialize_weights method; parameters stay uninitialized", type(model).__name__
+            )
         hf.reinit_non_persistent_buffers(model)
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
+        _tie(model)
         if peft_init_method is not None:
             _warn_once(
-                f"peft_init_method={peft_init_method!r}: adapters keep the initialization the peft library gave them"
+                f"peft_init_method={peft_init_method!r}: adapters keep the initialization "
+                "the peft library gave them"
             )
 
     # ------------------------------------------------------------- optimizer
 
     @torch.no_grad()
     def save_optimizer(
-        self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, weights_path: str, scheduler: Any = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module,
+        weights_path: str,
+        scheduler: Any = None,
     ) -> None:
         """Saves optimizer (and scheduler) state to ``weights_path/optim`` in
         DCP's format with NeMo's keys (``optim.state.<fqn>.<name>``,
@@ -395,7 +402,11 @@ class Checkpointer:
             dcp_save(sd, path, self.process_group)
 
     def load_optimizer(
-        self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, weights_path: str, scheduler: Any = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module,
+        weights_path: str,
+        scheduler: Any = None,
     ) -> None:
         """Loads what :meth:`save_optimizer` (or NeMo's) wrote, into any layout."""
         path = os.path.join(weights_path, "optim")
@@ -572,6 +583,13 @@ class Checkpointer:
         self.close()
 
 
+def _tie(model: torch.nn.Module) -> None:
+    """Re-ties tied embeddings the way the model's own code does."""
+    tie: Any = getattr(model, "tie_weights", None)
+    if callable(tie):
+        tie()
+
+
 def _base_index(reference: str) -> dict[str, int]:
     """FQN -> 1-based file number from a base model's safetensors index."""
     import json
@@ -626,5 +644,3 @@ def _warn_once(message: str) -> None:
         import warnings
 
         warnings.warn(message, stacklevel=3)
-
-

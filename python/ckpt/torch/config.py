@@ -46,8 +46,7 @@ def _consolidated_mode(value: Any) -> SaveConsolidatedMode:
         if v == "false":
             return SaveConsolidatedMode.FALSE
     raise ValueError(
-        f"checkpoint.save_consolidated: unsupported value {value!r} "
-        "(use false, final, every, or a boolean)"
+        f"checkpoint.save_consolidated: unsupported value {value!r} (use false, final, every, or a boolean)"
     )
 
 
@@ -101,7 +100,8 @@ class CheckpointingConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.consolidation_timeout_minutes, bool) or not (
-            isinstance(self.consolidation_timeout_minutes, (int, float)) and self.consolidation_timeout_minutes > 0
+            isinstance(self.consolidation_timeout_minutes, (int, float))
+            and self.consolidation_timeout_minutes > 0
         ):
             raise ValueError(
                 "checkpoint.consolidation_timeout_minutes must be greater than 0, "
@@ -168,7 +168,9 @@ class CheckpointingConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], section: str | None = "checkpoint") -> CheckpointingConfig:
+    def from_yaml(
+        cls, path: str | os.PathLike[str], section: str | None = "checkpoint"
+    ) -> CheckpointingConfig:
         """Reads a NeMo recipe YAML and builds the config from its ``checkpoint:``
         block (or the whole file with ``section=None``)."""
         import yaml

@@ -46,7 +46,9 @@ def save_adapter(model: torch.nn.Module, directory: str, peft_config: Any, token
     with open(os.path.join(directory, "adapter_config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True, default=str)
     with open(os.path.join(directory, "automodel_peft_config.json"), "w") as f:
-        json.dump({"peft_type": str(cfg.get("peft_type")), "config": cfg}, f, indent=2, sort_keys=True, default=str)
+        json.dump(
+            {"peft_type": str(cfg.get("peft_type")), "config": cfg}, f, indent=2, sort_keys=True, default=str
+        )
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 

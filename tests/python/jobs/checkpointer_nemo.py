@@ -81,7 +81,9 @@ def full(sd: dict) -> dict:
 
 
 def full_optim(model, opt) -> dict:
-    return full(get_optimizer_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True)))
+    return full(
+        get_optimizer_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True))
+    )
 
 
 def assert_same(got: dict, want: dict, what: str) -> None:
@@ -126,11 +128,18 @@ def check_nemo_files(root: str, rank: int, world: int) -> None:
     assert ".metadata" in names and all(f"__{r}_0.distcp" in names for r in range(world)), names
     fresh, fresh_opt, fresh_sched = trained(2)
     Checkpointer(cfg, rank, 0, 0)  # (constructing one has no side effects on the optimizer)
-    template = {"optim": get_optimizer_state_dict(fresh, fresh_opt, options=StateDictOptions(flatten_optimizer_state_dict=True)), "sched": fresh_sched.state_dict()}
+    template = {
+        "optim": get_optimizer_state_dict(
+            fresh, fresh_opt, options=StateDictOptions(flatten_optimizer_state_dict=True)
+        ),
+        "sched": fresh_sched.state_dict(),
+    }
     dcp.load(template, checkpoint_id=os.path.join(path, "optim"))
     meta = dcp.FileSystemReader(os.path.join(path, "optim")).read_metadata()
     keys = set(meta.state_dict_metadata)
-    assert all(k.startswith(("optim.state.", "optim.param_groups.", "sched.")) for k in keys), sorted(keys)[:5]
+    assert all(k.startswith(("optim.state.", "optim.param_groups.", "sched.")) for k in keys), sorted(keys)[
+        :5
+    ]
     assert "optim.state.model.layers.0.self_attn.q_proj.weight.exp_avg" in keys
     assert "optim.param_groups.model.layers.0.self_attn.q_proj.weight.lr" in keys
     assert template["sched"] == sched.state_dict()
@@ -148,7 +157,9 @@ def check_nemo_files(root: str, rank: int, world: int) -> None:
     shards = sorted(n for n in os.listdir(mdir) if n.endswith(".safetensors"))
     assert shards == [f"shard-{r + 1:05d}-model-00001-of-00001.safetensors" for r in range(world)], shards
     meta_files = set(os.listdir(os.path.join(mdir, ".hf_metadata")))
-    assert {"config.json", "generation_config.json", "fqn_to_file_index_mapping.json"} <= meta_files, meta_files
+    assert {"config.json", "generation_config.json", "fqn_to_file_index_mapping.json"} <= meta_files, (
+        meta_files
+    )
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     hf_sd = {k: torch.empty_like(v) for k, v in want_model.items()}
@@ -169,7 +180,12 @@ def check_nemo_files(root: str, rank: int, world: int) -> None:
 
     # the reverse: optim/ written by NeMo's own call (plain dcp.save) is read
     nemo = os.path.join(root, "nemo_written")
-    sd = {"optim": get_optimizer_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True)), "sched": sched.state_dict()}
+    sd = {
+        "optim": get_optimizer_state_dict(
+            model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True)
+        ),
+        "sched": sched.state_dict(),
+    }
     dcp.save(sd, checkpoint_id=os.path.join(nemo, "optim"))
     other, other_opt, other_sched = trained(3)
     c.load_optimizer(other_opt, other, nemo, other_sched)
@@ -240,7 +256,17 @@ def check_base_model_under_fsdp2(root: str, rank: int) -> None:
     base = os.path.join(root, "base")
     if rank == 0:
         torch.manual_seed(6)
-        src = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=64))
+        src = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=256,
+                max_position_embeddings=64,
+            )
+        )
         src.to(torch.bfloat16).save_pretrained(base, max_shard_size="100KB")
     dist.barrier()
     want = LlamaForCausalLM.from_pretrained(base, dtype=torch.bfloat16).state_dict()
