@@ -289,3 +289,40 @@ def test_a_lora_adapter_saves_as_peft_files_that_peft_model_from_pretrained_load
     with torch.no_grad():
         assert torch.equal(fresh.eval()(INPUT).logits, want)
     shutil.rmtree(tmp_path)
+
+
+# -------------------------------------------------------------------- MoE
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3_moe"])
+def test_moe_models_save_per_expert_tensors_and_load_from_save_pretrained_dirs(kind, tmp_path):
+    import ckpt
+
+    small = dict(COMMON, hidden_size=32, intermediate_size=64, vocab_size=128)
+    if kind == "mixtral":
+        cfg = transformers.MixtralConfig(**small, num_local_experts=4, num_experts_per_tok=2)
+        expert = "model.layers.1.block_sparse_moe.experts.3.w3.weight"
+    else:
+        cfg = transformers.Qwen3MoeConfig(
+            **small, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8
+        )
+        expert = "model.layers.1.mlp.experts.3.up_proj.weight"
+    torch.manual_seed(0)
+    src = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    src.save_pretrained(tmp_path / "hf")
+    torch.manual_seed(1)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    c = ckptr(checkpoint_dir=str(tmp_path), save_consolidated="every")
+    c.load_base_model(model, torch.device("cpu"), "", str(tmp_path / "hf"))
+    assert_same_params(model, src)
+    c.save_model(model, str(tmp_path / "step"))
+    info = ckpt.inspect(tmp_path / "step" / "model")
+    assert expert in info.tensors and not any("gate_up_proj" in k for k in info.tensors)
+    up = src.model.layers[1].mlp.experts.gate_up_proj[3]
+    assert info.tensors[expert].shape == [up.shape[0] // 2, up.shape[1]]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "step" / "model" / "consolidated"
+    ).eval()
+    assert_same_params(hf, src)
+    with torch.no_grad():
+        assert torch.equal(hf(INPUT).logits, src(INPUT).logits)

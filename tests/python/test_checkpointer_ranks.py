@@ -58,3 +58,8 @@ def test_the_demo_resumes_a_run_killed_mid_save_on_another_world_size_bit_for_bi
     assert (final / "model" / "consolidated" / "model.safetensors.index.json").exists() or any(
         Path(final / "model" / "consolidated").glob("model*.safetensors")
     )
+
+
+def test_fsdp2_sharded_mixtral_and_qwen3_moe_save_per_expert_and_each_rank_reads_only_its_experts(tmp_path):
+    out = run_ranks(2, "checkpointer_moe.py", str(tmp_path), timeout=400)
+    assert "OK rank 0 moe" in out[0] and "OK rank 1 moe" in out[0]

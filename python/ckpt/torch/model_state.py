@@ -45,13 +45,16 @@ def assert_materialized(model: torch.nn.Module) -> None:
 
 def model_state_dict(model: torch.nn.Module, cpu_offload: bool) -> dict[str, Any]:
     """The model's state dict (DTensors for sharded parameters, sharing the
-    parameters' storage), without a tied ``lm_head.weight``."""
+    parameters' storage), without a tied ``lm_head.weight``, with MoE
+    experts as per-expert views in the Hugging Face checkpoint's names."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from .moe import to_hf_views
 
     sd = get_model_state_dict(model, options=StateDictOptions(cpu_offload=cpu_offload))
     if lm_head_tied_to_embeddings(model):
         sd.pop(LM_HEAD, None)
-    return sd
+    return to_hf_views(model, sd)
 
 
 def match_checkpoint_dtypes(
