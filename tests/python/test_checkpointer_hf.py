@@ -16,21 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import bits
+from jobs.common import TINY_LLAMA
 
 transformers = pytest.importorskip("transformers")
 from ckpt.torch import Checkpointer, CheckpointingConfig, SaveConsolidatedMode  # noqa: E402
 from ckpt.torch.hf import apply_key_mapping  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-COMMON = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=256,
-    max_position_embeddings=64,
-)
+COMMON = TINY_LLAMA
 INPUT = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]])
 
 

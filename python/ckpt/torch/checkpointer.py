@@ -144,7 +144,7 @@ class Checkpointer:
         consolidate = self.config.save_consolidated == SaveConsolidatedMode.EVERY or (
             self.config.save_consolidated == SaveConsolidatedMode.FINAL and is_final_checkpoint
         )
-        sd = model_state_dict(model, cpu_offload=False)
+        sd = model_state_dict(model, cpu_offload=self.config.cpu_offload)
         _ensure_dirs(weights_path, group=self.process_group)
         pending = os.path.join(weights_path, _HF_METADATA_PENDING)
         if _rank() == 0:
@@ -289,14 +289,7 @@ class Checkpointer:
                 sorted(missing)[:10],
             )
             missing = set()
-        diff = hf.summarize_key_diff(expected, (expected - missing) | set(stats.unexpected_keys))
-        if diff["missing_count"] or diff["unexpected_count"]:
-            _warn_once(
-                f"Checkpoint key mismatch for {type(model).__name__} loading {model_path}: "
-                f"missing={diff['missing_count']} unexpected={diff['unexpected_count']} "
-                f"(missing examples={diff['missing_examples']}, "
-                f"unexpected examples={diff['unexpected_examples']})"
-            )
+        _warn_key_diff(model, model_path, expected, (expected - missing) | set(stats.unexpected_keys))
 
     def _load_bin(
         self, model: torch.nn.Module, path: str, key_mapping: dict[str, str] | None, tied: bool
@@ -311,14 +304,7 @@ class Checkpointer:
             full["lm_head.weight"] = full["model.embed_tokens.weight"]
         match_checkpoint_dtypes(model, {k: v.dtype for k, v in full.items()}, None)
         set_model_state_dict(model, dict(full), options=StateDictOptions(full_state_dict=True, strict=False))
-        diff = hf.summarize_key_diff(expected, set(full) & (expected | set(full)))
-        if diff["missing_count"] or diff["unexpected_count"]:
-            _warn_once(
-                f"Checkpoint key mismatch for {type(model).__name__} loading {path}: "
-                f"missing={diff['missing_count']} unexpected={diff['unexpected_count']} "
-                f"(missing examples={diff['missing_examples']}, "
-                f"unexpected examples={diff['unexpected_examples']})"
-            )
+        _warn_key_diff(model, path, expected, set(full))
 
     def load_base_model(
         self,
@@ -581,6 +567,18 @@ class Checkpointer:
 
     def finalize(self) -> None:
         self.close()
+
+
+def _warn_key_diff(model: torch.nn.Module, path: str, expected: set[str], loaded: set[str]) -> None:
+    """NeMo's missing/unexpected key report: a warning, not an error."""
+    diff = hf.summarize_key_diff(expected, loaded)
+    if diff["missing_count"] or diff["unexpected_count"]:
+        _warn_once(
+            f"Checkpoint key mismatch for {type(model).__name__} loading {path}: "
+            f"missing={diff['missing_count']} unexpected={diff['unexpected_count']} "
+            f"(missing examples={diff['missing_examples']}, "
+            f"unexpected examples={diff['unexpected_examples']})"
+        )
 
 
 def _tie(model: torch.nn.Module) -> None:

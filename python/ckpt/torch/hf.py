@@ -38,22 +38,22 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 DEFAULT_SHARD_BYTES = 5 << 30
 
 
+def _holds(path: str, suffix: str, index: str) -> bool:
+    if os.path.isfile(path):
+        return path.endswith(suffix)
+    if os.path.isfile(os.path.join(path, index)):
+        return True
+    return os.path.isdir(path) and any(n.endswith(suffix) for n in os.listdir(path))
+
+
 def is_safetensors_checkpoint(path: str) -> bool:
     """A directory of ``*.safetensors`` files (or such a file)."""
-    if os.path.isfile(path):
-        return path.endswith(".safetensors")
-    if os.path.isfile(os.path.join(path, SAFETENSORS_INDEX)):
-        return True
-    return os.path.isdir(path) and any(n.endswith(".safetensors") for n in os.listdir(path))
+    return _holds(path, ".safetensors", SAFETENSORS_INDEX)
 
 
 def is_bin_checkpoint(path: str) -> bool:
     """A ``pytorch_model*.bin`` checkpoint (file, sharded with index, or loose)."""
-    if os.path.isfile(path):
-        return path.endswith(".bin")
-    if os.path.isfile(os.path.join(path, BIN_INDEX)):
-        return True
-    return os.path.isdir(path) and any(n.endswith(".bin") for n in os.listdir(path))
+    return _holds(path, ".bin", BIN_INDEX)
 
 
 def hf_reference_path(cache_dir: str | os.PathLike[str] | None, repo_id: str | None) -> str | None:

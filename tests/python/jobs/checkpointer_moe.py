@@ -13,7 +13,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
-from common import finish, init, same_bits
+from common import TINY_LLAMA, finish, init, same_bits
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -22,15 +22,7 @@ import ckpt  # noqa: E402
 from ckpt.torch import Checkpointer, CheckpointingConfig  # noqa: E402
 from ckpt.torch.model_state import model_state_dict  # noqa: E402
 
-COMMON = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=128,
-    max_position_embeddings=64,
-)
+COMMON = dict(TINY_LLAMA, hidden_size=32, intermediate_size=64, vocab_size=128)
 EXPERTS = 4
 
 

@@ -15,7 +15,7 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from common import finish, init, same_bits
+from common import TINY_LLAMA, finish, init, same_bits
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -43,17 +43,7 @@ def build(seed: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=256,
-            max_position_embeddings=64,
-        )
-    )
+    model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
@@ -256,17 +246,7 @@ def check_base_model_under_fsdp2(root: str, rank: int) -> None:
     base = os.path.join(root, "base")
     if rank == 0:
         torch.manual_seed(6)
-        src = LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=256,
-                max_position_embeddings=64,
-            )
-        )
+        src = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
         src.to(torch.bfloat16).save_pretrained(base, max_shard_size="100KB")
     dist.barrier()
     want = LlamaForCausalLM.from_pretrained(base, dtype=torch.bfloat16).state_dict()
