@@ -319,3 +319,54 @@ def test_moe_models_save_per_expert_tensors_and_load_from_save_pretrained_dirs(k
     assert_same_params(hf, src)
     with torch.no_grad():
         assert torch.equal(hf(INPUT).logits, src(INPUT).logits)
+
+
+# -------------------------------------------------------------- lifecycle
+
+
+def test_publish_moves_latest_and_lowest_val_and_keeps_the_newest_checkpoints(tmp_path):
+    from ckpt.torch import save_config, save_losses
+
+    c = ckptr(checkpoint_dir=str(tmp_path), max_recent_checkpoints=2, best_metric_key="val_loss")
+    model = llama(13)
+    metrics = {1: 3.0, 2: 2.0, 3: float("nan"), 4: 2.5, 5: 2.25}
+    for step, metric in metrics.items():
+        path = tmp_path / f"epoch_0_step_{step}"
+        c.reserve(str(path))
+        assert (path / ".incomplete").exists()
+        c.save_model(model, str(path))
+        save_losses({"val_loss": metric}, str(path))
+        save_config({"step": step, "lr": 1e-3}, str(path))
+        c.publish(str(path), best_val_metric=metric)
+        assert c.latest() == str(path) and not (path / ".incomplete").exists()
+    assert os.readlink(tmp_path / "LATEST") == "epoch_0_step_5"
+    assert os.readlink(tmp_path / "LOWEST_VAL") == "epoch_0_step_2"  # 2.0; NaN ignored
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("epoch_"))
+    assert kept == ["epoch_0_step_2", "epoch_0_step_4", "epoch_0_step_5"]  # newest 2 + LOWEST_VAL's
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "epoch_0_step_5" / "config.yaml").read_text()) == {
+        "step": 5,
+        "lr": 1e-3,
+    }
+    # a published checkpoint is never overwritten; an interrupted one is replaced
+    with pytest.raises(FileExistsError, match="epoch_0_step_5: already holds a published checkpoint"):
+        c.reserve(str(tmp_path / "epoch_0_step_5"))
+    half = tmp_path / "epoch_0_step_6"
+    c.reserve(str(half))
+    (half / "junk").write_text("left by a killed save")
+    c.reserve(str(half))
+    assert sorted(p.name for p in half.iterdir()) == [".incomplete"]
+    assert c.latest() == str(tmp_path / "epoch_0_step_5")
+
+
+def test_task_head_prefixes_are_skipped_when_loading_a_base_model(tmp_path):
+    src = llama(14)
+    src.save_pretrained(tmp_path)
+    dst = llama(15)
+    head = dst.lm_head.weight.clone()
+    ckptr(skip_task_head_prefixes_for_base_model=["lm_head."]).load_base_model(
+        dst, torch.device("cpu"), "", str(tmp_path)
+    )
+    assert torch.equal(dst.lm_head.weight, head)  # kept: a new task head
+    assert torch.equal(dst.model.embed_tokens.weight, src.model.embed_tokens.weight)

@@ -6,7 +6,7 @@ ckpt's engine. Switch a NeMo script by its import::
 
 from __future__ import annotations
 
-from .checkpointer import Checkpointer, save_config, to_empty_parameters_only
+from .checkpointer import Checkpointer, save_config, save_losses, to_empty_parameters_only
 from .config import CheckpointingConfig, SaveConsolidatedMode, is_cloud_path
 from .stateful import StatefulRNG
 
@@ -17,5 +17,6 @@ __all__ = [
     "StatefulRNG",
     "is_cloud_path",
     "save_config",
+    "save_losses",
     "to_empty_parameters_only",
 ]

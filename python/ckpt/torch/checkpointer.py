@@ -32,7 +32,7 @@ from .model_state import (
     set_optimizer_state,
 )
 
-__all__ = ["Checkpointer", "save_config"]
+__all__ = ["Checkpointer", "save_config", "save_losses", "to_empty_parameters_only"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,18 @@ def save_config(config: dict[str, Any], weights_path: str) -> None:
     os.makedirs(weights_path, exist_ok=True)
     with open(os.path.join(weights_path, "config.yaml"), "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
+
+
+def save_losses(losses: dict[str, Any], weights_path: str) -> None:
+    """Writes ``weights_path/losses.json`` (rank 0): the validation metrics
+    ``LOWEST_VAL`` is chosen by."""
+    import json
+
+    if _rank() != 0:
+        return
+    os.makedirs(weights_path, exist_ok=True)
+    with open(os.path.join(weights_path, "losses.json"), "w") as f:
+        json.dump(losses, f)
 
 
 class Checkpointer:
@@ -477,17 +489,25 @@ class Checkpointer:
                 err = e
         _raise_everywhere(err, f"reserving {weights_path}", self.process_group)
 
-    def publish(self, weights_path: str) -> None:
+    def publish(self, weights_path: str, best_val_metric: float | None = None) -> None:
         """Collective: every rank has written its files; ``LATEST`` moves to
         `weights_path` once they are durable: now for synchronous saves, in
-        the background when the asynchronous writes complete."""
+        the background when the asynchronous writes complete. A finite
+        `best_val_metric` lower than the best so far (``losses.json`` of the
+        checkpoint ``LOWEST_VAL`` names, key ``best_metric_key``) moves
+        ``LOWEST_VAL`` too; then ``max_recent_checkpoints`` are kept."""
         _barrier(self.process_group)
         root = os.fspath(self.config.checkpoint_dir)
+        key = self.config.best_metric_key
+
+        def do_publish() -> None:
+            lifecycle.publish(root, weights_path, self.config.max_recent_checkpoints, best_val_metric, key)
+
         if not self.config.is_async or (self._model_future is None and self._optim_future is None):
             err: BaseException | None = None
             if _rank() == 0:
                 try:
-                    lifecycle.publish(root, weights_path, self.config.max_recent_checkpoints)
+                    do_publish()
                 except BaseException as e:
                     err = e
             _raise_everywhere(err, f"publishing {weights_path}", self.process_group)
@@ -504,7 +524,7 @@ class Checkpointer:
                     optim_future.result()
                 with self._lock:
                     self._finish_model_files()
-                lifecycle.publish(root, weights_path, self.config.max_recent_checkpoints)
+                do_publish()
             except BaseException as e:  # surfaced by async_wait
                 self._publish_error = e
 

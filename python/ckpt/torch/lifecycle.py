@@ -5,13 +5,25 @@ fail) and then clearing the marker; the last K are kept."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import shutil
 import uuid
 
-__all__ = ["INCOMPLETE", "is_incomplete", "latest", "prune", "publish", "reserve", "update_pointer"]
+__all__ = [
+    "INCOMPLETE",
+    "is_incomplete",
+    "latest",
+    "lowest_val",
+    "prune",
+    "publish",
+    "read_metric",
+    "reserve",
+    "update_pointer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,22 +85,67 @@ def update_pointer(root: str, name: str, target: str) -> None:
     _fsync_dir(root)
 
 
-def publish(root: str, path: str, keep: int | None = None) -> None:
+def publish(
+    root: str,
+    path: str,
+    keep: int | None = None,
+    val_metric: float | None = None,
+    metric_key: str | None = None,
+) -> None:
     """Points ``LATEST`` at the (complete, durable) checkpoint `path`, then
-    clears its marker, then keeps only the newest `keep` checkpoints (and
-    those a pointer names)."""
+    clears its marker, then moves ``LOWEST_VAL`` to it when `val_metric` is
+    finite and lower than the metric of the checkpoint ``LOWEST_VAL`` names
+    (read from its ``losses.json``), then keeps only the newest `keep`
+    checkpoints (and those a pointer names)."""
     update_pointer(root, "LATEST", path)
     marker = os.path.join(path, INCOMPLETE)
     if os.path.exists(marker):
         os.remove(marker)
         _fsync_dir(path)
+    if val_metric is not None:
+        if not math.isfinite(val_metric):
+            logger.warning("ignoring the non-finite validation metric %s of %s", val_metric, path)
+        else:
+            best = lowest_val(root)
+            best_metric = read_metric(best, metric_key) if best is not None else None
+            if best_metric is None or val_metric < best_metric:
+                update_pointer(root, "LOWEST_VAL", path)
     if keep is not None:
         prune(root, keep)
 
 
+def read_metric(checkpoint: str, metric_key: str | None) -> float | None:
+    """The finite validation metric in `checkpoint`/losses.json under
+    `metric_key`, ``val_loss`` or ``default`` (the first present), or None."""
+    try:
+        with open(os.path.join(checkpoint, "losses.json")) as f:
+            losses = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(losses, dict):
+        return None
+    for key in ([metric_key] if metric_key else []) + ["val_loss", "default"]:
+        try:
+            value = float(losses[key])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+        if math.isfinite(value):
+            return value
+    return None
+
+
 def latest(root: str) -> str | None:
     """The checkpoint ``LATEST`` names under `root` (a complete one), or None."""
-    link, text = os.path.join(root, "LATEST"), os.path.join(root, "LATEST.txt")
+    return _pointer(root, "LATEST")
+
+
+def lowest_val(root: str) -> str | None:
+    """The checkpoint ``LOWEST_VAL`` names under `root` (a complete one), or None."""
+    return _pointer(root, "LOWEST_VAL")
+
+
+def _pointer(root: str, name: str) -> str | None:
+    link, text = os.path.join(root, name), os.path.join(root, name + ".txt")
     if os.path.islink(link):
         target = os.path.join(root, os.readlink(link))
     elif os.path.isfile(text):
@@ -101,12 +158,7 @@ def latest(root: str) -> str | None:
 
 
 def _pointed(root: str) -> set[str]:
-    out = set()
-    for name in ("LATEST", "LOWEST_VAL"):
-        link = os.path.join(root, name)
-        if os.path.islink(link):
-            out.add(os.path.normpath(os.path.join(root, os.readlink(link))))
-    return out
+    return {p for p in (latest(root), lowest_val(root)) if p is not None}
 
 
 def prune(root: str, keep: int) -> None:
