@@ -1,5 +1,6 @@
 """ckpt.torch.Checkpointer on real gloo ranks: NeMo's files read by torch's
-own loaders and the reverse, asynchronous saves, and the demo's scenario
+own loaders and the reverse, asynchronous saves, base models and PEFT adapters
+under FSDP2, MoE experts, and the demo's scenario
 (FSDP2 on 4 ranks, SIGKILL mid-save, resume on 2, bit for bit)."""
 
 from __future__ import annotations

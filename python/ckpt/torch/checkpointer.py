@@ -143,12 +143,13 @@ class Checkpointer:
         copied into staging memory."""
         model_dir = os.path.join(weights_path, "model")
         if self.config.is_peft:
-            from .peft import save_adapter
+            from .peft import adapter_state, save_adapter
 
             self.async_wait()
             _ensure_dirs(model_dir, group=self.process_group)
+            adapter = adapter_state(model)  # every rank: gathering sharded adapters is collective
             if _rank() == 0:
-                save_adapter(model, model_dir, peft_config, tokenizer)
+                save_adapter(model, model_dir, adapter, peft_config, tokenizer)
             _barrier(self.process_group)
             return
         assert_materialized(model)

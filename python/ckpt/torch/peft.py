@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_adapter", "save_adapter"]
+__all__ = ["adapter_state", "load_adapter", "save_adapter"]
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -21,10 +21,18 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (full() if full is not None else t).detach().cpu().contiguous()
 
 
-def save_adapter(model: torch.nn.Module, directory: str, peft_config: Any, tokenizer: Any) -> None:
-    """Rank 0: writes the adapter weights and configs into `directory`."""
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Collective under FSDP2: the adapter's full tensors, in the names
+    ``PeftModel.from_pretrained`` reads."""
     from peft.utils import get_peft_model_state_dict
 
+    return {k: _full(v) for k, v in get_peft_model_state_dict(model).items()}
+
+
+def save_adapter(
+    model: torch.nn.Module, directory: str, sd: dict[str, torch.Tensor], peft_config: Any, tokenizer: Any
+) -> None:
+    """Rank 0: writes the adapter weights `sd` and the configs into `directory`."""
     from ..safetensors import save_file
 
     configs = getattr(model, "peft_config", None)
@@ -35,7 +43,6 @@ def save_adapter(model: torch.nn.Module, directory: str, peft_config: Any, token
             f"{directory}: save_model of a PEFT run needs peft_config (or a peft.PeftModel); "
             f"{type(model).__name__} has neither"
         )
-    sd = {k: _full(v) for k, v in get_peft_model_state_dict(model).items()}
     save_file(sd, os.path.join(directory, ADAPTER_FILE))
     cfg = peft_config.to_dict()
     for k, v in list(cfg.items()):
@@ -54,15 +61,25 @@ def save_adapter(model: torch.nn.Module, directory: str, peft_config: Any, token
 
 
 def load_adapter(model: torch.nn.Module, directory: str) -> None:
-    """Every rank reads the adapter file and sets the adapter weights."""
-    from peft.utils import set_peft_model_state_dict
+    """Every rank reads the adapter file and sets the adapter weights (its
+    slices of them when the model is sharded)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     from ..safetensors import load_file
 
     path = os.path.join(directory, ADAPTER_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no adapter weights")
-    result = set_peft_model_state_dict(model, load_file(path))
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    saved = load_file(path)
+    adapter = getattr(model, "active_adapter", "default")
+    adapter = adapter if isinstance(adapter, str) else adapter[0]
+    # The file's names leave out the adapter's name; the model's hold it.
+    names = {k.replace(f".{adapter}.", "."): k for k in model.state_dict() if "lora_" in k}
+    unexpected = sorted(k for k in saved if k not in names)
     if unexpected:
-        raise ValueError(f"{path}: adapter tensors the model has no place for: {sorted(unexpected)[:5]}")
+        raise ValueError(f"{path}: adapter tensors the model has no place for: {unexpected[:5]}")
+    missing = sorted(k for k in names if k not in saved)
+    if missing:
+        raise ValueError(f"{path}: the model's adapter tensors {missing[:5]} are not in the file")
+    full: dict[str, Any] = {names[k]: v for k, v in saved.items()}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=False))

@@ -258,12 +258,52 @@ def check_base_model_under_fsdp2(root: str, rank: int) -> None:
     assert_same(got, {k: v.float() for k, v in want.items() if k in got}, "base model under FSDP2")
 
 
+def check_peft_under_fsdp2(root: str, rank: int) -> None:
+    import peft
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def lora_model(seed: int) -> torch.nn.Module:
+        torch.manual_seed(0)  # the same base weights
+        base = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
+        torch.manual_seed(seed)  # other adapter weights
+        lora = peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        )
+        return peft.get_peft_model(base, lora)
+
+    model = lora_model(8)
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    c = Checkpointer(CheckpointingConfig(checkpoint_dir=root, is_peft=True), rank, 0, 0)
+    path = os.path.join(root, "peft")
+    c.save_model(model, path, peft_config=model.peft_config["default"])
+    if rank == 0:
+        torch.manual_seed(0)
+        plain = peft.PeftModel.from_pretrained(
+            LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)), os.path.join(path, "model")
+        )
+        with torch.no_grad():
+            assert torch.equal(plain(input_ids=ids).logits, want)
+    fresh = lora_model(9)
+    for layer in fresh.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(fresh)
+    c.load_model(fresh, os.path.join(path, "model"))
+    got, ref = full(fresh.state_dict()), full(model.state_dict())
+    assert_same(got, ref, "PEFT under FSDP2")
+
+
 def main() -> None:
     root = sys.argv[1]
     rank, world = init()
     check_nemo_files(os.path.join(root, "sync"), rank, world)
     check_async(os.path.join(root, "async"), rank)
     check_base_model_under_fsdp2(root, rank)
+    check_peft_under_fsdp2(root, rank)
     print(f"OK rank {rank} {json.dumps('checkpointer')}", flush=True)
     finish()
 
