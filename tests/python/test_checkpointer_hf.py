@@ -370,3 +370,30 @@ def test_task_head_prefixes_are_skipped_when_loading_a_base_model(tmp_path):
     )
     assert torch.equal(dst.lm_head.weight, head)  # kept: a new task head
     assert torch.equal(dst.model.embed_tokens.weight, src.model.embed_tokens.weight)
+
+
+def test_a_checkpoint_key_subset_loads_only_when_allowed_and_never_a_foreign_architecture(tmp_path, caplog):
+    import ckpt
+
+    src = llama(16)
+    part = {k: v for k, v in src.state_dict().items() if not k.startswith("lm_head.")}
+    ckpt.save(part, tmp_path / "partial")
+    c = ckptr()
+    with pytest.raises(ckpt.CheckpointError, match="lm_head.weight"):
+        c.load_model(llama(17), str(tmp_path / "partial"))
+    dst = llama(17)
+    head = dst.lm_head.weight.clone()
+    with caplog.at_level(logging.WARNING):
+        c.load_model(dst, str(tmp_path / "partial"), allow_checkpoint_key_subset=True)
+    assert "missing 1 requested model keys" in caplog.text and "lm_head.weight" in caplog.text
+    assert torch.equal(dst.lm_head.weight, head)
+    assert torch.equal(dst.model.norm.weight, src.model.norm.weight)
+    extra = dict(part, **{"vision_tower.proj.weight": torch.zeros(2, 2)})
+    ckpt.save(extra, tmp_path / "foreign")
+    with pytest.raises(
+        RuntimeError, match=r"1 keys absent from the model \(examples=\['vision_tower.proj.weight'\]"
+    ):
+        c.load_model(llama(17), str(tmp_path / "foreign"), allow_checkpoint_key_subset=True)
+    ckpt.save({"unrelated": torch.zeros(1)}, tmp_path / "none")
+    with pytest.raises(ckpt.CheckpointError, match="no state-dict key is in the checkpoint"):
+        c.load_model(llama(17), str(tmp_path / "none"), allow_checkpoint_key_subset=True)
