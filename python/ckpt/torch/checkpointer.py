@@ -160,22 +160,15 @@ class Checkpointer:
         sd = model_state_dict(model, cpu_offload=self.config.cpu_offload)
         _ensure_dirs(weights_path, group=self.process_group)
         pending = os.path.join(weights_path, _HF_METADATA_PENDING)
+        # Expert-parallel ranks hold different keys: the maps cover every rank's.
+        sizes = _all_sizes(sd, self.process_group)
+        err: BaseException | None = None
         if _rank() == 0:
-            reference = self._reference_path()
-            sizes = {k: v.numel() * v.element_size() for k, v in sd.items() if isinstance(v, torch.Tensor)}
-            if reference is not None and os.path.isfile(os.path.join(reference, hf.SAFETENSORS_INDEX)):
-                index = _base_index(reference)
-                last = max(index.values(), default=1)
-                mapping = {k: index.get(k, last) for k in sd}
-            else:
-                mapping = hf.divide_keys_by_size(list(sd), sizes, hf.DEFAULT_SHARD_BYTES)
-            dtypes = None
-            if reference is not None:
-                base = hf.safetensors_dtypes(reference)
-                dtypes = {k: base[k] for k in sd if k in base} or None
-            if os.path.exists(pending):
-                shutil.rmtree(pending)
-            hf.write_hf_metadata(pending, model, tokenizer, mapping, dtypes)
+            try:
+                self._stage_hf_metadata(pending, model, tokenizer, sizes)
+            except BaseException as e:
+                err = e
+        _raise_everywhere(err, f"writing {pending}", self.process_group)
         consolidated_dir = os.path.join(model_dir, "consolidated") if consolidate else None
         if self.config.is_async:
             self._model_future = api.async_save(sd, model_dir, process_group=self.process_group)
@@ -186,6 +179,26 @@ class Checkpointer:
         self._finish_model_files()
         _barrier(self.process_group)
         self._consolidate()
+
+    def _stage_hf_metadata(
+        self, pending: str, model: torch.nn.Module, tokenizer: Any, sizes: dict[str, int]
+    ) -> None:
+        """Rank 0: writes ``.hf_metadata`` beside the model directory, to be
+        moved in once that directory is complete."""
+        reference = self._reference_path()
+        if reference is not None and os.path.isfile(os.path.join(reference, hf.SAFETENSORS_INDEX)):
+            index = _base_index(reference)
+            last = max(index.values(), default=1)
+            mapping = {k: index.get(k, last) for k in sizes}
+        else:
+            mapping = hf.divide_keys_by_size(list(sizes), sizes, hf.DEFAULT_SHARD_BYTES)
+        dtypes = None
+        if reference is not None:
+            base = hf.safetensors_dtypes(reference)
+            dtypes = {k: base[k] for k in sizes if k in base} or None
+        if os.path.exists(pending):
+            shutil.rmtree(pending)
+        hf.write_hf_metadata(pending, model, tokenizer, mapping, dtypes)
 
     def _reference_path(self) -> str | None:
         return hf.hf_reference_path(self.config.model_cache_dir, self.config.model_repo_id)
@@ -616,6 +629,21 @@ def _base_index(reference: str) -> dict[str, int]:
     for k, fn in weight_map.items():
         m = re.search(r"-(\d+)-of-\d+\.safetensors$", fn)
         out[k] = int(m.group(1)) if m else 1
+    return out
+
+
+def _all_sizes(sd: dict[str, Any], group: Any) -> dict[str, int]:
+    """Tensor name -> global size in bytes over every rank's state dict, in
+    the order rank 0 (then the others) lists them."""
+    mine = {k: v.numel() * v.element_size() for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return mine
+    every: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(every, mine, group=group)
+    out: dict[str, int] = {}
+    for d in every:
+        for k, n in d.items():
+            out.setdefault(k, n)
     return out
 
 

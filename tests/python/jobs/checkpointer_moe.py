@@ -68,6 +68,11 @@ def main() -> None:
         experts = {f"model.layers.{i}.{block}.experts.{e}." for i in range(2) for e in range(EXPERTS)}
         assert all(any(n.startswith(p) for n in names) for p in experts), sorted(names)[:8]
         assert not any("gate_up_proj" in n for n in names)
+        import json
+
+        meta = os.path.join(path, "model", ".hf_metadata", "fqn_to_file_index_mapping.json")
+        with open(meta) as f:
+            assert set(json.load(f)) == names  # every rank's experts are mapped
 
         fresh = build(kind, 2, shard=True)
         fresh_sd = model_state_dict(fresh, cpu_offload=False)
