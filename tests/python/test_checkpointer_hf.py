@@ -308,6 +308,18 @@ def test_moe_models_save_per_expert_tensors_and_load_from_save_pretrained_dirs(k
     c = ckptr(checkpoint_dir=str(tmp_path), save_consolidated="every")
     c.load_base_model(model, torch.device("cpu"), "", str(tmp_path / "hf"))
     assert_same_params(model, src)
+    # a bf16 base checkpoint: the fused experts keep float32 (values cast), the rest turns bf16
+    import copy
+
+    copy.deepcopy(src).to(torch.bfloat16).save_pretrained(tmp_path / "hf16")
+    other = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with pytest.warns(UserWarning, match="keep the model's dtype"):
+        c.load_base_model(other, torch.device("cpu"), "", str(tmp_path / "hf16"))
+    fused = other.model.layers[0].mlp.experts.gate_up_proj
+    assert (
+        fused.dtype == torch.float32 and other.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    )
+    assert torch.equal(fused, src.model.layers[0].mlp.experts.gate_up_proj.to(torch.bfloat16).float())
     c.save_model(model, str(tmp_path / "step"))
     info = ckpt.inspect(tmp_path / "step" / "model")
     assert expert in info.tensors and not any("gate_up_proj" in k for k in info.tensors)

@@ -269,16 +269,23 @@ class Checkpointer:
             self._load_bin(model, model_path, key_mapping, tied)
             return
         cast = False
-        if is_init_step and os.path.isdir(model_path):
-            kept = match_checkpoint_dtypes(model, hf.safetensors_dtypes(model_path), key_mapping)
+        if is_init_step and hf.is_safetensors_checkpoint(model_path):
+            stored = hf.safetensors_dtypes(model_path)
+            if key_mapping:
+                stored = hf.apply_key_mapping(stored, key_mapping)
+            match_checkpoint_dtypes(model, stored, None)
+            sd = model_state_dict(model, cpu_offload=False)
+            kept = [k for k, v in sd.items() if k in stored and v.is_floating_point() and _st(v) != stored[k]]
             if kept:
-                # FSDP2 owns its sharded parameters: their dtype stays, the values are cast.
+                # Sharded (FSDP2) parameters and views of fused experts keep
+                # their dtype: the checkpoint's values are cast into them.
                 cast = True
                 _warn_once(
-                    f"{model_path}: {len(kept)} sharded parameters keep their dtype "
-                    f"(e.g. {kept[0]}); the checkpoint's values are cast into them"
+                    f"{model_path}: {len(kept)} tensors keep the model's dtype (e.g. {kept[0]} "
+                    f"{sd[kept[0]].dtype}, {stored[kept[0]]} in the checkpoint); the values are cast"
                 )
-        sd = model_state_dict(model, cpu_offload=False)
+        else:
+            sd = model_state_dict(model, cpu_offload=False)
         expected = set(sd)
         stats = api.load(
             sd,
@@ -630,6 +637,12 @@ def _base_index(reference: str) -> dict[str, int]:
         m = re.search(r"-(\d+)-of-\d+\.safetensors$", fn)
         out[k] = int(m.group(1)) if m else 1
     return out
+
+
+def _st(t: torch.Tensor) -> str:
+    from .._state import st_dtype
+
+    return st_dtype(t.dtype, "")
 
 
 def _all_sizes(sd: dict[str, Any], group: Any) -> dict[str, int]:
