@@ -117,6 +117,12 @@ class Checkpointer:
         if config.is_async and dist.is_initialized():
             # DCP's background writes of optim/ run collectives on a group of their own.
             self._optim_group = dist.new_group(backend="gloo")
+        if config.save_consolidated == SaveConsolidatedMode.EVERY and not config.is_peft and _rank() == 0:
+            logger.warning(
+                "checkpoint.save_consolidated=every exports a Hugging Face directory at every save; "
+                "save_consolidated=final, or false and `ckpt consolidate <checkpoint>/model OUT` "
+                "after training, keeps saves short"
+            )
         if moe_mesh is not None:
             _warn_once(
                 "moe_mesh: expert-parallel ranks load only their experts through ckpt's chunk "
