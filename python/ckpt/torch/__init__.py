@@ -6,8 +6,10 @@ ckpt's engine. Switch a NeMo script by its import::
 
 from __future__ import annotations
 
-from .checkpointer import Checkpointer, save_config, save_losses, to_empty_parameters_only
+from ._ranks import save_config, save_losses
+from .checkpointer import Checkpointer
 from .config import CheckpointingConfig, SaveConsolidatedMode, is_cloud_path
+from .model_state import to_empty_parameters_only
 from .stateful import StatefulRNG
 
 __all__ = [

@@ -22,6 +22,16 @@ import torch.distributed as dist
 from .. import api
 from . import hf, lifecycle
 from ._dcp_io import dcp_async_save, dcp_load, dcp_save
+from ._ranks import (
+    all_sizes,
+    atomic_torch_save,
+    barrier,
+    ensure_dirs,
+    raise_everywhere,
+    rank,
+    save_config,
+    warn_once,
+)
 from .config import CheckpointingConfig, SaveConsolidatedMode
 from .model_state import (
     assert_materialized,
@@ -30,52 +40,14 @@ from .model_state import (
     model_state_dict,
     optimizer_state_dict,
     set_optimizer_state,
+    to_empty_parameters_only,
 )
 
-__all__ = ["Checkpointer", "save_config", "save_losses", "to_empty_parameters_only"]
+__all__ = ["Checkpointer"]
 
 logger = logging.getLogger(__name__)
 
 _HF_METADATA_PENDING = ".hf_metadata.pending"
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier(group: Any = None) -> None:
-    if dist.is_initialized():
-        dist.barrier(group=group)
-
-
-def _ensure_dirs(*dirs: str | None, group: Any = None) -> None:
-    for d in dirs:
-        if d:
-            os.makedirs(d, exist_ok=True)
-    _barrier(group)
-
-
-def save_config(config: dict[str, Any], weights_path: str) -> None:
-    """Writes the run's config as ``weights_path/config.yaml`` (rank 0)."""
-    import yaml
-
-    if _rank() != 0:
-        return
-    os.makedirs(weights_path, exist_ok=True)
-    with open(os.path.join(weights_path, "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-
-
-def save_losses(losses: dict[str, Any], weights_path: str) -> None:
-    """Writes ``weights_path/losses.json`` (rank 0): the validation metrics
-    ``LOWEST_VAL`` is chosen by."""
-    import json
-
-    if _rank() != 0:
-        return
-    os.makedirs(weights_path, exist_ok=True)
-    with open(os.path.join(weights_path, "losses.json"), "w") as f:
-        json.dump(losses, f)
 
 
 class Checkpointer:
@@ -117,14 +89,14 @@ class Checkpointer:
         if config.is_async and dist.is_initialized():
             # DCP's background writes of optim/ run collectives on a group of their own.
             self._optim_group = dist.new_group(backend="gloo")
-        if config.save_consolidated == SaveConsolidatedMode.EVERY and not config.is_peft and _rank() == 0:
+        if config.save_consolidated == SaveConsolidatedMode.EVERY and not config.is_peft and rank() == 0:
             logger.warning(
                 "checkpoint.save_consolidated=every exports a Hugging Face directory at every save; "
                 "save_consolidated=final, or false and `ckpt consolidate <checkpoint>/model OUT` "
                 "after training, keeps saves short"
             )
         if moe_mesh is not None:
-            _warn_once(
+            warn_once(
                 "moe_mesh: expert-parallel ranks load only their experts through ckpt's chunk "
                 "reads; the mesh itself is not needed"
             )
@@ -152,11 +124,11 @@ class Checkpointer:
             from .peft import adapter_state, save_adapter
 
             self.async_wait()
-            _ensure_dirs(model_dir, group=self.process_group)
+            ensure_dirs(model_dir, group=self.process_group)
             adapter = adapter_state(model)  # every rank: gathering sharded adapters is collective
-            if _rank() == 0:
+            if rank() == 0:
                 save_adapter(model, model_dir, adapter, peft_config, tokenizer)
-            _barrier(self.process_group)
+            barrier(self.process_group)
             return
         assert_materialized(model)
         self.async_wait()
@@ -164,17 +136,17 @@ class Checkpointer:
             self.config.save_consolidated == SaveConsolidatedMode.FINAL and is_final_checkpoint
         )
         sd = model_state_dict(model, cpu_offload=self.config.cpu_offload)
-        _ensure_dirs(weights_path, group=self.process_group)
+        ensure_dirs(weights_path, group=self.process_group)
         pending = os.path.join(weights_path, _HF_METADATA_PENDING)
         # Expert-parallel ranks hold different keys: the maps cover every rank's.
-        sizes = _all_sizes(sd, self.process_group)
+        sizes = all_sizes(sd, self.process_group)
         err: BaseException | None = None
-        if _rank() == 0:
+        if rank() == 0:
             try:
                 self._stage_hf_metadata(pending, model, tokenizer, sizes)
             except BaseException as e:
                 err = e
-        _raise_everywhere(err, f"writing {pending}", self.process_group)
+        raise_everywhere(err, f"writing {pending}", self.process_group)
         consolidated_dir = os.path.join(model_dir, "consolidated") if consolidate else None
         if self.config.is_async:
             self._model_future = api.async_save(sd, model_dir, process_group=self.process_group)
@@ -183,7 +155,7 @@ class Checkpointer:
         api.save(sd, model_dir, process_group=self.process_group)
         self._pending_model = (model_dir, consolidated_dir)
         self._finish_model_files()
-        _barrier(self.process_group)
+        barrier(self.process_group)
         self._consolidate()
 
     def _stage_hf_metadata(
@@ -193,7 +165,7 @@ class Checkpointer:
         moved in once that directory is complete."""
         reference = self._reference_path()
         if reference is not None and os.path.isfile(os.path.join(reference, hf.SAFETENSORS_INDEX)):
-            index = _base_index(reference)
+            index = hf.base_index(reference)
             last = max(index.values(), default=1)
             mapping = {k: index.get(k, last) for k in sizes}
         else:
@@ -212,7 +184,7 @@ class Checkpointer:
     def _finish_model_files(self) -> None:
         """Rank 0: moves the staged ``.hf_metadata`` into the (now complete)
         model directory."""
-        if self._pending_model is None or _rank() != 0:
+        if self._pending_model is None or rank() != 0:
             return
         model_dir = self._pending_model[0]
         pending = os.path.join(os.path.dirname(model_dir), _HF_METADATA_PENDING)
@@ -234,7 +206,7 @@ class Checkpointer:
             base_model_dir=reference if reference and hf.is_safetensors_checkpoint(reference) else None,
             timeout=60.0 * float(self.config.consolidation_timeout_minutes),
         )
-        if _rank() == 0:
+        if rank() == 0:
             meta = os.path.join(model_dir, ".hf_metadata")
             skip = {hf.FQN_TO_FILE_INDEX_MAPPING_FILENAME, hf.FQN_TO_DTYPE_MAPPING_FILENAME}
             for name in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
@@ -245,7 +217,7 @@ class Checkpointer:
                     shutil.copytree(src, dst)
                 else:
                     shutil.copy2(src, dst)
-        _barrier(self.process_group)
+        barrier(self.process_group)
 
     @torch.no_grad()
     def load_model(
@@ -286,7 +258,7 @@ class Checkpointer:
                 # Sharded (FSDP2) parameters and views of fused experts keep
                 # their dtype: the checkpoint's values are cast into them.
                 cast = True
-                _warn_once(
+                warn_once(
                     f"{model_path}: {len(kept)} tensors keep the model's dtype (e.g. {kept[0]} "
                     f"{sd[kept[0]].dtype}, {stored[kept[0]]} in the checkpoint); the values are cast"
                 )
@@ -393,7 +365,7 @@ class Checkpointer:
         hf.reinit_non_persistent_buffers(model)
         _tie(model)
         if peft_init_method is not None:
-            _warn_once(
+            warn_once(
                 f"peft_init_method={peft_init_method!r}: adapters keep the initialization "
                 "the peft library gave them"
             )
@@ -447,9 +419,9 @@ class Checkpointer:
         """``path/<name>/<name>_dp_rank_<D>.pt`` via ``torch.save``, written by
         the tp=0, pp=0 rank of each data-parallel rank."""
         d = os.path.join(path, state_name)
-        _ensure_dirs(d, group=self.process_group)
+        ensure_dirs(d, group=self.process_group)
         if self.tp_rank == 0 and self.pp_rank == 0:
-            _atomic_torch_save(state.state_dict(), os.path.join(d, f"{state_name}_dp_rank_{self.dp_rank}.pt"))
+            atomic_torch_save(state.state_dict(), os.path.join(d, f"{state_name}_dp_rank_{self.dp_rank}.pt"))
 
     def load_on_dp_ranks(self, state: Any, state_name: str, path: str) -> None:
         """Loads this data-parallel rank's file (weights_only unless
@@ -460,13 +432,13 @@ class Checkpointer:
     def save_on_global_ranks(self, state: Any, state_name: str, path: str) -> None:
         """``path/<name>/<name>_global_rank_<G>.pt``, one per global rank."""
         d = os.path.join(path, state_name)
-        _ensure_dirs(d, group=self.process_group)
-        _atomic_torch_save(state.state_dict(), os.path.join(d, f"{state_name}_global_rank_{_rank()}.pt"))
+        ensure_dirs(d, group=self.process_group)
+        atomic_torch_save(state.state_dict(), os.path.join(d, f"{state_name}_global_rank_{rank()}.pt"))
 
     def load_on_global_ranks(self, state: Any, state_name: str, path: str) -> None:
         """Loads this global rank's file, falling back to its data-parallel one."""
         d = os.path.join(path, state_name)
-        f = os.path.join(d, f"{state_name}_global_rank_{_rank()}.pt")
+        f = os.path.join(d, f"{state_name}_global_rank_{rank()}.pt")
         if not os.path.exists(f):
             f = os.path.join(d, f"{state_name}_dp_rank_{self.dp_rank}.pt")
         state.load_state_dict(self._torch_load(f))
@@ -487,7 +459,7 @@ class Checkpointer:
     def save_distributed_state(self, state: Any, state_name: str, path: str) -> None:
         """Saves an object whose state holds sharded tensors, through DCP."""
         d = os.path.join(path, state_name)
-        _ensure_dirs(d, group=self.process_group)
+        ensure_dirs(d, group=self.process_group)
         dcp_save(state.state_dict(), d, self.process_group)
 
     def load_distributed_state(self, state: Any, state_name: str, path: str) -> None:
@@ -505,12 +477,12 @@ class Checkpointer:
         """Collective: creates the checkpoint directory marked ``.incomplete``
         (NeMo's recipe does this before saving a step)."""
         err: BaseException | None = None
-        if _rank() == 0:
+        if rank() == 0:
             try:
                 lifecycle.reserve(weights_path)
             except BaseException as e:
                 err = e
-        _raise_everywhere(err, f"reserving {weights_path}", self.process_group)
+        raise_everywhere(err, f"reserving {weights_path}", self.process_group)
 
     def publish(self, weights_path: str, best_val_metric: float | None = None) -> None:
         """Collective: every rank has written its files; ``LATEST`` moves to
@@ -519,7 +491,7 @@ class Checkpointer:
         `best_val_metric` lower than the best so far (``losses.json`` of the
         checkpoint ``LOWEST_VAL`` names, key ``best_metric_key``) moves
         ``LOWEST_VAL`` too; then ``max_recent_checkpoints`` are kept."""
-        _barrier(self.process_group)
+        barrier(self.process_group)
         root = os.fspath(self.config.checkpoint_dir)
         key = self.config.best_metric_key
 
@@ -528,14 +500,14 @@ class Checkpointer:
 
         if not self.config.is_async or (self._model_future is None and self._optim_future is None):
             err: BaseException | None = None
-            if _rank() == 0:
+            if rank() == 0:
                 try:
                     do_publish()
                 except BaseException as e:
                     err = e
-            _raise_everywhere(err, f"publishing {weights_path}", self.process_group)
+            raise_everywhere(err, f"publishing {weights_path}", self.process_group)
             return
-        if _rank() != 0:
+        if rank() != 0:
             return
         model_future, optim_future = self._model_future, self._optim_future
 
@@ -596,7 +568,7 @@ class Checkpointer:
         if self._pending_model is not None:
             with self._lock:
                 self._finish_model_files()
-            _barrier(self.process_group)
+            barrier(self.process_group)
             self._consolidate()
 
     def close(self) -> None:
@@ -616,7 +588,7 @@ def _warn_key_diff(model: torch.nn.Module, path: str, expected: set[str], loaded
     """NeMo's missing/unexpected key report: a warning, not an error."""
     diff = hf.summarize_key_diff(expected, loaded)
     if diff["missing_count"] or diff["unexpected_count"]:
-        _warn_once(
+        warn_once(
             f"Checkpoint key mismatch for {type(model).__name__} loading {path}: "
             f"missing={diff['missing_count']} unexpected={diff['unexpected_count']} "
             f"(missing examples={diff['missing_examples']}, "
@@ -631,78 +603,7 @@ def _tie(model: torch.nn.Module) -> None:
         tie()
 
 
-def _base_index(reference: str) -> dict[str, int]:
-    """FQN -> 1-based file number from a base model's safetensors index."""
-    import json
-    import re
-
-    with open(os.path.join(reference, hf.SAFETENSORS_INDEX)) as f:
-        weight_map = json.load(f).get("weight_map", {})
-    out = {}
-    for k, fn in weight_map.items():
-        m = re.search(r"-(\d+)-of-\d+\.safetensors$", fn)
-        out[k] = int(m.group(1)) if m else 1
-    return out
-
-
 def _st(t: torch.Tensor) -> str:
     from .._state import st_dtype
 
     return st_dtype(t.dtype, "")
-
-
-def _all_sizes(sd: dict[str, Any], group: Any) -> dict[str, int]:
-    """Tensor name -> global size in bytes over every rank's state dict, in
-    the order rank 0 (then the others) lists them."""
-    mine = {k: v.numel() * v.element_size() for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return mine
-    every: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(every, mine, group=group)
-    out: dict[str, int] = {}
-    for d in every:
-        for k, n in d.items():
-            out.setdefault(k, n)
-    return out
-
-
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _raise_everywhere(err: BaseException | None, what: str, group: Any) -> None:
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        flag = torch.tensor([0 if err is None else 1])
-        dist.all_reduce(flag, group=group)
-        if err is None and int(flag.item()):
-            raise RuntimeError(f"{what} failed on another rank")
-    if err is not None:
-        raise err
-
-
-_warned: set[str] = set()
-
-
-def to_empty_parameters_only(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Moves parameters (not buffers) to `device` without copying data."""
-    for module in model.modules():
-        for key, p in list(module._parameters.items()):
-            if p is not None and p.device.type == "meta":
-                module._parameters[key] = torch.nn.Parameter(
-                    torch.empty_like(p, device=device), requires_grad=p.requires_grad
-                )
-    return model
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        logger.warning(message)
-        import warnings
-
-        warnings.warn(message, stacklevel=3)

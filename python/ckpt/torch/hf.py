@@ -18,6 +18,7 @@ __all__ = [
     "FQN_TO_DTYPE_MAPPING_FILENAME",
     "FQN_TO_FILE_INDEX_MAPPING_FILENAME",
     "apply_key_mapping",
+    "base_index",
     "divide_keys_by_size",
     "hf_reference_path",
     "is_bin_checkpoint",
@@ -143,6 +144,17 @@ def safetensors_dtypes(path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, t in api.inspect(path).tensors.items():
         out[name] = t.dtype if isinstance(t.dtype, str) else st_dtype(t.dtype, name)
+    return out
+
+
+def base_index(reference: str) -> dict[str, int]:
+    """FQN -> 1-based file number from a base model's safetensors index."""
+    with open(os.path.join(reference, SAFETENSORS_INDEX)) as f:
+        weight_map = json.load(f).get("weight_map", {})
+    out = {}
+    for k, fn in weight_map.items():
+        m = re.search(r"-(\d+)-of-\d+\.safetensors$", fn)
+        out[k] = int(m.group(1)) if m else 1
     return out
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "model_state_dict",
     "optimizer_state_dict",
     "set_optimizer_state",
+    "to_empty_parameters_only",
 ]
 
 LM_HEAD = "lm_head.weight"
@@ -41,6 +42,17 @@ def assert_materialized(model: torch.nn.Module) -> None:
                 f"parameter '{name}' is on the meta device; materialize the model first "
                 "(Checkpointer.initialize_model_weights(model, device))"
             )
+
+
+def to_empty_parameters_only(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Moves parameters (not buffers) to `device` without copying data."""
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None and p.device.type == "meta":
+                module._parameters[key] = torch.nn.Parameter(
+                    torch.empty_like(p, device=device), requires_grad=p.requires_grad
+                )
+    return model
 
 
 def model_state_dict(model: torch.nn.Module, cpu_offload: bool) -> dict[str, Any]:
