@@ -457,12 +457,13 @@ class Checkpointer:
             ) from e
 
     def save_distributed_state(self, state: Any, state_name: str, path: str) -> None:
-        """Saves an object whose state holds sharded tensors, through DCP."""
-        d = os.path.join(path, state_name)
-        ensure_dirs(d, group=self.process_group)
-        dcp_save(state.state_dict(), d, self.process_group)
+        """Saves an object whose state holds sharded tensors (an EMA of FSDP2
+        parameters, say) to ``path/<name>/`` in DCP's format: every rank
+        writes its shards."""
+        dcp_save(state.state_dict(), os.path.join(path, state_name), self.process_group)
 
     def load_distributed_state(self, state: Any, state_name: str, path: str) -> None:
+        """Loads what :meth:`save_distributed_state` wrote, into any layout."""
         sd = state.state_dict()
         dcp_load(sd, os.path.join(path, state_name), self.process_group)
         state.load_state_dict(sd)

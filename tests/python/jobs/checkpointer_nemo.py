@@ -168,6 +168,25 @@ def check_nemo_files(root: str, rank: int, world: int) -> None:
     assert_same(full_optim(fresh, fresh_opt), want_optim, "load_optimizer")
     assert fresh_sched.state_dict() == sched.state_dict()
 
+    # distributed custom state: an EMA of the sharded parameters
+    class Ema:
+        def __init__(self, m: torch.nn.Module, scale: float) -> None:
+            self.shadow = {k: v.detach() * scale for k, v in m.named_parameters()}
+
+        def state_dict(self):
+            return {"shadow": dict(self.shadow), "decay": 0.999}
+
+        def load_state_dict(self, sd):
+            for k, v in sd["shadow"].items():
+                self.shadow[k].copy_(v)
+
+    ema = Ema(model, 0.5)
+    c.save_distributed_state(ema, "ema", path)
+    assert os.path.exists(os.path.join(path, "ema", ".metadata"))
+    other_ema = Ema(fresh, 0.0)
+    c.load_distributed_state(other_ema, "ema", path)
+    assert_same(full(other_ema.shadow), full(ema.shadow), "distributed state")
+
     # the reverse: optim/ written by NeMo's own call (plain dcp.save) is read
     nemo = os.path.join(root, "nemo_written")
     sd = {
