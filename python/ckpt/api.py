@@ -39,7 +39,12 @@ PathLike = str | os.PathLike[str]
 
 
 def _path(p: PathLike) -> str:
-    return os.path.abspath(os.fspath(p))
+    """A local path made absolute; an object-storage URL (s3://bucket/prefix,
+    msc://profile/key) as given."""
+    text = os.fspath(p)
+    if text.startswith(("s3://", "msc://")):
+        return text
+    return os.path.abspath(text)
 
 
 def save(

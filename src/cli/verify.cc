@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/s3.h"
 #include "cli/commands.h"
 #include "cli/target.h"
 
@@ -32,7 +33,10 @@ Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warni
     }
   }
   if (quick) return Status();
-  if (t.sharded) return VerifyShardedCheckpoint(*PosixStorage(), t.path);
+  if (t.sharded) {
+    CKPT_ASSIGN_OR_RETURN(StoragePath where, ResolveStoragePath(t.path));
+    return VerifyShardedCheckpoint(*where.storage, where.path);
+  }
   for (const SafetensorsFile* f : t.files) CKPT_RETURN_IF_ERROR(f->ReadAllData());
   return Status();
 }
@@ -43,7 +47,8 @@ int RunVerify(const VerifyOptions& opts) {
   if (IsTorchBinTarget(*PosixStorage(), opts.path)) return VerifyTorchBin(opts);
   std::vector<std::string> warnings;
   uint64_t total = 0;
-  Result<Target> t = OpenTarget(*PosixStorage(), opts.path);
+  Result<StoragePath> where = ResolveStoragePath(opts.path);
+  Result<Target> t = where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
   Status s = t.ok() ? VerifyTarget(*t, opts.quick, &warnings, &total) : t.status();
   if (opts.json) {
     nlohmann::json j;

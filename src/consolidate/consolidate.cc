@@ -460,10 +460,14 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
         for (const OutTensor& t : f.tensors) index.weight_map[t.saved->fqn] = f.name;
       }
       const std::string index_name(o.diffusers ? kDiffusersIndexName : kHfIndexName);
-      published = WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
-      if (published.ok()) published = CopyHfArtifacts(storage, in_dir, ckpt.listing, staging, &stats.warnings);
+      // The index goes last: without rename (object stores) it is the
+      // commit object of the output directory.
+      published = CopyHfArtifacts(storage, in_dir, ckpt.listing, staging, &stats.warnings);
+      if (published.ok()) {
+        published = WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
+      }
       if (published.ok()) published = storage.SyncDir(staging);
-      if (published.ok()) published = storage.Rename(staging, out_dir);
+      if (published.ok() && staging != out_dir) published = storage.Rename(staging, out_dir);
       if (published.ok()) published = storage.SyncDir(std::string(Dirname(out_dir)));
     }
     if (!published.ok()) RemoveAll(storage, staging).IgnoreError();

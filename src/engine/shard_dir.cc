@@ -33,6 +33,14 @@ std::string ShardFileNameImpl(int rank) {
 
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
+  // On an object store the manifest is the commit object: a prefix without
+  // one is a save that never committed (or is still running).
+  if (!storage.CanRename() && std::none_of(entries.begin(), entries.end(), [](const DirEntry& e) {
+        return e.name == kManifestName && e.type == EntryType::kFile;
+      })) {
+    return NotFoundError(dir + ": no " + std::string(kManifestName) +
+                         " (its commit object): the save that wrote it never committed");
+  }
   ShardListing l;
   for (const DirEntry& e : entries) {
     if (e.type != EntryType::kFile || e.name.empty() || e.name[0] == '.') continue;
@@ -401,6 +409,16 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
 }
 
 Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view given) {
+  if (!storage.CanRename()) {
+    // No rename: the save writes under `dir` itself and commits by writing
+    // the manifest (the index, for a consolidated directory) last. Objects without a manifest are a dead save's,
+    // removed by listing.
+    CKPT_ASSIGN_OR_RETURN(bool committed, Exists(storage, JoinPath(dir, kManifestName)));
+    if (!committed) CKPT_ASSIGN_OR_RETURN(committed, Exists(storage, JoinPath(dir, kHfIndexName)));
+    if (committed) return AlreadyExistsError(dir + " already exists; it is never overwritten");
+    CKPT_RETURN_IF_ERROR(RemoveAll(storage, dir));
+    return dir;
+  }
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, dir));
   if (exists) return AlreadyExistsError(dir + " already exists; it is never overwritten");
   const std::string parent(Dirname(dir));

@@ -79,6 +79,9 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
 // directory). Returns the staging path.
 // `token` (16 lowercase hex digits) names it instead of a random one, for
 // callers whose ranks must derive the same name without talking.
+// On a storage that cannot rename, `dir` itself is returned (after removing
+// what an uncommitted save left there) and the manifest, written last, is
+// the commit; a `dir` whose manifest exists is AlreadyExists.
 Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view token = {});
 // Collective: rank 0 creates it; every rank gets its path or rank 0's error.
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
