@@ -414,7 +414,9 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, s
     // the manifest (the index, for a consolidated directory) last. Objects without a manifest are a dead save's,
     // removed by listing.
     CKPT_ASSIGN_OR_RETURN(bool committed, Exists(storage, JoinPath(dir, kManifestName)));
-    if (!committed) CKPT_ASSIGN_OR_RETURN(committed, Exists(storage, JoinPath(dir, kHfIndexName)));
+    if (!committed) {
+      CKPT_ASSIGN_OR_RETURN(committed, Exists(storage, JoinPath(dir, kHfIndexName)));
+    }
     if (committed) return AlreadyExistsError(dir + " already exists; it is never overwritten");
     CKPT_RETURN_IF_ERROR(RemoveAll(storage, dir));
     return dir;

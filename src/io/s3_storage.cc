@@ -290,6 +290,13 @@ class Client {
     std::string code = XmlFirst(r.body, "Code"), message = XmlFirst(r.body, "Message");
     std::string s = "HTTP " + std::to_string(r.status);
     if (!code.empty()) s += " " + code;
+    if (code.empty() && !r.body.empty() && r.body.find("<Error>") == std::string::npos) {
+      std::string text = r.body.substr(0, 200);
+      for (char& c : text) c = (c < 32 || c > 126) ? ' ' : c;
+      s += ": " + text;
+    }
+    // A HEAD answer has no body to say why.
+    if (code.empty() && r.status == 403) s += " Forbidden (the server refused the credentials or the signature)";
     if (!message.empty()) s += ": " + message;
     return s;
   }
@@ -378,6 +385,9 @@ class Client {
       curl_easy_setopt(h, CURLOPT_SEEKDATA, &t);
       curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
     } else if (req.method == "POST") {
+      // Without a type curl would send a form's, and servers parse forms.
+      list = curl_slist_append(list, "Content-Type: application/xml");
+      curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
       curl_easy_setopt(h, CURLOPT_POST, 1L);
       curl_easy_setopt(h, CURLOPT_POSTFIELDS, req.body.data());
       curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
@@ -542,11 +552,11 @@ class S3ReadableFile final : public ReadableFile {
     return first;
   }
 
+  // No mappings: a caller that would map a whole file to pick pieces from
+  // it falls back to ranged reads of just those pieces.
   Result<MappedRegion> Map(uint64_t offset, uint64_t length) const override {
     CKPT_RETURN_IF_ERROR(CheckRange(offset, length));
-    auto buf = std::make_shared<std::vector<std::byte>>(length);
-    CKPT_RETURN_IF_ERROR(ReadAt(offset, *buf));
-    return MappedRegion{std::span<const std::byte>(buf->data(), length), buf};
+    return FailedPreconditionError("mapping " + Quote(path_) + ": the s3 storage cannot map (use ranged reads)");
   }
 
  private:
