@@ -235,3 +235,12 @@ def test_the_save_fails_on_every_rank_when_the_server_vanishes_and_recovers(serv
         proxy.down()
     assert out[0].count("RAISED rank") == 4, out[0][-4000:]
     assert out[0].count("RECOVERED rank") == 4, out[0][-4000:]
+
+
+def test_checkpointer_lifecycle_runs_against_the_server(server):
+    """Reserve, publish, LATEST / LOWEST_VAL, find-latest and retention of the
+    C++ Checkpointer with its checkpoint root in the bucket."""
+    proc = run_suite(server, "Server/LifecycleTest.*")
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    cases = (HERE.parents[1] / "tests" / "checkpoint" / "lifecycle_test.cc").read_text().count("TEST_P(LifecycleTest,")
+    assert passed(proc.stdout) == cases, proc.stdout[-3000:]
