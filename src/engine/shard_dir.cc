@@ -34,11 +34,13 @@ std::string ShardFileNameImpl(int rank) {
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
   // On an object store the manifest is the commit object: a prefix without
-  // one is a save that never committed (or is still running).
+  // one is a save that never committed (or is still running)
+  // (the index, for a Hugging Face directory).
   if (!storage.CanRename() && std::none_of(entries.begin(), entries.end(), [](const DirEntry& e) {
-        return e.name == kManifestName && e.type == EntryType::kFile;
+        return e.type == EntryType::kFile &&
+               (e.name == kManifestName || e.name == kHfIndexName || e.name == kDiffusersIndexName);
       })) {
-    return NotFoundError(dir + ": no " + std::string(kManifestName) +
+    return NotFoundError(dir + ": no " + std::string(kManifestName) + " or " + std::string(kHfIndexName) +
                          " (its commit object): the save that wrote it never committed");
   }
   ShardListing l;
