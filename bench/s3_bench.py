@@ -83,14 +83,21 @@ def main() -> None:
     nbytes = parse_size(a.size)
     server = start_server()
     try:
-        env = server.env(CKPT_S3_PART_SIZE=str(parse_size(a.part)), CKPT_S3_MEMORY_BUDGET=str(parse_size(a.budget)))
+        env = server.env(
+            CKPT_S3_PART_SIZE=str(parse_size(a.part)), CKPT_S3_MEMORY_BUDGET=str(parse_size(a.budget))
+        )
         os.environ.update(env)
         client = server.client()
         client.create_bucket(Bucket=BUCKET)
         config = boto3.s3.transfer.TransferConfig()
         sd = make_state(nbytes)
         obj_bytes = 0
-        res: dict[str, list[float]] = {"ckpt_save": [], "boto3_upload": [], "ckpt_load": [], "boto3_download": []}
+        res: dict[str, list[float]] = {
+            "ckpt_save": [],
+            "boto3_upload": [],
+            "ckpt_load": [],
+            "boto3_download": [],
+        }
         rss: list[int] = []
         with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
             local = os.path.join(tmp, "obj.safetensors")

@@ -90,7 +90,11 @@ def start_server() -> S3Server:
                 raise RuntimeError(f"moto_server did not start on port {port}") from None
             time.sleep(0.1)
     iam = boto3.client(
-        "iam", endpoint_url=endpoint, aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap", region_name="us-east-1"
+        "iam",
+        endpoint_url=endpoint,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+        region_name="us-east-1",
     )
     iam.create_user(UserName="ckpt")
     key = iam.create_access_key(UserName="ckpt")["AccessKey"]

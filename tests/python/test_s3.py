@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from s3_server import FaultProxy, S3Server, start_server
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +73,9 @@ def test_slowdown_answers_are_retried_to_success(server):
 
 def test_a_wrong_secret_is_a_clear_403_and_nothing_is_written(server):
     before = bucket_keys(server)
-    proc = run_suite(server, "*/StorageConformanceTest.WriteThenReadBack/s3", AWS_SECRET_ACCESS_KEY="not-the-secret")
+    proc = run_suite(
+        server, "*/StorageConformanceTest.WriteThenReadBack/s3", AWS_SECRET_ACCESS_KEY="not-the-secret"
+    )
     assert proc.returncode != 0
     assert "HTTP 403" in proc.stdout, proc.stdout[-4000:]
     assert bucket_keys(server) == before
@@ -103,7 +104,9 @@ def test_a_server_gone_mid_upload_publishes_nothing_and_the_next_write_succeeds(
     assert proc.returncode != 0
     assert "connection failed" in proc.stdout, proc.stdout[-4000:]
     # Nothing new is visible but the test's empty directory marker.
-    assert [k for k in bucket_keys(server) if not k.endswith("/")] == [k for k in before if not k.endswith("/")]
+    assert [k for k in bucket_keys(server) if not k.endswith("/")] == [
+        k for k in before if not k.endswith("/")
+    ]
     proxy.up()
     proc = run_suite(server, "*/S3StorageTest.MultipartOutOfOrderWritesRoundTrip/s3", endpoint=proxy.endpoint)
     assert proc.returncode == 0, proc.stdout[-6000:]
@@ -138,7 +141,10 @@ def test_consolidation_from_and_to_the_bucket(s3_env, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    sd = {"a": torch.arange(1000, dtype=torch.float32).reshape(10, 100), "b": torch.ones(7, dtype=torch.bfloat16)}
+    sd = {
+        "a": torch.arange(1000, dtype=torch.float32).reshape(10, 100),
+        "b": torch.ones(7, dtype=torch.bfloat16),
+    }
     ckpt.save(sd, f"s3://{BUCKET}/cons/in")
     ckpt.consolidate(f"s3://{BUCKET}/cons/in", f"s3://{BUCKET}/cons/out")
     keys = [k for k in bucket_keys(s3_env) if k.startswith("cons/out/")]
@@ -242,5 +248,9 @@ def test_checkpointer_lifecycle_runs_against_the_server(server):
     C++ Checkpointer with its checkpoint root in the bucket."""
     proc = run_suite(server, "Server/LifecycleTest.*")
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    cases = (HERE.parents[1] / "tests" / "checkpoint" / "lifecycle_test.cc").read_text().count("TEST_P(LifecycleTest,")
+    cases = (
+        (HERE.parents[1] / "tests" / "checkpoint" / "lifecycle_test.cc")
+        .read_text()
+        .count("TEST_P(LifecycleTest,")
+    )
     assert passed(proc.stdout) == cases, proc.stdout[-3000:]
