@@ -225,6 +225,26 @@ int OnSeek(void* user, curl_off_t offset, int origin) {
   return CURL_SEEKFUNC_OK;
 }
 
+// Failures worth another try: the connection was refused, reset or cut, or
+// timed out. A certificate that fails verification (or a bad URL) is not.
+bool IsTransient(CURLcode rc) {
+  switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+      return true;
+    default:
+      return false;
+  }
+}
+
 struct CurlGlobal {
   CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
 };
@@ -264,11 +284,11 @@ class Client {
       bool retry = false;
       if (rc != CURLE_OK) {
         last = std::string("connection failed: ") + curl_easy_strerror(rc);
-        retry = rc != CURLE_WRITE_ERROR || !resp.overflow;
         if (resp.overflow) {
           return DataLossError(what + ": the server sent more bytes than the " +
                                std::to_string(req.into.size()) + " requested");
         }
+        retry = IsTransient(rc);
       } else if (resp.status >= 500 || resp.status == 429) {
         last = Describe(resp);
         retry = true;
@@ -296,7 +316,8 @@ class Client {
       s += ": " + text;
     }
     // A HEAD answer has no body to say why.
-    if (code.empty() && r.status == 403) s += " Forbidden (the server refused the credentials or the signature)";
+    if (code.empty() && r.status == 403)
+      s += " Forbidden (the server refused the credentials or the signature)";
     if (!message.empty()) s += ": " + message;
     return s;
   }
@@ -355,9 +376,6 @@ class Client {
       list = curl_slist_append(list, (k + ": " + v).c_str());
     list = curl_slist_append(list, ("Authorization: " + sig.authorization).c_str());
     list = curl_slist_append(list, "Expect:");
-    if (!o_.path_style) {
-      // The virtual host resolves like the endpoint host.
-    }
 
     CURL* h = Acquire();
     curl_easy_reset(h);
@@ -556,7 +574,8 @@ class S3ReadableFile final : public ReadableFile {
   // it falls back to ranged reads of just those pieces.
   Result<MappedRegion> Map(uint64_t offset, uint64_t length) const override {
     CKPT_RETURN_IF_ERROR(CheckRange(offset, length));
-    return FailedPreconditionError("mapping " + Quote(path_) + ": the s3 storage cannot map (use ranged reads)");
+    return FailedPreconditionError("mapping " + Quote(path_) +
+                                   ": the s3 storage cannot map (use ranged reads)");
   }
 
  private:
@@ -614,9 +633,10 @@ class S3WritableFile final : public WritableFile {
     if (!closed_) Discard();
   }
 
-  Status Append(std::span<const std::byte> data) override { return WriteAt(size_, data); }
+  Status Append(std::span<const std::byte> data) override { return WriteAt(Size(), data); }
 
   Status WriteAt(uint64_t offset, std::span<const std::byte> data) override {
+    std::lock_guard<std::mutex> lock(write_mu_);
     if (closed_) return FailedPreconditionError("writing " + Quote(path_) + ": file is closed");
     CKPT_RETURN_IF_ERROR(FirstError());
     uint64_t done = 0;
@@ -651,6 +671,7 @@ class S3WritableFile final : public WritableFile {
   }
 
   Status Close() override {
+    std::lock_guard<std::mutex> lock(write_mu_);
     if (closed_) return Status();
     closed_ = true;
     Status s = Finish();
@@ -658,7 +679,10 @@ class S3WritableFile final : public WritableFile {
     return s;
   }
 
-  uint64_t Size() const override { return size_; }
+  uint64_t Size() const override {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    return size_;
+  }
   const std::string& path() const override { return path_; }
 
  private:
@@ -753,16 +777,11 @@ class S3WritableFile final : public WritableFile {
   }
 
   Status Finish() {
-    if (exclusive_) {
-      // Checked again at publication: If-None-Match makes the PUT fail when
-      // the object appeared meanwhile.
-    }
     if (upload_id_.empty() && size_ <= part_size_) {
       Request r;
       r.method = "PUT";
       r.key = key_;
       auto it = parts_.find(0);
-      std::vector<std::byte> empty;
       r.body = it == parts_.end() ? std::span<const std::byte>()
                                   : std::span<const std::byte>(it->second.data.data(), size_);
       r.headers.emplace_back("content-md5", Base64Md5(r.body));
@@ -835,6 +854,7 @@ class S3WritableFile final : public WritableFile {
   std::string path_, key_;
   bool exclusive_;
   const uint64_t part_size_;
+  mutable std::mutex write_mu_;     // guards the writer's state against concurrent WriteAt
   std::map<uint64_t, Part> parts_;  // buffered, by part index
   std::set<uint64_t> sent_;
   uint64_t size_ = 0;
