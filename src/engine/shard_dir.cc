@@ -31,17 +31,31 @@ std::string ShardFileNameImpl(int rank) {
   return buf;
 }
 
+namespace {
+Status Uncommitted(const std::string& dir) {
+  return NotFoundError(dir + ": no " + std::string(kManifestName) + " or " + std::string(kHfIndexName) +
+                       " (its commit object): the save that wrote it never committed");
+}
+bool IsCommitObject(std::string_view name) {
+  return name == kManifestName || name == kHfIndexName || name == kDiffusersIndexName;
+}
+}  // namespace
+
+Status CheckCommitted(Storage& storage, const std::string& dir) {
+  if (storage.CanRename()) return Status();
+  for (std::string_view name : {kManifestName, kHfIndexName, kDiffusersIndexName}) {
+    CKPT_ASSIGN_OR_RETURN(bool there, Exists(storage, JoinPath(dir, name)));
+    if (there) return Status();
+  }
+  return Uncommitted(dir);
+}
+
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
-  // On an object store the manifest is the commit object: a prefix without
-  // one is a save that never committed (or is still running)
-  // (the index, for a Hugging Face directory).
   if (!storage.CanRename() && std::none_of(entries.begin(), entries.end(), [](const DirEntry& e) {
-        return e.type == EntryType::kFile &&
-               (e.name == kManifestName || e.name == kHfIndexName || e.name == kDiffusersIndexName);
+        return e.type == EntryType::kFile && IsCommitObject(e.name);
       })) {
-    return NotFoundError(dir + ": no " + std::string(kManifestName) + " or " + std::string(kHfIndexName) +
-                         " (its commit object): the save that wrote it never committed");
+    return Uncommitted(dir);
   }
   ShardListing l;
   for (const DirEntry& e : entries) {
@@ -415,11 +429,9 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, s
     // No rename: the save writes under `dir` itself and commits by writing
     // the manifest (the index, for a consolidated directory) last. Objects without a manifest are a dead save's,
     // removed by listing.
-    CKPT_ASSIGN_OR_RETURN(bool committed, Exists(storage, JoinPath(dir, kManifestName)));
-    if (!committed) {
-      CKPT_ASSIGN_OR_RETURN(committed, Exists(storage, JoinPath(dir, kHfIndexName)));
-    }
-    if (committed) return AlreadyExistsError(dir + " already exists; it is never overwritten");
+    const Status committed = CheckCommitted(storage, dir);
+    if (committed.ok()) return AlreadyExistsError(dir + " already exists; it is never overwritten");
+    if (committed.code() != StatusCode::kNotFound) return committed;
     CKPT_RETURN_IF_ERROR(RemoveAll(storage, dir));
     return dir;
   }

@@ -31,6 +31,11 @@ struct ShardListing {
 };
 
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir);
+// On an object store (no rename) a directory is a checkpoint only once its
+// commit object exists: the manifest (sharded) or the index (a Hugging Face
+// directory), written last. NotFound ("never committed") otherwise; always OK
+// on a storage that can rename. ListShardDir applies it too.
+Status CheckCommitted(Storage& storage, const std::string& dir);
 std::string EncodeListing(const ShardListing& l);
 Result<ShardListing> DecodeListing(std::string_view text);
 

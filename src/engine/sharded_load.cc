@@ -214,6 +214,7 @@ Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDi
 }  // namespace
 
 Result<StateDict> ReadExtraState(Storage& storage, const std::string& dir) {
+  CKPT_RETURN_IF_ERROR(engine::CheckCommitted(storage, dir));
   const std::string path = JoinPath(dir, kExtraStateName);
   CKPT_ASSIGN_OR_RETURN(bool present, Exists(storage, path));
   StateDict sd;
