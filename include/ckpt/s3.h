@@ -65,7 +65,9 @@ struct S3Options {
 // AWS_ENDPOINT_URL, AWS_PROFILE) and the shared files (AWS_CONFIG_FILE,
 // AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/config and ~/.aws/credentials);
 // the environment wins. CKPT_S3_PART_SIZE, CKPT_S3_MEMORY_BUDGET and
-// CKPT_S3_PARALLEL override the transfer settings. FailedPrecondition when no
+// CKPT_S3_PARALLEL override the transfer settings, CKPT_S3_MAX_ATTEMPTS the
+// attempts per request (retries + 1) and CKPT_S3_ALLOW_HTTP=1 allows plain
+// HTTP to any host. FailedPrecondition when no
 // credentials are found.
 Result<S3Options> S3OptionsFromEnvironment(const std::string& bucket);
 Result<std::shared_ptr<Storage>> NewS3Storage(S3Options options);

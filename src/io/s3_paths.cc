@@ -1,5 +1,6 @@
 // S3 settings from the environment and the AWS shared files, the MSC YAML
 // config, and the one path → Storage factory.
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -123,8 +124,8 @@ Status ApplyTransferEnv(S3Options& o) {
   CKPT_ASSIGN_OR_RETURN(o.memory_budget, EnvBytes("CKPT_S3_MEMORY_BUDGET", o.memory_budget));
   CKPT_ASSIGN_OR_RETURN(uint64_t parallel, EnvBytes("CKPT_S3_PARALLEL", o.parallel));
   o.parallel = static_cast<unsigned>(std::min<uint64_t>(parallel, 64));
-  CKPT_ASSIGN_OR_RETURN(uint64_t retries, EnvBytes("CKPT_S3_MAX_RETRIES", o.max_retries + 1));
-  o.max_retries = static_cast<unsigned>(retries - 1);
+  CKPT_ASSIGN_OR_RETURN(uint64_t attempts, EnvBytes("CKPT_S3_MAX_ATTEMPTS", o.max_retries + 1));
+  o.max_retries = static_cast<unsigned>(std::min<uint64_t>(attempts, 100) - 1);
   if (Env("CKPT_S3_ALLOW_HTTP") == "1") o.allow_http = true;
   return Status();
 }

@@ -126,6 +126,7 @@ class FaultProxy:
         self.slowdown = 0
         self.injected = 0
         self.requests = 0
+        self.bytes_up = 0  # bytes forwarded from clients to the server
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
@@ -197,6 +198,9 @@ class FaultProxy:
             try:
                 while data := src.recv(1 << 16):
                     dst.sendall(data)
+                    if src is conn:
+                        with self._lock:
+                            self.bytes_up += len(data)
             except OSError:
                 pass
             for s in (src, dst):

@@ -98,7 +98,7 @@ def test_a_server_gone_mid_upload_publishes_nothing_and_the_next_write_succeeds(
         server,
         "*/S3StorageTest.MultipartOutOfOrderWritesRoundTrip/s3",
         endpoint=proxy.endpoint,
-        CKPT_S3_MAX_RETRIES="2",
+        CKPT_S3_MAX_ATTEMPTS="2",
     )
     t.join()
     assert proc.returncode != 0
@@ -130,7 +130,7 @@ def test_a_save_on_four_ranks_loads_resharded_on_two_reading_only_the_needed_byt
     out = ranks(4, "s3_job.py", "save", url)
     assert out[0].count("SAVED rank") == 4
     keys = [k for k in bucket_keys(s3_env) if k.startswith("ranks/step_1/")]
-    assert "ranks/step_1/ckpt.manifest.json" in keys
+    assert "ranks/step_1/ckpt_manifest.json" in keys
     assert sum(k.endswith(".safetensors") for k in keys) == 4
     out = ranks(2, "s3_job.py", "load", url)
     assert out[0].count("LOADED rank") == 2, out[0][-3000:]
@@ -168,7 +168,7 @@ def test_an_uncommitted_prefix_is_not_a_checkpoint_and_the_next_save_replaces_it
     sd = {"w": torch.arange(64, dtype=torch.float32)}
     ckpt.save(sd, f"s3://{BUCKET}/dead/x")
     # A save that died before its commit: every object but the manifest.
-    s3_env.client().delete_object(Bucket=BUCKET, Key="dead/x/ckpt.manifest.json")
+    s3_env.client().delete_object(Bucket=BUCKET, Key="dead/x/ckpt_manifest.json")
     got = {"w": torch.zeros(64)}
     with pytest.raises(ckpt.NotFoundError, match="never committed"):
         ckpt.load(got, f"s3://{BUCKET}/dead/x")
@@ -203,7 +203,7 @@ def test_an_msc_url_resolves_through_the_msc_config(s3_env, tmp_path, monkeypatc
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     sd = {"w": torch.arange(12, dtype=torch.int64).reshape(3, 4)}
     ckpt.save(sd, "msc://training/run1/step_5")
-    assert "msc-base/run1/step_5/ckpt.manifest.json" in bucket_keys(s3_env)
+    assert "msc-base/run1/step_5/ckpt_manifest.json" in bucket_keys(s3_env)
     got = {"w": torch.zeros(3, 4, dtype=torch.int64)}
     ckpt.load(got, "msc://training/run1/step_5")
     assert torch.equal(got["w"], sd["w"])
@@ -219,9 +219,9 @@ def test_the_save_fails_on_every_rank_when_the_server_vanishes_and_recovers(serv
     def cut() -> None:
         while not (flags / "prev_saved").exists():
             time.sleep(0.02)
-        start = proxy.requests
-        while proxy.requests < start + 6:  # the next save is under way
-            time.sleep(0.005)
+        start = proxy.bytes_up
+        while proxy.bytes_up < start + (12 << 20):  # the next save's parts are on their way
+            time.sleep(0.002)
         proxy.down()
         time.sleep(4)  # longer than the retries last
         proxy.up()
@@ -229,7 +229,10 @@ def test_the_save_fails_on_every_rank_when_the_server_vanishes_and_recovers(serv
 
     t = threading.Thread(target=cut, daemon=True)
     t.start()
-    env = server.env(AWS_ENDPOINT_URL=proxy.endpoint, CKPT_S3_MAX_RETRIES="2")
+    # 5 MiB parts: each rank's 8 MiB shard is a multipart upload.
+    env = server.env(
+        AWS_ENDPOINT_URL=proxy.endpoint, CKPT_S3_MAX_ATTEMPTS="2", CKPT_S3_PART_SIZE=str(5 << 20)
+    )
     old = dict(os.environ)
     os.environ.update(env)
     try:
@@ -239,6 +242,7 @@ def test_the_save_fails_on_every_rank_when_the_server_vanishes_and_recovers(serv
         os.environ.update(old)
         t.join(timeout=10)
         proxy.down()
+    print("\n".join(line for line in out[0].splitlines() if "RAISED" in line))
     assert out[0].count("RAISED rank") == 4, out[0][-4000:]
     assert out[0].count("RECOVERED rank") == 4, out[0][-4000:]
 

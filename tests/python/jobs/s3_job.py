@@ -23,30 +23,31 @@ import torch
 from common import expected, finish, init, same_bits
 
 ROWS, COLS = 1 << 16, 16  # 4 MiB of float32
+BIG = 1 << 19  # 32 MiB: 8 MiB a rank, uploaded in parts
 
 
-def state(mesh, placement):  # noqa: ANN001, ANN201
+def state(mesh, placement, rows: int = ROWS):  # noqa: ANN001, ANN201
     from torch.distributed.tensor import Replicate, distribute_tensor
 
     return {
-        "w": distribute_tensor(expected("w", (ROWS, COLS), torch.float32), mesh, [placement]),
+        "w": distribute_tensor(expected("w", (rows, COLS), torch.float32), mesh, [placement]),
         "b": distribute_tensor(expected("b", (COLS,), torch.bfloat16), mesh, [Replicate()]),
         "step": 7,
     }
 
 
-def empty(mesh, placement):  # noqa: ANN001, ANN201
+def empty(mesh, placement, rows: int = ROWS):  # noqa: ANN001, ANN201
     from torch.distributed.tensor import Replicate, distribute_tensor
 
     return {
-        "w": distribute_tensor(torch.zeros(ROWS, COLS), mesh, [placement]),
+        "w": distribute_tensor(torch.zeros(rows, COLS), mesh, [placement]),
         "b": distribute_tensor(torch.zeros(COLS, dtype=torch.bfloat16), mesh, [Replicate()]),
         "step": 0,
     }
 
 
-def check(got: dict, rank: int) -> None:
-    assert same_bits(got["w"].full_tensor(), expected("w", (ROWS, COLS), torch.float32)), rank
+def check(got: dict, rank: int, rows: int = ROWS) -> None:
+    assert same_bits(got["w"].full_tensor(), expected("w", (rows, COLS), torch.float32)), rank
     assert same_bits(got["b"].full_tensor(), expected("b", (COLS,), torch.bfloat16)), rank
     assert got["step"] == 7, got["step"]
 
@@ -78,7 +79,7 @@ def main() -> None:
         print(f"LOADED rank {rank} needed={stats.bytes_needed} read={stats.bytes_read}", flush=True)
     elif mode == "outage":
         prev, new, flags = sys.argv[2], sys.argv[3], sys.argv[4]
-        sd = state(mesh, Shard(0))
+        sd = state(mesh, Shard(0), BIG)
         ckpt.save(sd, prev)
         torch.distributed.barrier()
         if rank == 0:
@@ -90,20 +91,20 @@ def main() -> None:
         else:
             raise AssertionError("a save through a vanished server returned")
         wait_for(os.path.join(flags, "server_back"))
-        got = empty(mesh, Shard(0))
+        got = empty(mesh, Shard(0), BIG)
         try:
             ckpt.load(got, new)
         except ckpt.NotFoundError as e:
-            assert "never committed" in str(e) or "no ckpt.manifest.json" in str(e), str(e)
+            assert "never committed" in str(e) or "no ckpt_manifest.json" in str(e), str(e)
         else:
             raise AssertionError("the failed save was published")
-        got = empty(mesh, Shard(0))
+        got = empty(mesh, Shard(0), BIG)
         ckpt.load(got, prev)
-        check(got, rank)
+        check(got, rank, BIG)
         ckpt.save(sd, new)
-        got = empty(mesh, Shard(0))
+        got = empty(mesh, Shard(0), BIG)
         ckpt.load(got, new)
-        check(got, rank)
+        check(got, rank, BIG)
         print(f"RECOVERED rank {rank}", flush=True)
     finish()
 
