@@ -54,12 +54,13 @@ def child_save(url: str, nbytes: int) -> None:
     import ckpt
 
     sd = make_state(nbytes)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     ckpt.save(sd, url)
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": dt, "added_rss": peak - before}))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "added_rss": (r1.ru_maxrss - r0.ru_maxrss) * 1024}))
 
 
 def main() -> None:
