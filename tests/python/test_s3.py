@@ -258,3 +258,28 @@ def test_checkpointer_lifecycle_runs_against_the_server(server):
         .count("TEST_P(LifecycleTest,")
     )
     assert passed(proc.stdout) == cases, proc.stdout[-3000:]
+
+
+def test_the_cli_inspects_verifies_and_consolidates_s3_urls(s3_env):
+    import ckpt
+    import torch
+    from conftest import cli
+
+    sd = {"layer.weight": torch.arange(96, dtype=torch.float32).reshape(8, 12)}
+    ckpt.save(sd, f"s3://{BUCKET}/cli/in")
+    out = cli("inspect", f"s3://{BUCKET}/cli/in").stdout
+    assert "layer.weight" in out, out
+    cli("verify", f"s3://{BUCKET}/cli/in")
+    cli("consolidate", f"s3://{BUCKET}/cli/in", f"s3://{BUCKET}/cli/out")
+    cli("verify", f"s3://{BUCKET}/cli/out")
+    assert f"cli/out/{'model.safetensors.index.json'}" in bucket_keys(s3_env)
+    # Damage one object: verify says which and fails.
+    key = next(k for k in bucket_keys(s3_env) if k.startswith("cli/in/") and k.endswith(".safetensors"))
+    body = bytearray(s3_env.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[-1] ^= 0xFF
+    s3_env.client().put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    bad = cli("verify", f"s3://{BUCKET}/cli/in", ok=False)
+    assert bad.returncode != 0 and "layer.weight" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+    # A local output for an S3 input is refused with a clear message.
+    refused = cli("consolidate", f"s3://{BUCKET}/cli/in", "/tmp/ckpt-s3-local-out", ok=False)
+    assert "must be on the same storage" in refused.stderr, refused.stderr
