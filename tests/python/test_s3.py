@@ -272,7 +272,7 @@ def test_the_cli_inspects_verifies_and_consolidates_s3_urls(s3_env):
     cli("verify", f"s3://{BUCKET}/cli/in")
     cli("consolidate", f"s3://{BUCKET}/cli/in", f"s3://{BUCKET}/cli/out")
     cli("verify", f"s3://{BUCKET}/cli/out")
-    assert f"cli/out/{'model.safetensors.index.json'}" in bucket_keys(s3_env)
+    assert "cli/out/model.safetensors.index.json" in bucket_keys(s3_env)
     # Damage one object: verify says which and fails.
     key = next(k for k in bucket_keys(s3_env) if k.startswith("cli/in/") and k.endswith(".safetensors"))
     body = bytearray(s3_env.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
