@@ -299,7 +299,6 @@ class Client {
         return UnavailableError(what + ": " + last + " (after " + std::to_string(attempt + 1) +
                                 " attempts)");
       }
-      retries_.fetch_add(1);
       const uint64_t cap =
           std::min<uint64_t>(5000, uint64_t{o_.backoff_ms} << std::min(attempt, 16u));
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % (cap + 1)));
@@ -321,8 +320,6 @@ class Client {
     if (!message.empty()) s += ": " + message;
     return s;
   }
-
-  uint64_t retries() const { return retries_.load(); }
 
  private:
   CURL* Acquire() {
@@ -427,7 +424,6 @@ class Client {
   bool loopback_ = false;
   std::mutex mu_;
   std::vector<CURL*> idle_;
-  std::atomic<uint64_t> retries_{0};
 };
 
 // Bytes of buffered parts across all open files.
@@ -440,7 +436,6 @@ class Budget {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return used_ + n <= limit_ || in_flight_ == 0; });
     used_ += n;
-    peak_ = std::max(peak_, used_);
   }
   void Release(uint64_t n) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -457,15 +452,11 @@ class Budget {
     used_ -= n;
     cv_.notify_all();
   }
-  uint64_t peak() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return peak_;
-  }
 
  private:
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t limit_, used_ = 0, peak_ = 0;
+  uint64_t limit_, used_ = 0;
   int in_flight_ = 0;
 };
 
