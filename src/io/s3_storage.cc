@@ -390,6 +390,9 @@ class Client {
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, o_.verify_tls ? 1L : 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, o_.verify_tls ? 2L : 0L);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    // Large socket buffers: parts and ranges are megabytes.
+    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 2L << 20);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 1L << 20);
     if (req.head) {
       curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     } else if (req.method == "PUT") {
