@@ -133,7 +133,8 @@ Status UpdatePointer(Storage& storage, const std::string& root, std::string_view
 
 // Renames to a hidden name first, so nothing half-removed looks complete.
 // Without rename (object stores) the `.incomplete` marker is written back
-// first and deleted last, with the same effect.
+// first and deleted last (the storage removes directory markers before other
+// objects), with the same effect.
 Status RemoveCheckpoint(Storage& storage, const std::string& root, const std::string& name) {
   if (!storage.CanRename()) {
     const std::string dir = JoinPath(root, name);
@@ -226,8 +227,10 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
         CKPT_RETURN_IF_ERROR(st.SyncDir(root));
       } else {
         // An object store: the marker is the prefix's first object, so the
-        // prefix never exists without it.
+        // prefix never exists without it; then the directory's own marker,
+        // so the checkpoint stays a directory once `.incomplete` is gone.
         CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(path, kIncompleteMarker), ""));
+        CKPT_RETURN_IF_ERROR(st.MakeDirs(path));
       }
       // Clean what interrupted saves left behind.
       CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, st.List(root));

@@ -995,10 +995,14 @@ class S3Storage final : public Storage {
   Status SyncDir(const std::string&) override { return Status(); }
 
   // Deletes every object under `dir` in DeleteObjects batches of 1000.
+  // Directory markers ("a/b/") go first: a removal cut short never leaves an
+  // empty directory behind (one that would look like a complete, empty
+  // checkpoint once its other objects are gone).
   Status DeletePrefix(const std::string& dir) {
     const std::string key = KeyOf(dir);
     const std::string prefix = key.empty() ? "" : key + "/";
     const std::string what = "removing everything under " + Quote(dir);
+    std::vector<std::string> markers, objects;
     std::string token;
     do {
       Request r;
@@ -1007,27 +1011,34 @@ class S3Storage final : public Storage {
       if (!token.empty()) r.query.emplace_back("continuation-token", token);
       CKPT_ASSIGN_OR_RETURN(Response resp, s_->client.Send(r, what));
       if (resp.status / 100 != 2) return HttpError(what, resp);
-      std::vector<std::string> keys;
-      for (std::string_view c : XmlAll(resp.body, "Contents")) keys.push_back(XmlFirst(c, "Key"));
+      for (std::string_view c : XmlAll(resp.body, "Contents")) {
+        std::string k = XmlFirst(c, "Key");
+        (k.ends_with('/') ? markers : objects).push_back(std::move(k));
+      }
       token = XmlFirst(resp.body, "IsTruncated") == "true"
                   ? XmlFirst(resp.body, "NextContinuationToken")
                   : "";
-      if (keys.empty()) continue;
-      std::string xml = "<Delete><Quiet>true</Quiet>";
-      for (const std::string& k : keys) xml += "<Object><Key>" + XmlEscape(k) + "</Key></Object>";
-      xml += "</Delete>";
-      Request d;
-      d.method = "POST";
-      d.query.emplace_back("delete", "");
-      d.body = AsBytes(xml);
-      d.headers.emplace_back("content-md5", Base64Md5(d.body));
-      CKPT_ASSIGN_OR_RETURN(Response dr, s_->client.Send(d, what));
-      if (dr.status / 100 != 2) return HttpError(what, dr);
-      if (!XmlAll(dr.body, "Error").empty()) {
-        return IOError(what + ": " + XmlFirst(dr.body, "Key") + ": " + XmlFirst(dr.body, "Code") +
-                       " " + XmlFirst(dr.body, "Message"));
-      }
     } while (!token.empty());
+    for (const std::vector<std::string>* keys : {&markers, &objects}) {
+      for (size_t begin = 0; begin < keys->size(); begin += 1000) {
+        std::string xml = "<Delete><Quiet>true</Quiet>";
+        for (size_t i = begin; i < std::min(keys->size(), begin + 1000); ++i) {
+          xml += "<Object><Key>" + XmlEscape((*keys)[i]) + "</Key></Object>";
+        }
+        xml += "</Delete>";
+        Request d;
+        d.method = "POST";
+        d.query.emplace_back("delete", "");
+        d.body = AsBytes(xml);
+        d.headers.emplace_back("content-md5", Base64Md5(d.body));
+        CKPT_ASSIGN_OR_RETURN(Response dr, s_->client.Send(d, what));
+        if (dr.status / 100 != 2) return HttpError(what, dr);
+        if (!XmlAll(dr.body, "Error").empty()) {
+          return IOError(what + ": " + XmlFirst(dr.body, "Key") + ": " + XmlFirst(dr.body, "Code") +
+                         " " + XmlFirst(dr.body, "Message"));
+        }
+      }
+    }
     return Status();
   }
 
