@@ -13,7 +13,7 @@ namespace {
 
 // Structure is validated by OpenTarget; this reads the data so that I/O
 // errors and files that shrank since the header was read are caught too.
-Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warnings,
+Status VerifyTarget(Storage& storage, const Target& t, bool quick, std::vector<std::string>* warnings,
                     uint64_t* total) {
   *total = 0;
   for (const auto& e : t.tensors) *total += e.info->nbytes();
@@ -33,10 +33,7 @@ Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warni
     }
   }
   if (quick) return Status();
-  if (t.sharded) {
-    CKPT_ASSIGN_OR_RETURN(StoragePath where, ResolveStoragePath(t.path));
-    return VerifyShardedCheckpoint(*where.storage, where.path);
-  }
+  if (t.sharded) return VerifyShardedCheckpoint(storage, t.path);
   for (const SafetensorsFile* f : t.files) CKPT_RETURN_IF_ERROR(f->ReadAllData());
   return Status();
 }
@@ -49,7 +46,7 @@ int RunVerify(const VerifyOptions& opts) {
   uint64_t total = 0;
   Result<StoragePath> where = ResolveStoragePath(opts.path);
   Result<Target> t = where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
-  Status s = t.ok() ? VerifyTarget(*t, opts.quick, &warnings, &total) : t.status();
+  Status s = t.ok() ? VerifyTarget(*where->storage, *t, opts.quick, &warnings, &total) : t.status();
   if (opts.json) {
     nlohmann::json j;
     j["path"] = opts.path;
