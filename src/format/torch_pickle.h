@@ -19,6 +19,10 @@
 
 namespace ckpt {
 
+// Which globals the machine may name: a torch.save state dict's, or the
+// DCP `.metadata` dataclasses' (see format/dcp_metadata.h).
+enum class PickleDialect : uint8_t { kStateDict, kDcpMetadata };
+
 struct PickleLimits {
   uint64_t max_pickle_bytes = 256ull << 20;
   uint64_t max_stack = 1u << 20;
