@@ -65,9 +65,16 @@ std::string ShardFileNameImpl(int rank);
 // Steps shared by every collective reader of a checkpoint: rank 0 lists the
 // directory and broadcasts the listing; each header is read by one rank and
 // all-gathered; every rank indexes all chunks and checks that they tile.
+struct SavedBytesEntry {
+  uint32_t file = 0;  // index into listing.files
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
 struct SavedCheckpoint {
   ShardListing listing;
   plan::SavedIndex index;
+  bool dcp = false;                                   // a DCP directory (engine/dcp_dir.h)
+  std::map<std::string, SavedBytesEntry> byte_entries;  // DCP only
 };
 Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
                                                  const std::string& dir, Timeout timeout);

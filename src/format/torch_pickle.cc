@@ -676,4 +676,21 @@ Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view sou
   return out;
 }
 
+Result<TorchTensorRecord> ParseTorchTensorPickle(std::string_view data, std::string_view source,
+                                                 const PickleLimits& limits) {
+  pickle::Machine m(data, source, limits);
+  CKPT_ASSIGN_OR_RETURN(Node * root, m.Run());
+  if (root->kind != Kind::kTensor) {
+    return InvalidArgumentError(std::string(source) + ": the pickle holds a " + KindName(root->kind) + ", not a tensor");
+  }
+  TorchTensorRecord r;
+  r.dtype = root->dtype;
+  r.storage_key = root->s;
+  r.storage_bytes = root->numel;
+  r.offset = root->offset;
+  r.size = root->size;
+  r.stride = root->stride;
+  return r;
+}
+
 }  // namespace ckpt

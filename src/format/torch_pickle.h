@@ -66,6 +66,12 @@ struct TorchPickle {
 // every view against its storage's declared size with checked arithmetic.
 Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source, const PickleLimits& limits = {});
 
+// Runs the `data.pkl` of `torch.save(tensor)` (a bare tensor, as DCP's
+// FileSystemWriter stores each chunk) and returns its view, validated like
+// the state dict's; the record's name is empty.
+Result<TorchTensorRecord> ParseTorchTensorPickle(std::string_view data, std::string_view source,
+                                                 const PickleLimits& limits = {});
+
 }  // namespace ckpt
 
 #endif  // CKPT_FORMAT_TORCH_PICKLE_H_
