@@ -252,4 +252,32 @@ Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(Storage& stor
   return out;
 }
 
+Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& storage, const std::string& staging,
+                                                                    const std::string& file,
+                                                                    const std::vector<std::string_view>& blobs) {
+  const std::string path = JoinPath(staging, file);
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, storage.OpenWrite(path, CreateMode::kExclusive));
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  uint64_t at = 0;
+  for (std::string_view b : blobs) {
+    CKPT_RETURN_IF_ERROR(f->Append(std::as_bytes(std::span<const char>(b.data(), b.size()))));
+    out.emplace_back(at, b.size());
+    at += b.size();
+  }
+  CKPT_RETURN_IF_ERROR(f->Sync());
+  CKPT_RETURN_IF_ERROR(f->Close());
+  return out;
+}
+
+Status PublishDcpDir(Storage& storage, const std::string& staging, const std::string& dir, const DcpMetadata& meta) {
+  Result<std::string> pickle = WriteDcpMetadata(meta);
+  Status published = pickle.status();
+  if (published.ok()) published = WriteFileAtomically(storage, JoinPath(staging, kDcpMetadataName), *pickle);
+  if (published.ok()) published = storage.SyncDir(staging);
+  if (published.ok()) published = storage.Rename(staging, dir);
+  if (published.ok()) published = storage.SyncDir(std::string(Dirname(dir)));
+  if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
+  return published.WithContext("publishing " + dir);
+}
+
 }  // namespace ckpt::engine

@@ -7,12 +7,15 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ckpt/comm.h"
 #include "ckpt/status.h"
 #include "ckpt/storage.h"
 #include "engine/shard_dir.h"
+#include "format/dcp_metadata.h"
 
 namespace ckpt::engine {
 
@@ -32,6 +35,18 @@ Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage&
 // The raw bytes of `checkpoint`'s byte entries (torch.save of each object).
 Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(Storage& storage, const std::string& dir,
                                                                    const SavedCheckpoint& checkpoint);
+
+// Writes `blobs` back to back into the new file `staging/file` and makes it
+// durable; returns each blob's (offset, length).
+Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& storage, const std::string& staging,
+                                                                    const std::string& file,
+                                                                    const std::vector<std::string_view>& blobs);
+
+// Coordinator, once every rank's data file is durable: writes `.metadata`
+// (WriteDcpMetadata) into `staging`, renames `staging` to `dir` and syncs
+// the parent. On failure the staging directory is removed and nothing
+// appears at `dir`.
+Status PublishDcpDir(Storage& storage, const std::string& staging, const std::string& dir, const DcpMetadata& meta);
 
 }  // namespace ckpt::engine
 
