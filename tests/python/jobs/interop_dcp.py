@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 
 FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
-FULL = StateDictOptions(flatten_optimizer_state_dict=True, full_state_dict=True, cpu_offload=True)
+FULL = StateDictOptions(flatten_optimizer_state_dict=True, full_state_dict=True)
 
 
 def build() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -92,7 +92,7 @@ def main() -> None:
     dcp.save(nemo_optim(model, opt, sched), checkpoint_id=os.path.join(root, "optim"))
     dcp.save(get_model_state_dict(model), checkpoint_id=os.path.join(root, "model"))
     ckpt.save(nemo_optim(model, opt, sched), os.path.join(root, "ckpt_optim"), format="dcp")
-    full_model = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full_model = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     ref = {"model": full_model, "optim": get_optimizer_state_dict(model, opt, options=FULL), "sched": sched.state_dict()}
     if rank == 0:
         torch.save(ref, os.path.join(root, "ref.pt"))
