@@ -252,6 +252,30 @@ Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(Storage& stor
   return out;
 }
 
+Status VerifyDcpDir(Storage& storage, const std::string& dir) {
+  CKPT_RETURN_IF_ERROR(ReadDcpCheckpoint(storage, dir).status());
+  const std::string meta_path = JoinPath(dir, kDcpMetadataName);
+  CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, meta_path));
+  CKPT_ASSIGN_OR_RETURN(DcpMetadata meta, ParseDcpMetadata(text, meta_path));
+  std::vector<std::pair<std::string, DcpStorageInfo>> entries;
+  for (const auto& [fqn, t] : meta.tensors) {
+    for (const DcpChunk& c : t.chunks) entries.emplace_back("tensor '" + fqn + "' chunk at " + Dims(c.offsets), c.storage);
+  }
+  for (const auto& [fqn, b] : meta.bytes) entries.emplace_back("bytes entry '" + fqn + "'", b);
+  std::map<std::string, std::unique_ptr<ReadableFile>> files;
+  for (const auto& [what, at] : entries) {
+    auto& f = files[at.relative_path];
+    if (!f) CKPT_ASSIGN_OR_RETURN(f, storage.OpenRead(JoinPath(dir, at.relative_path)));
+    const std::string where = f->path() + " bytes [" + std::to_string(at.offset) + ", " +
+                              std::to_string(at.offset + at.length) + ") (" + what + ")";
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ZipArchive> zip,
+                          ZipArchive::Open(std::make_unique<SliceFile>(*f, at.offset, at.length, where)));
+    CKPT_RETURN_IF_ERROR(zip->CheckStored());
+    for (const auto& [name, e] : zip->entries()) CKPT_RETURN_IF_ERROR(zip->CheckCrc(e));
+  }
+  return Status();
+}
+
 Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& storage, const std::string& staging,
                                                                     const std::string& file,
                                                                     const std::vector<std::string_view>& blobs) {

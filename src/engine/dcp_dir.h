@@ -36,6 +36,10 @@ Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage&
 Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(Storage& storage, const std::string& dir,
                                                                    const SavedCheckpoint& checkpoint);
 
+// ReadDcpCheckpoint's checks, then every entry (each a torch.save archive)
+// read whole with each zip record's CRC-32 compared.
+Status VerifyDcpDir(Storage& storage, const std::string& dir);
+
 // Writes `blobs` back to back into the new file `staging/file` and makes it
 // durable; returns each blob's (offset, length).
 Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& storage, const std::string& staging,

@@ -10,16 +10,21 @@ the same directories in one process and feed ckpt hostile metadata.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pickle
 import shutil
+import struct
 import sys
+import zipfile
 from pathlib import Path
 
 import ckpt
 import pytest
+import safetensors.torch as st
 import torch
-from conftest import run_ranks
+from conftest import cli, run_ranks
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
@@ -99,6 +104,47 @@ def test_one_process_loads_a_4_rank_dcp_optimizer_dir_into_plain_tensors(saved):
             assert got == v, k
     assert sd["sched"] == ref["sched"]
     assert stats.bytes_read >= sum(v.numel() * v.element_size() for v in ref["optim"].values() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("world", (4, 1))
+def test_ckpt_inspect_verify_and_consolidate_accept_dcp_directories(saved, tmp_path, world):
+    ref = _reference(saved[world])
+    info = json.loads(cli("inspect", "--json", saved[world] / "model").stdout)
+    assert info["kind"] == "dcp"
+    shapes = {t["name"]: (t["dtype"], t["shape"]) for t in info["tensors"]}
+    assert shapes == {k: (("F32"), list(v.shape)) for k, v in ref["model"].items()}
+    optim = json.loads(cli("inspect", "--json", saved[world] / "optim").stdout)
+    assert {t["name"] for t in optim["tensors"]} == {
+        f"optim.{k}" for k, v in ref["optim"].items() if isinstance(v, torch.Tensor)
+    }
+    cli("verify", saved[world] / "optim")
+    cli("verify", saved[world] / "ckpt_optim")
+    out = tmp_path / "hf"
+    cli("consolidate", saved[world] / "model", out)
+    got = {}
+    for f in sorted(out.glob("*.safetensors")):
+        got.update(st.load_file(str(f)))
+    assert got.keys() == ref["model"].keys()
+    for k, v in ref["model"].items():
+        assert torch.equal(got[k].view(torch.uint8), v.contiguous().view(torch.uint8)), k
+
+
+def test_ckpt_verify_finds_a_flipped_byte_in_a_distcp_file(saved, tmp_path):
+    d = _copy(saved, tmp_path)
+    md = pickle.loads((d / ".metadata").read_bytes())
+    info = _first_tensor_entry(md)
+    data = bytearray((d / info.relative_path).read_bytes())
+    # Flip the first byte of the chunk's tensor data (record data/0 of the
+    # torch.save archive at the entry): local header, name, extra, data.
+    with zipfile.ZipFile(io.BytesIO(bytes(data[info.offset : info.offset + info.length]))) as z:
+        rec = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    at = info.offset + rec.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[at + 26 : at + 30])
+    data[at + 30 + name_len + extra_len] ^= 0xFF
+    (d / info.relative_path).write_bytes(bytes(data))
+    proc = cli("verify", d, ok=False)
+    assert proc.returncode != 0
+    assert info.relative_path in proc.stderr, proc.stderr
 
 
 def _copy(saved: dict[int, Path], tmp_path: Path) -> Path:
