@@ -104,9 +104,9 @@ def save_dcp(state_dict: Mapping[str, Any], path: str, process_group: Any = None
         byte_items = sorted(objects.items()) if rank == 0 else []
         blobs += [_serialize(v) for _, v in byte_items]
         ranges = _ckpt.write_dcp_data_file(staging, file, blobs)
-        for c, (off, length) in zip(mine, ranges):
+        for c, (off, length) in zip(mine, ranges[: len(mine)], strict=True):
             records[0].append((c[0], c[1], c[2], c[3], c[4], file, off, length))
-        for (fqn, _), (off, length) in zip(byte_items, ranges[len(mine) :]):
+        for (fqn, _), (off, length) in zip(byte_items, ranges[len(mine) :], strict=True):
             records[1].append((fqn, file, off, length))
     except (CheckpointError, RuntimeError, TypeError) as e:
         error = f"{type(e).__name__}: {e}"

@@ -40,11 +40,6 @@ class SliceFile : public ReadableFile {
   std::string name_;
 };
 
-std::string Dims(const std::vector<uint64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
 
 // The absolute offset in the .distcp file of the chunk's first byte.
 Result<uint64_t> LocateChunk(const ReadableFile& file, const DcpStorageInfo& at, const std::string& fqn, DType dtype,
@@ -63,8 +58,8 @@ Result<uint64_t> LocateChunk(const ReadableFile& file, const DcpStorageInfo& at,
   CKPT_ASSIGN_OR_RETURN(std::string pickle, zip->ReadEntry(*pkl, 1u << 20));
   CKPT_ASSIGN_OR_RETURN(TorchTensorRecord r, ParseTorchTensorPickle(pickle, where + " data.pkl"));
   if (r.dtype != dtype || r.size != sizes) {
-    return InvalidArgumentError(where + ": the archive holds " + std::string(DTypeName(r.dtype)) + " " + Dims(r.size) +
-                                " but .metadata says " + std::string(DTypeName(dtype)) + " " + Dims(sizes));
+    return InvalidArgumentError(where + ": the archive holds " + std::string(DTypeName(r.dtype)) + " " + Shape(r.size).ToString() +
+                                " but .metadata says " + std::string(DTypeName(dtype)) + " " + Shape(sizes).ToString());
   }
   if (!r.contiguous()) return InvalidArgumentError(where + ": the stored view is not contiguous");
   const ZipEntry* data = zip->Find("data/" + r.storage_key);
@@ -195,7 +190,7 @@ Result<SavedCheckpoint> ReadDcpCheckpoint(Storage& storage, const std::string& d
   };
   for (const auto& [fqn, t] : meta.tensors) {
     for (const DcpChunk& c : t.chunks) {
-      CKPT_ASSIGN_OR_RETURN(uint32_t i, inside(c.storage, "tensor '" + fqn + "' chunk at " + Dims(c.offsets)));
+      CKPT_ASSIGN_OR_RETURN(uint32_t i, inside(c.storage, "tensor '" + fqn + "' chunk at " + Shape(c.offsets).ToString()));
       plan::SavedChunk ch;
       ch.file = i;
       ch.box = plan::Box{c.offsets, c.sizes};
@@ -213,7 +208,7 @@ Result<SavedCheckpoint> ReadDcpCheckpoint(Storage& storage, const std::string& d
     const plan::SavedTensor* s = out.index.Find(fqn);
     if (s == nullptr) continue;  // no chunks: nothing to read
     if (!(s->global == Shape(t.size))) {
-      return DataLossError(meta_path + ": tensor '" + fqn + "' has size " + Dims(t.size) + " but its chunks cover " +
+      return DataLossError(meta_path + ": tensor '" + fqn + "' has size " + Shape(t.size).ToString() + " but its chunks cover " +
                            s->global.ToString());
     }
   }
@@ -259,13 +254,15 @@ Status VerifyDcpDir(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(DcpMetadata meta, ParseDcpMetadata(text, meta_path));
   std::vector<std::pair<std::string, DcpStorageInfo>> entries;
   for (const auto& [fqn, t] : meta.tensors) {
-    for (const DcpChunk& c : t.chunks) entries.emplace_back("tensor '" + fqn + "' chunk at " + Dims(c.offsets), c.storage);
+    for (const DcpChunk& c : t.chunks) entries.emplace_back("tensor '" + fqn + "' chunk at " + Shape(c.offsets).ToString(), c.storage);
   }
   for (const auto& [fqn, b] : meta.bytes) entries.emplace_back("bytes entry '" + fqn + "'", b);
   std::map<std::string, std::unique_ptr<ReadableFile>> files;
   for (const auto& [what, at] : entries) {
-    auto& f = files[at.relative_path];
-    if (!f) CKPT_ASSIGN_OR_RETURN(f, storage.OpenRead(JoinPath(dir, at.relative_path)));
+    std::unique_ptr<ReadableFile>& f = files[at.relative_path];
+    if (!f) {
+      CKPT_ASSIGN_OR_RETURN(f, storage.OpenRead(JoinPath(dir, at.relative_path)));
+    }
     const std::string where = f->path() + " bytes [" + std::to_string(at.offset) + ", " +
                               std::to_string(at.offset + at.length) + ") (" + what + ")";
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ZipArchive> zip,

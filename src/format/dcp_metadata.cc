@@ -3,6 +3,8 @@
 #include <cstring>
 #include <set>
 
+#include "ckpt/shape.h"
+
 #include "format/pickle_machine.h"
 
 namespace ckpt {
@@ -112,11 +114,6 @@ std::string Key(const std::string& fqn, const std::vector<uint64_t>& offsets) {
   return k;
 }
 
-std::string Dims(const std::vector<uint64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
 
 // A minimal protocol-2 pickle writer: no memo, every global spelled out.
 class Writer {
@@ -193,7 +190,7 @@ Result<DcpMetadata> ParseDcpMetadata(std::string_view data, std::string_view sou
     }
     CKPT_ASSIGN_OR_RETURN(DcpStorageInfo info, w.Storage(sdata->items[i + 1], "storage of " + Quote(fqn)));
     if (!storage.emplace(Key(fqn, offsets), std::move(info)).second) {
-      return w.Fail(where, "a second storage entry for " + Quote(fqn) + " at offsets " + Dims(offsets));
+      return w.Fail(where, "a second storage entry for " + Quote(fqn) + " at offsets " + Shape(offsets).ToString());
     }
   }
 
@@ -227,17 +224,17 @@ Result<DcpMetadata> ParseDcpMetadata(std::string_view data, std::string_view sou
       CKPT_ASSIGN_OR_RETURN(chunk.offsets, w.Ints(Walker::Attr(ch, "offsets"), cw + ".offsets"));
       CKPT_ASSIGN_OR_RETURN(chunk.sizes, w.Ints(Walker::Attr(ch, "sizes"), cw + ".sizes"));
       if (chunk.offsets.size() != tensor.size.size() || chunk.sizes.size() != tensor.size.size()) {
-        return w.Fail(cw, "offsets " + Dims(chunk.offsets) + " and sizes " + Dims(chunk.sizes) +
-                              " do not have the rank of the tensor's size " + Dims(tensor.size));
+        return w.Fail(cw, "offsets " + Shape(chunk.offsets).ToString() + " and sizes " + Shape(chunk.sizes).ToString() +
+                              " do not have the rank of the tensor's size " + Shape(tensor.size).ToString());
       }
       for (size_t d = 0; d < tensor.size.size(); ++d) {
         if (chunk.offsets[d] > tensor.size[d] || chunk.sizes[d] > tensor.size[d] - chunk.offsets[d]) {
-          return w.Fail(cw, "offsets " + Dims(chunk.offsets) + " + sizes " + Dims(chunk.sizes) +
-                                " reach past the tensor's size " + Dims(tensor.size) + " in dimension " + std::to_string(d));
+          return w.Fail(cw, "offsets " + Shape(chunk.offsets).ToString() + " + sizes " + Shape(chunk.sizes).ToString() +
+                                " reach past the tensor's size " + Shape(tensor.size).ToString() + " in dimension " + std::to_string(d));
         }
       }
       auto it = storage.find(Key(fqn, chunk.offsets));
-      if (it == storage.end()) return w.Fail(cw, "no storage_data entry for offsets " + Dims(chunk.offsets));
+      if (it == storage.end()) return w.Fail(cw, "no storage_data entry for offsets " + Shape(chunk.offsets).ToString());
       chunk.storage = it->second;
       ++used;
       tensor.chunks.push_back(std::move(chunk));

@@ -18,6 +18,7 @@ namespace ckpt {
 namespace {
 
 using testing::PickleWriter;
+using testing::StatusIs;
 
 constexpr std::string_view kMeta = "torch.distributed.checkpoint.metadata";
 

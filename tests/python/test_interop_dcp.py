@@ -92,7 +92,9 @@ def _reference(root: Path) -> dict:
 def test_one_process_loads_a_4_rank_dcp_optimizer_dir_into_plain_tensors(saved):
     ref = _reference(saved[4])
     sd = {
-        "optim": {k: torch.empty_like(v) if isinstance(v, torch.Tensor) else None for k, v in ref["optim"].items()},
+        "optim": {
+            k: torch.empty_like(v) if isinstance(v, torch.Tensor) else None for k, v in ref["optim"].items()
+        },
         "sched": {k: None for k in ref["sched"]},
     }
     stats = ckpt.load(sd, saved[4] / "optim")
@@ -103,7 +105,9 @@ def test_one_process_loads_a_4_rank_dcp_optimizer_dir_into_plain_tensors(saved):
         else:
             assert got == v, k
     assert sd["sched"] == ref["sched"]
-    assert stats.bytes_read >= sum(v.numel() * v.element_size() for v in ref["optim"].values() if isinstance(v, torch.Tensor))
+    assert stats.bytes_read >= sum(
+        v.numel() * v.element_size() for v in ref["optim"].values() if isinstance(v, torch.Tensor)
+    )
 
 
 @pytest.mark.parametrize("world", (4, 1))
@@ -169,11 +173,15 @@ class _Evil:
         return (os.system, ("touch PWNED",))
 
 
-def test_a_metadata_pickle_naming_a_foreign_global_is_refused_before_anything_runs(saved, tmp_path, monkeypatch):
+def test_a_metadata_pickle_naming_a_foreign_global_is_refused_before_anything_runs(
+    saved, tmp_path, monkeypatch
+):
     d = _copy(saved, tmp_path)
     monkeypatch.chdir(tmp_path)
     _rewrite(d, lambda md: setattr(md, "planner_data", _Evil()))
-    with pytest.raises(ckpt.InvalidArgumentError, match=r"\.metadata: pickle byte \d+: global 'posix\.system' is not allowed"):
+    with pytest.raises(
+        ckpt.InvalidArgumentError, match=r"\.metadata: pickle byte \d+: global 'posix\.system' is not allowed"
+    ):
         ckpt.load(_target(saved), d)
     assert not (tmp_path / "PWNED").exists()
 
@@ -211,7 +219,13 @@ def _first_tensor_entry(md: Metadata):
             r"entry 'optim\.state\.0\.weight\.exp_avg': is a str, not a TensorStorageMetadata",
         ),
     ],
-    ids=["offset is a str", "offset past the file", "path outside the directory", "compressed", "wrong entry type"],
+    ids=[
+        "offset is a str",
+        "offset past the file",
+        "path outside the directory",
+        "compressed",
+        "wrong entry type",
+    ],
 )
 def test_hostile_metadata_is_refused_with_a_clear_error(saved, tmp_path, change, error, message):
     d = _copy(saved, tmp_path)

@@ -54,7 +54,9 @@ def build() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_sche
     return model, opt, sched
 
 
-def train(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+def train(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler
+) -> None:
     g = torch.Generator().manual_seed(1)
     for _ in range(2):
         x = torch.randn(4, 6, generator=g)
@@ -93,7 +95,11 @@ def main() -> None:
     dcp.save(get_model_state_dict(model), checkpoint_id=os.path.join(root, "model"))
     ckpt.save(nemo_optim(model, opt, sched), os.path.join(root, "ckpt_optim"), format="dcp")
     full_model = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    ref = {"model": full_model, "optim": get_optimizer_state_dict(model, opt, options=FULL), "sched": sched.state_dict()}
+    ref = {
+        "model": full_model,
+        "optim": get_optimizer_state_dict(model, opt, options=FULL),
+        "sched": sched.state_dict(),
+    }
     if rank == 0:
         torch.save(ref, os.path.join(root, "ref.pt"))
     dist.barrier()
