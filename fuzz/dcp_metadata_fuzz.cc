@@ -23,12 +23,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (size_t d = 0; d < t.size.size(); ++d) {
         if (c.offsets[d] > t.size[d] || c.sizes[d] > t.size[d] - c.offsets[d]) std::abort();
       }
-      if (c.storage.relative_path.empty() || c.storage.relative_path.find('/') != std::string::npos) std::abort();
+      if (c.storage.relative_path.empty() || c.storage.relative_path.find('/') != std::string::npos)
+        std::abort();
     }
   }
   Result<std::string> again = WriteDcpMetadata(*m);
   if (!again.ok()) return 0;  // a dtype torch cannot name
   Result<DcpMetadata> back = ParseDcpMetadata(*again, "fuzz rewrite");
-  if (!back.ok() || back->tensors.size() != m->tensors.size() || back->bytes.size() != m->bytes.size()) std::abort();
+  if (!back.ok() || back->tensors.size() != m->tensors.size() ||
+      back->bytes.size() != m->bytes.size())
+    std::abort();
   return 0;
 }

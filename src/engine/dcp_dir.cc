@@ -23,13 +23,15 @@ class SliceFile : public ReadableFile {
   uint64_t Size() const override { return length_; }
   Status ReadAt(uint64_t offset, std::span<std::byte> dst) const override {
     if (offset > length_ || dst.size() > length_ - offset) {
-      return DataLossError(name_ + ": read [" + std::to_string(offset) + ", " + std::to_string(offset + dst.size()) +
-                           ") past the end of the " + std::to_string(length_) + "-byte entry");
+      return DataLossError(name_ + ": read [" + std::to_string(offset) + ", " +
+                           std::to_string(offset + dst.size()) + ") past the end of the " +
+                           std::to_string(length_) + "-byte entry");
     }
     return base_.ReadAt(offset_ + offset, dst);
   }
   Result<MappedRegion> Map(uint64_t offset, uint64_t length) const override {
-    if (offset > length_ || length > length_ - offset) return DataLossError(name_ + ": map past the end of the entry");
+    if (offset > length_ || length > length_ - offset)
+      return DataLossError(name_ + ": map past the end of the entry");
     return base_.Map(offset_ + offset, length);
   }
   const std::string& path() const override { return name_; }
@@ -40,34 +42,41 @@ class SliceFile : public ReadableFile {
   std::string name_;
 };
 
-
 // The absolute offset in the .distcp file of the chunk's first byte.
-Result<uint64_t> LocateChunk(const ReadableFile& file, const DcpStorageInfo& at, const std::string& fqn, DType dtype,
+Result<uint64_t> LocateChunk(const ReadableFile& file, const DcpStorageInfo& at,
+                             const std::string& fqn, DType dtype,
                              const std::vector<uint64_t>& sizes) {
   const std::string where = file.path() + " bytes [" + std::to_string(at.offset) + ", " +
-                            std::to_string(at.offset + at.length) + ") (tensor '" + fqn + "' chunk)";
+                            std::to_string(at.offset + at.length) + ") (tensor '" + fqn +
+                            "' chunk)";
   auto slice = std::make_unique<SliceFile>(file, at.offset, at.length, where);
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ZipArchive> zip, ZipArchive::Open(std::move(slice)));
   CKPT_RETURN_IF_ERROR(zip->CheckStored());
   const ZipEntry* pkl = zip->Find("data.pkl");
-  if (pkl == nullptr) return InvalidArgumentError(where + ": not a torch.save archive (no data.pkl)");
+  if (pkl == nullptr)
+    return InvalidArgumentError(where + ": not a torch.save archive (no data.pkl)");
   if (const ZipEntry* order = zip->Find("byteorder")) {
     CKPT_ASSIGN_OR_RETURN(std::string bo, zip->ReadEntry(*order, 16));
-    if (bo != "little") return InvalidArgumentError(where + ": byteorder '" + bo + "' is not little");
+    if (bo != "little")
+      return InvalidArgumentError(where + ": byteorder '" + bo + "' is not little");
   }
   CKPT_ASSIGN_OR_RETURN(std::string pickle, zip->ReadEntry(*pkl, 1u << 20));
   CKPT_ASSIGN_OR_RETURN(TorchTensorRecord r, ParseTorchTensorPickle(pickle, where + " data.pkl"));
   if (r.dtype != dtype || r.size != sizes) {
-    return InvalidArgumentError(where + ": the archive holds " + std::string(DTypeName(r.dtype)) + " " + Shape(r.size).ToString() +
-                                " but .metadata says " + std::string(DTypeName(dtype)) + " " + Shape(sizes).ToString());
+    return InvalidArgumentError(where + ": the archive holds " + std::string(DTypeName(r.dtype)) +
+                                " " + Shape(r.size).ToString() + " but .metadata says " +
+                                std::string(DTypeName(dtype)) + " " + Shape(sizes).ToString());
   }
   if (!r.contiguous()) return InvalidArgumentError(where + ": the stored view is not contiguous");
   const ZipEntry* data = zip->Find("data/" + r.storage_key);
-  if (data == nullptr) return InvalidArgumentError(where + ": storage record data/" + r.storage_key + " is missing");
+  if (data == nullptr)
+    return InvalidArgumentError(where + ": storage record data/" + r.storage_key + " is missing");
   const uint64_t esz = DTypeBits(dtype) / 8;
-  if (data->size != r.storage_bytes || r.offset > data->size / esz || r.nbytes() > data->size - r.offset * esz) {
-    return InvalidArgumentError(where + ": storage record data/" + r.storage_key + " of " + std::to_string(data->size) +
-                                " bytes does not hold the " + std::to_string(r.nbytes()) + "-byte view at element " +
+  if (data->size != r.storage_bytes || r.offset > data->size / esz ||
+      r.nbytes() > data->size - r.offset * esz) {
+    return InvalidArgumentError(where + ": storage record data/" + r.storage_key + " of " +
+                                std::to_string(data->size) + " bytes does not hold the " +
+                                std::to_string(r.nbytes()) + "-byte view at element " +
                                 std::to_string(r.offset));
   }
   return at.offset + data->data_offset + r.offset * esz;
@@ -182,20 +191,24 @@ Result<SavedCheckpoint> ReadDcpCheckpoint(Storage& storage, const std::string& d
   auto inside = [&](const DcpStorageInfo& s, const std::string& what) -> Result<uint32_t> {
     const uint32_t i = file_index.at(s.relative_path);
     if (s.offset > out.listing.sizes[i] || s.length > out.listing.sizes[i] - s.offset) {
-      return DataLossError(meta_path + ": " + what + " is stored at bytes [" + std::to_string(s.offset) + ", " +
-                           std::to_string(s.offset + s.length) + ") of " + s.relative_path + ", which has " +
+      return DataLossError(meta_path + ": " + what + " is stored at bytes [" +
+                           std::to_string(s.offset) + ", " + std::to_string(s.offset + s.length) +
+                           ") of " + s.relative_path + ", which has " +
                            std::to_string(out.listing.sizes[i]) + " bytes");
     }
     return i;
   };
   for (const auto& [fqn, t] : meta.tensors) {
     for (const DcpChunk& c : t.chunks) {
-      CKPT_ASSIGN_OR_RETURN(uint32_t i, inside(c.storage, "tensor '" + fqn + "' chunk at " + Shape(c.offsets).ToString()));
+      CKPT_ASSIGN_OR_RETURN(uint32_t i, inside(c.storage, "tensor '" + fqn + "' chunk at " +
+                                                              Shape(c.offsets).ToString()));
       plan::SavedChunk ch;
       ch.file = i;
       ch.box = plan::Box{c.offsets, c.sizes};
-      CKPT_ASSIGN_OR_RETURN(ch.data_offset, LocateChunk(*files[i], c.storage, fqn, t.dtype, c.sizes));
-      CKPT_RETURN_IF_ERROR(out.index.Add(fqn, t.dtype, std::move(ch), JoinPath(dir, c.storage.relative_path)));
+      CKPT_ASSIGN_OR_RETURN(ch.data_offset,
+                            LocateChunk(*files[i], c.storage, fqn, t.dtype, c.sizes));
+      CKPT_RETURN_IF_ERROR(
+          out.index.Add(fqn, t.dtype, std::move(ch), JoinPath(dir, c.storage.relative_path)));
     }
   }
   for (const auto& [fqn, b] : meta.bytes) {
@@ -208,15 +221,16 @@ Result<SavedCheckpoint> ReadDcpCheckpoint(Storage& storage, const std::string& d
     const plan::SavedTensor* s = out.index.Find(fqn);
     if (s == nullptr) continue;  // no chunks: nothing to read
     if (!(s->global == Shape(t.size))) {
-      return DataLossError(meta_path + ": tensor '" + fqn + "' has size " + Shape(t.size).ToString() + " but its chunks cover " +
+      return DataLossError(meta_path + ": tensor '" + fqn + "' has size " +
+                           Shape(t.size).ToString() + " but its chunks cover " +
                            s->global.ToString());
     }
   }
   return out;
 }
 
-Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage& storage, const std::string& dir,
-                                                    Timeout timeout) {
+Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage& storage,
+                                                    const std::string& dir, Timeout timeout) {
   const std::string what = "reading " + dir;
   std::string text;
   Status read;
@@ -230,13 +244,14 @@ Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage&
   return Decode(text);
 }
 
-Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(Storage& storage, const std::string& dir,
-                                                                   const SavedCheckpoint& checkpoint) {
+Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(
+    Storage& storage, const std::string& dir, const SavedCheckpoint& checkpoint) {
   std::map<std::string, std::vector<std::byte>> out;
   for (const auto& [fqn, b] : checkpoint.byte_entries) {
     if (b.length > kMaxSideFileBytes) {
-      return FailedPreconditionError(dir + ": bytes entry '" + fqn + "' of " + std::to_string(b.length) +
-                                     " bytes is larger than " + std::to_string(kMaxSideFileBytes));
+      return FailedPreconditionError(dir + ": bytes entry '" + fqn + "' of " +
+                                     std::to_string(b.length) + " bytes is larger than " +
+                                     std::to_string(kMaxSideFileBytes));
     }
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f,
                           storage.OpenRead(JoinPath(dir, checkpoint.listing.files[b.file])));
@@ -254,7 +269,9 @@ Status VerifyDcpDir(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(DcpMetadata meta, ParseDcpMetadata(text, meta_path));
   std::vector<std::pair<std::string, DcpStorageInfo>> entries;
   for (const auto& [fqn, t] : meta.tensors) {
-    for (const DcpChunk& c : t.chunks) entries.emplace_back("tensor '" + fqn + "' chunk at " + Shape(c.offsets).ToString(), c.storage);
+    for (const DcpChunk& c : t.chunks)
+      entries.emplace_back("tensor '" + fqn + "' chunk at " + Shape(c.offsets).ToString(),
+                           c.storage);
   }
   for (const auto& [fqn, b] : meta.bytes) entries.emplace_back("bytes entry '" + fqn + "'", b);
   std::map<std::string, std::unique_ptr<ReadableFile>> files;
@@ -265,19 +282,21 @@ Status VerifyDcpDir(Storage& storage, const std::string& dir) {
     }
     const std::string where = f->path() + " bytes [" + std::to_string(at.offset) + ", " +
                               std::to_string(at.offset + at.length) + ") (" + what + ")";
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ZipArchive> zip,
-                          ZipArchive::Open(std::make_unique<SliceFile>(*f, at.offset, at.length, where)));
+    CKPT_ASSIGN_OR_RETURN(
+        std::unique_ptr<ZipArchive> zip,
+        ZipArchive::Open(std::make_unique<SliceFile>(*f, at.offset, at.length, where)));
     CKPT_RETURN_IF_ERROR(zip->CheckStored());
     for (const auto& [name, e] : zip->entries()) CKPT_RETURN_IF_ERROR(zip->CheckCrc(e));
   }
   return Status();
 }
 
-Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& storage, const std::string& staging,
-                                                                    const std::string& file,
-                                                                    const std::vector<std::string_view>& blobs) {
+Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(
+    Storage& storage, const std::string& staging, const std::string& file,
+    const std::vector<std::string_view>& blobs) {
   const std::string path = JoinPath(staging, file);
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, storage.OpenWrite(path, CreateMode::kExclusive));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f,
+                        storage.OpenWrite(path, CreateMode::kExclusive));
   std::vector<std::pair<uint64_t, uint64_t>> out;
   uint64_t at = 0;
   for (std::string_view b : blobs) {
@@ -290,10 +309,12 @@ Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& sto
   return out;
 }
 
-Status PublishDcpDir(Storage& storage, const std::string& staging, const std::string& dir, const DcpMetadata& meta) {
+Status PublishDcpDir(Storage& storage, const std::string& staging, const std::string& dir,
+                     const DcpMetadata& meta) {
   Result<std::string> pickle = WriteDcpMetadata(meta);
   Status published = pickle.status();
-  if (published.ok()) published = WriteFileAtomically(storage, JoinPath(staging, kDcpMetadataName), *pickle);
+  if (published.ok())
+    published = WriteFileAtomically(storage, JoinPath(staging, kDcpMetadataName), *pickle);
   if (published.ok()) published = storage.SyncDir(staging);
   if (published.ok()) published = storage.Rename(staging, dir);
   if (published.ok()) published = storage.SyncDir(std::string(Dirname(dir)));

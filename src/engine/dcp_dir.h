@@ -29,12 +29,12 @@ Result<bool> IsDcpDir(Storage& storage, const std::string& dir);
 Result<SavedCheckpoint> ReadDcpCheckpoint(Storage& storage, const std::string& dir);
 
 // Collective: rank 0 runs ReadDcpCheckpoint and shares the result.
-Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage& storage, const std::string& dir,
-                                                    Timeout timeout);
+Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage& storage,
+                                                    const std::string& dir, Timeout timeout);
 
 // The raw bytes of `checkpoint`'s byte entries (torch.save of each object).
-Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(Storage& storage, const std::string& dir,
-                                                                   const SavedCheckpoint& checkpoint);
+Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(
+    Storage& storage, const std::string& dir, const SavedCheckpoint& checkpoint);
 
 // ReadDcpCheckpoint's checks, then every entry (each a torch.save archive)
 // read whole with each zip record's CRC-32 compared.
@@ -42,15 +42,16 @@ Status VerifyDcpDir(Storage& storage, const std::string& dir);
 
 // Writes `blobs` back to back into the new file `staging/file` and makes it
 // durable; returns each blob's (offset, length).
-Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(Storage& storage, const std::string& staging,
-                                                                    const std::string& file,
-                                                                    const std::vector<std::string_view>& blobs);
+Result<std::vector<std::pair<uint64_t, uint64_t>>> WriteDcpDataFile(
+    Storage& storage, const std::string& staging, const std::string& file,
+    const std::vector<std::string_view>& blobs);
 
 // Coordinator, once every rank's data file is durable: writes `.metadata`
 // (WriteDcpMetadata) into `staging`, renames `staging` to `dir` and syncs
 // the parent. On failure the staging directory is removed and nothing
 // appears at `dir`.
-Status PublishDcpDir(Storage& storage, const std::string& staging, const std::string& dir, const DcpMetadata& meta);
+Status PublishDcpDir(Storage& storage, const std::string& staging, const std::string& dir,
+                     const DcpMetadata& meta);
 
 }  // namespace ckpt::engine
 

@@ -39,20 +39,34 @@ enum class Kind : uint8_t {
 
 inline const char* KindName(Kind k) {
   switch (k) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kStr: return "str";
-    case Kind::kBytes: return "bytes";
-    case Kind::kTuple: return "tuple";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kSet: return "set";
-    case Kind::kGlobal: return "global";
-    case Kind::kStorage: return "storage";
-    case Kind::kTensor: return "tensor";
-    case Kind::kObject: return "object";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kStr:
+      return "str";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kSet:
+      return "set";
+    case Kind::kGlobal:
+      return "global";
+    case Kind::kStorage:
+      return "storage";
+    case Kind::kTensor:
+      return "tensor";
+    case Kind::kObject:
+      return "object";
   }
   return "?";
 }
@@ -107,10 +121,12 @@ struct StorageType {
   DType dtype;
 };
 inline constexpr StorageType kStorageTypes[] = {
-    {"DoubleStorage", DType::kF64}, {"FloatStorage", DType::kF32},       {"HalfStorage", DType::kF16},
-    {"BFloat16Storage", DType::kBF16}, {"LongStorage", DType::kI64},     {"IntStorage", DType::kI32},
-    {"ShortStorage", DType::kI16},  {"CharStorage", DType::kI8},         {"ByteStorage", DType::kU8},
-    {"BoolStorage", DType::kBool},  {"ComplexFloatStorage", DType::kC64},
+    {"DoubleStorage", DType::kF64},       {"FloatStorage", DType::kF32},
+    {"HalfStorage", DType::kF16},         {"BFloat16Storage", DType::kBF16},
+    {"LongStorage", DType::kI64},         {"IntStorage", DType::kI32},
+    {"ShortStorage", DType::kI16},        {"CharStorage", DType::kI8},
+    {"ByteStorage", DType::kU8},          {"BoolStorage", DType::kBool},
+    {"ComplexFloatStorage", DType::kC64},
 };
 
 inline bool ValidUtf8(std::string_view s) { return FindInvalidUtf8(s) == std::string_view::npos; }
@@ -127,15 +143,19 @@ class Machine {
 
  private:
   Status Fail(const std::string& what) const {
-    return InvalidArgumentError(std::string(source_) + ": pickle byte " + std::to_string(op_pos_) + ": " + what);
+    return InvalidArgumentError(std::string(source_) + ": pickle byte " + std::to_string(op_pos_) +
+                                ": " + what);
   }
   Status BadOpcode(unsigned char op) const {
     static const char* kHex = "0123456789abcdef";
     std::string hex = "0x";
     hex += kHex[op >> 4];
     hex += kHex[op & 15];
-    return Fail("opcode " + hex + (op >= 0x20 && op < 0x7f ? " ('" + std::string(1, static_cast<char>(op)) + "')" : "") +
-                " is not allowed in " + (dialect_ == PickleDialect::kDcpMetadata ? "DCP metadata" : "a torch state dict"));
+    return Fail(
+        "opcode " + hex +
+        (op >= 0x20 && op < 0x7f ? " ('" + std::string(1, static_cast<char>(op)) + "')" : "") +
+        " is not allowed in " +
+        (dialect_ == PickleDialect::kDcpMetadata ? "DCP metadata" : "a torch state dict"));
   }
   Result<Node*> New(Kind k) {
     if (arena_.size() >= limits_.max_objects) {
@@ -149,13 +169,15 @@ class Machine {
   Status Charge(uint64_t bytes) {
     spent_ += bytes;
     if (spent_ > limits_.max_total_bytes) {
-      return Fail("more than " + std::to_string(limits_.max_total_bytes) +
-                  " bytes of strings built, copied or hashed in all (a memoized string reused too often)");
+      return Fail(
+          "more than " + std::to_string(limits_.max_total_bytes) +
+          " bytes of strings built, copied or hashed in all (a memoized string reused too often)");
     }
     return Status();
   }
   Status Push(Node* n) {
-    if (stack_.size() >= limits_.max_stack) return Fail("stack deeper than " + std::to_string(limits_.max_stack));
+    if (stack_.size() >= limits_.max_stack)
+      return Fail("stack deeper than " + std::to_string(limits_.max_stack));
     stack_.push_back(n);
     return Status();
   }
@@ -182,7 +204,8 @@ class Machine {
   }
   Result<std::string_view> Take(uint64_t n, const char* what) {
     if (n > data_.size() - pos_) {
-      return Fail(std::string(what) + " of " + std::to_string(n) + " bytes runs past the end of the pickle");
+      return Fail(std::string(what) + " of " + std::to_string(n) +
+                  " bytes runs past the end of the pickle");
     }
     std::string_view v = data_.substr(pos_, n);
     pos_ += n;
@@ -191,12 +214,14 @@ class Machine {
   Result<uint64_t> TakeLe(uint64_t n, const char* what) {
     CKPT_ASSIGN_OR_RETURN(std::string_view b, Take(n, what));
     uint64_t v = 0;
-    for (uint64_t k = 0; k < n; ++k) v |= static_cast<uint64_t>(static_cast<unsigned char>(b[k])) << (8 * k);
+    for (uint64_t k = 0; k < n; ++k)
+      v |= static_cast<uint64_t>(static_cast<unsigned char>(b[k])) << (8 * k);
     return v;
   }
   Result<std::string_view> Line(const char* what) {
     const size_t nl = data_.find('\n', pos_);
-    if (nl == std::string_view::npos || nl - pos_ > 256) return Fail(std::string(what) + " is not a short line");
+    if (nl == std::string_view::npos || nl - pos_ > 256)
+      return Fail(std::string(what) + " is not a short line");
     std::string_view v = data_.substr(pos_, nl - pos_);
     pos_ = nl + 1;
     return v;
@@ -204,7 +229,8 @@ class Machine {
   Result<Node*> Container(Kind k, std::vector<Node*> items) {
     uint32_t depth = 0;
     for (Node* it : items) depth = std::max(depth, it->depth);
-    if (depth + 1 > limits_.max_depth) return Fail("containers nested deeper than " + std::to_string(limits_.max_depth));
+    if (depth + 1 > limits_.max_depth)
+      return Fail("containers nested deeper than " + std::to_string(limits_.max_depth));
     CKPT_ASSIGN_OR_RETURN(Node * n, New(k));
     n->items = std::move(items);
     n->depth = depth + 1;
@@ -227,7 +253,8 @@ class Machine {
   }
   Status Get(uint64_t index) {
     auto it = memo_.find(index);
-    if (it == memo_.end()) return Fail("GET of memo entry " + std::to_string(index) + ", which was never PUT");
+    if (it == memo_.end())
+      return Fail("GET of memo entry " + std::to_string(index) + ", which was never PUT");
     return Push(it->second);
   }
   Result<Node*> Global(std::string_view module, std::string_view name);
@@ -254,7 +281,8 @@ class Machine {
 };
 // The non-negative ints of tuple `t`, at most `max_rank` of them; errors
 // start with `prefix`.
-Result<std::vector<uint64_t>> IntTuple(Node* t, const char* what, uint32_t max_rank, const std::string& prefix);
+Result<std::vector<uint64_t>> IntTuple(Node* t, const char* what, uint32_t max_rank,
+                                       const std::string& prefix);
 
 }  // namespace ckpt::pickle
 

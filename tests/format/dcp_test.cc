@@ -23,7 +23,8 @@ using testing::StatusIs;
 constexpr std::string_view kMeta = "torch.distributed.checkpoint.metadata";
 
 std::string ReadSourceFile(const std::string& rel) {
-  Result<std::string> s = ReadFileToString(*PosixStorage(), std::string(CKPT_SOURCE_DIR) + "/" + rel);
+  Result<std::string> s =
+      ReadFileToString(*PosixStorage(), std::string(CKPT_SOURCE_DIR) + "/" + rel);
   EXPECT_TRUE(s.ok()) << s.status().ToString();
   return s.ok() ? *s : "";
 }
@@ -102,11 +103,26 @@ std::string Handmade(const Parts& p) {
   }
   w.Op(0x81).EmptyDict().Mark();
   w.Unicode("state_dict_metadata").EmptyDict().Unicode("b");
-  w.Global(std::string(kMeta), "BytesStorageMetadata").EmptyTuple().Op(0x81).EmptyDict().Build().SetItem();
+  w.Global(std::string(kMeta), "BytesStorageMetadata")
+      .EmptyTuple()
+      .Op(0x81)
+      .EmptyDict()
+      .Build()
+      .SetItem();
   w.Unicode("storage_data").EmptyDict();
-  w.Global(std::string(kMeta), "MetadataIndex").EmptyTuple().Op(0x81).EmptyDict().Mark().Unicode("fqn").Unicode("b");
+  w.Global(std::string(kMeta), "MetadataIndex")
+      .EmptyTuple()
+      .Op(0x81)
+      .EmptyDict()
+      .Mark()
+      .Unicode("fqn")
+      .Unicode("b");
   w.Unicode("index").None().SetItems().Build();
-  w.Global("torch.distributed.checkpoint.filesystem", "_StorageInfo").EmptyTuple().Op(0x81).EmptyDict().Mark();
+  w.Global("torch.distributed.checkpoint.filesystem", "_StorageInfo")
+      .EmptyTuple()
+      .Op(0x81)
+      .EmptyDict()
+      .Mark();
   w.Unicode("relative_path").Unicode(p.relative_path).Unicode("offset");
   if (p.offset_as_str) {
     w.Unicode("0");
@@ -136,11 +152,13 @@ TEST(DcpMetadata, HostilePicklesAreRefusedWithTheReason) {
   Parts foreign;
   foreign.root_module = "os";
   foreign.root_class = "system";
-  cases.push_back({"foreign global", Handmade(foreign), "global 'os.system' is not allowed in DCP metadata"});
+  cases.push_back(
+      {"foreign global", Handmade(foreign), "global 'os.system' is not allowed in DCP metadata"});
   Parts rebuild;
   rebuild.root_module = "torch._utils";
   rebuild.root_class = "_rebuild_tensor_v2";
-  cases.push_back({"torch.save global", Handmade(rebuild), "'torch._utils._rebuild_tensor_v2' is not allowed"});
+  cases.push_back(
+      {"torch.save global", Handmade(rebuild), "'torch._utils._rebuild_tensor_v2' is not allowed"});
   Parts wrong_root;
   wrong_root.root_class = "BytesStorageMetadata";
   cases.push_back({"wrong root class", Handmade(wrong_root), "not a Metadata"});
@@ -149,32 +167,39 @@ TEST(DcpMetadata, HostilePicklesAreRefusedWithTheReason) {
   cases.push_back({"constructor arguments", Handmade(args), "expected NEWOBJ with no arguments"});
   Parts str_offset;
   str_offset.offset_as_str = true;
-  cases.push_back({"offset of the wrong type", Handmade(str_offset), "storage of 'b'.offset: is a str, not a non-negative int"});
+  cases.push_back({"offset of the wrong type", Handmade(str_offset),
+                   "storage of 'b'.offset: is a str, not a non-negative int"});
   Parts escape;
   escape.relative_path = "../../etc/passwd";
-  cases.push_back({"path outside the directory", Handmade(escape), "'../../etc/passwd' is not a plain file name"});
+  cases.push_back({"path outside the directory", Handmade(escape),
+                   "'../../etc/passwd' is not a plain file name"});
   Parts transformed;
   transformed.transform = true;
-  cases.push_back({"compressed entry", Handmade(transformed), "transformed (e.g. compressed) entries are not supported"});
+  cases.push_back({"compressed entry", Handmade(transformed),
+                   "transformed (e.g. compressed) entries are not supported"});
   {
     PickleWriter w;
     w.Proto(4).Unicode("os").Unicode("system").Op(0x93).Stop();
-    cases.push_back({"STACK_GLOBAL of a foreign name", w.str(), "global 'os.system' is not allowed"});
+    cases.push_back(
+        {"STACK_GLOBAL of a foreign name", w.str(), "global 'os.system' is not allowed"});
   }
   {
     DcpMetadata m = Sample();
     m.tensors.at("optim.state.w.exp_avg").chunks[1].offsets = {4, 0};  // 4 + 2 > 5
-    cases.push_back({"chunk past the tensor", *WriteDcpMetadata(m), "reach past the tensor's size [5, 3] in dimension 0"});
+    cases.push_back({"chunk past the tensor", *WriteDcpMetadata(m),
+                     "reach past the tensor's size [5, 3] in dimension 0"});
   }
   {
     // Chunk offsets no storage entry matches: rebuilt with the entry's
     // offsets changed by hand.
     std::string p = *WriteDcpMetadata(Sample());
-    const std::string from = std::string("X\x07\0\0\0offsets", 12) + "ctorch\nSize\n(K\x03" + std::string("K\0t", 3);
+    const std::string from =
+        std::string("X\x07\0\0\0offsets", 12) + "ctorch\nSize\n(K\x03" + std::string("K\0t", 3);
     const size_t at = p.find(from);
     ASSERT_NE(at, std::string::npos);
     p[at + from.size() - 4] = 2;  // the chunk now claims offsets [2, 0]
-    cases.push_back({"chunk without storage", p, "chunk 1: no storage_data entry for offsets [2, 0]"});
+    cases.push_back(
+        {"chunk without storage", p, "chunk 1: no storage_data entry for offsets [2, 0]"});
   }
   {
     const std::string p = *WriteDcpMetadata(Sample());
@@ -182,17 +207,21 @@ TEST(DcpMetadata, HostilePicklesAreRefusedWithTheReason) {
   }
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    EXPECT_THAT(ParseDcpMetadata(c.pickle, "/ck/.metadata"), StatusIs(StatusCode::kInvalidArgument, c.message));
-    EXPECT_THAT(ParseDcpMetadata(c.pickle, "/ck/.metadata"), StatusIs(StatusCode::kInvalidArgument, "/ck/.metadata"));
+    EXPECT_THAT(ParseDcpMetadata(c.pickle, "/ck/.metadata"),
+                StatusIs(StatusCode::kInvalidArgument, c.message));
+    EXPECT_THAT(ParseDcpMetadata(c.pickle, "/ck/.metadata"),
+                StatusIs(StatusCode::kInvalidArgument, "/ck/.metadata"));
   }
 }
 
 TEST(DcpMetadata, TheStateDictDialectStillRefusesDcpClassesAndProtocol4) {
   PickleWriter w;
   w.Proto(2).Global(std::string(kMeta), "Metadata").EmptyTuple().Op(0x81).Stop();
-  EXPECT_THAT(ParseTorchPickle(w.str(), "data.pkl"), StatusIs(StatusCode::kInvalidArgument, "is not allowed"));
+  EXPECT_THAT(ParseTorchPickle(w.str(), "data.pkl"),
+              StatusIs(StatusCode::kInvalidArgument, "is not allowed"));
   EXPECT_THAT(ParseTorchPickle(*WriteDcpMetadata(Sample()), "data.pkl"),
-              StatusIs(StatusCode::kInvalidArgument, "'torch.distributed.checkpoint.metadata.Metadata' is not allowed"));
+              StatusIs(StatusCode::kInvalidArgument,
+                       "'torch.distributed.checkpoint.metadata.Metadata' is not allowed"));
 }
 
 // torch.save(tensor) of a contiguous f32 tensor, as DCP stores a chunk.
@@ -214,7 +243,8 @@ std::string TensorArchive(const std::vector<float>& values, const std::vector<in
 
 // A [4, 3] f32 tensor saved by two ranks (rows 0-1, rows 2-3) and one bytes
 // entry, with an optional change to the metadata before it is written.
-void WriteDcpDir(Storage& fs, const std::string& dir, const std::function<void(DcpMetadata&)>& edit = {}) {
+void WriteDcpDir(Storage& fs, const std::string& dir,
+                 const std::function<void(DcpMetadata&)>& edit = {}) {
   std::vector<float> all(12);
   std::iota(all.begin(), all.end(), 0.f);
   const std::string a = TensorArchive({all.begin(), all.begin() + 6}, {2, 3});
@@ -240,7 +270,10 @@ TEST(DcpDir, LoadsReshardedIntoColumnsAndReturnsByteEntries) {
   // Column 1..2 of every row: overlaps both saved chunks.
   std::vector<float> cols(8, -1.f);
   StateDict sd;
-  sd.tensors.push_back({"w", DType::kF32, Shape({4, 3}), {{{0, 1}, Shape({4, 2}), reinterpret_cast<std::byte*>(cols.data()), {}}}});
+  sd.tensors.push_back({"w",
+                        DType::kF32,
+                        Shape({4, 3}),
+                        {{{0, 1}, Shape({4, 2}), reinterpret_cast<std::byte*>(cols.data()), {}}}});
   sd.bytes["obj"] = {};
   CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/d", sd, LoadOptions{}));
   for (int r = 0; r < 4; ++r) {
@@ -264,9 +297,15 @@ TEST(DcpDir, ThreeRanksLoadTheTwoRankSaveBitExactly) {
       const uint64_t row0 = r == 0 ? 0 : static_cast<uint64_t>(r + 1), rows = r == 0 ? 2 : 1;
       got[static_cast<size_t>(r)].assign(rows * 3, -1.f);
       StateDict sd;
-      sd.tensors.push_back({"w", DType::kF32, Shape({4, 3}),
-                            {{{row0, 0}, Shape({rows, 3}), reinterpret_cast<std::byte*>(got[static_cast<size_t>(r)].data()), {}}}});
-      st[static_cast<size_t>(r)] = LoadSharded(*comms[static_cast<size_t>(r)], *fs, "/d", sd, LoadOptions{});
+      sd.tensors.push_back({"w",
+                            DType::kF32,
+                            Shape({4, 3}),
+                            {{{row0, 0},
+                              Shape({rows, 3}),
+                              reinterpret_cast<std::byte*>(got[static_cast<size_t>(r)].data()),
+                              {}}}});
+      st[static_cast<size_t>(r)] =
+          LoadSharded(*comms[static_cast<size_t>(r)], *fs, "/d", sd, LoadOptions{});
     });
   }
   for (auto& t : threads) t.join();
@@ -284,17 +323,24 @@ TEST(DcpDir, DamagedDirectoriesAreRefusedNamingTheEntry) {
     const char* message;
   };
   const std::vector<Case> cases = {
-      {"offset past the file", [](DcpMetadata& m) { m.tensors.at("w").chunks[1].storage.offset = 5000; },
+      {"offset past the file",
+       [](DcpMetadata& m) { m.tensors.at("w").chunks[1].storage.offset = 5000; },
        StatusCode::kDataLoss, "tensor 'w' chunk at [2, 0] is stored at bytes [5000,"},
       {"bytes entry past the file", [](DcpMetadata& m) { m.bytes.at("obj").length = 1u << 20; },
        StatusCode::kDataLoss, "bytes entry 'obj' is stored at bytes"},
-      {"missing data file", [](DcpMetadata& m) { m.tensors.at("w").chunks[1].storage.relative_path = "__7_0.distcp"; },
+      {"missing data file",
+       [](DcpMetadata& m) { m.tensors.at("w").chunks[1].storage.relative_path = "__7_0.distcp"; },
        StatusCode::kNotFound, "__7_0.distcp"},
-      {"dtype differs from the archive", [](DcpMetadata& m) { m.tensors.at("w").dtype = DType::kI32; },
-       StatusCode::kInvalidArgument, "the archive holds F32 [2, 3] but .metadata says I32 [2, 3]"},
-      {"chunks leave a hole", [](DcpMetadata& m) { m.tensors.at("w").size = {5, 3}; }, StatusCode::kDataLoss,
-       "tensor 'w' has size [5, 3] but its chunks cover [4, 3]"},
-      {"entry not at an archive", [](DcpMetadata& m) { m.tensors.at("w").chunks[0].storage.offset = 8; },
+      {"dtype differs from the archive",
+       [](DcpMetadata& m) { m.tensors.at("w").dtype = DType::kI32; }, StatusCode::kInvalidArgument,
+       "the archive holds F32 [2, 3] but .metadata says I32 [2, 3]"},
+      {"chunks leave a hole",
+       [](DcpMetadata& m) {
+         m.tensors.at("w").size = {5, 3};
+       },
+       StatusCode::kDataLoss, "tensor 'w' has size [5, 3] but its chunks cover [4, 3]"},
+      {"entry not at an archive",
+       [](DcpMetadata& m) { m.tensors.at("w").chunks[0].storage.offset = 8; },
        StatusCode::kInvalidArgument, "(tensor 'w' chunk)"},
   };
   for (const Case& c : cases) {
@@ -304,7 +350,10 @@ TEST(DcpDir, DamagedDirectoriesAreRefusedNamingTheEntry) {
     auto one = NewSingleRankCommunicator();
     std::vector<float> all(12);
     StateDict sd;
-    sd.tensors.push_back({"w", DType::kF32, Shape({4, 3}), {{{0, 0}, Shape({4, 3}), reinterpret_cast<std::byte*>(all.data()), {}}}});
+    sd.tensors.push_back({"w",
+                          DType::kF32,
+                          Shape({4, 3}),
+                          {{{0, 0}, Shape({4, 3}), reinterpret_cast<std::byte*>(all.data()), {}}}});
     EXPECT_THAT(LoadSharded(*one, *fs, "/d", sd, LoadOptions{}), StatusIs(c.code, c.message));
   }
 }
