@@ -47,11 +47,14 @@ def _all_gather(obj: Any, process_group: Any, distributed: bool, world: int) -> 
     return out
 
 
-def _agree(error: str | None, process_group: Any, distributed: bool, world: int) -> None:
-    """Raises on every rank when any rank failed (its own error first)."""
-    errors = _all_gather(error, process_group, distributed, world)
+def _agree(error: Exception | None, process_group: Any, distributed: bool, world: int) -> None:
+    """Raises on every rank when any rank failed: a failing rank its own
+    exception, the others a CheckpointError naming the first failed rank."""
+    errors = _all_gather(
+        None if error is None else f"{type(error).__name__}: {error}", process_group, distributed, world
+    )
     if error is not None:
-        raise CheckpointError(error)
+        raise error
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:
         raise CheckpointError(f"rank {failed[0][0]} failed: {failed[0][1]}")
@@ -59,7 +62,7 @@ def _agree(error: str | None, process_group: Any, distributed: bool, world: int)
 
 def save_dcp(state_dict: Mapping[str, Any], path: str, process_group: Any = None) -> None:
     rank, world, distributed = _group_info(process_group)
-    error: str | None = None
+    error: Exception | None = None
     chunks: list[tuple[str, str, list[int], list[int], list[int], torch.Tensor]] = []
     objects: dict[str, Any] = {}
     try:
@@ -70,7 +73,7 @@ def save_dcp(state_dict: Mapping[str, Any], path: str, process_group: Any = None
             else:
                 objects[fqn] = value
     except CheckpointError as e:
-        error = f"{type(e).__name__}: {e}"
+        error = e
     _agree(error, process_group, distributed, world)
 
     # Each distinct (fqn, offsets) is written by the lowest rank holding it.
@@ -89,7 +92,7 @@ def save_dcp(state_dict: Mapping[str, Any], path: str, process_group: Any = None
         try:
             _ckpt.create_staging_dir(path, token)
         except CheckpointError as e:
-            error = f"{type(e).__name__}: {e}"
+            error = e
     _agree(error, process_group, distributed, world)
     parent, name = os.path.split(path)
     staging = os.path.join(parent, f".{name}.tmp-{token}")
@@ -108,14 +111,17 @@ def save_dcp(state_dict: Mapping[str, Any], path: str, process_group: Any = None
             records[0].append((c[0], c[1], c[2], c[3], c[4], file, off, length))
         for (fqn, _), (off, length) in zip(byte_items, ranges[len(mine) :], strict=True):
             records[1].append((fqn, file, off, length))
-    except (CheckpointError, RuntimeError, TypeError) as e:
-        error = f"{type(e).__name__}: {e}"
-    gathered = _all_gather((error, records), process_group, distributed, world)
+    except Exception as e:  # torch.save of any object may fail: clean up, then raise everywhere
+        error = e
+    text = None if error is None else f"{type(error).__name__}: {error}"
+    gathered = _all_gather((text, records), process_group, distributed, world)
     failed = [(r, e) for r, (e, _) in enumerate(gathered) if e is not None]
     if failed:
         if rank == 0:
             _ckpt.remove_all(staging)
-        raise CheckpointError(error or f"rank {failed[0][0]} failed: {failed[0][1]}")
+        if error is not None:
+            raise error
+        raise CheckpointError(f"rank {failed[0][0]} failed: {failed[0][1]}")
 
     error = None
     if rank == 0:
@@ -138,5 +144,5 @@ def save_dcp(state_dict: Mapping[str, Any], path: str, process_group: Any = None
                 byte_entries,
             )
         except CheckpointError as e:
-            error = f"{type(e).__name__}: {e}"
+            error = e
     _agree(error, process_group, distributed, world)

@@ -232,3 +232,21 @@ def test_hostile_metadata_is_refused_with_a_clear_error(saved, tmp_path, change,
     _rewrite(d, change)
     with pytest.raises(error, match=message):
         ckpt.load(_target(saved), d)
+
+
+def test_ckpt_save_dcp_never_overwrites_and_a_failed_save_leaves_nothing(tmp_path):
+    sd = {"w": torch.arange(6.0).reshape(2, 3), "step": 3}
+    ckpt.save(sd, tmp_path / "a", format="dcp")
+    before = (tmp_path / "a" / ".metadata").read_bytes()
+    with pytest.raises(ckpt.AlreadyExistsError, match="already exists"):
+        ckpt.save({"w": torch.zeros(2, 3)}, tmp_path / "a", format="dcp")
+    assert (tmp_path / "a" / ".metadata").read_bytes() == before
+    # A value torch.save cannot pickle fails the save before anything is published.
+    with pytest.raises(Exception, match="lambda"):
+        ckpt.save({"w": torch.zeros(2), "f": lambda: 0}, tmp_path / "b", format="dcp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    back = {"w": torch.zeros(2, 3), "step": None}
+    ckpt.load(back, tmp_path / "a")
+    assert torch.equal(back["w"], sd["w"]) and back["step"] == 3
+    with pytest.raises(ckpt.InvalidArgumentError, match="format must be 'ckpt' or 'dcp'"):
+        ckpt.save(sd, tmp_path / "c", format="safetensors")
