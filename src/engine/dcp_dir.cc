@@ -244,6 +244,14 @@ Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage&
   return Decode(text);
 }
 
+Result<SavedCheckpoint> ReadAnyCheckpointCollective(Communicator& comm, Storage& storage,
+                                                    const std::string& dir, Timeout timeout) {
+  Result<bool> dcp = IsDcpDir(storage, dir);
+  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(dcp.status(), timeout).WithContext("reading " + dir));
+  return *dcp ? ReadDcpCheckpointCollective(comm, storage, dir, timeout)
+              : ReadCheckpointCollective(comm, storage, dir, timeout);
+}
+
 Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(
     Storage& storage, const std::string& dir, const SavedCheckpoint& checkpoint) {
   std::map<std::string, std::vector<std::byte>> out;

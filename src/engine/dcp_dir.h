@@ -32,6 +32,11 @@ Result<SavedCheckpoint> ReadDcpCheckpoint(Storage& storage, const std::string& d
 Result<SavedCheckpoint> ReadDcpCheckpointCollective(Communicator& comm, Storage& storage,
                                                     const std::string& dir, Timeout timeout);
 
+// The saved chunks of `dir`, collectively: from its `.metadata` when it is
+// a DCP directory, else from its safetensors shards (ReadCheckpointCollective).
+Result<SavedCheckpoint> ReadAnyCheckpointCollective(Communicator& comm, Storage& storage,
+                                                    const std::string& dir, Timeout timeout);
+
 // The raw bytes of `checkpoint`'s byte entries (torch.save of each object).
 Result<std::map<std::string, std::vector<std::byte>>> ReadDcpBytes(
     Storage& storage, const std::string& dir, const SavedCheckpoint& checkpoint);

@@ -461,12 +461,8 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   const std::string what = "loading " + dir;
   LoadStats stats;
 
-  // A DCP directory (.metadata) is another source of the same saved chunks.
-  Result<bool> dcp = engine::IsDcpDir(storage, dir);
-  CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(dcp.status(), to).WithContext(what));
-  Result<engine::SavedCheckpoint> read = *dcp ? engine::ReadDcpCheckpointCollective(comm, storage, dir, to)
-                                              : engine::ReadCheckpointCollective(comm, storage, dir, to);
-  if (!read.ok() && *dcp) return read.status();
+  // Safetensors shards or a DCP directory (.metadata): the same saved chunks.
+  Result<engine::SavedCheckpoint> read = engine::ReadAnyCheckpointCollective(comm, storage, dir, to);
   if (!read.ok()) {
     // Not safetensors: a Hugging Face directory that ships only .bin
     // weights? (Checked only here, off the path of ordinary loads.)
