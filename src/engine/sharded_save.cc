@@ -153,8 +153,10 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
     published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
                                     ManifestText(names, sizes, hashes, world_size));
   }
-  if (published.ok()) published = storage.Rename(staging, dir);
-  if (published.ok()) published = storage.SyncDir(std::string(Dirname(dir)));
+  // Without rename (object stores) staging is `dir` and the manifest, written
+  // last, was the commit.
+  if (published.ok() && staging != dir) published = storage.Rename(staging, dir);
+  if (published.ok() && staging != dir) published = storage.SyncDir(std::string(Dirname(dir)));
   if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
   return published;
 }
