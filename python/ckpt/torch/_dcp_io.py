@@ -30,7 +30,12 @@ def _staged(value: Any) -> Any:
     if isinstance(value, DTensor):
         local = value.to_local().clone()
         return DTensor.from_local(
-            local, value.device_mesh, value.placements, run_check=False, shape=value.shape, stride=value.stride()
+            local,
+            value.device_mesh,
+            value.placements,
+            run_check=False,
+            shape=value.shape,
+            stride=value.stride(),
         )
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
