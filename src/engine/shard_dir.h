@@ -6,7 +6,9 @@
 
 #include <map>
 #include <optional>
+#include <regex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ckpt/comm.h"
@@ -59,6 +61,23 @@ Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path);
 Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::string& path,
                   plan::SavedIndex* index, const ShardListing* listing = nullptr);
 
+// LoadOptions::key_mapping with every pattern compiled once, for a load
+// that renames many keys. Compile names a bad pattern (InvalidArgument).
+class KeyMapper {
+ public:
+  static Result<KeyMapper> Compile(const std::vector<std::pair<std::string, std::string>>& mapping);
+  // The first rule that changes `key` decides; unchanged when none does.
+  Result<std::string> Apply(const std::string& key) const;
+
+ private:
+  struct Rule {
+    std::string source;
+    std::regex pattern;
+    std::string format;  // "\\1" rewritten as "$1"
+  };
+  std::vector<Rule> rules_;
+};
+
 // "shard-00003-model-00001-of-00001.safetensors" for rank 2.
 std::string ShardFileNameImpl(int rank);
 
@@ -72,15 +91,8 @@ struct SavedCheckpoint {
 Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
                                                  const std::string& dir, Timeout timeout);
 
-// Refuses an existing `dir` and creates the hidden staging directory
-// "<parent>/.<name>.tmp-<16 hex digits>" where a new `dir` is assembled
-// before being renamed into place, after removing staging directories that
-// earlier runs for the same `dir` left behind (one writer per output
-// directory). Returns the staging path.
-// `token` (16 lowercase hex digits) names it instead of a random one, for
-// callers whose ranks must derive the same name without talking.
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view token = {});
-// Collective: rank 0 creates it; every rank gets its path or rank 0's error.
+// io/staged_dir.h's CreateStagingDir, collectively: rank 0 creates it;
+// every rank gets its path or rank 0's error.
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
 
 // `header_hashes`: XXH64 of each file's 8-byte length and header, as stored.

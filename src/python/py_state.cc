@@ -2,6 +2,7 @@
 // the torch.distributed.checkpoint plugin runs under DCP's own coordination.
 
 #include "engine/shard_dir.h"
+#include "io/staged_dir.h"
 #include "engine/sharded_save.h"
 #include "python/common.h"
 
@@ -36,7 +37,7 @@ void BindDcpSteps(nb::module_& m) {
       [](const std::string& dir, const std::string& token) {
         std::string staging;
         Released([&]() -> Status {
-          CKPT_ASSIGN_OR_RETURN(staging, engine::CreateStagingDir(*PosixStorage(), dir, token));
+          CKPT_ASSIGN_OR_RETURN(staging, CreateStagingDir(*PosixStorage(), dir, token));
           return Status();
         });
         return staging;
