@@ -11,6 +11,7 @@
 
 #include "ckpt/torch_bin.h"
 #include "convert/float_cast.h"
+#include "engine/shard_dir.h"
 #include "plan/codec.h"
 
 namespace ckpt::engine {
@@ -111,12 +112,14 @@ Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir
 
   // Checkpoint keys under the names the state dict uses.
   std::map<std::string, std::string> by_name;  // state-dict name → archive name
-  Status named;
+  Result<KeyMapper> mapper = KeyMapper::Compile(o.key_mapping);
+  Status named = mapper.status();
   for (const auto& [fqn, loc] : bin->tensors()) {
+    if (!named.ok()) break;
     bool skip = false;
     for (const std::string& p : o.skip_prefixes) skip = skip || fqn.rfind(p, 0) == 0;
     if (skip) continue;
-    Result<std::string> name = MapKey(o.key_mapping, fqn);
+    Result<std::string> name = mapper->Apply(fqn);
     if (!name.ok()) {
       named = name.status();
       break;
