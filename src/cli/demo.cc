@@ -439,6 +439,84 @@ int Report(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std:
 
 }  // namespace
 
+// `ckpt demo --mpi`: one phase per mpirun job, the ranks being MPI's.
+int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::string& root, Progress& out) {
+  const std::string ckpts = JoinPath(root, "checkpoints");
+  Measured m;
+  Result<std::unique_ptr<Communicator>> comm = NewMpiWorldCommunicator();
+  if (!comm.ok()) {
+    std::fprintf(stderr, "ckpt demo: %s\n", comm.status().ToString().c_str());
+    return 1;
+  }
+  if (o.dir.empty() || (o.phase != "train" && o.phase != "resume")) {
+    std::fprintf(stderr, "ckpt demo --mpi needs --dir and --phase train|resume (two mpirun jobs)\n");
+    return 2;
+  }
+  Status s;
+  if (o.phase == "train") {
+    // Under MPI the job does not kill itself: it leaves the last save
+    // written but never published, exactly what a crash leaves.
+    s = TrainPhase(**comm, o, specs, ckpts, out, &m, nullptr);
+    if (s.ok() && (*comm)->rank() == 0) {
+      std::fprintf(o.json ? stderr : stdout,
+                   "train phase done: step %d left unpublished; now run the resume phase on another number of "
+                  "ranks\n", m.crash_step);
+    }
+  } else {
+    o.resume_ranks = (*comm)->size();
+    m.crash_step = CrashStep(o);  // where the train phase stopped
+    s = ResumePhase(**comm, o, specs, ckpts, out, &m);
+    if (s.ok() && (*comm)->rank() == 0) Report(o, specs, root, m);
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "ckpt demo: rank %d: %s\n", (*comm)->rank(), s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+// The first job, in a child process of `ranks` threads that kills itself
+// (SIGKILL) mid-save. False (with the reason on stderr) when it did not die
+// as planned; *m gets what the job measured.
+bool RunCrashingTrainJob(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
+                         Progress& out, Measured* m) {
+  const std::string ckpts = JoinPath(root, "checkpoints");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const std::string report = JoinPath(root, ".demo-train.json");
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::perror("ckpt demo: fork");
+    return false;
+  }
+  if (pid == 0) {
+    Measured cm;
+    Status s = RunThreads(o.ranks, [&](Communicator& comm) {
+      return TrainPhase(comm, o, specs, ckpts, out, &cm, [&] {
+        if (comm.rank() != 0) {
+          // Other ranks wait for the end.
+          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+        WriteFileAtomically(*PosixStorage(), report, MeasuredJson(cm).dump()).IgnoreError();
+        out.Say("[train] killing the job (SIGKILL) while the step " + std::to_string(cm.crash_step) +
+                " checkpoint is being written");
+        ::kill(::getpid(), SIGKILL);
+      });
+    });
+    std::fprintf(stderr, "ckpt demo: the training job ended without crashing: %s\n", s.ToString().c_str());
+    ::_exit(3);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
+    std::fprintf(stderr, "ckpt demo: the training job did not die as planned (status %d)\n", status);
+    return false;
+  }
+  Result<std::string> text = ReadFileToString(*PosixStorage(), report);
+  if (text.ok()) FromJson(json::parse(*text, nullptr, false), m);
+  return true;
+}
+
 int RunDemo(const DemoOptions& in) {
   DemoOptions o = in;
   if (o.steps < 2 || o.save_every < 1 || o.save_every >= o.steps || o.ranks < 1 || o.resume_ranks < 1 ||
@@ -473,77 +551,14 @@ int RunDemo(const DemoOptions& in) {
   const std::string ckpts = JoinPath(root, "checkpoints");
   Measured m;
 
-  if (o.mpi) {
-    Result<std::unique_ptr<Communicator>> comm = NewMpiWorldCommunicator();
-    if (!comm.ok()) {
-      std::fprintf(stderr, "ckpt demo: %s\n", comm.status().ToString().c_str());
-      return 1;
-    }
-    if (o.dir.empty() || (o.phase != "train" && o.phase != "resume")) {
-      std::fprintf(stderr, "ckpt demo --mpi needs --dir and --phase train|resume (two mpirun jobs)\n");
-      return 2;
-    }
-    Status s;
-    if (o.phase == "train") {
-      // Under MPI the job does not kill itself: it leaves the last save
-      // written but never published, exactly what a crash leaves.
-      s = TrainPhase(**comm, o, specs, ckpts, out, &m, nullptr);
-      if (s.ok() && (*comm)->rank() == 0) {
-        std::fprintf(o.json ? stderr : stdout,
-                     "train phase done: step %d left unpublished; now run the resume phase on another number of "
-                    "ranks\n", m.crash_step);
-      }
-    } else {
-      o.resume_ranks = (*comm)->size();
-      m.crash_step = CrashStep(o);  // where the train phase stopped
-      s = ResumePhase(**comm, o, specs, ckpts, out, &m);
-      if (s.ok() && (*comm)->rank() == 0) Report(o, specs, root, m);
-    }
-    if (!s.ok()) {
-      std::fprintf(stderr, "ckpt demo: rank %d: %s\n", (*comm)->rank(), s.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  }
+  if (o.mpi) return RunMpiPhase(o, specs, root, out);
 
   out.Say("ckpt demo in " + root + ": a " + std::to_string(o.layers) + "-layer Llama-shaped model, " +
           std::to_string(o.ranks) + " ranks train, then " + std::to_string(o.resume_ranks) + " resume");
-  // The first job runs in a child process that kills itself mid-save.
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const std::string report = JoinPath(root, ".demo-train.json");
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    std::perror("ckpt demo: fork");
+  if (!RunCrashingTrainJob(o, specs, root, out, &m)) {
     cleanup();
     return 1;
   }
-  if (pid == 0) {
-    Measured cm;
-    Status s = RunThreads(o.ranks, [&](Communicator& comm) {
-      return TrainPhase(comm, o, specs, ckpts, out, &cm, [&] {
-        if (comm.rank() != 0) {
-          // Other ranks wait for the end.
-          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-        }
-        WriteFileAtomically(*PosixStorage(), report, MeasuredJson(cm).dump()).IgnoreError();
-        out.Say("[train] killing the job (SIGKILL) while the step " + std::to_string(cm.crash_step) +
-                " checkpoint is being written");
-        ::kill(::getpid(), SIGKILL);
-      });
-    });
-    std::fprintf(stderr, "ckpt demo: the training job ended without crashing: %s\n", s.ToString().c_str());
-    ::_exit(3);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
-    std::fprintf(stderr, "ckpt demo: the training job did not die as planned (status %d)\n", status);
-    cleanup();
-    return 1;
-  }
-  Result<std::string> text = ReadFileToString(*PosixStorage(), report);
-  if (text.ok()) FromJson(json::parse(*text, nullptr, false), &m);
   out.Say("[crash] the training job is gone; LATEST still names the last checkpoint whose writes finished");
 
   Status s = RunThreads(o.resume_ranks, [&](Communicator& comm) {
