@@ -184,12 +184,12 @@ struct BaseModelOptions {
   // A model directory, or a repo id looked up under `root_dir` (a Hugging
   // Face hub cache or a parent of model directories). Empty: the config's
   // model_repo_id and model_cache_dir.
-  std::string model_name;
-  std::string root_dir;
+  std::string model_name = {};
+  std::string root_dir = {};
   // False: materialize and initialize only (training from scratch).
   bool load = true;
   // Passed to Model::InitPeftAdapters under PEFT (e.g. "xavier").
-  std::string peft_init_method;
+  std::string peft_init_method = {};
 };
 
 // Pointer and directory names of the checkpoint root.
