@@ -5,7 +5,7 @@
 //   load, same layout (warm)   vs single-thread memcpy
 //   resharded load             bytes read / bytes needed (<= 1.05),
 //                              time / same-layout load time (<= 1.2)
-//   planning                   global save plan for 10,000 tensors x 64 ranks (<= 50 ms)
+//   (planning at scale: ckpt_plan_bench)
 //
 //   ckpt_sharded_bench [--gib 1] [--ranks 4] [--reps 3] [--disk DIR] [--shm DIR]
 #include <algorithm>
@@ -20,7 +20,6 @@
 #include "bench_util.h"
 #include "ckpt/sharded.h"
 #include "plan/load_plan.h"
-#include "plan/save_plan.h"
 
 namespace {
 
@@ -99,28 +98,6 @@ double Shell(const std::string& cmd) {
   auto t0 = Clock::now();
   if (std::system(cmd.c_str()) != 0) std::exit(1);
   return Since(t0);
-}
-
-// Encoded plans of `ranks` ranks each holding a dim-0 slice of `tensors`
-// tensors; times decoding them and building the global plan.
-double PlanningSeconds(int tensors, int ranks) {
-  std::vector<std::string> wire;
-  for (int r = 0; r < ranks; ++r) {
-    StateDict sd;
-    const uint64_t rows = 4096 / static_cast<uint64_t>(ranks);
-    for (int t = 0; t < tensors; ++t) {
-      sd.tensors.push_back({"model.layers." + std::to_string(t / 10) + ".w" + std::to_string(t % 10), DType::kBF16,
-                            Shape({4096, 1024}), {{{static_cast<uint64_t>(r) * rows, 0}, Shape({rows, 1024}), nullptr, {}}}});
-    }
-    wire.push_back(plan::EncodeLocalPlan(sd));
-  }
-  auto t0 = Clock::now();
-  std::vector<plan::LocalPlan> decoded;
-  for (auto& w : wire) decoded.push_back(*plan::DecodeLocalPlan(std::move(w)));
-  auto g = plan::BuildGlobalPlan(decoded);
-  double s = Since(t0);
-  Check(g.status());
-  return s;
 }
 
 }  // namespace
@@ -216,8 +193,6 @@ int main(int argc, char** argv) {
     Check(RemoveAll(fs, sdir));
     std::remove((disk + "/ckpt_bench.dd").c_str());
   }
-  std::vector<double> t_plan;
-  for (int i = 0; i < 3; ++i) t_plan.push_back(PlanningSeconds(10000, 64));
 
   std::printf("ckpt_sharded_bench: %.2f GB in %d bf16 tensors [4096, 4096], %d thread ranks, median of %d\n",
               gb, m.tensors, ranks, reps);
@@ -237,8 +212,6 @@ int main(int argc, char** argv) {
               static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed), "<= 1.05");
   std::printf("%-34s %9s %20s %9s %7.3f %8s\n", "same-layout bytes read / needed", "", "", "",
               static_cast<double>(same_stats.bytes_read) / static_cast<double>(same_stats.bytes_needed), "1.00");
-  std::printf("%-34s %9.1f ms (10,000 tensors x 64 ranks, decode + plan)  target <= 50 ms\n",
-              "global save planning", Median(t_plan) * 1e3);
   ckpt::bench::EmitResult("sharded", "resharded load time / same-layout load time",
                     Median(t_load_dim1) / Median(t_load_same), false, 1.2);
   ckpt::bench::EmitResult("sharded", "load on half the ranks time / same-layout load time",
@@ -246,6 +219,5 @@ int main(int argc, char** argv) {
   ckpt::bench::EmitResult("sharded", "resharded bytes read / bytes needed",
                     static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed), false,
                     1.05);
-  ckpt::bench::EmitResult("sharded", "save plan 10k tensors x 64 ranks (ms)", Median(t_plan) * 1e3, false, 50);
   return 0;
 }

@@ -160,6 +160,23 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
   return published;
 }
 
+Result<plan::GlobalPlan> AgreeOnSavePlan(Communicator& comm, const StateDict& sd, Timeout timeout) {
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> compact, comm.AllGather(plan::EncodeChunkPlan(sd), timeout));
+  CKPT_ASSIGN_OR_RETURN(std::optional<std::vector<plan::LocalPlan>> shared,
+                        plan::DecodeChunkPlans(plan::TensorTable::Of(sd), std::move(compact)));
+  if (shared) return plan::BuildGlobalPlan(*shared);
+  // Some rank holds other tensors (or malformed chunks): every rank takes
+  // this branch, and the full plans say how they differ.
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> full, comm.AllGather(plan::EncodeLocalPlan(sd), timeout));
+  std::vector<plan::LocalPlan> plans;
+  plans.reserve(full.size());
+  for (std::string& e : full) {
+    CKPT_ASSIGN_OR_RETURN(plan::LocalPlan p, plan::DecodeLocalPlan(std::move(e)));
+    plans.push_back(std::move(p));
+  }
+  return plan::BuildGlobalPlan(plans);
+}
+
 }  // namespace engine
 
 namespace {
@@ -175,14 +192,7 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   }
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(local, to).WithContext(what));
 
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> encoded, comm.AllGather(plan::EncodeLocalPlan(sd), to));
-  std::vector<plan::LocalPlan> plans;
-  for (std::string& e : encoded) {
-    Result<plan::LocalPlan> p = plan::DecodeLocalPlan(std::move(e));
-    if (!p.ok()) return p.status().WithContext(what);
-    plans.push_back(std::move(*p));
-  }
-  Result<plan::GlobalPlan> global = plan::BuildGlobalPlan(plans);
+  Result<plan::GlobalPlan> global = engine::AgreeOnSavePlan(comm, sd, to);
   if (!global.ok()) return global.status().WithContext(what);
 
   Result<std::string> staging_dir = engine::CreateStagingDir(comm, storage, dir, to);

@@ -22,6 +22,10 @@ struct WrittenShard {
 // Checks a state dict's chunks against their tensors (ranks, strides, data).
 Status CheckLocalState(const StateDict& sd);
 
+// Collective: every rank's plan gathered (compact when the ranks hold the
+// same tensors, full otherwise) and the same global plan built on every rank.
+Result<plan::GlobalPlan> AgreeOnSavePlan(Communicator& comm, const StateDict& sd, Timeout timeout);
+
 // Writes `file` in `staging`: the chunks `writes` lists (every chunk of `sd`
 // when null), with DCP_SHARDING_INFO and per-chunk XXH64 checksums, durably.
 Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging, const std::string& file,

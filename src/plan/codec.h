@@ -30,6 +30,25 @@ class Encoder {
   std::string out_;
 };
 
+// One varint from [p, end): the position after it, or nullptr when the bytes
+// end first or it runs past 64 bits. For hot loops over many values.
+inline const unsigned char* ReadVarint(const unsigned char* p, const unsigned char* end, uint64_t* v) {
+  if (p < end && *p < 0x80) {  // one byte: the usual case
+    *v = *p;
+    return p + 1;
+  }
+  uint64_t r = 0;
+  for (int shift = 0; shift < 64 && p < end; shift += 7) {
+    const unsigned char b = *p++;
+    r |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if (!(b & 0x80)) {
+      *v = r;
+      return p;
+    }
+  }
+  return nullptr;
+}
+
 class Decoder {
  public:
   explicit Decoder(std::string_view in) : in_(in) {}
@@ -63,6 +82,7 @@ class Decoder {
     return true;
   }
   bool done() const { return pos_ == in_.size(); }
+  size_t position() const { return pos_; }
 
  private:
   std::string_view in_;

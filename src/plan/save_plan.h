@@ -3,11 +3,21 @@
 // which rank writes which chunk. Pure functions, no I/O, so they can be
 // tested and timed with thousands of simulated ranks.
 //
-// Plans are flat: a LocalPlan keeps its wire bytes (for names) and one array
-// of coordinates, so decoding and planning allocate per rank, not per chunk.
+// Two encodings travel. The usual one is compact: a digest of the rank's
+// tensor table (names, dtypes, global shapes) and its chunks' coordinates
+// only. When every rank's digest is the same (ranks of one model hold the
+// same tensors) each rank decodes everyone's chunks against its own table,
+// and names never cross the wire. Otherwise the ranks exchange full plans,
+// which carry their tables, and the planner reports how they differ.
+//
+// Plans are flat: a table is shared by the ranks that have it, and a
+// LocalPlan keeps one array of chunk coordinates, so decoding and planning
+// allocate per rank, not per chunk.
 #ifndef CKPT_PLAN_SAVE_PLAN_H_
 #define CKPT_PLAN_SAVE_PLAN_H_
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,36 +30,66 @@
 
 namespace ckpt::plan {
 
-struct TensorPlan {
-  uint32_t name_at = 0;    // fqn bytes in LocalPlan::wire
-  uint32_t name_len = 0;
-  DType dtype = DType::kF32;
-  uint32_t rank = 0;       // number of dimensions
-  uint32_t num_chunks = 0;
-  uint64_t coords_at = 0;  // global shape (rank values), then per chunk offsets and sizes
+// One rank's tensors without their chunks.
+class TensorTable {
+ public:
+  static std::shared_ptr<const TensorTable> Of(const StateDict& sd);
+
+  size_t size() const { return entries_.size(); }
+  std::string_view fqn(size_t t) const { return std::string_view(names_).substr(entries_[t].name_at, entries_[t].name_len); }
+  DType dtype(size_t t) const { return entries_[t].dtype; }
+  uint32_t rank(size_t t) const { return entries_[t].rank; }  // number of dimensions
+  const uint64_t* global(size_t t) const { return dims_.data() + entries_[t].dims_at; }
+  Shape GlobalShape(size_t t) const { return Shape(std::vector<uint64_t>(global(t), global(t) + rank(t))); }
+
+ private:
+  friend class PlanDecoder;
+  struct Entry {
+    uint32_t name_at = 0;  // into names_
+    uint32_t name_len = 0;
+    DType dtype = DType::kF32;
+    uint32_t rank = 0;
+    uint64_t dims_at = 0;  // into dims_
+  };
+  std::string names_;
+  std::vector<Entry> entries_;
+  std::vector<uint64_t> dims_;
 };
 
 class LocalPlan {
  public:
-  std::vector<TensorPlan> tensors;
-
-  std::string_view fqn(const TensorPlan& t) const { return std::string_view(wire).substr(t.name_at, t.name_len); }
-  const uint64_t* global(const TensorPlan& t) const { return coords.data() + t.coords_at; }
-  BoxView chunk(const TensorPlan& t, uint32_t j) const {
-    const uint64_t* p = coords.data() + t.coords_at + t.rank + 2ull * t.rank * j;
-    return BoxView(p, p + t.rank, t.rank);
-  }
-  Shape GlobalShape(const TensorPlan& t) const {
-    return Shape(std::vector<uint64_t>(global(t), global(t) + t.rank));
+  const TensorTable& table() const { return *table_; }
+  bool SharesTableWith(const LocalPlan& o) const { return table_ == o.table_; }
+  size_t size() const { return at_.size(); }  // tensors
+  uint32_t num_chunks(size_t t) const { return at_[t].num_chunks; }
+  BoxView chunk(size_t t, uint32_t j) const {
+    const uint32_t r = table_->rank(t);
+    const uint64_t* p = coords_.get() + at_[t].coords_at + 2ull * r * j;
+    return BoxView(p, p + r, r);
   }
 
  private:
-  friend Result<LocalPlan> DecodeLocalPlan(std::string wire);
-  std::string wire;
-  std::vector<uint64_t> coords;
+  friend class PlanDecoder;
+  struct At {
+    uint64_t coords_at = 0;  // offsets then sizes of each chunk, into coords_
+    uint32_t num_chunks = 0;
+  };
+  std::shared_ptr<const TensorTable> table_;
+  std::vector<At> at_;
+  std::unique_ptr<uint64_t[]> coords_;  // not value-initialized: filled by the decoder
 };
 
-// What a rank sends: its tensors' names, dtypes, global shapes and chunks.
+// The compact encoding: the table's digest and the chunks. A rank whose
+// chunks do not match its tensors' ranks sends a marker instead, which makes
+// every rank fall back to full plans (whose planner names the problem).
+std::string EncodeChunkPlan(const StateDict& sd);
+// Every rank's compact plan decoded against `own` (this rank's table), or
+// nullopt when any rank's table differs or any rank sent the marker; every
+// rank reaches the same answer from the same inputs.
+Result<std::optional<std::vector<LocalPlan>>> DecodeChunkPlans(std::shared_ptr<const TensorTable> own,
+                                                               std::vector<std::string> wires);
+
+// The full encoding: names, dtypes, global shapes and chunks.
 std::string EncodeLocalPlan(const StateDict& sd);
 Result<LocalPlan> DecodeLocalPlan(std::string wire);
 
