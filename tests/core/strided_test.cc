@@ -101,12 +101,28 @@ TEST(StridedTest, GatherScatterAndRangesMatchAnElementByElementWalkOnRandomViews
 }
 
 TEST(StridedTest, ContiguousInnerDimensionsAreCopiedAsOneRunPerOuterIndex) {
-  // Rows 2..5 of a [8, 16, 4] array of 4-byte elements: the inner [16, 4] is
-  // contiguous, so 4 runs of 256 bytes.
+  // Rows 2..5 of a [8, 16, 4] array of 4-byte elements are contiguous: one
+  // run of 1024 bytes.
   const StridedLayout rows{{4, 16, 4}, {64, 4, 1}, 4};
   std::vector<uint64_t> runs;
-  ForEachRunInRange(rows, 0, 4 * 16 * 4, [&](int64_t, uint64_t bytes) { runs.push_back(bytes); });
-  EXPECT_EQ(runs, (std::vector<uint64_t>{256, 256, 256, 256}));
+  ForEachRunInRange(rows, 0, 4 * 16 * 4, [&](int64_t off, uint64_t bytes) {
+    EXPECT_EQ(off, 0);
+    runs.push_back(bytes);
+  });
+  EXPECT_EQ(runs, std::vector<uint64_t>{1024});
+
+  // Columns 0..7 of dimension 1 of a [4, 16, 4] array: the inner [8, 4] is
+  // contiguous, so one run of 128 bytes per index of dimension 0, 256 bytes
+  // apart.
+  const StridedLayout mid{{4, 8, 4}, {64, 4, 1}, 4};
+  runs.clear();
+  std::vector<int64_t> offs;
+  ForEachRunInRange(mid, 0, 4 * 8 * 4, [&](int64_t off, uint64_t bytes) {
+    offs.push_back(off);
+    runs.push_back(bytes);
+  });
+  EXPECT_EQ(runs, (std::vector<uint64_t>{128, 128, 128, 128}));
+  EXPECT_EQ(offs, (std::vector<int64_t>{0, 256, 512, 768}));
 
   // Columns 0..7 of a [4, 16] array: runs of 8 elements.
   const StridedLayout cols{{4, 8}, {16, 1}, 2};
