@@ -45,8 +45,10 @@ int Main(int argc, char** argv) {
   int reps = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--mib") mib = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    if (a == "--mib")
+      mib = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--reps")
+      reps = std::atoi(argv[i + 1]);
   }
   // A [rows, 4096] BF16 matrix of `mib` MiB.
   const uint64_t cols = 4096, esz = 2, rows = mib * (1 << 20) / (cols * esz);
@@ -79,7 +81,8 @@ int Main(int argc, char** argv) {
     }
     const double s = Median(slow), f = Median(fast), speedup = s / f;
     std::printf("%-40s %9.2f GiB/s %7.2f GiB/s %8.1fx\n", v.name, gib / s, gib / f, speedup);
-    EmitResult("strided", std::string("gather speedup over per-element, ") + v.name, speedup, true, v.min_speedup);
+    EmitResult("strided", std::string("gather speedup over per-element, ") + v.name, speedup, true,
+               v.min_speedup);
   }
   return 0;
 }

@@ -36,7 +36,7 @@ struct Checkpointer::Impl {
   // Set by Create, read-only afterwards: read by caller and worker alike.
   const CheckpointingConfig config;
   const ParallelRanks ranks;
-  Communicator& comm;                     // caller only (collectives)
+  Communicator& comm;                      // caller only (collectives)
   const std::shared_ptr<Storage> storage;  // thread-safe itself
 
   // Set by Create and LoadBaseModel; caller only. Saves hand a copy to

@@ -6,8 +6,8 @@
 
 namespace ckpt {
 
-Result<ExportLayout> ComputeExportLayout(const std::vector<ShardedTensorInfo>& tensors, const BaseModelLayout& base,
-                                         uint64_t max_shard_size) {
+Result<ExportLayout> ComputeExportLayout(const std::vector<ShardedTensorInfo>& tensors,
+                                         const BaseModelLayout& base, uint64_t max_shard_size) {
   ExportLayout out;
   std::vector<std::string> keys;
   std::vector<uint64_t> sizes;
@@ -32,7 +32,8 @@ Result<ExportLayout> ComputeExportLayout(const std::vector<ShardedTensorInfo>& t
   }
   std::vector<size_t> order(keys.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return NaturalLess(keys[a], keys[b]); });
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return NaturalLess(keys[a], keys[b]); });
   std::vector<uint64_t> ordered;
   for (size_t i : order) ordered.push_back(sizes[i]);
   const std::vector<uint32_t> file_of = DivideBySize(ordered, max_shard_size);

@@ -25,7 +25,7 @@ struct BaseModelLayout {
 };
 
 struct ExportLayout {
-  std::map<std::string, uint32_t> files;     // fqn → 1-based output file
+  std::map<std::string, uint32_t> files;      // fqn → 1-based output file
   std::map<std::string, std::string> dtypes;  // fqn → "torch.bfloat16" (or the safetensors name)
   uint64_t total_bytes = 0;                   // of every tensor in its export dtype
 };
@@ -33,8 +33,8 @@ struct ExportLayout {
 // With a base layout: its files, and tensors the base lacks (new heads) in
 // its last file; dtypes from the base where it has the tensor. Without one:
 // tensors in natural key order divided by `max_shard_size` (DivideBySize).
-Result<ExportLayout> ComputeExportLayout(const std::vector<ShardedTensorInfo>& tensors, const BaseModelLayout& base,
-                                         uint64_t max_shard_size);
+Result<ExportLayout> ComputeExportLayout(const std::vector<ShardedTensorInfo>& tensors,
+                                         const BaseModelLayout& base, uint64_t max_shard_size);
 
 // consolidate.sh: runs `ckpt consolidate` on the directory it sits in
 // (with --diffusers, and --base naming `base_model_dir` when not empty).

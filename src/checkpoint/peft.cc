@@ -4,10 +4,9 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "checkpoint/checkpointer_impl.h"
 #include "ckpt/safetensors.h"
@@ -36,8 +35,9 @@ void AppendChunkBytes(const LocalChunk& c, uint64_t esz, std::string* out) {
 
 // Copies a contiguous chunk (offsets, shape) into the row-major global
 // buffer of shape `g`, marking the elements it covers.
-void PlaceChunk(const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& shape, const char* src,
-                const std::vector<uint64_t>& g, uint64_t esz, std::byte* dst, std::vector<bool>* covered) {
+void PlaceChunk(const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& shape,
+                const char* src, const std::vector<uint64_t>& g, uint64_t esz, std::byte* dst,
+                std::vector<bool>* covered) {
   const std::vector<int64_t> strides = RowMajorStrides(g);
   uint64_t first = 0, n = 1;
   for (size_t d = 0; d < g.size(); ++d) {
@@ -68,8 +68,8 @@ Result<std::string> EncodeAdapterChunks(const StateDict& adapter) {
   for (const DistTensor& t : adapter.tensors) {
     const uint32_t bits = DTypeBits(t.dtype);
     if (bits % 8 != 0) {
-      return InvalidArgumentError("adapter tensor '" + t.fqn + "' has dtype " + std::string(DTypeName(t.dtype)) +
-                                  ", which is not whole bytes");
+      return InvalidArgumentError("adapter tensor '" + t.fqn + "' has dtype " +
+                                  std::string(DTypeName(t.dtype)) + ", which is not whole bytes");
     }
     enc.Str(t.fqn);
     enc.U64(static_cast<uint64_t>(t.dtype));
@@ -89,8 +89,8 @@ Result<std::string> EncodeAdapterChunks(const StateDict& adapter) {
 
 // Places one encoded chunk of rank `r` into `w`, after checking it lies
 // inside the global shape `g`.
-Status PlaceEncodedChunk(plan::Decoder& dec, const std::string& fqn, const std::vector<uint64_t>& g, size_t r,
-                         AssembledTensor& w, const Status& bad) {
+Status PlaceEncodedChunk(plan::Decoder& dec, const std::string& fqn, const std::vector<uint64_t>& g,
+                         size_t r, AssembledTensor& w, const Status& bad) {
   const size_t rank = g.size();
   std::vector<uint64_t> off(rank), shape(rank);
   for (uint64_t& v : off) {
@@ -104,8 +104,8 @@ Status PlaceEncodedChunk(plan::Decoder& dec, const std::string& fqn, const std::
   uint64_t cn = 1;
   for (size_t d = 0; d < rank; ++d) {
     if (off[d] > g[d] || shape[d] > g[d] - off[d]) {
-      return InvalidArgumentError("adapter tensor '" + fqn + "': a chunk of rank " + std::to_string(r) +
-                                  " reaches outside its global shape");
+      return InvalidArgumentError("adapter tensor '" + fqn + "': a chunk of rank " +
+                                  std::to_string(r) + " reaches outside its global shape");
     }
     cn *= shape[d];
   }
@@ -116,10 +116,12 @@ Status PlaceEncodedChunk(plan::Decoder& dec, const std::string& fqn, const std::
 }
 
 // Rank 0: every rank's chunks (EncodeAdapterChunks) into whole tensors.
-Status AssembleAdapter(const std::vector<std::string>& all, std::map<std::string, AssembledTensor>* tensors) {
+Status AssembleAdapter(const std::vector<std::string>& all,
+                       std::map<std::string, AssembledTensor>* tensors) {
   for (size_t r = 0; r < all.size(); ++r) {
     plan::Decoder dec(all[r]);
-    const Status bad = InternalError("adapter chunks from rank " + std::to_string(r) + " are malformed");
+    const Status bad =
+        InternalError("adapter chunks from rank " + std::to_string(r) + " are malformed");
     uint64_t n;
     if (!dec.U64(&n)) return bad;
     for (uint64_t i = 0; i < n; ++i) {
@@ -145,7 +147,8 @@ Status AssembleAdapter(const std::vector<std::string>& all, std::map<std::string
                                     " disagrees on its dtype or global shape");
       }
       if (!dec.U64(&chunks)) return bad;
-      for (uint64_t c = 0; c < chunks; ++c) CKPT_RETURN_IF_ERROR(PlaceEncodedChunk(dec, fqn, g, r, w, bad));
+      for (uint64_t c = 0; c < chunks; ++c)
+        CKPT_RETURN_IF_ERROR(PlaceEncodedChunk(dec, fqn, g, r, w, bad));
     }
   }
   return Status();
@@ -153,21 +156,24 @@ Status AssembleAdapter(const std::vector<std::string>& all, std::map<std::string
 
 // Rank 0: adapter_model.safetensors and adapter_config.json in a new
 // `model_dir`.
-Status WriteAdapterDir(Storage& st, const std::string& model_dir, const std::map<std::string, AssembledTensor>& tensors,
+Status WriteAdapterDir(Storage& st, const std::string& model_dir,
+                       const std::map<std::string, AssembledTensor>& tensors,
                        const PeftConfig& peft) {
   std::vector<TensorData> out;
   for (const auto& [fqn, w] : tensors) {
     if (std::find(w.covered.begin(), w.covered.end(), false) != w.covered.end()) {
-      return InvalidArgumentError("adapter tensor '" + fqn + "': the ranks' chunks do not cover it");
+      return InvalidArgumentError("adapter tensor '" + fqn +
+                                  "': the ranks' chunks do not cover it");
     }
-    const std::string key = fqn.rfind(kAdapterPrefix, 0) == 0 ? fqn : std::string(kAdapterPrefix) + fqn;
+    const std::string key =
+        fqn.rfind(kAdapterPrefix, 0) == 0 ? fqn : std::string(kAdapterPrefix) + fqn;
     out.push_back(TensorData{key, w.dtype, Shape(w.shape), std::span<const std::byte>(w.data)});
   }
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(st, model_dir));
   if (exists) return AlreadyExistsError(model_dir + " already exists; it is never overwritten");
   CKPT_RETURN_IF_ERROR(st.MakeDirs(model_dir));
-  CKPT_RETURN_IF_ERROR(
-      WriteSafetensors(st, JoinPath(model_dir, kAdapterFile), out, SafetensorsMetadata{{"format", "pt"}}));
+  CKPT_RETURN_IF_ERROR(WriteSafetensors(st, JoinPath(model_dir, kAdapterFile), out,
+                                        SafetensorsMetadata{{"format", "pt"}}));
   std::vector<std::string> targets = peft.target_modules;
   std::sort(targets.begin(), targets.end());
   targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
@@ -179,7 +185,8 @@ Status WriteAdapterDir(Storage& st, const std::string& model_dir, const std::map
               {"target_modules", targets},
               {"bias", "none"},
               {"base_model_name_or_path", peft.base_model_name_or_path}};
-  CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(model_dir, kAdapterConfig), cfg.dump(2) + "\n"));
+  CKPT_RETURN_IF_ERROR(
+      WriteFileAtomically(st, JoinPath(model_dir, kAdapterConfig), cfg.dump(2) + "\n"));
   return st.SyncDir(model_dir);
 }
 
@@ -187,12 +194,15 @@ Status WriteAdapterDir(Storage& st, const std::string& model_dir, const std::map
 
 // Every rank sends its chunks of the adapter tensors to rank 0, which writes
 // the whole adapter as one safetensors file.
-Status Checkpointer::SaveAdapter(Model& model, const std::string& model_dir, const PeftConfig& peft) {
+Status Checkpointer::SaveAdapter(Model& model, const std::string& model_dir,
+                                 const PeftConfig& peft) {
   const std::string what = "saving the PEFT adapter in " + model_dir;
-  StateDict adapter = FilterTensors(model.state_dict(), [&](const std::string& f) { return model.IsAdapterTensor(f); });
+  StateDict adapter = FilterTensors(model.state_dict(),
+                                    [&](const std::string& f) { return model.IsAdapterTensor(f); });
   Result<std::string> mine = EncodeAdapterChunks(adapter);
   CKPT_RETURN_IF_ERROR(Agree(mine.status(), what));
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> all, impl_->comm.AllGather(*mine, impl_->config.timeout));
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> all,
+                        impl_->comm.AllGather(*mine, impl_->config.timeout));
   if (impl_->comm.rank() != 0) return Agree(Status(), what);
   std::map<std::string, AssembledTensor> tensors;
   Status local = AssembleAdapter(all, &tensors);
@@ -201,11 +211,13 @@ Status Checkpointer::SaveAdapter(Model& model, const std::string& model_dir, con
 }
 
 Status Checkpointer::LoadAdapter(Model& model, const std::string& model_dir) {
-  StateDict adapter = FilterTensors(model.state_dict(), [&](const std::string& f) { return model.IsAdapterTensor(f); });
+  StateDict adapter = FilterTensors(model.state_dict(),
+                                    [&](const std::string& f) { return model.IsAdapterTensor(f); });
   LoadOptions o;
   o.timeout = impl_->config.timeout;
   o.key_mapping = {{"^base_model\\.model\\.(.*)$", "$1"}};
-  return LoadSharded(impl_->comm, *impl_->storage, model_dir, adapter, o).WithContext("loading the PEFT adapter");
+  return LoadSharded(impl_->comm, *impl_->storage, model_dir, adapter, o)
+      .WithContext("loading the PEFT adapter");
 }
 
 }  // namespace ckpt

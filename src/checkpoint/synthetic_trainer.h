@@ -15,10 +15,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ckpt/checkpointer.h"
 
@@ -76,7 +75,9 @@ struct TrainerOptions {
 class SampleCursor : public Stateful {
  public:
   uint64_t position = 0;
-  Result<std::string> SaveState() override { return nlohmann::json({{"samples_seen", position}}).dump(); }
+  Result<std::string> SaveState() override {
+    return nlohmann::json({{"samples_seen", position}}).dump();
+  }
   Status LoadState(std::string_view s) override {
     nlohmann::json j = nlohmann::json::parse(s, nullptr, false);
     if (!j.is_object() || !j["samples_seen"].is_number_unsigned()) {
@@ -90,14 +91,16 @@ class SampleCursor : public Stateful {
 // One rank's part of the run.
 class Trainer : public Model {
  public:
-  Trainer(const std::vector<ParamSpec>& specs, int rank, int world, const TrainerOptions& o = {}) : o_(o) {
+  Trainer(const std::vector<ParamSpec>& specs, int rank, int world, const TrainerOptions& o = {})
+      : o_(o) {
     for (const ParamSpec& s : specs) {
       Param p;
       p.fqn = s.fqn;
       p.hash = Hash(s.fqn);
       p.global = s.shape;
       for (size_t d = 1; d < s.shape.size(); ++d) p.cols *= s.shape[d];
-      const uint64_t step = (s.shape[0] + static_cast<uint64_t>(world) - 1) / static_cast<uint64_t>(world);
+      const uint64_t step =
+          (s.shape[0] + static_cast<uint64_t>(world) - 1) / static_cast<uint64_t>(world);
       p.row0 = std::min<uint64_t>(s.shape[0], step * static_cast<uint64_t>(rank));
       p.rows = std::min<uint64_t>(s.shape[0], p.row0 + step) - p.row0;
       const uint64_t n = p.rows * p.cols;
@@ -162,17 +165,20 @@ class Trainer : public Model {
   // "" when every value this rank holds equals `ref`'s, bit for bit; `ref`
   // holds the same rows or more (a world-1 run holds all).
   std::string Diff(const Trainer& ref) const {
-    if (step_ != ref.step_) return "adam step " + std::to_string(step_) + " vs " + std::to_string(ref.step_);
+    if (step_ != ref.step_)
+      return "adam step " + std::to_string(step_) + " vs " + std::to_string(ref.step_);
     if (cursor_.position != ref.cursor_.position) return "data-loader position differs";
     const uint64_t esz = DTypeBits(o_.weights) / 8;
     for (size_t i = 0; i < params_.size(); ++i) {
       const Param& a = params_[i];
       const Param& b = ref.params_[i];
-      if (a.row0 < b.row0 || a.row0 + a.rows > b.row0 + b.rows) return a.fqn + ": the reference lacks rows";
+      if (a.row0 < b.row0 || a.row0 + a.rows > b.row0 + b.rows)
+        return a.fqn + ": the reference lacks rows";
       const uint64_t at = (a.row0 - b.row0) * a.cols;
       for (uint64_t k = 0; k < a.m.size(); ++k) {
         if (std::memcmp(a.w.data() + k * esz, b.w.data() + (at + k) * esz, esz) != 0 ||
-            std::memcmp(&a.m[k], &b.m[at + k], 4) != 0 || std::memcmp(&a.v[k], &b.v[at + k], 4) != 0) {
+            std::memcmp(&a.m[k], &b.m[at + k], 4) != 0 ||
+            std::memcmp(&a.v[k], &b.v[at + k], 4) != 0) {
           return a.fqn + " element " + std::to_string(a.row0 * a.cols + k) + " differs";
         }
       }
@@ -214,18 +220,23 @@ class Trainer : public Model {
       std::vector<uint64_t> off(p.global.size(), 0), shape = p.global;
       off[0] = p.row0;
       shape[0] = p.rows;
-      auto chunk = [&](void* data) { return LocalChunk{off, Shape(shape), static_cast<std::byte*>(data), {}}; };
+      auto chunk = [&](void* data) {
+        return LocalChunk{off, Shape(shape), static_cast<std::byte*>(data), {}};
+      };
       model_sd_.tensors.push_back({p.fqn, o_.weights, Shape(p.global), {chunk(p.w.data())}});
       optim_sd_.tensors.push_back(
           {OptimizerStateKey(p.fqn, "exp_avg"), DType::kF32, Shape(p.global), {chunk(p.m.data())}});
-      optim_sd_.tensors.push_back(
-          {OptimizerStateKey(p.fqn, "exp_avg_sq"), DType::kF32, Shape(p.global), {chunk(p.v.data())}});
+      optim_sd_.tensors.push_back({OptimizerStateKey(p.fqn, "exp_avg_sq"),
+                                   DType::kF32,
+                                   Shape(p.global),
+                                   {chunk(p.v.data())}});
       // torch keeps Adam's step as a replicated scalar tensor per parameter.
-      optim_sd_.tensors.push_back(
-          WholeTensor(OptimizerStateKey(p.fqn, "step"), DType::kF32, Shape{}, reinterpret_cast<std::byte*>(&step_)));
+      optim_sd_.tensors.push_back(WholeTensor(OptimizerStateKey(p.fqn, "step"), DType::kF32,
+                                              Shape{}, reinterpret_cast<std::byte*>(&step_)));
     }
     optim_sd_.json[std::string(kParamGroupsKey)] =
-        nlohmann::json::array({{{"lr", 1e-2}, {"betas", {0.9, 0.999}}, {"eps", 1e-8}, {"weight_decay", 0.0}}})
+        nlohmann::json::array(
+            {{{"lr", 1e-2}, {"betas", {0.9, 0.999}}, {"eps", 1e-8}, {"weight_decay", 0.0}}})
             .dump();
   }
 

@@ -8,14 +8,16 @@
 namespace ckpt {
 
 bool IsHfArtifactName(std::string_view name) {
-  if (!CheckShardFileName(name).ok() || name.front() == '.' || FindInvalidUtf8(name) != std::string_view::npos) {
+  if (!CheckShardFileName(name).ok() || name.front() == '.' ||
+      FindInvalidUtf8(name) != std::string_view::npos) {
     return false;
   }
   auto ends = [&](std::string_view suffix) {
     return name.size() > suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
   };
   // Indexes (of any weight format) and ckpt's own files are never artifacts.
-  if (ends(".index.json") || name == kFileMappingName || name == kDtypeMappingName || name.starts_with("ckpt_")) {
+  if (ends(".index.json") || name == kFileMappingName || name == kDtypeMappingName ||
+      name.starts_with("ckpt_")) {
     return false;
   }
   for (std::string_view kind : {".json", ".txt", ".model", ".jinja", ".py", ".tiktoken", ".md"}) {
@@ -27,7 +29,8 @@ bool IsHfArtifactName(std::string_view name) {
 bool NaturalLess(const std::string& a, const std::string& b) {
   size_t i = 0, j = 0;
   while (i < a.size() && j < b.size()) {
-    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) &&
+        std::isdigit(static_cast<unsigned char>(b[j]))) {
       size_t i2 = i, j2 = j;
       while (i2 < a.size() && std::isdigit(static_cast<unsigned char>(a[i2]))) ++i2;
       while (j2 < b.size() && std::isdigit(static_cast<unsigned char>(b[j2]))) ++j2;

@@ -7,11 +7,14 @@
 namespace ckpt {
 namespace {
 
-std::string StagingPrefix(const std::string& dir) { return "." + std::string(Basename(dir)) + ".tmp-"; }
+std::string StagingPrefix(const std::string& dir) {
+  return "." + std::string(Basename(dir)) + ".tmp-";
+}
 
 }  // namespace
 
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view given) {
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir,
+                                     std::string_view given) {
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, dir));
   if (exists) return AlreadyExistsError(dir + " already exists; it is never overwritten");
   std::string token(given);
@@ -27,7 +30,8 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, s
   const std::string prefix = StagingPrefix(dir);
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> siblings, storage.List(parent));
   for (const DirEntry& e : siblings) {
-    const std::string_view rest = std::string_view(e.name).substr(std::min(prefix.size(), e.name.size()));
+    const std::string_view rest =
+        std::string_view(e.name).substr(std::min(prefix.size(), e.name.size()));
     if (e.type == EntryType::kDirectory && e.name.starts_with(prefix) && IsToken(rest)) {
       CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(parent, e.name)));
     }

@@ -27,7 +27,8 @@ namespace ckpt {
 // AlreadyExists when `dir` exists. `token` (16 lowercase hex digits, else
 // InvalidArgument) names it instead of a random one, for callers whose ranks
 // must derive the same name without talking.
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view token = {});
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir,
+                                     std::string_view token = {});
 
 // Publishes a filled staging directory at `dir`: fsync, rename, fsync of the
 // parent. On error the staging directory is left for the caller to remove.

@@ -26,8 +26,10 @@ TEST(ExportLayoutTest, WithoutABaseKeysAreDividedBySizeInNaturalOrder) {
       T("model.layers.2.w", DType::kF32, {100}), T("lm_head.weight", DType::kBF16, {200})};
   Result<ExportLayout> l = ComputeExportLayout(ts, {}, 1000);
   ASSERT_THAT(l, IsOk());
-  EXPECT_EQ(l->files, (std::map<std::string, uint32_t>{
-                          {"lm_head.weight", 1}, {"model.layers.2.w", 1}, {"model.layers.9.w", 2}, {"model.layers.10.w", 2}}));
+  EXPECT_EQ(l->files, (std::map<std::string, uint32_t>{{"lm_head.weight", 1},
+                                                       {"model.layers.2.w", 1},
+                                                       {"model.layers.9.w", 2},
+                                                       {"model.layers.10.w", 2}}));
   EXPECT_EQ(l->dtypes.at("model.layers.2.w"), "torch.float32");
   EXPECT_EQ(l->dtypes.at("lm_head.weight"), "torch.bfloat16");
   EXPECT_EQ(l->total_bytes, 1600u);
@@ -42,14 +44,16 @@ TEST(ExportLayoutTest, ABaseDecidesFilesAndOriginalDtypesAndNewTensorsGoLast) {
   Result<ExportLayout> l = ComputeExportLayout(ts, base, 1);
   ASSERT_THAT(l, IsOk());
   EXPECT_EQ(l->files, (std::map<std::string, uint32_t>{{"a", 1}, {"b", 3}, {"head", 3}}));
-  EXPECT_EQ(l->dtypes, (std::map<std::string, std::string>{
-                           {"a", "torch.bfloat16"}, {"b", "torch.float16"}, {"head", "torch.float32"}}));
+  EXPECT_EQ(l->dtypes,
+            (std::map<std::string, std::string>{
+                {"a", "torch.bfloat16"}, {"b", "torch.float16"}, {"head", "torch.float32"}}));
   EXPECT_EQ(l->total_bytes, 8u + 8u + 16u) << "sizes in the export dtypes";
 }
 
 TEST(ExportLayoutTest, ASizeThatOverflowsIsAnError) {
   const std::vector<ShardedTensorInfo> ts = {T("huge", DType::kF64, {1ull << 62, 4})};
-  EXPECT_THAT(ComputeExportLayout(ts, {}, 1000), StatusIs(StatusCode::kInvalidArgument, "overflows 64 bits"));
+  EXPECT_THAT(ComputeExportLayout(ts, {}, 1000),
+              StatusIs(StatusCode::kInvalidArgument, "overflows 64 bits"));
 }
 
 TEST(ExportLayoutTest, TheScriptQuotesTheBaseDirectoryForTheShell) {
@@ -57,7 +61,8 @@ TEST(ExportLayoutTest, TheScriptQuotesTheBaseDirectoryForTheShell) {
   EXPECT_TRUE(plain.starts_with("#!/bin/sh\n"));
   EXPECT_NE(plain.find("consolidate \"$here\" \"$out\" \"$@\"\n"), std::string::npos) << plain;
   const std::string full = ConsolidateScript(true, "/models/it's here");
-  EXPECT_NE(full.find(" --diffusers --base '/models/it'\\''s here' \"$@\"\n"), std::string::npos) << full;
+  EXPECT_NE(full.find(" --diffusers --base '/models/it'\\''s here' \"$@\"\n"), std::string::npos)
+      << full;
   EXPECT_EQ(ShellQuote("a b"), "'a b'");
   EXPECT_EQ(ShellQuote("'"), "''\\'''");
 }

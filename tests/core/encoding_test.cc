@@ -38,9 +38,12 @@ TEST(EncodingTest, RandomTokensHaveTheTokenFormAndDiffer) {
 }
 
 TEST(EncodingTest, Base64MatchesTheRfc4648TestVectors) {
-  const std::pair<const char*, const char*> vectors[] = {{"", ""},           {"f", "Zg=="},
-                                                         {"fo", "Zm8="},     {"foo", "Zm9v"},
-                                                         {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+  const std::pair<const char*, const char*> vectors[] = {{"", ""},
+                                                         {"f", "Zg=="},
+                                                         {"fo", "Zm8="},
+                                                         {"foo", "Zm9v"},
+                                                         {"foob", "Zm9vYg=="},
+                                                         {"fooba", "Zm9vYmE="},
                                                          {"foobar", "Zm9vYmFy"}};
   for (const auto& [plain, encoded] : vectors) {
     EXPECT_EQ(Base64Encode(Bytes(plain)), encoded) << plain;

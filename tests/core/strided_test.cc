@@ -71,7 +71,9 @@ TEST(StridedTest, GatherScatterAndRangesMatchAnElementByElementWalkOnRandomViews
     const std::byte* base = buf.data() + origin * static_cast<int64_t>(esz);
     const std::vector<int64_t> offs = NaiveOffsets(l);
     std::vector<std::byte> want;
-    for (int64_t o : offs) want.insert(want.end(), base + o * static_cast<int64_t>(esz), base + (o + 1) * static_cast<int64_t>(esz));
+    for (int64_t o : offs)
+      want.insert(want.end(), base + o * static_cast<int64_t>(esz),
+                  base + (o + 1) * static_cast<int64_t>(esz));
 
     std::vector<std::byte> got(want.size());
     GatherAll(l, base, got.data());
@@ -82,7 +84,8 @@ TEST(StridedTest, GatherScatterAndRangesMatchAnElementByElementWalkOnRandomViews
     const uint64_t first = n == 0 ? 0 : rng() % n, count = n == 0 ? 0 : rng() % (n - first + 1);
     std::vector<std::byte> part(count * esz);
     GatherElements(l, base, first, count, part.data());
-    ASSERT_TRUE(std::equal(part.begin(), part.end(), want.begin() + static_cast<int64_t>(first * esz)))
+    ASSERT_TRUE(
+        std::equal(part.begin(), part.end(), want.begin() + static_cast<int64_t>(first * esz)))
         << "trial " << trial << " range [" << first << ", " << first + count << ")";
 
     // Scatter writes exactly the view's elements and nothing else. A
@@ -148,9 +151,8 @@ TEST(StridedTest, ContiguousInnerDimensionsAreCopiedAsOneRunPerOuterIndex) {
 TEST(StridedTest, ForEachRunStopsAtTheFirstError) {
   const StridedLayout l{{4, 3}, {1, 4}, 1};
   int calls = 0;
-  Status s = ForEachRun(l, [&](int64_t, uint64_t) {
-    return ++calls == 3 ? DataLossError("third run") : Status();
-  });
+  Status s = ForEachRun(
+      l, [&](int64_t, uint64_t) { return ++calls == 3 ? DataLossError("third run") : Status(); });
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_EQ(calls, 3);
 }

@@ -53,22 +53,25 @@ TEST(StagedDirTest, BuildsHiddenThenSyncsRenamesAndSyncsTheParent) {
   });
   ASSERT_THAT(built, IsOk());
   ASSERT_TRUE(seen.starts_with("/out/.model.tmp-")) << seen;
-  EXPECT_TRUE(IsToken(std::string_view(seen).substr(std::string("/out/.model.tmp-").size()))) << seen;
+  EXPECT_TRUE(IsToken(std::string_view(seen).substr(std::string("/out/.model.tmp-").size())))
+      << seen;
   EXPECT_EQ(Names(s, "/out"), std::vector<std::string>{"model"});
   EXPECT_EQ(Names(s, "/out/model"), std::vector<std::string>{"a.json"});
   // The directory's own fsync comes before its rename, the parent's after.
   const std::vector<std::string> tail(s.ops.end() - 3, s.ops.end());
-  EXPECT_EQ(tail, (std::vector<std::string>{"fsync " + seen, "rename " + seen + " -> /out/model", "fsync /out"}));
+  EXPECT_EQ(tail, (std::vector<std::string>{"fsync " + seen, "rename " + seen + " -> /out/model",
+                                            "fsync /out"}));
 }
 
 TEST(StagedDirTest, AnExistingDirectoryIsNeverOverwritten) {
   std::shared_ptr<Storage> s = NewMemoryStorage();
   ASSERT_THAT(s->MakeDirs("/out/model"), IsOk());
   bool ran = false;
-  EXPECT_THAT(BuildDirAtomically(*s, "/out/model", [&](const std::string&) {
-                ran = true;
-                return Status();
-              }),
+  EXPECT_THAT(BuildDirAtomically(*s, "/out/model",
+                                 [&](const std::string&) {
+                                   ran = true;
+                                   return Status();
+                                 }),
               StatusIs(StatusCode::kAlreadyExists, "/out/model already exists"));
   EXPECT_FALSE(ran);
   EXPECT_EQ(Names(*s, "/out"), std::vector<std::string>{"model"});
@@ -76,9 +79,10 @@ TEST(StagedDirTest, AnExistingDirectoryIsNeverOverwritten) {
 
 TEST(StagedDirTest, AFailedBuildLeavesNothingAndNamesItsError) {
   std::shared_ptr<Storage> s = NewMemoryStorage();
-  EXPECT_THAT(BuildDirAtomically(*s, "/out/model",
-                                 [&](const std::string&) { return DataLossError("tensor 'w' is torn"); }),
-              StatusIs(StatusCode::kDataLoss, "tensor 'w' is torn"));
+  EXPECT_THAT(
+      BuildDirAtomically(*s, "/out/model",
+                         [&](const std::string&) { return DataLossError("tensor 'w' is torn"); }),
+      StatusIs(StatusCode::kDataLoss, "tensor 'w' is torn"));
   EXPECT_EQ(Names(*s, "/out"), std::vector<std::string>{});
 }
 
@@ -107,7 +111,8 @@ TEST(StagedDirTest, StagingLeftByAKilledRunIsRemovedAndOthersAreKept) {
   Result<std::string> staging = CreateStagingDir(*s, "/out/model");
   ASSERT_THAT(staging, IsOk());
   const std::vector<std::string> names = Names(*s, "/out");
-  EXPECT_EQ(std::count(names.begin(), names.end(), std::string(Basename(stale))), 0) << "stale staging kept";
+  EXPECT_EQ(std::count(names.begin(), names.end(), std::string(Basename(stale))), 0)
+      << "stale staging kept";
   EXPECT_EQ(std::count(names.begin(), names.end(), ".model.tmp-notatoken"), 1);
   EXPECT_EQ(std::count(names.begin(), names.end(), ".other.tmp-" + Hex64(2)), 1);
   EXPECT_EQ(names.size(), 3u);
@@ -118,8 +123,9 @@ TEST(StagedDirTest, AGivenTokenNamesTheStagingAndMustBeSixteenHexDigits) {
   Result<std::string> staging = CreateStagingDir(*s, "/out/model", Hex64(0xabc));
   ASSERT_THAT(staging, IsOk());
   EXPECT_EQ(*staging, "/out/.model.tmp-0000000000000abc");
-  EXPECT_THAT(CreateStagingDir(*s, "/out/other", "ABC"),
-              StatusIs(StatusCode::kInvalidArgument, "staging token 'ABC' is not 16 lowercase hex digits"));
+  EXPECT_THAT(
+      CreateStagingDir(*s, "/out/other", "ABC"),
+      StatusIs(StatusCode::kInvalidArgument, "staging token 'ABC' is not 16 lowercase hex digits"));
 }
 
 }  // namespace
