@@ -25,7 +25,7 @@ layer_of_area() {
 area_of_public() {
   case "$1" in
     status.h | dtype.h | shape.h | state_dict.h | log.h | version.h) echo core ;;
-    storage.h) echo io ;;
+    storage.h | s3.h) echo io ;;
     comm.h | mpi_comm.h) echo comm ;;
     safetensors.h | hf.h | torch_bin.h) echo format ;;
     sharded.h) echo engine ;;

@@ -120,6 +120,13 @@ class Storage {
   // InvalidArgument when it is not a link, FailedPrecondition on backends
   // without links.
   virtual Result<std::string> ReadLink(const std::string& path);
+  // Whether Rename works. Object stores (s3) cannot rename: a file is
+  // published by the upload that writes it, and a directory is published by
+  // its commit object (docs/format.md, "Object storage").
+  virtual bool CanRename() const { return true; }
+  // Removes a file or a directory tree; OK when nothing exists. The default
+  // walks the tree; an object store deletes what a listing finds in batches.
+  virtual Status RemoveTree(const std::string& path);
 };
 
 // A Storage that forwards every call to another one: a wrapper (fault
@@ -221,6 +228,9 @@ Status WriteFileAtomically(Storage& storage, const std::string& path, std::strin
 // Commit: fsync file → close → rename over `<dir>/<name>` → fsync <dir>.
 // Destroying an uncommitted writer (or a failed Commit) removes the temporary
 // file, so a crash or error never leaves a partial file at the destination.
+// On a storage that cannot rename, the writer writes the destination itself
+// (temp_path() == path()): the object appears only when Commit closes it
+// (the upload completes), and an aborted writer discards its upload.
 class AtomicFileWriter {
  public:
   static Result<std::unique_ptr<AtomicFileWriter>> Create(Storage& storage, std::string path);

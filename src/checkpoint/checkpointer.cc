@@ -16,6 +16,7 @@
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/log.h"
+#include "ckpt/s3.h"
 #include "ckpt/safetensors.h"
 #include "checkpoint/checkpointer_impl.h"
 #include "checkpoint/export_layout.h"
@@ -72,8 +73,17 @@ Checkpointer::~Checkpointer() {
   }
 }
 
-Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingConfig& config, ParallelRanks ranks,
+Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingConfig& given, ParallelRanks ranks,
                                                            Communicator& comm, std::shared_ptr<Storage> storage) {
+  // checkpoint_dir "s3://bucket/prefix" or "msc://profile/key": the object
+  // store's backend, and the prefix inside it.
+  CheckpointingConfig config = given;
+  if (IsObjectStoragePath(config.checkpoint_dir)) {
+    Result<StoragePath> at = ResolveStoragePath(config.checkpoint_dir);
+    if (!at.ok()) return at.status().WithContext("checkpointer: checkpoint_dir");
+    storage = at->storage;
+    config.checkpoint_dir = at->path;
+  }
   CKPT_RETURN_IF_ERROR(ValidateConfig(config));
   if (ranks.dp < 0 || ranks.tp < 0 || ranks.pp < 0) {
     return InvalidArgumentError("checkpointer: negative parallel rank (dp " + std::to_string(ranks.dp) + ", tp " +

@@ -127,7 +127,19 @@ Status UpdatePointer(Storage& storage, const std::string& root, std::string_view
 }
 
 // Renames to a hidden name first, so nothing half-removed looks complete.
+// Without rename (object stores) the `.incomplete` marker is written back
+// first and deleted last (the storage removes directory markers before other
+// objects), with the same effect.
 Status RemoveCheckpoint(Storage& storage, const std::string& root, const std::string& name) {
+  if (!storage.CanRename()) {
+    const std::string dir = JoinPath(root, name);
+    CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(dir, kIncompleteMarker), ""));
+    CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
+    for (const DirEntry& e : entries) {
+      if (e.name != kIncompleteMarker) CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(dir, e.name)));
+    }
+    return RemoveAll(storage, dir);
+  }
   const std::string trash = JoinPath(root, "." + name + ".trash-" + RandomToken());
   CKPT_RETURN_IF_ERROR(storage.Rename(JoinPath(root, name), trash));
   CKPT_RETURN_IF_ERROR(storage.SyncDir(root));
@@ -201,12 +213,20 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
         }
         CKPT_RETURN_IF_ERROR(RemoveCheckpoint(st, root, name));
       }
-      // Assembled under a hidden name, so the directory appears with its marker.
-      CKPT_ASSIGN_OR_RETURN(const std::string staging, CreateStagingDir(st, path));
-      Status reserved = WriteFileAtomically(st, JoinPath(staging, kIncompleteMarker), "");
-      if (reserved.ok()) reserved = CommitStagingDir(st, staging, path);
-      if (!reserved.ok()) RemoveAll(st, staging).IgnoreError();
-      CKPT_RETURN_IF_ERROR(reserved);
+      if (st.CanRename()) {
+        // Assembled under a hidden name, so the directory appears with its marker.
+        const std::string staging = JoinPath(root, "." + name + ".tmp-" + RandomToken());
+        CKPT_RETURN_IF_ERROR(st.MakeDirs(staging));
+        CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(staging, kIncompleteMarker), ""));
+        CKPT_RETURN_IF_ERROR(st.Rename(staging, path));
+        CKPT_RETURN_IF_ERROR(st.SyncDir(root));
+      } else {
+        // An object store: the marker is the prefix's first object, so the
+        // prefix never exists without it; then the directory's own marker,
+        // so the checkpoint stays a directory once `.incomplete` is gone.
+        CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(path, kIncompleteMarker), ""));
+        CKPT_RETURN_IF_ERROR(st.MakeDirs(path));
+      }
       // Clean what interrupted saves left behind.
       CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, st.List(root));
       for (const DirEntry& e : entries) {

@@ -9,6 +9,7 @@
 
 #include "ckpt/consolidate.h"
 #include "ckpt/mpi_comm.h"
+#include "ckpt/s3.h"
 #include "cli/commands.h"
 #include "cli/target.h"
 
@@ -57,7 +58,14 @@ int RunConsolidate(const ConsolidateCliOptions& c) {
   }
   auto t0 = std::chrono::steady_clock::now();
   ConsolidateStats stats;
-  Status s = Consolidate(**comm, *PosixStorage(), c.in_dir, c.out_dir, o, &stats);
+  // Both sides live on one storage: a local directory, or one bucket.
+  Result<StoragePath> in = ResolveStoragePath(c.in_dir), out = ResolveStoragePath(c.out_dir);
+  Status s = in.ok() ? out.status() : in.status();
+  if (s.ok() && in->storage != out->storage) {
+    s = InvalidArgumentError("consolidating " + c.in_dir + " into " + c.out_dir +
+                             ": input and output must be on the same storage (both local, or the same bucket)");
+  }
+  if (s.ok()) s = Consolidate(**comm, *in->storage, in->path, out->path, o, &stats);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (bar) std::printf("\n");
   if (!s.ok()) {

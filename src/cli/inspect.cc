@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/s3.h"
 #include "cli/commands.h"
 #include "cli/target.h"
 
@@ -144,7 +145,8 @@ void PrintText(const Target& t) {
 
 int RunInspect(const InspectOptions& opts) {
   if (IsTorchBinTarget(*PosixStorage(), opts.path)) return InspectTorchBin(opts);
-  Result<Target> t = OpenTarget(*PosixStorage(), opts.path);
+  Result<StoragePath> where = ResolveStoragePath(opts.path);
+  Result<Target> t = where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
   if (!t.ok()) {
     std::fprintf(stderr, "ckpt inspect: %s\n", t.status().ToString().c_str());
     return 1;

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/s3.h"
 #include "cli/commands.h"
 #include "cli/target.h"
 
@@ -12,7 +13,7 @@ namespace {
 
 // Structure is validated by OpenTarget; this reads the data so that I/O
 // errors and files that shrank since the header was read are caught too.
-Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warnings,
+Status VerifyTarget(Storage& storage, const Target& t, bool quick, std::vector<std::string>* warnings,
                     uint64_t* total) {
   *total = 0;
   for (const auto& e : t.tensors) *total += e.info->nbytes();
@@ -32,7 +33,7 @@ Status VerifyTarget(const Target& t, bool quick, std::vector<std::string>* warni
     }
   }
   if (quick) return Status();
-  if (t.sharded) return VerifyShardedCheckpoint(*PosixStorage(), t.path);
+  if (t.sharded) return VerifyShardedCheckpoint(storage, t.path);
   for (const SafetensorsFile* f : t.files) CKPT_RETURN_IF_ERROR(f->ReadAllData());
   return Status();
 }
@@ -43,8 +44,9 @@ int RunVerify(const VerifyOptions& opts) {
   if (IsTorchBinTarget(*PosixStorage(), opts.path)) return VerifyTorchBin(opts);
   std::vector<std::string> warnings;
   uint64_t total = 0;
-  Result<Target> t = OpenTarget(*PosixStorage(), opts.path);
-  Status s = t.ok() ? VerifyTarget(*t, opts.quick, &warnings, &total) : t.status();
+  Result<StoragePath> where = ResolveStoragePath(opts.path);
+  Result<Target> t = where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
+  Status s = t.ok() ? VerifyTarget(*where->storage, *t, opts.quick, &warnings, &total) : t.status();
   if (opts.json) {
     nlohmann::json j;
     j["path"] = opts.path;

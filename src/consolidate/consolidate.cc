@@ -20,8 +20,8 @@
 #include "ckpt/safetensors.h"
 #include "convert/float_cast.h"
 #include "core/encoding.h"
+#include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
-#include "io/staged_dir.h"
 #include "format/json_util.h"
 
 namespace ckpt {
@@ -385,7 +385,7 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
     return InvalidArgumentError(what + ": cast dtype " + std::string(DTypeName(*o.cast_dtype)) +
                                 " is not a float cast (F16, BF16, F32 or F64)");
   }
-  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadCheckpointCollective(comm, storage, in_dir, to));
+  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadAnyCheckpointCollective(comm, storage, in_dir, to));
   ConsolidateStats stats;
   Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt, o, &stats.warnings);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(layout.status(), to).WithContext(what));
@@ -439,9 +439,15 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
         for (const OutTensor& t : f.tensors) index.weight_map[t.saved->fqn] = f.name;
       }
       const std::string index_name(o.diffusers ? kDiffusersIndexName : kHfIndexName);
-      published = WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
-      if (published.ok()) published = CopyHfArtifacts(storage, in_dir, ckpt.listing, staging, &stats.warnings);
-      if (published.ok()) published = CommitStagingDir(storage, staging, out_dir);
+      // The index goes last: without rename (object stores) it is the
+      // commit object of the output directory.
+      published = CopyHfArtifacts(storage, in_dir, ckpt.listing, staging, &stats.warnings);
+      if (published.ok()) {
+        published = WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
+      }
+      if (published.ok()) published = storage.SyncDir(staging);
+      if (published.ok() && staging != out_dir) published = storage.Rename(staging, out_dir);
+      if (published.ok()) published = storage.SyncDir(std::string(Dirname(out_dir)));
     }
     if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
   }

@@ -31,8 +31,32 @@ std::string ShardFileNameImpl(int rank) {
   return buf;
 }
 
+namespace {
+Status Uncommitted(const std::string& dir) {
+  return NotFoundError(dir + ": no " + std::string(kManifestName) + " or " + std::string(kHfIndexName) +
+                       " (its commit object): the save that wrote it never committed");
+}
+bool IsCommitObject(std::string_view name) {
+  return name == kManifestName || name == kHfIndexName || name == kDiffusersIndexName;
+}
+}  // namespace
+
+Status CheckCommitted(Storage& storage, const std::string& dir) {
+  if (storage.CanRename()) return Status();
+  for (std::string_view name : {kManifestName, kHfIndexName, kDiffusersIndexName}) {
+    CKPT_ASSIGN_OR_RETURN(bool there, Exists(storage, JoinPath(dir, name)));
+    if (there) return Status();
+  }
+  return Uncommitted(dir);
+}
+
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
+  if (!storage.CanRename() && std::none_of(entries.begin(), entries.end(), [](const DirEntry& e) {
+        return e.type == EntryType::kFile && IsCommitObject(e.name);
+      })) {
+    return Uncommitted(dir);
+  }
   ShardListing l;
   for (const DirEntry& e : entries) {
     if (e.type != EntryType::kFile || e.name.empty() || e.name[0] == '.') continue;
@@ -400,11 +424,25 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
   return out;
 }
 
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view given) {
+  if (!storage.CanRename()) {
+    // No rename: the save writes under `dir` itself and commits by writing
+    // the manifest (the index, for a consolidated directory) last. Objects without a manifest are a dead save's,
+    // removed by listing.
+    const Status committed = CheckCommitted(storage, dir);
+    if (committed.ok()) return AlreadyExistsError(dir + " already exists; it is never overwritten");
+    if (committed.code() != StatusCode::kNotFound) return committed;
+    CKPT_RETURN_IF_ERROR(RemoveAll(storage, dir));
+    return dir;
+  }
+  return ckpt::CreateStagingDir(storage, dir, given);
+}
+
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout to) {
   std::string staging;
   Status prepared;
   if (comm.rank() == 0) {
-    Result<std::string> made = CreateStagingDir(storage, dir);
+    Result<std::string> made = engine::CreateStagingDir(storage, dir);
     prepared = made.status();
     if (made.ok()) staging = *made;
   }

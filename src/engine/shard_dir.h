@@ -33,6 +33,11 @@ struct ShardListing {
 };
 
 Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir);
+// On an object store (no rename) a directory is a checkpoint only once its
+// commit object exists: the manifest (sharded) or the index (a Hugging Face
+// directory), written last. NotFound ("never committed") otherwise; always OK
+// on a storage that can rename. ListShardDir applies it too.
+Status CheckCommitted(Storage& storage, const std::string& dir);
 std::string EncodeListing(const ShardListing& l);
 Result<ShardListing> DecodeListing(std::string_view text);
 
@@ -81,18 +86,37 @@ class KeyMapper {
 // "shard-00003-model-00001-of-00001.safetensors" for rank 2.
 std::string ShardFileNameImpl(int rank);
 
+// A DCP byte entry: `length` bytes at `offset` of listing.files[file].
+struct SavedBytesEntry {
+  uint32_t file = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
 // Steps shared by every collective reader of a checkpoint: rank 0 lists the
 // directory and broadcasts the listing; each header is read by one rank and
 // all-gathered; every rank indexes all chunks and checks that they tile.
 struct SavedCheckpoint {
   ShardListing listing;
   plan::SavedIndex index;
+  bool dcp = false;                                   // a DCP directory (engine/dcp_dir.h)
+  std::map<std::string, SavedBytesEntry> byte_entries;  // DCP only
 };
 Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
                                                  const std::string& dir, Timeout timeout);
 
-// io/staged_dir.h's CreateStagingDir, collectively: rank 0 creates it;
-// every rank gets its path or rank 0's error.
+// Refuses an existing `dir` and creates the hidden staging directory
+// "<parent>/.<name>.tmp-<16 hex digits>" where a new `dir` is assembled
+// before being renamed into place, after removing staging directories that
+// earlier runs for the same `dir` left behind (one writer per output
+// directory). Returns the staging path.
+// `token` (16 lowercase hex digits) names it instead of a random one, for
+// callers whose ranks must derive the same name without talking.
+// On a storage that cannot rename, `dir` itself is returned (after removing
+// what an uncommitted save left there) and the manifest, written last, is
+// the commit; a `dir` whose manifest exists is AlreadyExists.
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view token = {});
+// Collective: rank 0 creates it; every rank gets its path or rank 0's error.
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
 
 // `header_hashes`: XXH64 of each file's 8-byte length and header, as stored.

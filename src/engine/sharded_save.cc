@@ -4,9 +4,9 @@
 //   3. each rank with chunks to write streams them into its shard file in
 //      the staging directory (AtomicFileWriter: fsync, rename, fsync dir);
 //   4. all ranks agree on the outcome; on failure rank 0 removes staging;
-//   5. rank 0 writes the manifest and publishes staging at `dir`
-//      (CommitStagingDir: fsync staging, rename, fsync the parent); all
-//      ranks agree on that outcome.
+//   5. rank 0 writes the manifest, renames staging to `dir`, fsyncs the
+//      parent (without rename, on object stores, the manifest written last
+//      is the commit); all ranks agree on that outcome.
 // A crash before step 5's rename leaves only a hidden staging directory.
 #include <xxhash.h>
 
@@ -19,7 +19,6 @@
 #include "core/encoding.h"
 #include "core/strided.h"
 #include "engine/shard_dir.h"
-#include "io/staged_dir.h"
 #include "engine/sharded_save.h"
 #include "plan/save_plan.h"
 
@@ -155,7 +154,10 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
     published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
                                     ManifestText(names, sizes, hashes, world_size));
   }
-  if (published.ok()) published = CommitStagingDir(storage, staging, dir);
+  // Without rename (object stores) staging is `dir` and the manifest, written
+  // last, was the commit.
+  if (published.ok() && staging != dir) published = storage.Rename(staging, dir);
+  if (published.ok() && staging != dir) published = storage.SyncDir(std::string(Dirname(dir)));
   if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
   return published;
 }

@@ -37,6 +37,12 @@ Result<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(Storage& stor
   if (base.empty() || base == "." || base == ".." || base == "/") {
     return InvalidArgumentError("cannot publish a file at \"" + path + "\": no file name");
   }
+  if (!storage.CanRename()) {
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, storage.OpenWrite(path, CreateMode::kTruncate));
+    std::string temp = path;
+    return std::unique_ptr<AtomicFileWriter>(
+        new AtomicFileWriter(storage, std::move(path), std::move(temp), std::move(file)));
+  }
   for (int attempt = 0;; ++attempt) {
     std::string temp = JoinPath(dir, "." + base + ".tmp-" + UniqueSuffix());
     Result<std::unique_ptr<WritableFile>> file = storage.OpenWrite(temp, CreateMode::kExclusive);
@@ -155,10 +161,18 @@ Status AtomicFileWriter::ReadBack() {
   return Status();
 }
 
-uint64_t AtomicFileWriter::Size() const { return file_->Size(); }
+uint64_t AtomicFileWriter::Size() const { return file_ ? file_->Size() : 0; }
 
 Status AtomicFileWriter::Commit() {
   if (done_) return FailedPreconditionError("\"" + path_ + "\": already committed or aborted");
+  if (!storage_.CanRename()) {
+    // The upload publishes; each request's payload is checked by the store
+    // (signed SHA-256, Content-MD5), so there is nothing to read back.
+    Status s = file_->Close();
+    done_ = true;
+    if (!s.ok()) file_.reset();
+    return s.WithContext("publishing \"" + path_ + "\"");
+  }
   Status s = file_->Sync();
   if (s.ok()) s = ReadBack();
   if (s.ok()) s = file_->Close();
@@ -175,6 +189,10 @@ Status AtomicFileWriter::Commit() {
 void AtomicFileWriter::Abort() {
   if (done_) return;
   done_ = true;
+  if (!storage_.CanRename()) {
+    file_.reset();  // discards the upload: nothing is published
+    return;
+  }
   file_->Close().IgnoreError();
   storage_.Remove(temp_path_).IgnoreError();
 }

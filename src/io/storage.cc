@@ -99,7 +99,10 @@ Result<std::string> Storage::ReadLink(const std::string& path) {
                                  " storage has no symbolic links");
 }
 
-Status RemoveAll(Storage& storage, const std::string& path) {
+Status RemoveAll(Storage& storage, const std::string& path) { return storage.RemoveTree(path); }
+
+Status Storage::RemoveTree(const std::string& path) {
+  Storage& storage = *this;
   // A link is removed itself, never what it points to.
   if (storage.ReadLink(path).ok()) {
     Status s = storage.Remove(path);

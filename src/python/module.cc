@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "ckpt/consolidate.h"
+#include "ckpt/s3.h"
 #include "ckpt/version.h"
 #include "python/common.h"
 
@@ -53,20 +54,27 @@ void Save(PyComm& comm, const std::string& path, const TensorList& tensors, cons
   Owned owned = BuildStateDict(tensors, json, bytes);
   SaveOptions options;
   options.timeout = ToTimeout(timeout_s);
-  Released([&] { return SaveSharded(comm.get(), *PosixStorage(), path, owned.sd, options); });
+  Released([&]() -> Status {
+    CKPT_ASSIGN_OR_RETURN(StoragePath at, ResolveStoragePath(path));
+    return SaveSharded(comm.get(), *at.storage, at.path, owned.sd, options);
+  });
 }
 
 nb::dict Load(PyComm& comm, const std::string& path, const TensorList& tensors, const LoadOptions& options) {
   Owned owned = BuildStateDict(tensors, {}, nb::dict());
   LoadStats stats;
-  Released([&] { return LoadSharded(comm.get(), *PosixStorage(), path, owned.sd, options, &stats); });
+  Released([&]() -> Status {
+    CKPT_ASSIGN_OR_RETURN(StoragePath at, ResolveStoragePath(path));
+    return LoadSharded(comm.get(), *at.storage, at.path, owned.sd, options, &stats);
+  });
   return StatsDict(stats);
 }
 
 nb::tuple ReadExtra(const std::string& path) {
   StateDict sd;
   Released([&]() -> Status {
-    CKPT_ASSIGN_OR_RETURN(sd, ReadExtraState(*PosixStorage(), path));
+    CKPT_ASSIGN_OR_RETURN(StoragePath at, ResolveStoragePath(path));
+    CKPT_ASSIGN_OR_RETURN(sd, ReadExtraState(*at.storage, at.path));
     return Status();
   });
   nb::dict bytes;
@@ -79,7 +87,8 @@ nb::tuple ReadExtra(const std::string& path) {
 nb::dict Inspect(const std::string& path) {
   ShardedCheckpointInfo info;
   Released([&]() -> Status {
-    CKPT_ASSIGN_OR_RETURN(info, ReadShardedCheckpoint(*PosixStorage(), path));
+    CKPT_ASSIGN_OR_RETURN(StoragePath at, ResolveStoragePath(path));
+    CKPT_ASSIGN_OR_RETURN(info, ReadShardedCheckpoint(*at.storage, at.path));
     return Status();
   });
   nb::list tensors;
@@ -111,7 +120,15 @@ nb::dict Inspect(const std::string& path) {
 nb::dict ConsolidateDir(PyComm& comm, const std::string& in, const std::string& out,
                         const ConsolidateOptions& options) {
   ConsolidateStats stats;
-  Released([&] { return Consolidate(comm.get(), *PosixStorage(), in, out, options, &stats); });
+  Released([&]() -> Status {
+    CKPT_ASSIGN_OR_RETURN(StoragePath from, ResolveStoragePath(in));
+    CKPT_ASSIGN_OR_RETURN(StoragePath to, ResolveStoragePath(out));
+    if (from.storage != to.storage) {
+      return InvalidArgumentError("consolidating " + in + " into " + out +
+                                  ": input and output must be on the same storage (both local, or the same bucket)");
+    }
+    return Consolidate(comm.get(), *from.storage, from.path, to.path, options, &stats);
+  });
   nb::dict d;
   d["files"] = stats.files;
   d["tensors"] = stats.tensors;
@@ -195,7 +212,12 @@ NB_MODULE(_ckpt, m) {
   m.def("inspect", &Inspect, nb::arg("path"), "The files, tensors and chunks of a sharded checkpoint.");
   m.def(
       "verify",
-      [](const std::string& path) { Released([&] { return VerifyShardedCheckpoint(*PosixStorage(), path); }); },
+      [](const std::string& path) {
+        Released([&]() -> Status {
+          CKPT_ASSIGN_OR_RETURN(StoragePath at, ResolveStoragePath(path));
+          return VerifyShardedCheckpoint(*at.storage, at.path);
+        });
+      },
       nb::arg("path"), "Reads every chunk of a sharded checkpoint and checks its checksums.");
   m.def("consolidate", &ConsolidateDir, nb::arg("comm"), nb::arg("in_dir"), nb::arg("out_dir"), nb::arg("options"),
         "Collective: a sharded checkpoint into a Hugging Face model directory.");

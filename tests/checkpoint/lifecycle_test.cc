@@ -1,5 +1,7 @@
 // Reserve / publish / find-latest / retention on both storage backends: the
-// POSIX one with LATEST symlinks, the memory one with the LATEST.txt fallback.
+// POSIX one with LATEST symlinks, the memory one with the LATEST.txt fallback;
+// and on an S3-protocol server (no rename, no links) when
+// tests/python/test_s3.py runs this suite with CKPT_TEST_S3_ENDPOINT set.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +10,7 @@
 #include <string>
 
 #include "ckpt/checkpointer.h"
+#include "ckpt/s3.h"
 #include "engine/layouts.h"
 #include "test_util.h"
 
@@ -20,6 +23,12 @@ class LifecycleTest : public ::testing::TestWithParam<std::string> {
     if (GetParam() == "posix") {
       storage_ = PosixStorage();
       root_ = tmp_ / "ckpts";
+    } else if (GetParam() == "s3") {
+      Result<StoragePath> at = ResolveStoragePath("s3://" + std::string(std::getenv("CKPT_TEST_S3_BUCKET")) +
+                                                  "/lifecycle-" + std::to_string(std::random_device{}()) + "/ckpts");
+      ASSERT_TRUE(at.ok()) << at.status().ToString();
+      storage_ = at->storage;
+      root_ = at->path;
     } else {
       storage_ = NewMemoryStorage();
       root_ = "/mem/ckpts";
@@ -202,6 +211,10 @@ TEST_P(LifecycleTest, DisabledCheckpointerWritesNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LifecycleTest, ::testing::Values("posix", "memory"));
+// Only with a server: test_s3.py runs these and fails unless they ran.
+INSTANTIATE_TEST_SUITE_P(Server, LifecycleTest,
+                         ::testing::ValuesIn(std::getenv("CKPT_TEST_S3_ENDPOINT") ? std::vector<std::string>{"s3"}
+                                                                                   : std::vector<std::string>{}));
 
 TEST(Lifecycle, PosixLinkReplacesAStaleTextPointer) {
   TempDir tmp;
