@@ -57,6 +57,7 @@ Result<std::optional<json>> ReadHfMetadataJson(Storage& storage, const std::stri
 }
 
 // Decides every output file and its tensors; the same on every rank.
+// NOLINTNEXTLINE(readability-function-size): the layout rules applied in order to one growing list of files
 Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir, const engine::SavedCheckpoint& ckpt,
                                     const ConsolidateOptions& o, std::vector<std::string>* warnings) {
   const plan::SavedIndex& index = ckpt.index;
@@ -230,6 +231,7 @@ bool SplitPastDim0(const plan::SavedTensor& t) {
 // whole rows (at most kBuffer bytes) are assembled from every chunk that
 // overlaps them and written once, so the writes and the pieces are linear in
 // the bytes, not in rows × chunks. Every recorded chunk checksum is compared.
+// NOLINTNEXTLINE(readability-function-size): one output file: header, then the pieces in file order, then the checksums, sharing the open writer
 Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<std::string>& shard_files,
                  const std::string& path, const OutFile& f, std::atomic<uint64_t>* done,
                  const ConsolidateOptions& o, uint64_t total) {

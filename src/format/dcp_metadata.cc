@@ -176,6 +176,7 @@ class Writer {
 
 }  // namespace
 
+// NOLINTNEXTLINE(readability-function-size): one pass over the metadata records, each checked against the entries read so far
 Result<DcpMetadata> ParseDcpMetadata(std::string_view data, std::string_view source,
                                      const PickleLimits& limits) {
   pickle::Machine m(data, source, limits, PickleDialect::kDcpMetadata);

@@ -74,6 +74,7 @@ TorchArchive::~TorchArchive() = default;
 
 const std::string& TorchArchive::path() const { return impl_->zip->path(); }
 
+// NOLINTNEXTLINE(readability-function-size): the archive checks in the order a reader meets them (zip, records, byteorder, pickle)
 Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const std::string& path,
                                                          const TorchArchiveLimits& limits) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenRead(path));

@@ -103,6 +103,7 @@ void SavedIndex::Overlapping(const SavedTensor& t, const Box& box,
   }
 }
 
+// NOLINTNEXTLINE(readability-function-size): the overlap, its runs and their coalescing share the run geometry
 Status PlanChunkReads(const SavedChunk& s, DType dtype, const Box& local,
                       const std::vector<int64_t>& strides, std::vector<ReadOp>* out) {
   Box r;

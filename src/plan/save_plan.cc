@@ -65,7 +65,7 @@ class PlanDecoder {
       }
       if (!d.U64(&chunks) || chunks > w.size()) return Malformed("chunk count");
       p.at_[ti] = {coords.size(), static_cast<uint32_t>(chunks)};
-      const std::string_view fqn = w.substr(t.name_at, t.name_len);
+      const std::string_view fqn = std::string_view(w).substr(t.name_at, t.name_len);
       for (uint64_t c = 0; c < chunks; ++c) {
         uint64_t r1 = 0, r2 = 0, x = 0;
         if (!d.U64(&r1)) return Malformed("chunk");
