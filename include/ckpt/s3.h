@@ -66,7 +66,8 @@ struct S3Options {
 // AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/config and ~/.aws/credentials);
 // the environment wins. CKPT_S3_PART_SIZE, CKPT_S3_MEMORY_BUDGET and
 // CKPT_S3_PARALLEL override the transfer settings, CKPT_S3_MAX_ATTEMPTS the
-// attempts per request (retries + 1) and CKPT_S3_ALLOW_HTTP=1 allows plain
+// attempts per request (retries + 1), CKPT_S3_LOW_SPEED_TIMEOUT the seconds
+// of a stalled transfer before it is abandoned and retried, and CKPT_S3_ALLOW_HTTP=1 allows plain
 // HTTP to any host. FailedPrecondition when no
 // credentials are found.
 Result<S3Options> S3OptionsFromEnvironment(const std::string& bucket);

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -646,11 +647,10 @@ class S3WritableFile final : public WritableFile {
       auto it = parts_.find(k);
       if (it == parts_.end()) {
         s_->budget.Acquire(part_size_);
-        it = parts_.emplace(k, Part{}).first;
-        it->second.data.resize(part_size_);
+        it = parts_.emplace(k, NewPart()).first;
       }
       Part& p = it->second;
-      std::memcpy(p.data.data() + in, data.data() + done, n);
+      std::memcpy(p.data.get() + in, data.data() + done, n);
       Cover(p, in, in + n);
       size_ = std::max(size_, at + n);
       done += n;
@@ -681,10 +681,29 @@ class S3WritableFile final : public WritableFile {
 
  private:
   struct Part {
-    std::vector<std::byte> data;
+    // Not zeroed when allocated: Send zeroes the bytes never written.
+    std::unique_ptr<std::byte[]> data;
     std::map<uint64_t, uint64_t> ranges;  // written [begin, end) within the part
     uint64_t covered = 0;
   };
+
+  Part NewPart() const {
+    Part p;
+    p.data = std::make_unique_for_overwrite<std::byte[]>(part_size_);
+    return p;
+  }
+
+  // Zeroes the bytes of [0, length) that were never written (holes read
+  // as zeros, as in a sparse file).
+  static void ZeroHoles(Part& p, uint64_t length) {
+    uint64_t at = 0;
+    for (const auto& [begin, end] : p.ranges) {
+      if (begin >= length) break;
+      if (begin > at) std::memset(p.data.get() + at, 0, begin - at);
+      at = std::max(at, end);
+    }
+    if (at < length) std::memset(p.data.get() + at, 0, length - at);
+  }
 
   static void Cover(Part& p, uint64_t begin, uint64_t end) {
     auto it = p.ranges.upper_bound(begin);
@@ -725,19 +744,21 @@ class S3WritableFile final : public WritableFile {
     CKPT_RETURN_IF_ERROR(Start());
     auto node = parts_.extract(k);
     sent_.insert(k);
-    auto data = std::make_shared<std::vector<std::byte>>(std::move(node.mapped().data));
+    ZeroHoles(node.mapped(), length);
+    std::shared_ptr<std::byte[]> data = std::move(node.mapped().data);
     s_->budget.StartUpload();
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++pending_;
     }
-    s_->pool.Submit([this, k, length, data] {
+    s_->pool.Submit([this, k, length, data]() mutable {
       Request r;
       r.method = "PUT";
       r.key = key_;
       r.query = {{"partNumber", std::to_string(k + 1)}, {"uploadId", upload_id_}};
-      r.body = std::span<const std::byte>(data->data(), length);
-      r.headers.emplace_back("content-md5", Base64Md5(r.body));
+      // No Content-MD5: the payload's SHA-256 is signed, and the store
+      // refuses a body that does not match it.
+      r.body = std::span<const std::byte>(data.get(), length);
       const std::string what = "uploading part " + std::to_string(k + 1) + " of " + Quote(path_);
       Result<Response> resp = s_->client.Send(r, what);
       Status st;
@@ -749,8 +770,7 @@ class S3WritableFile final : public WritableFile {
       } else {
         etag = resp->headers["etag"];
       }
-      data->clear();
-      data->shrink_to_fit();
+      data.reset();
       s_->budget.EndUpload(part_size_);
       std::lock_guard<std::mutex> lock(mu_);
       if (!st.ok() && error_.ok()) error_ = st;
@@ -776,8 +796,9 @@ class S3WritableFile final : public WritableFile {
       r.method = "PUT";
       r.key = key_;
       auto it = parts_.find(0);
+      if (it != parts_.end()) ZeroHoles(it->second, size_);
       r.body = it == parts_.end() ? std::span<const std::byte>()
-                                  : std::span<const std::byte>(it->second.data.data(), size_);
+                                  : std::span<const std::byte>(it->second.data.get(), size_);
       r.headers.emplace_back("content-md5", Base64Md5(r.body));
       if (exclusive_) r.headers.emplace_back("if-none-match", "*");
       const std::string what = "writing " + Quote(path_);
@@ -795,7 +816,7 @@ class S3WritableFile final : public WritableFile {
       Status st = FirstError();
       if (st.ok() && !parts_.count(k)) {
         s_->budget.Acquire(part_size_);
-        parts_.emplace(k, Part{}).first->second.data.resize(part_size_);
+        parts_.emplace(k, NewPart());
       }
       if (st.ok()) st = Send(k, k == last ? size_ - k * part_size_ : part_size_);
       if (!st.ok()) {
