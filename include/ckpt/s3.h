@@ -42,8 +42,10 @@ struct S3Options {
   bool verify_tls = true;
   // Multipart: a file larger than one part is uploaded in parts of this
   // size (at least 5 MiB), up to `parallel` at once; buffered parts of all
-  // open files together stay within `memory_budget` bytes (a writer waits
-  // for uploads to finish before it buffers more).
+  // open files together stay within `memory_budget` bytes (at least two
+  // parts): a writer waits for uploads to finish before it buffers more, and
+  // a write that would buffer past the budget with no upload in flight
+  // (writes scattered over too many parts) fails with FailedPrecondition.
   uint64_t part_size = 16ull << 20;
   uint64_t memory_budget = 256ull << 20;
   unsigned parallel = 8;

@@ -147,12 +147,16 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
     hashes.push_back(s.header_hash);
   }
   Status published;
+  std::optional<std::string> extra_text;
   if (extra != nullptr && (!extra->json.empty() || !extra->bytes.empty())) {
-    published = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtraState(*extra));
+    extra_text = EncodeExtraState(*extra);
+    published = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), *extra_text);
   }
+  // The manifest lists every object of the checkpoint: the shards and the
+  // extra state (size and XXH64), and is written last.
   if (published.ok()) {
     published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
-                                    ManifestText(names, sizes, hashes, world_size));
+                                    ManifestText(names, sizes, hashes, world_size, extra_text));
   }
   // Without rename (object stores) staging is `dir` and the manifest, written
   // last, was the commit.

@@ -434,12 +434,32 @@ class Client {
 class Budget {
  public:
   explicit Budget(uint64_t limit) : limit_(limit) {}
-  // Waits while the budget is spent and some upload is in flight (one that
-  // finishes frees memory); never waits for nothing.
-  void Acquire(uint64_t n) {
+  // Takes n bytes, waiting while the budget is spent. Uploads in flight
+  // free memory when they finish; when none is in flight, the budget is
+  // held by parts still being filled, and another file's writer may yet
+  // complete one, so this waits up to kStuck for that before it fails
+  // (writes scattered over more parts than the budget holds).
+  Status Acquire(uint64_t n, const std::string& what) {
+    static constexpr auto kStuck = std::chrono::seconds(2);
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return used_ + n <= limit_ || in_flight_ == 0; });
+    auto stuck_since = std::chrono::steady_clock::now();
+    while (used_ + n > limit_) {
+      if (in_flight_ > 0) {
+        cv_.wait(lock);
+        stuck_since = std::chrono::steady_clock::now();
+        continue;
+      }
+      if (cv_.wait_until(lock, stuck_since + kStuck) == std::cv_status::timeout &&
+          used_ + n > limit_ && in_flight_ == 0) {
+        return FailedPreconditionError(
+            what + ": the memory budget of " + std::to_string(limit_) +
+            " bytes (CKPT_S3_MEMORY_BUDGET) is held by " + std::to_string(used_) +
+            " bytes of partly written parts and no upload is in flight; write the file in order, "
+            "or raise the budget");
+      }
+    }
     used_ += n;
+    return Status();
   }
   void Release(uint64_t n) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -646,7 +666,15 @@ class S3WritableFile final : public WritableFile {
       }
       auto it = parts_.find(k);
       if (it == parts_.end()) {
-        s_->budget.Acquire(part_size_);
+        Status room = s_->budget.Acquire(
+            part_size_, "writing " + Quote(path_) + " bytes [" + std::to_string(at) + ", " +
+                            std::to_string(at + n) + ") into part " + std::to_string(k + 1));
+        if (!room.ok()) {
+          // The file misses these bytes: Close must not publish it.
+          std::lock_guard<std::mutex> lock(mu_);
+          if (error_.ok()) error_ = room;
+          return room;
+        }
         it = parts_.emplace(k, NewPart()).first;
       }
       Part& p = it->second;
@@ -791,6 +819,7 @@ class S3WritableFile final : public WritableFile {
   }
 
   Status Finish() {
+    CKPT_RETURN_IF_ERROR(FirstError());
     if (upload_id_.empty() && size_ <= part_size_) {
       Request r;
       r.method = "PUT";
@@ -815,8 +844,9 @@ class S3WritableFile final : public WritableFile {
       if (sent_.count(k)) continue;
       Status st = FirstError();
       if (st.ok() && !parts_.count(k)) {
-        s_->budget.Acquire(part_size_);
-        parts_.emplace(k, NewPart());
+        st = s_->budget.Acquire(part_size_, "closing " + Quote(path_) + ": part " +
+                                                std::to_string(k + 1) + " (never written)");
+        if (st.ok()) parts_.emplace(k, NewPart());
       }
       if (st.ok()) st = Send(k, k == last ? size_ - k * part_size_ : part_size_);
       if (!st.ok()) {
@@ -1119,6 +1149,14 @@ class S3Storage final : public Storage {
 
 Result<std::shared_ptr<Storage>> NewS3Storage(S3Options options) {
   if (options.bucket.empty()) return InvalidArgumentError("S3 storage: no bucket given");
+  // A writer holds its first part until Close and fills the next: two parts.
+  const uint64_t part = std::max<uint64_t>(options.part_size, 5ull << 20);
+  if (options.memory_budget < 2 * part) {
+    return InvalidArgumentError("S3 storage: the memory budget of " +
+                                std::to_string(options.memory_budget) +
+                                " bytes (CKPT_S3_MEMORY_BUDGET) is less than two parts of " +
+                                std::to_string(part) + " bytes (CKPT_S3_PART_SIZE)");
+  }
   if (options.endpoint.empty())
     options.endpoint = "https://s3." + options.region + ".amazonaws.com";
   const size_t scheme_end = options.endpoint.find("://");
