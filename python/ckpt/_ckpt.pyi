@@ -167,6 +167,16 @@ def publish_staging_dir(staging: str, dir: str, shards: Sequence[tuple[str, int,
     Writes the manifest and extra state, then renames the staging directory to `dir`.
     """
 
+def write_dcp_data_file(staging: str, file: str, blobs: Sequence[bytes]) -> list[tuple[int, int]]:
+    """
+    Writes the blobs back to back into a new file, durably; returns each one's (offset, length).
+    """
+
+def publish_dcp_dir(staging: str, dir: str, tensors: Sequence[tuple[str, str, Sequence[int], Sequence[tuple[Sequence[int], Sequence[int], str, int, int]]]], bytes: Sequence[tuple[str, str, int, int]]) -> None:
+    """
+    Writes .metadata for (fqn, dtype, size, [(offsets, sizes, file, offset, length)]) tensors and (fqn, file, offset, length) byte entries, then renames the staging directory to `dir`.
+    """
+
 def remove_all(path: str) -> None: ...
 
 class AsyncSaver:

@@ -53,6 +53,7 @@ def save(
     *,
     process_group: Any = None,
     timeout: float = DEFAULT_TIMEOUT,
+    format: str = "ckpt",
 ) -> None:
     """Saves a (possibly distributed) state dict as a sharded checkpoint.
 
@@ -64,11 +65,24 @@ def save(
     are kept: as JSON when they round-trip exactly, else as ``torch.save``
     bytes (from rank 0).
 
+    ``format="dcp"`` writes torch.distributed.checkpoint's own layout
+    instead (``__{rank}_0.distcp`` per rank and a ``.metadata`` pickle, every
+    non-tensor value as ``torch.save`` bytes), which ``dcp.load`` reads;
+    ``ckpt.load`` reads both.
+
     Example::
 
         ckpt.save({"model": model.state_dict(), "step": 100}, "/ckpt/step_100")
     """
     p = _path(path)
+    if format == "dcp":
+        from ._dcp_format import save_dcp
+
+        _check_timeout(timeout)
+        save_dcp(state_dict, p, process_group)
+        return
+    if format != "ckpt":
+        raise InvalidArgumentError(f"format must be 'ckpt' or 'dcp', not {format!r}")
     _collective(
         process_group,
         timeout,

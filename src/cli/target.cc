@@ -65,6 +65,13 @@ Result<Target> OpenTarget(Storage& storage, const std::string& path) {
     t.owned.push_back(std::move(f));
   } else if (st.type == EntryType::kDirectory) {
     CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(path));
+    // torch.distributed.checkpoint's own layout: .metadata + .distcp files.
+    if (std::any_of(entries.begin(), entries.end(), [](const DirEntry& e) { return e.name == ".metadata"; })) {
+      CKPT_ASSIGN_OR_RETURN(ShardedCheckpointInfo info, ReadShardedCheckpoint(storage, path));
+      t.kind = "dcp";
+      t.sharded = std::move(info);
+      return t;
+    }
     bool is_hf = std::any_of(entries.begin(), entries.end(), [](const DirEntry& e) {
       return e.name == kHfIndexName || e.name == kDiffusersIndexName ||
              e.name == kHfSingleFileName;

@@ -22,7 +22,7 @@ struct Target {
     const TensorInfo* info;
   };
   std::string path;
-  std::string kind;  // "file", "hf-single", "hf-sharded", "sharded", "directory"
+  std::string kind;  // "file", "hf-single", "hf-sharded", "sharded", "dcp", "directory"
   std::optional<HfModelDir> hf;
   std::vector<std::unique_ptr<SafetensorsFile>> owned;
   std::vector<const SafetensorsFile*> files;

@@ -19,6 +19,7 @@
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "convert/float_cast.h"
+#include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
 
@@ -406,7 +407,7 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
     return InvalidArgumentError(what + ": cast dtype " + std::string(DTypeName(*o.cast_dtype)) +
                                 " is not a float cast (F16, BF16, F32 or F64)");
   }
-  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadCheckpointCollective(comm, storage, in_dir, to));
+  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadAnyCheckpointCollective(comm, storage, in_dir, to));
   ConsolidateStats stats;
   Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt, o, &stats.warnings);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(layout.status(), to).WithContext(what));

@@ -74,12 +74,21 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
 // "shard-00003-model-00001-of-00001.safetensors" for rank 2.
 std::string ShardFileNameImpl(int rank);
 
+// A DCP byte entry: `length` bytes at `offset` of listing.files[file].
+struct SavedBytesEntry {
+  uint32_t file = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
 // Steps shared by every collective reader of a checkpoint: rank 0 lists the
 // directory and broadcasts the listing; each header is read by one rank and
 // all-gathered; every rank indexes all chunks and checks that they tile.
 struct SavedCheckpoint {
   ShardListing listing;
   plan::SavedIndex index;
+  bool dcp = false;                                   // a DCP directory (engine/dcp_dir.h)
+  std::map<std::string, SavedBytesEntry> byte_entries;  // DCP only
 };
 Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
                                                  const std::string& dir, Timeout timeout);

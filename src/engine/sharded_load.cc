@@ -21,6 +21,7 @@
 #include <xxhash.h>
 
 #include "ckpt/sharded.h"
+#include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
 #include "engine/torch_bin_load.h"
 #include "convert/float_cast.h"
@@ -190,6 +191,20 @@ Status RunReads(OpenFiles& files, std::byte* base, const std::vector<plan::ReadO
   return Status();
 }
 
+// A DCP directory's non-tensor values are its byte entries (no JSON).
+Status LoadDcpExtra(Storage& storage, const std::string& dir, const engine::SavedCheckpoint& checkpoint,
+                    StateDict& sd) {
+  if (sd.json.empty() && sd.bytes.empty()) return Status();
+  if (!sd.json.empty()) return NotFoundError(dir + ": a DCP checkpoint has no JSON entry '" + sd.json.begin()->first + "'");
+  CKPT_ASSIGN_OR_RETURN(auto entries, engine::ReadDcpBytes(storage, dir, checkpoint));
+  for (auto& [k, v] : sd.bytes) {
+    auto it = entries.find(k);
+    if (it == entries.end()) return NotFoundError(dir + ": no bytes entry '" + k + "' in .metadata");
+    v = std::move(it->second);
+  }
+  return Status();
+}
+
 Status LoadExtra(Storage& storage, const std::string& dir, bool present, const std::optional<std::string>& manifest,
                  StateDict& sd) {
   if (sd.json.empty() && sd.bytes.empty()) return Status();
@@ -216,6 +231,15 @@ Status LoadExtra(Storage& storage, const std::string& dir, bool present, const s
 }  // namespace
 
 Result<StateDict> ReadExtraState(Storage& storage, const std::string& dir) {
+  // A DCP directory's commit object is its .metadata, which IsDcpDir looks for.
+  CKPT_ASSIGN_OR_RETURN(bool dcp, engine::IsDcpDir(storage, dir));
+  if (dcp) {
+    CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint c, engine::ReadDcpCheckpoint(storage, dir));
+    StateDict sd;
+    CKPT_ASSIGN_OR_RETURN(auto entries, engine::ReadDcpBytes(storage, dir, c));
+    for (auto& [k, v] : entries) sd.bytes[k] = std::move(v);
+    return sd;
+  }
   CKPT_RETURN_IF_ERROR(engine::CheckCommitted(storage, dir));
   const std::string path = JoinPath(dir, kExtraStateName);
   CKPT_ASSIGN_OR_RETURN(bool present, Exists(storage, path));
@@ -452,7 +476,8 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   const std::string what = "loading " + dir;
   LoadStats stats;
 
-  Result<engine::SavedCheckpoint> read = engine::ReadCheckpointCollective(comm, storage, dir, to);
+  // Safetensors shards or a DCP directory (.metadata): the same saved chunks.
+  Result<engine::SavedCheckpoint> read = engine::ReadAnyCheckpointCollective(comm, storage, dir, to);
   if (!read.ok()) {
     // Not safetensors: a Hugging Face directory that ships only .bin
     // weights? (Checked only here, off the path of ordinary loads.)
@@ -543,7 +568,10 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
     }
     if (!filled.ok()) break;
   }
-  if (filled.ok()) filled = LoadExtra(storage, dir, listing.has_extra_state, listing.manifest, sd);
+  if (filled.ok()) {
+    filled = checkpoint.dcp ? LoadDcpExtra(storage, dir, checkpoint, sd)
+                            : LoadExtra(storage, dir, listing.has_extra_state, listing.manifest, sd);
+  }
   if (stats_out) *stats_out = stats;
   return comm.AgreeOnStatus(filled, to).WithContext(what);
 }

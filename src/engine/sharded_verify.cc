@@ -5,12 +5,25 @@
 
 #include "ckpt/consolidate.h"
 #include "ckpt/sharded.h"
+#include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
 
 namespace ckpt {
 
 Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std::string& dir) {
+  CKPT_ASSIGN_OR_RETURN(bool dcp, engine::IsDcpDir(storage, dir));
+  if (dcp) {
+    CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint c, engine::ReadDcpCheckpoint(storage, dir));
+    ShardedCheckpointInfo info;
+    info.files = c.listing.files;
+    for (const auto& [fqn, t] : c.index.tensors()) {
+      ShardedTensorInfo ti{fqn, t.dtype, t.global, {}};
+      for (const plan::SavedChunk& ch : t.chunks) ti.chunks.push_back({c.listing.files[ch.file], ch.box.offsets, ch.box.sizes, ""});
+      info.tensors.push_back(std::move(ti));
+    }
+    return info;
+  }
   CKPT_ASSIGN_OR_RETURN(engine::ShardListing listing, engine::ListShardDir(storage, dir));
   CKPT_RETURN_IF_ERROR(engine::CheckManifest(listing, dir));
   ShardedCheckpointInfo info;
@@ -62,6 +75,8 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
 }
 
 Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir) {
+  CKPT_ASSIGN_OR_RETURN(bool dcp, engine::IsDcpDir(storage, dir));
+  if (dcp) return engine::VerifyDcpDir(storage, dir);
   CKPT_ASSIGN_OR_RETURN(ShardedCheckpointInfo info, ReadShardedCheckpoint(storage, dir));
   // The side files the manifest covers: what consolidation will read.
   CKPT_ASSIGN_OR_RETURN(engine::ShardListing listing, engine::ListShardDir(storage, dir));

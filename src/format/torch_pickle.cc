@@ -1,226 +1,63 @@
 #include "format/torch_pickle.h"
 
 #include <cstring>
-#include <deque>
 #include <map>
 #include <optional>
-#include <unordered_map>
 
 #include "format/json_util.h"
+#include "format/pickle_machine.h"
 
 namespace ckpt {
-namespace {
+namespace pickle {
 
-enum class Kind : uint8_t {
-  kNone,
-  kBool,
-  kInt,
-  kFloat,
-  kStr,
-  kBytes,
-  kTuple,
-  kList,
-  kDict,
-  kSet,
-  kGlobal,
-  kStorage,
-  kTensor,
-};
-
-const char* KindName(Kind k) {
-  switch (k) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kStr: return "str";
-    case Kind::kBytes: return "bytes";
-    case Kind::kTuple: return "tuple";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kSet: return "set";
-    case Kind::kGlobal: return "global";
-    case Kind::kStorage: return "storage";
-    case Kind::kTensor: return "tensor";
+Callable Machine::DcpGlobal(std::string_view module, std::string_view name) const {
+  struct Allowed {
+    std::string_view module, name;
+    Callable callable;
+  };
+  static constexpr std::string_view kMeta = "torch.distributed.checkpoint.metadata";
+  static constexpr Allowed kAllowed[] = {
+      {kMeta, "Metadata", Callable::kDcpMetadata},
+      {kMeta, "TensorStorageMetadata", Callable::kDcpTensorStorage},
+      {kMeta, "ChunkStorageMetadata", Callable::kDcpChunk},
+      {kMeta, "BytesStorageMetadata", Callable::kDcpBytesStorage},
+      {kMeta, "TensorProperties", Callable::kDcpTensorProperties},
+      {kMeta, "StorageMeta", Callable::kDcpStorageMeta},
+      {kMeta, "MetadataIndex", Callable::kDcpMetadataIndex},
+      {kMeta, "_MEM_FORMAT_ENCODING", Callable::kDcpMemFormat},
+      {"torch.distributed.checkpoint.filesystem", "_StorageInfo", Callable::kDcpStorageInfo},
+      {"torch.serialization", "_get_layout", Callable::kGetLayout},
+      {"pathlib", "PosixPath", Callable::kPosixPath},
+  };
+  for (const Allowed& a : kAllowed) {
+    if (module == a.module && name == a.name) return a.callable;
   }
-  return "?";
+  return Callable::kNone;
 }
-
-// The globals the machine interprets. Nothing else may be named.
-enum class Callable : uint8_t {
-  kNone,
-  kOrderedDict,
-  kRebuildV2,
-  kRebuildV3,
-  kRebuildParameter,
-  kCodecsEncode,
-  kTorchSize,
-  kStorageType,  // a storage class: only a persistent-id field
-  kDtype,        // a torch.<dtype>: only an argument
-};
-
-// Objects live in an arena owned by the machine, so reference cycles built
-// through the memo cannot leak; nothing walks them without a depth bound.
-struct Node {
-  Kind kind = Kind::kNone;
-  bool ordered = false;  // an OrderedDict (BUILD accepted and ignored)
-  Callable callable = Callable::kNone;
-  DType dtype = DType::kU8;  // kGlobal storage type / dtype; kStorage, kTensor
-  bool untyped = false;      // kGlobal/kStorage: torch.UntypedStorage
-  uint32_t depth = 0;
-  int64_t i = 0;
-  double f = 0;
-  std::string s;             // str, bytes, the global's "module.name", storage key
-  std::vector<Node*> items;  // tuple/list/set; dict as key, value, key, value...
-  uint64_t numel = 0;        // kStorage: elements of its type
-  uint64_t offset = 0;       // kTensor
-  std::vector<uint64_t> size, stride;
-};
-
-struct StorageType {
-  const char* name;
-  DType dtype;
-};
-constexpr StorageType kStorageTypes[] = {
-    {"DoubleStorage", DType::kF64}, {"FloatStorage", DType::kF32},       {"HalfStorage", DType::kF16},
-    {"BFloat16Storage", DType::kBF16}, {"LongStorage", DType::kI64},     {"IntStorage", DType::kI32},
-    {"ShortStorage", DType::kI16},  {"CharStorage", DType::kI8},         {"ByteStorage", DType::kU8},
-    {"BoolStorage", DType::kBool},  {"ComplexFloatStorage", DType::kC64},
-};
-
-bool ValidUtf8(std::string_view s) { return FindInvalidUtf8(s) == std::string_view::npos; }
-
-std::string Quote(std::string_view s) { return "'" + Printable(s, 120) + "'"; }
-
-class Machine {
- public:
-  Machine(std::string_view data, std::string_view source, const PickleLimits& limits)
-      : data_(data), source_(source), limits_(limits) {}
-
-  Result<Node*> Run();
-
- private:
-  Status Fail(const std::string& what) const {
-    return InvalidArgumentError(std::string(source_) + ": pickle byte " + std::to_string(op_pos_) + ": " + what);
-  }
-  Result<Node*> New(Kind k) {
-    if (arena_.size() >= limits_.max_objects) {
-      return Fail("more than " + std::to_string(limits_.max_objects) + " objects");
-    }
-    Node& n = arena_.emplace_back();
-    n.kind = k;
-    return &n;
-  }
-  // Counts `bytes` of strings built, copied or hashed against the budget.
-  Status Charge(uint64_t bytes) {
-    spent_ += bytes;
-    if (spent_ > limits_.max_total_bytes) {
-      return Fail("more than " + std::to_string(limits_.max_total_bytes) +
-                  " bytes of strings built, copied or hashed in all (a memoized string reused too often)");
-    }
-    return Status();
-  }
-  Status Push(Node* n) {
-    if (stack_.size() >= limits_.max_stack) return Fail("stack deeper than " + std::to_string(limits_.max_stack));
-    stack_.push_back(n);
-    return Status();
-  }
-  Result<Node*> Pop(const char* op) {
-    const size_t floor = marks_.empty() ? 0 : marks_.back();
-    if (stack_.size() <= floor) return Fail(std::string(op) + " on an empty stack");
-    Node* n = stack_.back();
-    stack_.pop_back();
-    return n;
-  }
-  Result<Node*> Top(const char* op) {
-    const size_t floor = marks_.empty() ? 0 : marks_.back();
-    if (stack_.size() <= floor) return Fail(std::string(op) + " on an empty stack");
-    return stack_.back();
-  }
-  // Items above the innermost mark, removing them and the mark.
-  Result<std::vector<Node*>> PopMark(const char* op) {
-    if (marks_.empty()) return Fail(std::string(op) + " without a MARK");
-    const size_t m = marks_.back();
-    marks_.pop_back();
-    std::vector<Node*> items(stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
-    stack_.resize(m);
-    return items;
-  }
-  Result<std::string_view> Take(uint64_t n, const char* what) {
-    if (n > data_.size() - pos_) {
-      return Fail(std::string(what) + " of " + std::to_string(n) + " bytes runs past the end of the pickle");
-    }
-    std::string_view v = data_.substr(pos_, n);
-    pos_ += n;
-    return v;
-  }
-  Result<uint64_t> TakeLe(uint64_t n, const char* what) {
-    CKPT_ASSIGN_OR_RETURN(std::string_view b, Take(n, what));
-    uint64_t v = 0;
-    for (uint64_t k = 0; k < n; ++k) v |= static_cast<uint64_t>(static_cast<unsigned char>(b[k])) << (8 * k);
-    return v;
-  }
-  Result<std::string_view> Line(const char* what) {
-    const size_t nl = data_.find('\n', pos_);
-    if (nl == std::string_view::npos || nl - pos_ > 256) return Fail(std::string(what) + " is not a short line");
-    std::string_view v = data_.substr(pos_, nl - pos_);
-    pos_ = nl + 1;
-    return v;
-  }
-  Result<Node*> Container(Kind k, std::vector<Node*> items) {
-    uint32_t depth = 0;
-    for (Node* it : items) depth = std::max(depth, it->depth);
-    if (depth + 1 > limits_.max_depth) return Fail("containers nested deeper than " + std::to_string(limits_.max_depth));
-    CKPT_ASSIGN_OR_RETURN(Node * n, New(k));
-    n->items = std::move(items);
-    n->depth = depth + 1;
-    return n;
-  }
-  Status Insert(Node* container, Node* value) {
-    if (value->depth + 1 > limits_.max_depth) {
-      return Fail("containers nested deeper than " + std::to_string(limits_.max_depth));
-    }
-    container->depth = std::max(container->depth, value->depth + 1);
-    return Status();
-  }
-  Status Memo(uint64_t index) {
-    CKPT_ASSIGN_OR_RETURN(Node * top, Top("PUT"));
-    if (!memo_.count(index) && memo_.size() >= limits_.max_memo) {
-      return Fail("memo larger than " + std::to_string(limits_.max_memo));
-    }
-    memo_[index] = top;
-    return Status();
-  }
-  Status Get(uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end()) return Fail("GET of memo entry " + std::to_string(index) + ", which was never PUT");
-    return Push(it->second);
-  }
-  Result<Node*> Global(std::string_view module, std::string_view name);
-  Result<Node*> Call(Node* callable, Node* args, bool newobj);
-  Result<Node*> PersistentLoad(Node* pid);
-  Result<Node*> RebuildTensor(const std::vector<Node*>& a, bool v3);
-  Status SetItems(Node* dict, const std::vector<Node*>& kv, const char* op);
-
-  std::string_view data_;
-  std::string_view source_;
-  const PickleLimits& limits_;
-  size_t pos_ = 0;
-  size_t op_pos_ = 0;
-  std::deque<Node> arena_;
-  std::vector<Node*> stack_;
-  std::vector<size_t> marks_;
-  std::unordered_map<uint64_t, Node*> memo_;
-  std::map<std::string, Node*> storages_;
-  // dict → key → item index; keys view the key nodes' strings, which never change.
-  std::unordered_map<const Node*, std::unordered_map<std::string_view, size_t>> str_keys_;
-  uint64_t spent_ = 0;  // see Charge
-};
 
 Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
   const std::string full = std::string(module) + "." + std::string(name);
   CKPT_ASSIGN_OR_RETURN(Node * g, New(Kind::kGlobal));
   g->s = full;
+  if (dialect_ == PickleDialect::kDcpMetadata) {
+    g->callable = DcpGlobal(module, name);
+    if (g->callable == Callable::kNone && module == "torch" && name == "Size") g->callable = Callable::kTorchSize;
+    if (g->callable == Callable::kNone && module == "torch" && !name.empty() &&
+        std::islower(static_cast<unsigned char>(name[0]))) {
+      Result<DType> d = ParseTorchDType(name);
+      if (d.ok()) {
+        g->callable = Callable::kDtype;
+        g->dtype = *d;
+      }
+    }
+    if (g->callable == Callable::kNone) {
+      return Fail("global " + Quote(full) +
+                  " is not allowed in DCP metadata (only the classes of torch.distributed.checkpoint.metadata, "
+                  "_StorageInfo, torch.Size, torch dtypes, _get_layout and pathlib.PosixPath); nothing it names was "
+                  "run");
+    }
+    return g;
+  }
   if (module == "collections" && name == "OrderedDict") {
     g->callable = Callable::kOrderedDict;
   } else if (module == "torch._utils" && name == "_rebuild_tensor_v2") {
@@ -450,6 +287,37 @@ Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
       }
       return b;
     }
+    case Callable::kDcpMetadata:
+    case Callable::kDcpTensorStorage:
+    case Callable::kDcpChunk:
+    case Callable::kDcpBytesStorage:
+    case Callable::kDcpTensorProperties:
+    case Callable::kDcpStorageMeta:
+    case Callable::kDcpMetadataIndex:
+    case Callable::kDcpStorageInfo: {
+      // copyreg.__newobj__: an empty instance that BUILD fills.
+      if (!newobj || !a.empty()) return Fail(std::string(op) + " on " + Quote(callable->s) + " (expected NEWOBJ with no arguments)");
+      CKPT_ASSIGN_OR_RETURN(Node * o, New(Kind::kObject));
+      o->callable = callable->callable;
+      o->s = callable->s;
+      return o;
+    }
+    case Callable::kDcpMemFormat:
+      if (newobj || a.size() != 1 || a[0]->kind != Kind::kInt) return Fail("_MEM_FORMAT_ENCODING takes one int");
+      return a[0];
+    case Callable::kGetLayout:
+      if (newobj || a.size() != 1 || a[0]->kind != Kind::kStr) return Fail("_get_layout takes one str");
+      return a[0];
+    case Callable::kPosixPath: {
+      if (newobj) break;
+      CKPT_ASSIGN_OR_RETURN(Node * path, New(Kind::kStr));
+      for (Node* part : a) {
+        if (part->kind != Kind::kStr) return Fail("pathlib.PosixPath takes strs");
+        CKPT_RETURN_IF_ERROR(Charge(part->s.size() + 1));
+        path->s += (path->s.empty() ? "" : "/") + part->s;
+      }
+      return path;
+    }
     case Callable::kStorageType:
     case Callable::kDtype:
     case Callable::kNone:
@@ -492,6 +360,10 @@ Result<Node*> Machine::Run() {
   while (pos_ < data_.size()) {
     op_pos_ = pos_;
     const auto op = static_cast<unsigned char>(data_[pos_++]);
+    // Protocol-4 framing, memo and global opcodes: DCP's pickle.dump uses
+    // them, torch.save's protocol-2 state dicts never do.
+    const bool proto4 = op == 0x95 || op == 0x93 || op == 0x94 || op == 0x8c || op == 0x8d;
+    if (proto4 && dialect_ != PickleDialect::kDcpMetadata) return BadOpcode(op);
     switch (op) {
       case 0x80: {  // PROTO
         CKPT_ASSIGN_OR_RETURN(uint64_t v, TakeLe(1, "PROTO"));
@@ -505,6 +377,22 @@ Result<Node*> Machine::Run() {
         CKPT_RETURN_IF_ERROR(Push(g));
         break;
       }
+      case 0x95: {  // FRAME: a length hint only
+        CKPT_ASSIGN_OR_RETURN(uint64_t n, TakeLe(8, "FRAME"));
+        (void)n;
+        break;
+      }
+      case 0x93: {  // STACK_GLOBAL
+        CKPT_ASSIGN_OR_RETURN(Node * name, Pop("STACK_GLOBAL"));
+        CKPT_ASSIGN_OR_RETURN(Node * module, Pop("STACK_GLOBAL"));
+        if (name->kind != Kind::kStr || module->kind != Kind::kStr) return Fail("STACK_GLOBAL on values that are not strs");
+        CKPT_ASSIGN_OR_RETURN(Node * g, Global(module->s, name->s));
+        CKPT_RETURN_IF_ERROR(Push(g));
+        break;
+      }
+      case 0x94:  // MEMOIZE
+        CKPT_RETURN_IF_ERROR(Memo(memo_.size()));
+        break;
       case 'q': {  // BINPUT
         CKPT_ASSIGN_OR_RETURN(uint64_t i, TakeLe(1, "BINPUT"));
         CKPT_RETURN_IF_ERROR(Memo(i));
@@ -592,11 +480,14 @@ Result<Node*> Machine::Run() {
         break;
       }
       case 'X':
-      case 'U': {  // BINUNICODE, SHORT_BINSTRING
-        CKPT_ASSIGN_OR_RETURN(uint64_t n, TakeLe(op == 'X' ? 4 : 1, "string length"));
+      case 0x8c:
+      case 0x8d:
+      case 'U': {  // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8, SHORT_BINSTRING
+        const uint64_t width = op == 'X' ? 4 : op == 0x8d ? 8 : 1;
+        CKPT_ASSIGN_OR_RETURN(uint64_t n, TakeLe(width, "string length"));
         if (n > limits_.max_string) return Fail("string of " + std::to_string(n) + " bytes exceeds the limit");
         CKPT_ASSIGN_OR_RETURN(std::string_view v, Take(n, "string"));
-        if (op == 'X' && !ValidUtf8(v)) return Fail("BINUNICODE string is not valid UTF-8");
+        if (op != 'U' && !ValidUtf8(v)) return Fail("unicode string is not valid UTF-8");
         CKPT_RETURN_IF_ERROR(Charge(n));
         CKPT_ASSIGN_OR_RETURN(Node * s, New(Kind::kStr));
         s->s = std::string(v);
@@ -654,9 +545,12 @@ Result<Node*> Machine::Run() {
       }
       case 'b': {  // BUILD
         CKPT_ASSIGN_OR_RETURN(Node * state, Pop("BUILD"));
-        (void)state;
         CKPT_ASSIGN_OR_RETURN(Node * target, Top("BUILD"));
-        if (target->kind != Kind::kDict || !target->ordered) {
+        if (target->kind == Kind::kObject) {
+          if (target->state != nullptr) return Fail("BUILD twice on one " + Quote(target->s));
+          CKPT_RETURN_IF_ERROR(Insert(target, state));
+          target->state = state;
+        } else if (target->kind != Kind::kDict || !target->ordered) {
           return Fail(std::string("BUILD on a ") + KindName(target->kind) + " (only an OrderedDict's attributes are accepted)");
         }
         break;
@@ -674,18 +568,21 @@ Result<Node*> Machine::Run() {
         }
         return result;
       }
-      default: {
-        static const char* kHex = "0123456789abcdef";
-        std::string hex = "0x";
-        hex += kHex[op >> 4];
-        hex += kHex[op & 15];
-        return Fail("opcode " + hex + (op >= 0x20 && op < 0x7f ? " ('" + std::string(1, static_cast<char>(op)) + "')" : "") +
-                    " is not allowed in a torch state dict");
-      }
+      default:
+        return BadOpcode(op);
     }
   }
   return Fail("the pickle ends without STOP");
 }
+
+}  // namespace pickle
+namespace {
+
+using pickle::Kind;
+using pickle::KindName;
+using pickle::Node;
+using pickle::Quote;
+using pickle::ValidUtf8;
 
 // What reading the state dict out may cost: a dict referenced from many
 // places (through the memo) is walked once per reference, so the entries and
@@ -766,7 +663,7 @@ uint64_t TorchTensorRecord::nbytes() const {
 }
 
 Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source, const PickleLimits& limits) {
-  Machine m(data, source, limits);
+  pickle::Machine m(data, source, limits);
   CKPT_ASSIGN_OR_RETURN(Node * root, m.Run());
   if (root->kind != Kind::kDict) {
     return InvalidArgumentError(std::string(source) + ": the pickle holds a " + KindName(root->kind) +
@@ -777,6 +674,23 @@ Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view sou
   WalkBudget budget{0, 0, limits};
   CKPT_RETURN_IF_ERROR(Collect(root, "", 0, source, seen, budget, out));
   return out;
+}
+
+Result<TorchTensorRecord> ParseTorchTensorPickle(std::string_view data, std::string_view source,
+                                                 const PickleLimits& limits) {
+  pickle::Machine m(data, source, limits);
+  CKPT_ASSIGN_OR_RETURN(Node * root, m.Run());
+  if (root->kind != Kind::kTensor) {
+    return InvalidArgumentError(std::string(source) + ": the pickle holds a " + KindName(root->kind) + ", not a tensor");
+  }
+  TorchTensorRecord r;
+  r.dtype = root->dtype;
+  r.storage_key = root->s;
+  r.storage_bytes = root->numel;
+  r.offset = root->offset;
+  r.size = root->size;
+  r.stride = root->stride;
+  return r;
 }
 
 }  // namespace ckpt

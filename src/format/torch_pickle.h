@@ -19,6 +19,10 @@
 
 namespace ckpt {
 
+// Which globals the machine may name: a torch.save state dict's, or the
+// DCP `.metadata` dataclasses' (see format/dcp_metadata.h).
+enum class PickleDialect : uint8_t { kStateDict, kDcpMetadata };
+
 struct PickleLimits {
   uint64_t max_pickle_bytes = 256ull << 20;
   uint64_t max_stack = 1u << 20;
@@ -61,6 +65,12 @@ struct TorchPickle {
 // tensors, possibly nested. `source` names the record in errors. Validates
 // every view against its storage's declared size with checked arithmetic.
 Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source, const PickleLimits& limits = {});
+
+// Runs the `data.pkl` of `torch.save(tensor)` (a bare tensor, as DCP's
+// FileSystemWriter stores each chunk) and returns its view, validated like
+// the state dict's; the record's name is empty.
+Result<TorchTensorRecord> ParseTorchTensorPickle(std::string_view data, std::string_view source,
+                                                 const PickleLimits& limits = {});
 
 }  // namespace ckpt
 
