@@ -671,7 +671,7 @@ class S3WritableFile final : public WritableFile {
                             std::to_string(at + n) + ") into part " + std::to_string(k + 1));
         if (!room.ok()) {
           // The file misses these bytes: Close must not publish it.
-          std::lock_guard<std::mutex> lock(mu_);
+          std::lock_guard<std::mutex> guard(mu_);
           if (error_.ok()) error_ = room;
           return room;
         }
