@@ -173,7 +173,7 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     ERRORS = {  # noqa: RUF012
-        500: (b"Internal Server Error", b"InternalError", b"We encountered an internal error. Please try again."),
+        500: (b"Internal Server Error", b"InternalError", b"We encountered an internal error."),
         502: (b"Bad Gateway", b"", b""),
         503: (b"Slow Down", b"SlowDown", b"Please reduce your request rate."),
     }
