@@ -576,6 +576,8 @@ TEST(S3OptionsTest, AMemoryBudgetUnderTwoPartsIsRefused) {
   S3Options o;
   o.bucket = "b";
   o.endpoint = "http://127.0.0.1:9";
+  o.access_key = "key";
+  o.secret_key = "secret";
   o.part_size = 8ull << 20;
   o.memory_budget = 12ull << 20;
   EXPECT_THAT(NewS3Storage(o).status(),
