@@ -26,7 +26,8 @@ done
 scripts/deps.sh
 cmake --preset default >/dev/null
 cmake --build --preset default -j "$(nproc)" --target ckpt_cli ckpt_io_bench ckpt_sharded_bench \
-  ckpt_consolidate_bench ckpt_async_bench ckpt_convert_bench ckpt_scaling_bench ckpt_plan_bench >/dev/null
+  ckpt_consolidate_bench ckpt_async_bench ckpt_convert_bench ckpt_scaling_bench ckpt_plan_bench \
+  ckpt_strided_bench >/dev/null
 b=build/default/bench
 gib=1 reps=3 saves=10
 mib=1024
@@ -42,6 +43,7 @@ for ((pass = 1; pass <= runs; pass++)); do
   run "$b/ckpt_async_bench" --gib "$gib" --saves "$saves"
   run "$b/ckpt_convert_bench" --mib "$mib" --runs "$reps"
   run "$b/ckpt_plan_bench" --ranks "$( [ "$quick" = 1 ] && echo 64,256 || echo 64,256,1024 )" --reps "$reps"
+  run "$b/ckpt_strided_bench" --mib "$( [ "$quick" = 1 ] && echo 64 || echo 256 )" --reps "$reps"
   run "$b/ckpt_scaling_bench" --scale "$( [ "$quick" = 1 ] && echo 0.25 || echo 1 )"
   if python3 -c 'import torch' 2>/dev/null; then
     run python3 bench/torch_reference.py --gib "$gib" --reps "$reps"

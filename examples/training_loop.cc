@@ -33,7 +33,7 @@ Status Train(Communicator& comm, const std::string& root, std::vector<float>& w,
   int first = 1;
   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, ckpt->FindLatest());
   if (latest) {  // resume
-    CKPT_RETURN_IF_ERROR(ckpt->LoadModel(model, *latest + "/model"));
+    CKPT_RETURN_IF_ERROR(ckpt->LoadModel(model, *latest));
     int64_t epoch, step;
     ParseCheckpointName(Basename(*latest), &epoch, &step);
     first = static_cast<int>(step) + 1;

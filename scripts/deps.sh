@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ckpt needs, only when some are missing.
-# Usage: scripts/deps.sh [fuzz]   ("fuzz" adds clang and its libFuzzer runtime)
+# Usage: scripts/deps.sh [fuzz] [format] [tidy]   ("fuzz" adds clang and its libFuzzer
+# runtime, "format" clang-format, "tidy" clang-tidy)
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config coreutils
@@ -9,6 +10,8 @@ packages=(cmake ninja-build g++ pkg-config coreutils
 for group in "$@"; do
   case "$group" in
     fuzz) packages+=(clang libclang-rt-dev) ;;
+    format) packages+=(clang-format) ;;
+    tidy) packages+=(clang-tidy) ;;
     *) echo "deps.sh: unknown group '$group'" >&2; exit 2 ;;
   esac
 done

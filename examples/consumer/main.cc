@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   auto dir = (*c)->Reserve(0, 1);
   if (!dir.ok() || !(*c)->SaveModel(saved, *dir).ok() || !(*c)->Publish(*dir).ok()) return 1;
   auto latest = (*c)->FindLatest();
-  if (!latest.ok() || !*latest || !(*c)->LoadModel(loaded, **latest + "/model").ok() || back != w) return 1;
+  if (!latest.ok() || !*latest || !(*c)->LoadModel(loaded, **latest).ok() || back != w) return 1;
   std::printf("OK: ckpt %s saved and loaded %s\n", CKPT_VERSION_STRING, (**latest).c_str());
   return 0;
 }

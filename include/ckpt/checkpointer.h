@@ -13,7 +13,7 @@
 // and to resume:
 //
 //   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> dir, ckpt->FindLatest());
-//   if (dir) { ckpt->LoadModel(model, *dir + "/model"); ckpt->LoadOptimizer(...); ... }
+//   if (dir) { ckpt->LoadModel(model, *dir); ckpt->LoadOptimizer(optimizer, *dir, &scheduler); ... }
 //
 // Every method is collective over the communicator unless it says otherwise:
 // all ranks call it, and all ranks get the same status. The on-disk layout is
@@ -23,10 +23,8 @@
 
 #include <cstdint>
 #include <functional>
-#include <future>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -40,11 +38,6 @@
 #include "ckpt/storage.h"
 
 namespace ckpt {
-
-namespace async {
-class Worker;
-}
-class StagingMemory;
 
 // When a save also writes a consolidated Hugging Face directory
 // (model/consolidated/).
@@ -187,6 +180,18 @@ struct LoadModelOptions {
   LoadOptions load = {};  // key mapping, allowing a key subset, ...
 };
 
+struct BaseModelOptions {
+  // A model directory, or a repo id looked up under `root_dir` (a Hugging
+  // Face hub cache or a parent of model directories). Empty: the config's
+  // model_repo_id and model_cache_dir.
+  std::string model_name = {};
+  std::string root_dir = {};
+  // False: materialize and initialize only (training from scratch).
+  bool load = true;
+  // Passed to Model::InitPeftAdapters under PEFT (e.g. "xavier").
+  std::string peft_init_method = {};
+};
+
 // Pointer and directory names of the checkpoint root.
 inline constexpr std::string_view kLatestName = "LATEST";
 inline constexpr std::string_view kLatestTextName = "LATEST.txt";
@@ -216,7 +221,7 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  const CheckpointingConfig& config() const { return config_; }
+  const CheckpointingConfig& config() const;
 
   // --- lifecycle ---
   // Creates <root>/epoch_E_step_S holding the .incomplete marker and
@@ -236,19 +241,19 @@ class Checkpointer {
   // Sharded save to <weights_path>/model with .hf_metadata and
   // consolidate.sh, consolidated per config; PEFT runs write the adapter.
   Status SaveModel(Model& model, const std::string& weights_path, const SaveModelOptions& options = {});
-  // Loads from a model directory (<checkpoint>/model), a consolidated or
-  // any Hugging Face directory, then recomputes non-persistent buffers.
-  Status LoadModel(Model& model, const std::string& model_path, const LoadModelOptions& options = {},
+  // Loads from the checkpoint directory SaveModel wrote to (the model in
+  // <weights_path>/model), or from a model directory: a checkpoint's
+  // model/, its consolidated/ export, any Hugging Face directory. Then
+  // recomputes non-persistent buffers.
+  Status LoadModel(Model& model, const std::string& path, const LoadModelOptions& options = {},
                    LoadStats* stats = nullptr);
-  // Materializes and initializes the model, then loads the base model named
-  // by `model_name` (a path, or a repo id under `root_dir`, defaulting to the
-  // config's cache dir and repo id) when `load` is set, initializes PEFT
-  // adapters, and recomputes non-persistent buffers.
-  Status LoadBaseModel(Model& model, const std::string& root_dir, const std::string& model_name, bool load = true,
-                       std::string_view peft_init_method = "", LoadStats* stats = nullptr);
+  // Materializes and initializes the model, then (when options.load) loads
+  // the base model, initializes PEFT adapters, and recomputes non-persistent
+  // buffers. Returns what the load found (empty when nothing was loaded).
+  Result<LoadStats> LoadBaseModel(Model& model, const BaseModelOptions& options = {});
   // The base model directory found by LoadBaseModel or from the config;
   // empty when none.
-  const std::string& base_model_dir() const { return base_model_dir_; }
+  const std::string& base_model_dir() const;
 
   // --- optimizer ---
   // Sharded save to <weights_path>/optim of the optimizer's tensors
@@ -279,26 +284,30 @@ class Checkpointer {
   Status Close();
 
  private:
-  // A kind of asynchronous save: at most one in flight, its staging memory
-  // reused by the next.
-  struct AsyncKind {
-    std::unique_ptr<StagingMemory> memory;
-    uint64_t ticket = 0;    // the in-flight save's task
-    std::shared_ptr<std::future<Status>> staging;  // wait_for_staging = false
-  };
+  // The state, with what guards each member: checkpoint/checkpointer_impl.h.
+  struct Impl;
+  // A kind of asynchronous save (model, optimizer).
+  struct AsyncKind;
 
-  Checkpointer(CheckpointingConfig config, ParallelRanks ranks, Communicator& comm,
-               std::shared_ptr<Storage> storage);
+  explicit Checkpointer(std::unique_ptr<Impl> impl);
 
   Status Agree(const Status& local, std::string_view what);
   Status AgreeOn(Communicator& comm, const Status& local, std::string_view what);
-  Status SaveHfMetadata(const std::string& model_dir, const HfArtifacts& extra, bool is_final);
+  // `path` as LoadModel takes it: <path>/model when `path` is a checkpoint
+  // directory, else `path` (rank 0 looks; every rank gets its answer).
+  Result<std::string> ModelDirOf(const std::string& path);
+  // LoadBaseModel's steps: where the base model is (collective), and how
+  // it is loaded (cast, FP8 dequantized, tied embeddings, task heads kept).
+  Result<std::string> FindBaseModel(const BaseModelOptions& options);
+  LoadModelOptions BaseLoadOptions(const std::string& dir);
+  Status SaveHfMetadata(const std::string& model_dir, const std::string& base_model_dir, const HfArtifacts& extra,
+                        bool is_final);
   Status SaveAdapter(Model& model, const std::string& model_dir, const PeftConfig& peft);
   Status LoadAdapter(Model& model, const std::string& model_dir);
   Status MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final,
                           ConsolidateStats* stats);
-  Status FinishModelSave(Communicator& comm, const std::string& model_dir, const HfArtifacts& extra,
-                         bool is_final, ConsolidateStats* stats);
+  Status FinishModelSave(Communicator& comm, const std::string& model_dir, const std::string& base_model_dir,
+                         const HfArtifacts& extra, bool is_final, ConsolidateStats* stats);
   Status PublishOn(Communicator& comm, const std::string& weights_path, const std::map<std::string, double>& metrics);
   Status ApplyRetention();
   Status SaveStatefulFile(Stateful& state, const std::string& path);
@@ -310,19 +319,7 @@ class Checkpointer {
   Status WaitForKind(AsyncKind& kind);
   bool IsPending(const std::string& dir);
 
-  CheckpointingConfig config_;
-  ParallelRanks ranks_;
-  Communicator& comm_;
-  std::shared_ptr<Storage> storage_;
-  std::string base_model_dir_;
-  // Asynchronous saves.
-  std::unique_ptr<Communicator> bg_comm_;
-  std::unique_ptr<async::Worker> worker_;
-  AsyncKind model_kind_, optim_kind_;
-  std::mutex pending_mu_;
-  std::map<std::string, std::vector<uint64_t>> pending_;  // dir → its save tasks
-  std::mutex root_mu_;  // rank 0's changes to the checkpoint root
-  bool closed_ = false;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace ckpt

@@ -21,29 +21,13 @@
 
 #include "ckpt/comm.h"
 #include "ckpt/dtype.h"
+#include "ckpt/hf.h"
 #include "ckpt/status.h"
 #include "ckpt/storage.h"
 
 namespace ckpt {
 
 inline constexpr uint64_t kDefaultMaxShardSize = 5ull << 30;  // 5 GiB, as NeMo
-
-// Files in a sharded checkpoint's `.hf_metadata/` that describe the export:
-// fqn → 1-based output file, and fqn → original (torch) dtype name.
-inline constexpr std::string_view kHfMetadataDir = ".hf_metadata";
-inline constexpr std::string_view kFileMappingName = "fqn_to_file_index_mapping.json";
-inline constexpr std::string_view kDtypeMappingName = "fqn_to_dtype_mapping.json";
-
-// The side files an export copies from `.hf_metadata/`: plain, visible,
-// UTF-8 names of the kinds Hugging Face models ship (*.json, *.txt, *.model,
-// *.jinja, *.py, *.tiktoken, *.md) that are not an index (*.index.json), not
-// ckpt's own files (the two mappings, ckpt_*) and so never a name the export
-// writes itself.
-bool IsHfArtifactName(std::string_view name);
-
-// Key order of exported files: digit runs compare as numbers, so
-// "model.layers.10.x" sorts after "model.layers.9.x".
-bool NaturalLess(const std::string& a, const std::string& b);
 
 struct ConsolidateOptions {
   Timeout timeout = kDefaultCollectiveTimeout;
@@ -97,12 +81,6 @@ Result<uint64_t> ParseByteSize(std::string_view text);
 DType ExportDType(DType saved, std::optional<DType> original, std::optional<DType> cast,
                   std::string* warning);
 
-// 1-based file per key, keys in the given order. By size: greedy, a new
-// file when the current one is not empty and the next tensor would pass
-// `target`. Equally: `files` files, counts differing by at most one, the
-// first files taking the extra keys.
-std::vector<uint32_t> DivideBySize(const std::vector<uint64_t>& bytes, uint64_t target);
-std::vector<uint32_t> DivideEqually(size_t keys, uint32_t files);
 
 // The most output files a consolidation writes: file names carry the number
 // in five digits ("model-00001-of-99999.safetensors").

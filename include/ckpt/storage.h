@@ -129,6 +129,68 @@ class Storage {
   virtual Status RemoveTree(const std::string& path);
 };
 
+// A Storage that forwards every call to another one: a wrapper (fault
+// injection, hooks, counting) derives from it and overrides only the calls
+// it changes, so a method added to Storage reaches the wrapped backend
+// instead of silently taking Storage's default.
+class StorageWrapper : public Storage {
+ public:
+  explicit StorageWrapper(std::shared_ptr<Storage> target) : target_(std::move(target)) {}
+  Storage& target() const { return *target_; }
+
+  std::string_view name() const override { return target_->name(); }
+  Result<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override { return target_->OpenRead(path); }
+  Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path, CreateMode mode) override {
+    return target_->OpenWrite(path, mode);
+  }
+  Result<std::vector<DirEntry>> List(const std::string& dir) override { return target_->List(dir); }
+  Result<DirEntry> Stat(const std::string& path) override { return target_->Stat(path); }
+  Status Remove(const std::string& path) override { return target_->Remove(path); }
+  Status Rename(const std::string& from, const std::string& to) override { return target_->Rename(from, to); }
+  Status MakeDirs(const std::string& path) override { return target_->MakeDirs(path); }
+  Status SyncDir(const std::string& dir) override { return target_->SyncDir(dir); }
+  Status Symlink(const std::string& target, const std::string& link) override {
+    return target_->Symlink(target, link);
+  }
+  Result<std::string> ReadLink(const std::string& path) override { return target_->ReadLink(path); }
+
+ private:
+  std::shared_ptr<Storage> target_;
+};
+
+// The same for files a wrapper hands out.
+class ReadableFileWrapper : public ReadableFile {
+ public:
+  explicit ReadableFileWrapper(std::unique_ptr<ReadableFile> target) : target_(std::move(target)) {}
+  uint64_t Size() const override { return target_->Size(); }
+  Status ReadAt(uint64_t offset, std::span<std::byte> dst) const override { return target_->ReadAt(offset, dst); }
+  Result<MappedRegion> Map(uint64_t offset, uint64_t length) const override { return target_->Map(offset, length); }
+  const std::string& path() const override { return target_->path(); }
+
+ protected:
+  ReadableFile& target() const { return *target_; }
+
+ private:
+  std::unique_ptr<ReadableFile> target_;
+};
+
+class WritableFileWrapper : public WritableFile {
+ public:
+  explicit WritableFileWrapper(std::unique_ptr<WritableFile> target) : target_(std::move(target)) {}
+  Status Append(std::span<const std::byte> data) override { return target_->Append(data); }
+  Status WriteAt(uint64_t offset, std::span<const std::byte> data) override { return target_->WriteAt(offset, data); }
+  Status Sync() override { return target_->Sync(); }
+  Status Close() override { return target_->Close(); }
+  uint64_t Size() const override { return target_->Size(); }
+  const std::string& path() const override { return target_->path(); }
+
+ protected:
+  WritableFile& target() const { return *target_; }
+
+ private:
+  std::unique_ptr<WritableFile> target_;
+};
+
 // The process-wide POSIX backend (stateless).
 std::shared_ptr<Storage> PosixStorage();
 // A fresh, empty in-memory filesystem whose root "/" exists.

@@ -49,8 +49,10 @@ __version__: str = _ckpt.VERSION
 
 
 def __getattr__(name: str) -> object:
-    # ckpt.dcp imports torch.distributed.checkpoint: only when asked for.
-    if name in ("dcp", "safetensors"):
+    # ckpt.dcp imports torch.distributed.checkpoint, ckpt.torch transformers'
+    # helpers: only when asked for. (ckpt.torch is not in __all__: a star
+    # import must not shadow torch.)
+    if name in ("dcp", "safetensors", "torch"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ckpt/staging.h"
+#include "core/strided.h"
 
 namespace ckpt {
 namespace {
@@ -96,26 +97,9 @@ class HostStaging final : public StagingMemory {
     }
     const uint64_t esz = DTypeBits(j.dtype) / 8;
     const uint64_t e0 = (from + esz - 1) / esz, e1 = (to + esz - 1) / esz;
-    if (e1 > e0) Gather(c, esz, j.offset / esz + e0, e1 - e0, j.dst.data() + e0 * esz);
-  }
-
-  // Elements [first, first + count) of the chunk in row-major order.
-  static void Gather(const LocalChunk& c, uint64_t esz, uint64_t first, uint64_t count, std::byte* out) {
-    const size_t rank = c.shape.rank();
-    std::vector<uint64_t> idx(rank, 0);
-    uint64_t rest = first;
-    for (size_t d = rank; d-- > 0;) {
-      idx[d] = rest % c.shape[d];
-      rest /= c.shape[d];
-    }
-    for (uint64_t e = 0; e < count; ++e) {
-      int64_t off = 0;
-      for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(idx[d]) * c.strides[d];
-      std::memcpy(out + e * esz, c.data + off * static_cast<int64_t>(esz), esz);
-      for (size_t d = rank; d-- > 0;) {
-        if (++idx[d] < c.shape[d]) break;
-        idx[d] = 0;
-      }
+    if (e1 > e0) {
+      GatherElements(StridedLayout{c.shape.dims(), c.strides, esz}, c.data, j.offset / esz + e0, e1 - e0,
+                     j.dst.data() + e0 * esz);
     }
   }
 

@@ -7,6 +7,18 @@ namespace {
 
 constexpr uint64_t kMaxPiece = 64ull << 20;
 
+// Bytes of every chunk of the state dict.
+Result<uint64_t> StateBytes(const StateDict& sd) {
+  uint64_t total = 0;
+  for (const DistTensor& t : sd.tensors) {
+    for (const LocalChunk& c : t.chunks) {
+      CKPT_ASSIGN_OR_RETURN(uint64_t n, c.shape.NumBytes(t.dtype));
+      total += n;
+    }
+  }
+  return total;
+}
+
 }  // namespace
 
 StagingPipe::StagingPipe(StagingMemory& memory, const StateDict& sd, uint64_t budget)
@@ -22,14 +34,7 @@ Status StagingPipe::Produce() {
   // Every chunk with bytes, in state-dict order: its pieces.
   std::vector<StagingMemory::CopyJob> jobs;
   std::vector<uint64_t> lens, ordinals;
-  uint64_t total = 0;
-  for (size_t ti = 0; ti < sd_.tensors.size(); ++ti) {
-    const DistTensor& t = sd_.tensors[ti];
-    for (size_t ci = 0; ci < t.chunks.size(); ++ci) {
-      CKPT_ASSIGN_OR_RETURN(uint64_t n, t.chunks[ci].shape.NumBytes(t.dtype));
-      total += n;
-    }
-  }
+  CKPT_ASSIGN_OR_RETURN(const uint64_t total, StateBytes(sd_));
   if (total == 0) return Status();
   const uint64_t capacity = budget_ == 0 ? total : std::min(budget_, total);
   // Without a budget everything fits at once; with one, pieces of at most

@@ -86,38 +86,80 @@ Status ValidateConfig(const CheckpointingConfig& c) {
   return Status();
 }
 
+namespace {
+
+Status WantBool(const std::string& k, const json& v, bool* out) {
+  if (!v.is_boolean()) return FieldError(k, v.dump(), "expected true or false");
+  *out = v.get<bool>();
+  return Status();
+}
+
+Status WantString(const std::string& k, const json& v, std::string* out) {
+  if (!v.is_string()) return FieldError(k, v.dump(), "expected a string");
+  *out = v.get<std::string>();
+  return Status();
+}
+
+Status WantSeconds(const std::string& k, const json& v, Timeout* out) {
+  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() <= 0 || v.get<double>() > 1e9) {
+    return FieldError(k, v.dump(), "expected a positive number of seconds");
+  }
+  *out = Timeout(static_cast<int64_t>(v.get<double>() * 1000));
+  return Status();
+}
+
+Status WantBytes(const std::string& k, const json& v, uint64_t* out) {
+  if (v.is_number_unsigned()) {
+    *out = v.get<uint64_t>();
+    return Status();
+  }
+  if (!v.is_string()) return FieldError(k, v.dump(), "expected a byte count such as \"4GiB\"");
+  Result<uint64_t> n = ParseByteSize(v.get<std::string>());
+  if (!n.ok()) return FieldError(k, v.dump(), n.status().message());
+  *out = *n;
+  return Status();
+}
+
+// The fields with a type of their own; *known is false for any other key.
+Status ParseOtherField(const std::string& k, const json& v, CheckpointingConfig& c, bool* known) {
+  *known = true;
+  if (k == "save_consolidated") {
+    if (v.is_boolean()) {
+      c.save_consolidated = v.get<bool>() ? ConsolidationMode::kEvery : ConsolidationMode::kNever;
+      return Status();
+    }
+    if (!v.is_string()) return FieldError(k, v.dump(), "expected never, final or every (or a boolean)");
+    CKPT_ASSIGN_OR_RETURN(c.save_consolidated, ParseConsolidationMode(v.get<std::string>()));
+    return Status();
+  }
+  if (k == "max_recent_checkpoints") {
+    if (v.is_null()) {
+      c.max_recent_checkpoints.reset();
+    } else if (v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= 1000000) {
+      c.max_recent_checkpoints = static_cast<int>(v.get<int64_t>());
+    } else {
+      return FieldError(k, v.dump(), "must be an integer of at least 1 (or null to keep every checkpoint)");
+    }
+    return Status();
+  }
+  if (k == "skip_task_head_prefixes_for_base_model") {
+    if (!v.is_array()) return FieldError(k, v.dump(), "expected a list of strings");
+    for (const json& e : v) {
+      if (!e.is_string()) return FieldError(k, v.dump(), "expected a list of strings");
+      c.skip_task_head_prefixes_for_base_model.push_back(e.get<std::string>());
+    }
+    return Status();
+  }
+  *known = false;
+  return Status();
+}
+
+}  // namespace
+
 Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text) {
   CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(json_text, "checkpoint config", 8));
   if (!j.is_object()) return InvalidArgumentError("checkpoint config: expected a JSON object");
   CheckpointingConfig c;
-  auto want_bool = [](const std::string& k, const json& v, bool* out) -> Status {
-    if (!v.is_boolean()) return FieldError(k, v.dump(), "expected true or false");
-    *out = v.get<bool>();
-    return Status();
-  };
-  auto want_string = [](const std::string& k, const json& v, std::string* out) -> Status {
-    if (!v.is_string()) return FieldError(k, v.dump(), "expected a string");
-    *out = v.get<std::string>();
-    return Status();
-  };
-  auto want_seconds = [](const std::string& k, const json& v, Timeout* out) -> Status {
-    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() <= 0 || v.get<double>() > 1e9) {
-      return FieldError(k, v.dump(), "expected a positive number of seconds");
-    }
-    *out = Timeout(static_cast<int64_t>(v.get<double>() * 1000));
-    return Status();
-  };
-  auto want_bytes = [](const std::string& k, const json& v, uint64_t* out) -> Status {
-    if (v.is_number_unsigned()) {
-      *out = v.get<uint64_t>();
-      return Status();
-    }
-    if (!v.is_string()) return FieldError(k, v.dump(), "expected a byte count such as \"4GiB\"");
-    Result<uint64_t> n = ParseByteSize(v.get<std::string>());
-    if (!n.ok()) return FieldError(k, v.dump(), n.status().message());
-    *out = *n;
-    return Status();
-  };
   // Fields by type; strings marked nullable also accept null.
   const std::map<std::string_view, bool*> bools = {
       {"enabled", &c.enabled},
@@ -140,47 +182,19 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
                                                        {"consolidated_max_shard_size", &c.consolidated_max_shard_size}};
   for (const auto& [k, v] : j.items()) {
     Status s;
+    bool known = true;
     if (auto b = bools.find(k); b != bools.end()) {
-      s = want_bool(k, v, b->second);
+      s = WantBool(k, v, b->second);
     } else if (auto t = strings.find(k); t != strings.end()) {
-      s = v.is_null() && t->second.second ? Status() : want_string(k, v, t->second.first);
+      s = v.is_null() && t->second.second ? Status() : WantString(k, v, t->second.first);
     } else if (auto d = seconds.find(k); d != seconds.end()) {
-      s = want_seconds(k, v, d->second);
+      s = WantSeconds(k, v, d->second);
     } else if (auto z = sizes.find(k); z != sizes.end()) {
-      s = want_bytes(k, v, z->second);
-    } else if (k == "save_consolidated") {
-      if (v.is_boolean()) {
-        c.save_consolidated = v.get<bool>() ? ConsolidationMode::kEvery : ConsolidationMode::kNever;
-      } else if (v.is_string()) {
-        Result<ConsolidationMode> m = ParseConsolidationMode(v.get<std::string>());
-        if (m.ok()) c.save_consolidated = *m;
-        s = m.ok() ? Status() : m.status();
-      } else {
-        s = FieldError(k, v.dump(), "expected never, final or every (or a boolean)");
-      }
-    } else if (k == "max_recent_checkpoints") {
-      if (v.is_null()) {
-        c.max_recent_checkpoints.reset();
-      } else if (v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= 1000000) {
-        c.max_recent_checkpoints = static_cast<int>(v.get<int64_t>());
-      } else {
-        s = FieldError(k, v.dump(), "must be an integer of at least 1 (or null to keep every checkpoint)");
-      }
-    } else if (k == "skip_task_head_prefixes_for_base_model") {
-      if (!v.is_array()) {
-        s = FieldError(k, v.dump(), "expected a list of strings");
-      } else {
-        for (const json& e : v) {
-          if (!e.is_string()) {
-            s = FieldError(k, v.dump(), "expected a list of strings");
-            break;
-          }
-          c.skip_task_head_prefixes_for_base_model.push_back(e.get<std::string>());
-        }
-      }
+      s = WantBytes(k, v, z->second);
     } else {
-      s = InvalidArgumentError("checkpoint config: unknown field '" + Printable(k) + "'");
+      s = ParseOtherField(k, v, c, &known);
     }
+    if (!known) return InvalidArgumentError("checkpoint config: unknown field '" + Printable(k) + "'");
     CKPT_RETURN_IF_ERROR(s);
   }
   CKPT_RETURN_IF_ERROR(ValidateConfig(c));

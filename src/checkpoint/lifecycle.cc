@@ -10,28 +10,23 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "async/worker.h"
+#include "checkpoint/checkpointer_impl.h"
 #include "ckpt/checkpointer.h"
 #include "ckpt/log.h"
+#include "core/encoding.h"
+#include "io/staged_dir.h"
 #include "format/json_util.h"
 
 namespace ckpt {
 namespace {
 
 using json = nlohmann::json;
-
-std::string RandomToken() {
-  std::random_device rd;
-  char token[24];
-  std::snprintf(token, sizeof token, "%08x%08x", rd(), rd());
-  return token;
-}
 
 bool ParseInt(std::string_view s, int64_t* out) {
   if (s.empty() || s.size() > 18) return false;
@@ -186,10 +181,10 @@ Result<std::optional<std::string>> FindLatestCheckpoint(Storage& storage, const 
   return std::optional<std::string>();
 }
 
-Status Checkpointer::Agree(const Status& local, std::string_view what) { return AgreeOn(comm_, local, what); }
+Status Checkpointer::Agree(const Status& local, std::string_view what) { return AgreeOn(impl_->comm, local, what); }
 
 Status Checkpointer::AgreeOn(Communicator& comm, const Status& local, std::string_view what) {
-  return comm.AgreeOnStatus(local, config_.timeout).WithContext(std::string(what));
+  return comm.AgreeOnStatus(local, impl_->config.timeout).WithContext(std::string(what));
 }
 
 Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
@@ -197,16 +192,16 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
     return InvalidArgumentError("reserving a checkpoint: epoch " + std::to_string(epoch) + " and step " +
                                 std::to_string(step) + " must not be negative");
   }
-  const std::string& root = config_.checkpoint_dir;
+  const std::string& root = impl_->config.checkpoint_dir;
   const std::string name = CheckpointName(epoch, step);
   const std::string path = JoinPath(root, name);
-  if (!config_.enabled) return path;
+  if (!impl_->config.enabled) return path;
   Status local;
-  if (comm_.rank() == 0) {
+  if (impl_->comm.rank() == 0) {
     local = [&]() -> Status {
-      std::lock_guard<std::mutex> lock(root_mu_);
-      Storage& st = *storage_;
-      if (worker_ && IsPending(path)) {
+      std::lock_guard<std::mutex> lock(impl_->root_mu);
+      Storage& st = *impl_->storage;
+      if (impl_->worker && IsPending(path)) {
         return FailedPreconditionError("reserving " + path + ": a background save into it is still running");
       }
       CKPT_RETURN_IF_ERROR(st.MakeDirs(root));
@@ -241,7 +236,7 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
         if (stale_checkpoint) {
           CKPT_ASSIGN_OR_RETURN(bool complete, IsComplete(st, JoinPath(root, e.name)));
           // A checkpoint a background save is still writing is not dead.
-          const bool pending = worker_ && IsPending(JoinPath(root, e.name));
+          const bool pending = impl_->worker && IsPending(JoinPath(root, e.name));
           if (!complete && !pending) CKPT_RETURN_IF_ERROR(RemoveCheckpoint(st, root, e.name));
         } else if (IsLeftover(e.name)) {
           CKPT_RETURN_IF_ERROR(RemoveAll(st, JoinPath(root, e.name)));
@@ -255,16 +250,16 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
 }
 
 Status Checkpointer::Publish(const std::string& weights_path, const std::map<std::string, double>& metrics) {
-  if (!config_.enabled) return Status();
-  if (closed_) return FailedPreconditionError("publishing " + weights_path + ": the checkpointer is closed");
-  if (!worker_) return PublishOn(comm_, weights_path, metrics);
+  if (!impl_->config.enabled) return Status();
+  if (impl_->closed) return FailedPreconditionError("publishing " + weights_path + ": the checkpointer is closed");
+  if (!impl_->worker) return PublishOn(impl_->comm, weights_path, metrics);
   // After this directory's background saves, on the background thread: a
   // checkpoint is published only once everything in it is durable.
-  std::lock_guard<std::mutex> lock(pending_mu_);
-  std::vector<uint64_t> saves = pending_[weights_path];
-  async::Worker* worker = worker_.get();
-  Communicator* bg = bg_comm_.get();
-  const uint64_t ticket = worker_->Submit([this, worker, bg, saves, weights_path, metrics]() -> Status {
+  std::lock_guard<std::mutex> lock(impl_->pending_mu);
+  std::vector<uint64_t> saves = impl_->pending[weights_path];
+  async::Worker* worker = impl_->worker.get();
+  Communicator* bg = impl_->bg_comm.get();
+  const uint64_t ticket = impl_->worker->Submit([this, worker, bg, saves, weights_path, metrics]() -> Status {
     for (uint64_t t : saves) {
       if (worker->Failed(t)) {
         return FailedPreconditionError("not publishing " + weights_path + ": a save into it failed");
@@ -272,13 +267,13 @@ Status Checkpointer::Publish(const std::string& weights_path, const std::map<std
     }
     return PublishOn(*bg, weights_path, metrics);
   });
-  pending_[weights_path].push_back(ticket);
+  impl_->pending[weights_path].push_back(ticket);
   return Status();
 }
 
 Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_path,
                                const std::map<std::string, double>& metrics) {
-  const std::string& root = config_.checkpoint_dir;
+  const std::string& root = impl_->config.checkpoint_dir;
   const std::string name(Basename(weights_path));
   const std::string what = "publishing " + weights_path;
   // Every rank has finished writing before rank 0 touches the marker.
@@ -286,8 +281,8 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
   Status local;
   if (comm.rank() == 0) {
     local = [&]() -> Status {
-      std::lock_guard<std::mutex> lock(root_mu_);
-      Storage& st = *storage_;
+      std::lock_guard<std::mutex> lock(impl_->root_mu);
+      Storage& st = *impl_->storage;
       int64_t epoch, step;
       if (JoinPath(root, name) != weights_path || !ParseCheckpointName(name, &epoch, &step)) {
         return InvalidArgumentError(weights_path + " is not a checkpoint directory of " + root +
@@ -318,7 +313,7 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
         CKPT_RETURN_IF_ERROR(UpdatePointer(st, root, kLatestName, name));
         CKPT_RETURN_IF_ERROR(st.Remove(marker));
         CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
-        auto metric = metrics.find(config_.best_metric_key);
+        auto metric = metrics.find(impl_->config.best_metric_key);
         if (metric == metrics.end() || !std::isfinite(metric->second)) return Status();
         bool better = true;
         if (previous_best && *previous_best != name) {
@@ -328,9 +323,9 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
           if (!text.ok() && text.status().code() != StatusCode::kNotFound) return text.status();
           if (text.ok() && !text->empty()) {
             Result<json> j = ParseStrictJson(*text, losses, 4);
-            if (j.ok() && j->is_object() && j->contains(config_.best_metric_key) &&
-                (*j)[config_.best_metric_key].is_number()) {
-              better = metric->second < (*j)[config_.best_metric_key].get<double>();
+            if (j.ok() && j->is_object() && j->contains(impl_->config.best_metric_key) &&
+                (*j)[impl_->config.best_metric_key].is_number()) {
+              better = metric->second < (*j)[impl_->config.best_metric_key].get<double>();
             }
           }
         }
@@ -354,16 +349,16 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
 }
 
 Status Checkpointer::ApplyRetention() {
-  if (!config_.max_recent_checkpoints) return Status();
-  Storage& st = *storage_;
-  const std::string& root = config_.checkpoint_dir;
+  if (!impl_->config.max_recent_checkpoints) return Status();
+  Storage& st = *impl_->storage;
+  const std::string& root = impl_->config.checkpoint_dir;
   CKPT_ASSIGN_OR_RETURN(std::vector<Entry> all, ListCheckpoints(st, root));
   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, ReadPointer(st, root, kLatestName));
   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> best, ReadPointer(st, root, kLowestValName));
   int kept = 0;
   for (const Entry& e : all) {
     if (!e.complete) continue;  // another save's, or removed at the next reserve
-    if (kept < *config_.max_recent_checkpoints) {
+    if (kept < *impl_->config.max_recent_checkpoints) {
       ++kept;
       continue;
     }
@@ -376,21 +371,21 @@ Status Checkpointer::ApplyRetention() {
 Result<std::optional<std::string>> Checkpointer::FindLatest() {
   std::string found;
   Status local;
-  if (comm_.rank() == 0) {
-    Result<std::optional<std::string>> r = FindLatestCheckpoint(*storage_, config_.checkpoint_dir);
+  if (impl_->comm.rank() == 0) {
+    Result<std::optional<std::string>> r = FindLatestCheckpoint(*impl_->storage, impl_->config.checkpoint_dir);
     local = r.status();
     if (r.ok() && *r) found = "+" + **r;
   }
-  CKPT_RETURN_IF_ERROR(Agree(local, "finding the latest checkpoint in " + config_.checkpoint_dir));
-  CKPT_RETURN_IF_ERROR(comm_.Broadcast(0, &found, config_.timeout));
+  CKPT_RETURN_IF_ERROR(Agree(local, "finding the latest checkpoint in " + impl_->config.checkpoint_dir));
+  CKPT_RETURN_IF_ERROR(impl_->comm.Broadcast(0, &found, impl_->config.timeout));
   if (found.empty()) return std::optional<std::string>();
   return std::optional<std::string>(found.substr(1));
 }
 
 Status Checkpointer::SaveConfig(std::string_view yaml, const std::string& weights_path) {
-  if (!config_.enabled) return Status();
+  if (!impl_->config.enabled) return Status();
   Status local;
-  if (comm_.rank() == 0) local = WriteFileAtomically(*storage_, JoinPath(weights_path, "config.yaml"), yaml);
+  if (impl_->comm.rank() == 0) local = WriteFileAtomically(*impl_->storage, JoinPath(weights_path, "config.yaml"), yaml);
   return Agree(local, "saving config.yaml in " + weights_path);
 }
 

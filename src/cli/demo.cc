@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/synthetic_trainer.h"
 #include "ckpt/checkpointer.h"
 #include "ckpt/consolidate.h"
 #include "ckpt/log.h"
@@ -52,43 +53,11 @@ std::string Mib(uint64_t b) {
   return buf;
 }
 
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-float Noise(uint64_t a, uint64_t b, uint64_t c) {
-  const uint64_t x = Mix(Mix(Mix(a) ^ b) ^ c);
-  return static_cast<float>(static_cast<double>(x >> 40) / 8388608.0 - 1.0);  // [-1, 1)
-}
-uint64_t Hash(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-  return h;
-}
-uint16_t ToBf16(float f) {  // round to nearest even; the demo has no NaNs
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-float FromBf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using synthetic::ParamSpec;
 
-struct Spec {
-  std::string fqn;
-  std::vector<uint64_t> shape;
-  bool norm;
-};
-
-std::vector<Spec> LlamaSpecs(const DemoOptions& o) {
+std::vector<ParamSpec> LlamaSpecs(const DemoOptions& o) {
   const uint64_t h = o.hidden, i = o.intermediate, v = o.vocab;
-  std::vector<Spec> s = {{"model.embed_tokens.weight", {v, h}, false}};
+  std::vector<ParamSpec> s = {{"model.embed_tokens.weight", {v, h}, false}};
   for (int l = 0; l < o.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
@@ -123,25 +92,12 @@ std::string LlamaConfig(const DemoOptions& o) {
   return c.dump(2) + "\n";
 }
 
-// Samples consumed: the data loader's state.
-class Cursor : public Stateful {
- public:
-  uint64_t position = 0;
-  Result<std::string> SaveState() override { return json({{"samples_seen", position}}).dump(); }
-  Status LoadState(std::string_view s) override {
-    json j = json::parse(s, nullptr, false);
-    if (!j.is_object() || !j["samples_seen"].is_number_unsigned()) return DataLossError("bad data-loader state");
-    position = j["samples_seen"].get<uint64_t>();
-    return Status();
-  }
-};
-
 // A rank's random stream (what dropout would draw from): a seed and how many
 // steps have drawn from it, like torch's Philox seed and offset. It does not
 // enter the arithmetic, so a resumed run matches whatever the layout.
 class Rng : public Stateful {
  public:
-  Rng(uint64_t seed, int rank) : seed_(Mix(seed ^ Mix(static_cast<uint64_t>(rank)))) {}
+  Rng(uint64_t seed, int rank) : seed_(synthetic::Mix(seed ^ synthetic::Mix(static_cast<uint64_t>(rank)))) {}
   void Advance() { ++offset_; }
   uint64_t offset() const { return offset_; }
   Result<std::string> SaveState() override { return json({{"seed", seed_}, {"offset", offset_}}).dump(); }
@@ -160,112 +116,36 @@ class Rng : public Stateful {
   uint64_t offset_ = 0;
 };
 
-// One rank's share of the model: rows [row0, row0 + rows) of every tensor,
-// bf16 weights, f32 Adam moments.
-class DemoModel : public Model {
+// One rank's share of the model on the shared synthetic trainer: rows
+// [row0, row0 + rows) of every tensor, bf16 weights, f32 Adam moments, 64
+// samples a step at a constant learning rate, and the rank's RNG stream.
+class DemoModel : public synthetic::Trainer {
  public:
-  DemoModel(const std::vector<Spec>& specs, int rank, int world, uint64_t seed) : seed_(seed), rng_(seed, rank) {
-    for (const Spec& s : specs) {
-      Part p;
-      p.fqn = s.fqn;
-      p.hash = Hash(s.fqn);
-      p.global = s.shape;
-      p.cols = s.shape.size() > 1 ? s.shape[1] : 1;
-      const uint64_t step = (s.shape[0] + static_cast<uint64_t>(world) - 1) / static_cast<uint64_t>(world);
-      p.row0 = std::min<uint64_t>(s.shape[0], step * static_cast<uint64_t>(rank));
-      p.rows = std::min<uint64_t>(s.shape[0], p.row0 + step) - p.row0;
-      const uint64_t n = p.rows * p.cols;
-      p.w.resize(n);
-      p.m.assign(n, 0.f);
-      p.v.assign(n, 0.f);
-      for (uint64_t k = 0; k < n; ++k) {
-        p.w[k] = ToBf16(s.norm ? 1.f : 0.02f * Noise(seed_, p.hash, p.row0 * p.cols + k));
-      }
-      parts_.push_back(std::move(p));
-    }
-    for (Part& p : parts_) {
-      std::vector<uint64_t> off(p.global.size(), 0), shape = p.global;
-      off[0] = p.row0;
-      shape[0] = p.rows;
-      auto chunk = [&](void* data) {
-        return LocalChunk{off, Shape(shape), reinterpret_cast<std::byte*>(data), {}};
-      };
-      model_.tensors.push_back({p.fqn, DType::kBF16, Shape(p.global), {chunk(p.w.data())}});
-      optim_.tensors.push_back({OptimizerStateKey(p.fqn, "exp_avg"), DType::kF32, Shape(p.global), {chunk(p.m.data())}});
-      optim_.tensors.push_back(
-          {OptimizerStateKey(p.fqn, "exp_avg_sq"), DType::kF32, Shape(p.global), {chunk(p.v.data())}});
-      optim_.tensors.push_back(
-          WholeTensor(OptimizerStateKey(p.fqn, "step"), DType::kF32, Shape{}, reinterpret_cast<std::byte*>(&step_)));
-    }
-    optim_.json[std::string(kParamGroupsKey)] =
-        json::array({{{"lr", kLr}, {"betas", {0.9, 0.999}}, {"eps", 1e-8}, {"weight_decay", 0.0}}}).dump();
-  }
+  DemoModel(const std::vector<ParamSpec>& specs, int rank, int world, uint64_t seed)
+      : synthetic::Trainer(specs, rank, world, Options(seed)), rng_(seed, rank) {}
 
-  StateDict& state_dict() override { return model_; }
-  StateDict& optimizer() { return optim_; }
-  Cursor& cursor() { return cursor_; }
+  StateDict& optimizer() { return optimizer_state(); }
   Rng& rng() { return rng_; }
-  float step() const { return step_; }
+  float step() const { return adam_step(); }
 
-  uint64_t model_bytes() const {
-    uint64_t b = 0;
-    for (const Part& p : parts_) b += p.w.size() * 2;
-    return b;
-  }
-  uint64_t optimizer_bytes() const { return model_bytes() * 4; }
-
-  // A real Adam step on synthetic gradients that depend on the weight, the
-  // batch and the element: the same arithmetic in any layout.
   void TrainStep() {
-    const uint64_t batch = cursor_.position;
-    cursor_.position += 64;
     rng_.Advance();
-    step_ += 1.f;
-    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, lr = static_cast<float>(kLr);
-    const float bc1 = 1.f - std::pow(b1, step_), bc2 = 1.f - std::pow(b2, step_);
-    for (Part& p : parts_) {
-      for (uint64_t k = 0; k < p.w.size(); ++k) {
-        float w = FromBf16(p.w[k]);
-        const float g = 0.05f * w + 0.01f * Noise(batch, p.hash, p.row0 * p.cols + k);
-        p.m[k] = b1 * p.m[k] + (1.f - b1) * g;
-        p.v[k] = b2 * p.v[k] + (1.f - b2) * g * g;
-        w -= lr * (p.m[k] / bc1) / (std::sqrt(p.v[k] / bc2) + eps);
-        p.w[k] = ToBf16(w);
-      }
-    }
-  }
-
-  // "" when every weight and moment equals `o`'s (same layout), bit for bit.
-  std::string Compare(const DemoModel& o) const {
-    if (step_ != o.step_ || cursor_.position != o.cursor_.position) return "step or data-loader position differs";
-    for (size_t i = 0; i < parts_.size(); ++i) {
-      const Part& a = parts_[i];
-      const Part& b = o.parts_[i];
-      if (a.w != b.w) return a.fqn + ": weights differ";
-      if (std::memcmp(a.m.data(), b.m.data(), a.m.size() * 4) != 0 ||
-          std::memcmp(a.v.data(), b.v.data(), a.v.size() * 4) != 0) {
-        return a.fqn + ": Adam moments differ";
-      }
-    }
-    return "";
+    synthetic::Trainer::TrainStep(kLr);
   }
 
  private:
-  static constexpr double kLr = 1e-3;
-  struct Part {
-    std::string fqn;
-    uint64_t hash = 0;
-    std::vector<uint64_t> global;
-    uint64_t row0 = 0, rows = 0, cols = 1;
-    std::vector<uint16_t> w;
-    std::vector<float> m, v;
-  };
-  uint64_t seed_;
-  std::vector<Part> parts_;
-  float step_ = 0.f;
-  Cursor cursor_;
+  static constexpr float kLr = 1e-3f;
+  static synthetic::TrainerOptions Options(uint64_t seed) {
+    synthetic::TrainerOptions o;
+    o.weights = DType::kBF16;
+    o.seed = seed;
+    o.batch = 64;
+    o.init_scale = 0.02f;
+    o.decay = 0.05f;
+    o.grad_noise = 0.01f;
+    return o;
+  }
   Rng rng_;
-  StateDict model_, optim_;
 };
 
 // What a phase measured (rank 0's view).
@@ -326,7 +206,7 @@ Result<bool> SameWorldAsSaved(Communicator& comm, const std::string& dir) {
 }
 
 // The first job. `die` runs once every rank has staged the crash step's save.
-Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Spec>& specs, const std::string& root,
+Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
                   Progress& out, Measured* m, const std::function<void()>& die) {
   DemoModel model(specs, comm.rank(), comm.size(), o.seed);
   CKPT_ASSIGN_OR_RETURN(auto ck, Checkpointer::Create(DemoConfig(root), {.dp = comm.rank()}, comm));
@@ -373,7 +253,7 @@ Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Sp
 
 // The second job: resume, finish, save the final checkpoint with its export,
 // compare, verify.
-Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<Spec>& specs, const std::string& root,
+Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
                    Progress& out, Measured* m) {
   DemoModel model(specs, comm.rank(), comm.size(), o.seed + 1);  // other values: the load must replace them
   CKPT_ASSIGN_OR_RETURN(auto ck, Checkpointer::Create(DemoConfig(root), {.dp = comm.rank()}, comm));
@@ -381,7 +261,7 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<S
   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, ck->FindLatest());
   if (!latest) return NotFoundError("no complete checkpoint in " + root);
   auto t0 = Clock::now();
-  CKPT_RETURN_IF_ERROR(ck->LoadModel(model, JoinPath(*latest, "model")));
+  CKPT_RETURN_IF_ERROR(ck->LoadModel(model, *latest));
   CKPT_RETURN_IF_ERROR(ck->LoadOptimizer(model.optimizer(), *latest));
   CKPT_RETURN_IF_ERROR(ck->LoadOnDpRanks(model.cursor(), "dataloader", *latest));
   // RNG streams belong to global ranks: restored when the job has as many
@@ -421,7 +301,7 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<S
   // Bit-exactness: an uninterrupted run of this rank's rows.
   DemoModel reference(specs, comm.rank(), comm.size(), o.seed);
   for (int step = 1; step <= o.steps; ++step) reference.TrainStep();
-  const std::string diff = model.Compare(reference);
+  const std::string diff = model.Diff(reference);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(
       diff.empty() ? Status() : DataLossError("resumed run differs from the uninterrupted one: " + diff),
       std::chrono::minutes(5)));
@@ -491,9 +371,9 @@ void FromJson(const json& j, Measured* m) {
   m->crash_step = j.value("crash_step", 0);
 }
 
-int Report(const DemoOptions& o, const std::vector<Spec>& specs, const std::string& root, const Measured& m) {
+int Report(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root, const Measured& m) {
   uint64_t params = 0;
-  for (const Spec& s : specs) {
+  for (const ParamSpec& s : specs) {
     uint64_t n = 1;
     for (uint64_t d : s.shape) n *= d;
     params += n;
@@ -559,6 +439,84 @@ int Report(const DemoOptions& o, const std::vector<Spec>& specs, const std::stri
 
 }  // namespace
 
+// `ckpt demo --mpi`: one phase per mpirun job, the ranks being MPI's.
+int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::string& root, Progress& out) {
+  const std::string ckpts = JoinPath(root, "checkpoints");
+  Measured m;
+  Result<std::unique_ptr<Communicator>> comm = NewMpiWorldCommunicator();
+  if (!comm.ok()) {
+    std::fprintf(stderr, "ckpt demo: %s\n", comm.status().ToString().c_str());
+    return 1;
+  }
+  if (o.dir.empty() || (o.phase != "train" && o.phase != "resume")) {
+    std::fprintf(stderr, "ckpt demo --mpi needs --dir and --phase train|resume (two mpirun jobs)\n");
+    return 2;
+  }
+  Status s;
+  if (o.phase == "train") {
+    // Under MPI the job does not kill itself: it leaves the last save
+    // written but never published, exactly what a crash leaves.
+    s = TrainPhase(**comm, o, specs, ckpts, out, &m, nullptr);
+    if (s.ok() && (*comm)->rank() == 0) {
+      std::fprintf(o.json ? stderr : stdout,
+                   "train phase done: step %d left unpublished; now run the resume phase on another number of "
+                  "ranks\n", m.crash_step);
+    }
+  } else {
+    o.resume_ranks = (*comm)->size();
+    m.crash_step = CrashStep(o);  // where the train phase stopped
+    s = ResumePhase(**comm, o, specs, ckpts, out, &m);
+    if (s.ok() && (*comm)->rank() == 0) Report(o, specs, root, m);
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "ckpt demo: rank %d: %s\n", (*comm)->rank(), s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+// The first job, in a child process of `ranks` threads that kills itself
+// (SIGKILL) mid-save. False (with the reason on stderr) when it did not die
+// as planned; *m gets what the job measured.
+bool RunCrashingTrainJob(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
+                         Progress& out, Measured* m) {
+  const std::string ckpts = JoinPath(root, "checkpoints");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const std::string report = JoinPath(root, ".demo-train.json");
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::perror("ckpt demo: fork");
+    return false;
+  }
+  if (pid == 0) {
+    Measured cm;
+    Status s = RunThreads(o.ranks, [&](Communicator& comm) {
+      return TrainPhase(comm, o, specs, ckpts, out, &cm, [&] {
+        if (comm.rank() != 0) {
+          // Other ranks wait for the end.
+          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+        WriteFileAtomically(*PosixStorage(), report, MeasuredJson(cm).dump()).IgnoreError();
+        out.Say("[train] killing the job (SIGKILL) while the step " + std::to_string(cm.crash_step) +
+                " checkpoint is being written");
+        ::kill(::getpid(), SIGKILL);
+      });
+    });
+    std::fprintf(stderr, "ckpt demo: the training job ended without crashing: %s\n", s.ToString().c_str());
+    ::_exit(3);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
+    std::fprintf(stderr, "ckpt demo: the training job did not die as planned (status %d)\n", status);
+    return false;
+  }
+  Result<std::string> text = ReadFileToString(*PosixStorage(), report);
+  if (text.ok()) FromJson(json::parse(*text, nullptr, false), m);
+  return true;
+}
+
 int RunDemo(const DemoOptions& in) {
   DemoOptions o = in;
   if (o.steps < 2 || o.save_every < 1 || o.save_every >= o.steps || o.ranks < 1 || o.resume_ranks < 1 ||
@@ -566,7 +524,7 @@ int RunDemo(const DemoOptions& in) {
     std::fprintf(stderr, "ckpt demo: need steps >= 2, 1 <= save-every < steps, positive sizes and ranks\n");
     return 2;
   }
-  const std::vector<Spec> specs = LlamaSpecs(o);
+  const std::vector<ParamSpec> specs = LlamaSpecs(o);
   Progress out(false);
   // Progress lines are the demo's own; the library's informational messages
   // (key summaries of loads) would only clutter them.
@@ -593,77 +551,14 @@ int RunDemo(const DemoOptions& in) {
   const std::string ckpts = JoinPath(root, "checkpoints");
   Measured m;
 
-  if (o.mpi) {
-    Result<std::unique_ptr<Communicator>> comm = NewMpiWorldCommunicator();
-    if (!comm.ok()) {
-      std::fprintf(stderr, "ckpt demo: %s\n", comm.status().ToString().c_str());
-      return 1;
-    }
-    if (o.dir.empty() || (o.phase != "train" && o.phase != "resume")) {
-      std::fprintf(stderr, "ckpt demo --mpi needs --dir and --phase train|resume (two mpirun jobs)\n");
-      return 2;
-    }
-    Status s;
-    if (o.phase == "train") {
-      // Under MPI the job does not kill itself: it leaves the last save
-      // written but never published, exactly what a crash leaves.
-      s = TrainPhase(**comm, o, specs, ckpts, out, &m, nullptr);
-      if (s.ok() && (*comm)->rank() == 0) {
-        std::fprintf(o.json ? stderr : stdout,
-                     "train phase done: step %d left unpublished; now run the resume phase on another number of "
-                    "ranks\n", m.crash_step);
-      }
-    } else {
-      o.resume_ranks = (*comm)->size();
-      m.crash_step = CrashStep(o);  // where the train phase stopped
-      s = ResumePhase(**comm, o, specs, ckpts, out, &m);
-      if (s.ok() && (*comm)->rank() == 0) Report(o, specs, root, m);
-    }
-    if (!s.ok()) {
-      std::fprintf(stderr, "ckpt demo: rank %d: %s\n", (*comm)->rank(), s.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  }
+  if (o.mpi) return RunMpiPhase(o, specs, root, out);
 
   out.Say("ckpt demo in " + root + ": a " + std::to_string(o.layers) + "-layer Llama-shaped model, " +
           std::to_string(o.ranks) + " ranks train, then " + std::to_string(o.resume_ranks) + " resume");
-  // The first job runs in a child process that kills itself mid-save.
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const std::string report = JoinPath(root, ".demo-train.json");
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    std::perror("ckpt demo: fork");
+  if (!RunCrashingTrainJob(o, specs, root, out, &m)) {
     cleanup();
     return 1;
   }
-  if (pid == 0) {
-    Measured cm;
-    Status s = RunThreads(o.ranks, [&](Communicator& comm) {
-      return TrainPhase(comm, o, specs, ckpts, out, &cm, [&] {
-        if (comm.rank() != 0) {
-          // Other ranks wait for the end.
-          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-        }
-        WriteFileAtomically(*PosixStorage(), report, MeasuredJson(cm).dump()).IgnoreError();
-        out.Say("[train] killing the job (SIGKILL) while the step " + std::to_string(cm.crash_step) +
-                " checkpoint is being written");
-        ::kill(::getpid(), SIGKILL);
-      });
-    });
-    std::fprintf(stderr, "ckpt demo: the training job ended without crashing: %s\n", s.ToString().c_str());
-    ::_exit(3);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
-    std::fprintf(stderr, "ckpt demo: the training job did not die as planned (status %d)\n", status);
-    cleanup();
-    return 1;
-  }
-  Result<std::string> text = ReadFileToString(*PosixStorage(), report);
-  if (text.ok()) FromJson(json::parse(*text, nullptr, false), &m);
   out.Say("[crash] the training job is gone; LATEST still names the last checkpoint whose writes finished");
 
   Status s = RunThreads(o.resume_ranks, [&](Communicator& comm) {

@@ -11,7 +11,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
 #include "cli/commands.h"
-#include "format/model_dir_writer.h"
+#include "io/staged_dir.h"
 
 namespace ckpt::cli {
 namespace {
@@ -122,7 +122,7 @@ int RunSample(const SampleOptions& o) {
   HfIndex index;
   uint64_t total = 0;
   // Built in a staging directory: an existing directory is never overwritten.
-  Status s = BuildInStaging(fs, o.out_dir, [&](const std::string& dir) -> Status {
+  Status s = BuildDirAtomically(fs, o.out_dir, [&](const std::string& dir) -> Status {
     Status w;
     for (size_t i = 0, begin = 0; i < shards && w.ok(); ++i) {
       size_t count = n / shards + (i < n % shards ? 1 : 0);
@@ -147,9 +147,6 @@ int RunSample(const SampleOptions& o) {
           {"vocab_size", vocab}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false}};
       w = WriteFileAtomically(fs, JoinPath(dir, "config.json"), config.dump(2) + "\n");
     }
-    if (w.ok()) w = fs.SyncDir(dir);
-    if (w.ok()) w = fs.Rename(dir, o.out_dir);
-    if (w.ok()) w = fs.SyncDir(std::string(Dirname(o.out_dir)));
     return w;
   });
   if (!s.ok()) {

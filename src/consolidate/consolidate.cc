@@ -19,6 +19,7 @@
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "convert/float_cast.h"
+#include "core/encoding.h"
 #include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
@@ -146,12 +147,6 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
   return out;
 }
 
-std::string Hex16(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
 // The XXH64 of each saved chunk, computed from the bytes the consolidation
 // reads anyway: windows arrive in file order, each continuing where the last
 // one of its chunk ended. A chunk whose bytes were not all seen that way is
@@ -199,7 +194,7 @@ class ChunkHashes {
       if (got != c.checksum) {
         return DataLossError(paths[c.file] + ": tensor '" + Printable(t.fqn) + "' chunk at " + c.box.ToString() +
                              ", bytes [" + std::to_string(c.data_offset) + ", " + std::to_string(c.data_offset + bytes) +
-                             "): checksum " + Hex16(got) + " does not match the recorded " + Hex16(c.checksum) +
+                             "): checksum " + Hex64(got) + " does not match the recorded " + Hex64(c.checksum) +
                              " (the file is corrupt)");
       }
     }
@@ -380,23 +375,6 @@ Status CopyHfArtifacts(Storage& storage, const std::string& in_dir, const engine
 }
 
 }  // namespace
-
-bool IsHfArtifactName(std::string_view name) {
-  if (!CheckShardFileName(name).ok() || name.front() == '.' || FindInvalidUtf8(name) != std::string_view::npos) {
-    return false;
-  }
-  auto ends = [&](std::string_view suffix) {
-    return name.size() > suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
-  };
-  // Indexes (of any weight format) and ckpt's own files are never artifacts.
-  if (ends(".index.json") || name == kFileMappingName || name == kDtypeMappingName || name.starts_with("ckpt_")) {
-    return false;
-  }
-  for (std::string_view kind : {".json", ".txt", ".model", ".jinja", ".py", ".tiktoken", ".md"}) {
-    if (ends(kind)) return true;
-  }
-  return false;
-}
 
 Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_dir, const std::string& out_dir,
                    const ConsolidateOptions& o, ConsolidateStats* stats_out) {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 namespace ckpt {
@@ -116,6 +117,20 @@ Status CastFloats(DType from, std::span<const std::byte> in, DType to, std::span
   }
   for (size_t i = 0; i < n; ++i) WriteOne(to, out.data() + i * out_size, ReadOne(from, in.data() + i * in_size));
   return Status();
+}
+
+float Fp8E4M3ToFloat(uint8_t v) {
+  const bool neg = v & 0x80;
+  const int exp = (v >> 3) & 0xf, man = v & 7;
+  float x;
+  if (exp == 0xf && man == 7) {
+    x = std::numeric_limits<float>::quiet_NaN();
+  } else if (exp == 0) {
+    x = std::ldexp(static_cast<float>(man), -9);  // subnormal: man/8 · 2^-6
+  } else {
+    x = std::ldexp(static_cast<float>(8 + man), exp - 10);  // (1 + man/8) · 2^(exp-7)
+  }
+  return neg ? -x : x;
 }
 
 }  // namespace ckpt

@@ -27,6 +27,8 @@ double HalfToDouble(uint16_t h);
 double Bf16ToDouble(uint16_t b);
 uint16_t DoubleToHalf(double x);
 uint16_t DoubleToBf16(double x);
+// FP8 E4M3 (no infinities; S.1111.111 is NaN) to float, exactly.
+float Fp8E4M3ToFloat(uint8_t v);
 
 }  // namespace ckpt
 

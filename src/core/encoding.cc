@@ -1,6 +1,7 @@
 #include "core/encoding.h"
 
 #include <cstdio>
+#include <random>
 
 namespace ckpt {
 
@@ -8,6 +9,15 @@ std::string Hex64(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
   return buf;
+}
+
+std::string RandomToken() {
+  std::random_device rd;
+  return Hex64(static_cast<uint64_t>(rd()) << 32 | static_cast<uint32_t>(rd()));
+}
+
+bool IsToken(std::string_view s) {
+  return s.size() == 16 && s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
 }
 
 namespace {

@@ -4,14 +4,14 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <random>
 #include <unordered_map>
 #include <unordered_set>
 
-#include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/sharded.h"
 #include "ckpt/version.h"
+#include "core/encoding.h"
+#include "io/staged_dir.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -474,40 +474,14 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, s
     CKPT_RETURN_IF_ERROR(RemoveAll(storage, dir));
     return dir;
   }
-  CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, dir));
-  if (exists) return AlreadyExistsError(dir + " already exists; it is never overwritten");
-  const std::string parent(Dirname(dir));
-  CKPT_RETURN_IF_ERROR(storage.MakeDirs(parent));
-  // Staging directories of earlier runs for this same output that were
-  // killed before publishing: removed, as the Checkpointer removes dead
-  // saves (one writer per output directory).
-  const std::string prefix = "." + std::string(Basename(dir)) + ".tmp-";
-  CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> siblings, storage.List(parent));
-  for (const DirEntry& e : siblings) {
-    const std::string_view token = std::string_view(e.name).substr(std::min(prefix.size(), e.name.size()));
-    const bool ours = e.type == EntryType::kDirectory && e.name.starts_with(prefix) && token.size() == 16 &&
-                      token.find_first_not_of("0123456789abcdef") == std::string_view::npos;
-    if (ours) CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(parent, e.name)));
-  }
-  std::string token(given);
-  if (token.empty()) {
-    std::random_device rd;
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
-    token = buf;
-  } else if (token.size() != 16 || token.find_first_not_of("0123456789abcdef") != std::string::npos) {
-    return InvalidArgumentError("staging token '" + token + "' is not 16 lowercase hex digits");
-  }
-  const std::string staging = JoinPath(parent, prefix + token);
-  CKPT_RETURN_IF_ERROR(storage.MakeDirs(staging));
-  return staging;
+  return ckpt::CreateStagingDir(storage, dir, given);
 }
 
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout to) {
   std::string staging;
   Status prepared;
   if (comm.rank() == 0) {
-    Result<std::string> made = CreateStagingDir(storage, dir);
+    Result<std::string> made = engine::CreateStagingDir(storage, dir);
     prepared = made.status();
     if (made.ok()) staging = *made;
   }
@@ -536,10 +510,7 @@ std::string ManifestText(const std::vector<std::string>& files, const std::vecto
 }
 
 std::string HeaderHash(std::string_view prefix) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx",
-                static_cast<unsigned long long>(XXH64(prefix.data(), prefix.size(), 0)));
-  return buf;
+  return Hex64(XXH64(prefix.data(), prefix.size(), 0));
 }
 
 Status CheckHeaderHashes(const ShardListing& l, const std::string& dir, const std::vector<std::string>& prefixes) {

@@ -6,7 +6,9 @@
 
 #include <map>
 #include <optional>
+#include <regex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ckpt/comm.h"
@@ -70,6 +72,23 @@ Result<std::string> ReadHeaderPrefix(Storage& storage, const std::string& path);
 // tensors the map assigns to this file (`listing->files[file]`).
 Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::string& path,
                   plan::SavedIndex* index, const ShardListing* listing = nullptr);
+
+// LoadOptions::key_mapping with every pattern compiled once, for a load
+// that renames many keys. Compile names a bad pattern (InvalidArgument).
+class KeyMapper {
+ public:
+  static Result<KeyMapper> Compile(const std::vector<std::pair<std::string, std::string>>& mapping);
+  // The first rule that changes `key` decides; unchanged when none does.
+  Result<std::string> Apply(const std::string& key) const;
+
+ private:
+  struct Rule {
+    std::string source;
+    std::regex pattern;
+    std::string format;  // "\\1" rewritten as "$1"
+  };
+  std::vector<Rule> rules_;
+};
 
 // "shard-00003-model-00001-of-00001.safetensors" for rank 2.
 std::string ShardFileNameImpl(int rank);

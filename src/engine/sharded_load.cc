@@ -26,6 +26,7 @@
 #include "engine/torch_bin_load.h"
 #include "convert/float_cast.h"
 #include "core/encoding.h"
+#include "core/strided.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -54,12 +55,13 @@ using ByName = std::map<std::string, const plan::SavedTensor*>;
 Result<ByName> RenameCheckpointKeys(const plan::SavedIndex& index, const LoadOptions& o) {
   ByName out;
   std::map<std::string, std::string> source;
+  CKPT_ASSIGN_OR_RETURN(const engine::KeyMapper mapper, engine::KeyMapper::Compile(o.key_mapping));
   for (const auto& [fqn, t] : index.tensors()) {
     if (ScaleOfFp8Weight(index, o, fqn)) continue;
     bool skip = false;
     for (const std::string& p : o.skip_prefixes) skip = skip || fqn.rfind(p, 0) == 0;
     if (skip) continue;
-    CKPT_ASSIGN_OR_RETURN(std::string name, MapKey(o.key_mapping, fqn));
+    CKPT_ASSIGN_OR_RETURN(std::string name, mapper.Apply(fqn));
     if (auto [it, fresh] = source.emplace(name, fqn); !fresh) {
       return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn + "' both map to '" + name + "'");
     }
@@ -294,21 +296,6 @@ Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>&
   return Status();
 }
 
-// FP8 E4M3 (no infinities; S.1111.111 is NaN) to float, exactly.
-float Fp8E4M3ToFloat(uint8_t v) {
-  const bool neg = v & 0x80;
-  const int exp = (v >> 3) & 0xf, man = v & 7;
-  float x;
-  if (exp == 0xf && man == 7) {
-    x = std::numeric_limits<float>::quiet_NaN();
-  } else if (exp == 0) {
-    x = std::ldexp(static_cast<float>(man), -9);  // subnormal: man/8 · 2^-6
-  } else {
-    x = std::ldexp(static_cast<float>(8 + man), exp - 10);  // (1 + man/8) · 2^(exp-7)
-  }
-  return neg ? -x : x;
-}
-
 // Reads an FP8 weight's box and the scales of the 128×128 blocks it
 // touches, multiplies in float32 and converts to the chunk's dtype.
 Status ReadAndDequant(OpenFiles& files, const plan::SavedTensor& weight, const plan::SavedTensor& scale,
@@ -372,19 +359,7 @@ Status ReadAndDequant(OpenFiles& files, const plan::SavedTensor& weight, const p
 
 // Copies row-major `out` into the chunk through its strides.
 void Place(std::span<const std::byte> out, DType to, LocalChunk& c) {
-  const uint64_t out_bytes = out.size();
-  const uint64_t esz = DTypeBits(to) / 8;
-  const size_t rank = c.shape.rank();
-  std::vector<uint64_t> idx(rank, 0);
-  for (uint64_t e = 0; e < out_bytes / esz; ++e) {
-    int64_t off = 0;
-    for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(idx[d]) * c.strides[d];
-    std::memcpy(c.data + off * static_cast<int64_t>(esz), out.data() + e * esz, esz);
-    for (size_t d = rank; d-- > 0;) {
-      if (++idx[d] < c.shape[d]) break;
-      idx[d] = 0;
-    }
-  }
+  ScatterAll(StridedLayout{c.shape.dims(), c.strides, DTypeBits(to) / 8}, out.data(), c.data);
 }
 
 // std::regex reads characters through the global locale's ctype facet,
@@ -400,11 +375,97 @@ void PrimeRegexLocale() {
   (void)primed;
 }
 
-std::string Hex(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
+}  // namespace
+
+namespace {
+
+// Checks a local chunk against its tensor's global shape; *nbytes gets its size.
+Status CheckChunk(const DistTensor& t, const LocalChunk& c, uint64_t* nbytes) {
+  const plan::Box box{c.offsets, c.shape.dims()};
+  if (box.offsets.size() != t.global_shape.rank() || box.sizes.size() != t.global_shape.rank()) {
+    return InvalidArgumentError("tensor '" + t.fqn + "': chunk rank differs from the global shape " +
+                                t.global_shape.ToString());
+  }
+  for (size_t d = 0; d < box.offsets.size(); ++d) {
+    if (box.offsets[d] + box.sizes[d] > t.global_shape[d]) {
+      return InvalidArgumentError("tensor '" + t.fqn + "': local chunk " + box.ToString() +
+                                  " is outside the global shape " + t.global_shape.ToString());
+    }
+  }
+  CKPT_ASSIGN_OR_RETURN(*nbytes, c.shape.NumBytes(t.dtype));
+  if (*nbytes > 0 && c.data == nullptr) return InvalidArgumentError("tensor '" + t.fqn + "': chunk has no data pointer");
+  return Status();
 }
+
+// Step 5 of a load: fills every local chunk of the state dict from the
+// saved chunks it overlaps, reading, casting or dequantizing as needed.
+class ChunkFiller {
+ public:
+  ChunkFiller(Storage& storage, const std::string& dir, const engine::SavedCheckpoint& checkpoint,
+              const LoadOptions& o, LoadStats* stats)
+      : files_(storage, dir, checkpoint.listing.files), checkpoint_(checkpoint), o_(o), dir_(dir), stats_(stats) {}
+
+  // Stops at the first chunk that fails, naming its tensor.
+  Status FillAll(StateDict& sd, const ByName& by_name) {
+    for (DistTensor& t : sd.tensors) {
+      auto found = by_name.find(t.fqn);
+      if (found == by_name.end()) continue;  // allowed missing
+      for (LocalChunk& c : t.chunks) {
+        uint64_t nbytes = 0;
+        CKPT_RETURN_IF_ERROR(CheckChunk(t, c, &nbytes));
+        stats_->bytes_needed += nbytes;
+        CKPT_RETURN_IF_ERROR(Fill(t, *found->second, c, nbytes).WithContext("tensor '" + t.fqn + "'"));
+      }
+    }
+    return Status();
+  }
+
+ private:
+  Status Fill(const DistTensor& t, const plan::SavedTensor& saved, LocalChunk& c, uint64_t nbytes) {
+    const plan::Box box{c.offsets, c.shape.dims()};
+    overlapping_.clear();
+    plan::SavedIndex::Overlapping(saved, box, &overlapping_);
+    if (saved.dtype == t.dtype) return ReadSameDType(t, box, c, nbytes);
+    if (const plan::SavedTensor* scale = Fp8Scale(checkpoint_.index, o_, saved)) {
+      return ReadAndDequant(files_, saved, *scale, box, c, t.dtype, stats_);
+    }
+    if (saved.dtype == DType::kF8_E4M3 && o_.dequantize_fp8) {
+      return InvalidArgumentError("FP8 weight '" + saved.fqn + "' has no '" + saved.fqn +
+                                  std::string(kFp8ScaleSuffix) + "' to dequantize with");
+    }
+    return ReadAndCast(files_, overlapping_, saved.dtype, t.dtype, box, c, stats_);
+  }
+
+  Status ReadSameDType(const DistTensor& t, const plan::Box& box, LocalChunk& c, uint64_t nbytes) {
+    ops_.clear();
+    for (const plan::SavedChunk* sc : overlapping_) {
+      CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, t.dtype, box, c.strides, &ops_));
+    }
+    CKPT_RETURN_IF_ERROR(RunReads(files_, c.data, ops_, stats_));
+    if (!o_.verify_checksums || overlapping_.size() != 1 || !c.strides.empty()) return Status();
+    return VerifyWholeChunk(t, box, *overlapping_[0], c.data, nbytes);
+  }
+
+  // A chunk read whole: its recorded checksum must match.
+  Status VerifyWholeChunk(const DistTensor& t, const plan::Box& box, const plan::SavedChunk& sc,
+                          const std::byte* data, uint64_t nbytes) const {
+    if (!sc.has_checksum || sc.box.offsets != box.offsets || sc.box.sizes != box.sizes) return Status();
+    const uint64_t got = XXH64(data, nbytes, 0);
+    if (got == sc.checksum) return Status();
+    return DataLossError(JoinPath(dir_, checkpoint_.listing.files[sc.file]) + ": tensor '" + t.fqn + "' chunk at " +
+                         box.ToString() + ", bytes [" + std::to_string(sc.data_offset) + ", " +
+                         std::to_string(sc.data_offset + nbytes) + "): checksum " + Hex64(got) +
+                         " does not match the recorded " + Hex64(sc.checksum) + " (the file is corrupt)");
+  }
+
+  OpenFiles files_;
+  const engine::SavedCheckpoint& checkpoint_;
+  const LoadOptions& o_;
+  const std::string& dir_;
+  LoadStats* stats_;
+  std::vector<const plan::SavedChunk*> overlapping_;  // scratch, reused per chunk
+  std::vector<plan::ReadOp> ops_;
+};
 
 }  // namespace
 
@@ -446,28 +507,46 @@ Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats
 
 }  // namespace engine
 
-Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
+namespace engine {
+
+Result<KeyMapper> KeyMapper::Compile(const std::vector<std::pair<std::string, std::string>>& mapping) {
+  KeyMapper m;
   if (!mapping.empty()) PrimeRegexLocale();
   for (const auto& [pattern, replacement] : mapping) {
+    // "\1" and "$1" both name group 1.
+    std::string fmt;
+    for (size_t i = 0; i < replacement.size(); ++i) {
+      const bool group = replacement[i] == '\\' && i + 1 < replacement.size() &&
+                         std::isdigit(static_cast<unsigned char>(replacement[i + 1]));
+      fmt += group ? '$' : replacement[i];
+    }
     try {
-      std::regex re(pattern);
-      if (!std::regex_search(key, re)) continue;
-      // "\1" and "$1" both name group 1.
-      std::string fmt;
-      for (size_t i = 0; i < replacement.size(); ++i) {
-        if (replacement[i] == '\\' && i + 1 < replacement.size() && std::isdigit(static_cast<unsigned char>(replacement[i + 1]))) {
-          fmt += '$';
-        } else {
-          fmt += replacement[i];
-        }
-      }
-      std::string out = std::regex_replace(key, re, fmt);
-      if (out != key) return out;
+      m.rules_.push_back({pattern, std::regex(pattern), std::move(fmt)});
     } catch (const std::regex_error& e) {
       return InvalidArgumentError("key mapping pattern '" + pattern + "' is not a valid regex: " + e.what());
     }
   }
+  return m;
+}
+
+Result<std::string> KeyMapper::Apply(const std::string& key) const {
+  for (const Rule& r : rules_) {
+    try {
+      if (!std::regex_search(key, r.pattern)) continue;
+      std::string out = std::regex_replace(key, r.pattern, r.format);
+      if (out != key) return out;
+    } catch (const std::regex_error& e) {  // too complex for std::regex
+      return InvalidArgumentError("key mapping pattern '" + r.source + "' on key '" + key + "': " + e.what());
+    }
+  }
   return key;
+}
+
+}  // namespace engine
+
+Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
+  CKPT_ASSIGN_OR_RETURN(const engine::KeyMapper m, engine::KeyMapper::Compile(mapping));
+  return m.Apply(key);
 }
 
 Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd,
@@ -500,74 +579,8 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(matched, to).WithContext(what));
 
   // 5. Fill the local chunks.
-  Status filled;
-  OpenFiles files(storage, dir, listing.files);
-  std::vector<const plan::SavedChunk*> overlapping;
-  std::vector<plan::ReadOp> ops;
-  for (DistTensor& t : sd.tensors) {
-    auto found = by_name->find(t.fqn);
-    if (found == by_name->end()) continue;  // allowed missing
-    const plan::SavedTensor* saved = found->second;
-    for (LocalChunk& c : t.chunks) {
-      plan::Box box{c.offsets, c.shape.dims()};
-      Status s;
-      if (box.offsets.size() != t.global_shape.rank() || box.sizes.size() != t.global_shape.rank()) {
-        s = InvalidArgumentError("tensor '" + t.fqn + "': chunk rank differs from the global shape " +
-                                 t.global_shape.ToString());
-      }
-      for (size_t d = 0; s.ok() && d < box.offsets.size(); ++d) {
-        if (box.offsets[d] + box.sizes[d] > t.global_shape[d]) {
-          s = InvalidArgumentError("tensor '" + t.fqn + "': local chunk " + box.ToString() +
-                                   " is outside the global shape " + t.global_shape.ToString());
-        }
-      }
-      Result<uint64_t> nbytes = c.shape.NumBytes(t.dtype);
-      if (s.ok() && !nbytes.ok()) s = nbytes.status();
-      if (s.ok() && *nbytes > 0 && c.data == nullptr) {
-        s = InvalidArgumentError("tensor '" + t.fqn + "': chunk has no data pointer");
-      }
-      if (!s.ok()) {
-        filled = s;
-        break;
-      }
-      stats.bytes_needed += *nbytes;
-      overlapping.clear();
-      ops.clear();
-      plan::SavedIndex::Overlapping(*saved, box, &overlapping);
-      if (saved->dtype == t.dtype) {
-        for (const plan::SavedChunk* sc : overlapping) {
-          s = plan::PlanChunkReads(*sc, t.dtype, box, c.strides, &ops);
-          if (!s.ok()) break;
-        }
-        if (s.ok()) s = RunReads(files, c.data, ops, &stats);
-        // A chunk read whole: its recorded checksum must match.
-        if (s.ok() && o.verify_checksums && overlapping.size() == 1 && c.strides.empty()) {
-          const plan::SavedChunk& sc = *overlapping[0];
-          if (sc.has_checksum && sc.box.offsets == box.offsets && sc.box.sizes == box.sizes) {
-            const uint64_t got = XXH64(c.data, *nbytes, 0);
-            if (got != sc.checksum) {
-              s = DataLossError(JoinPath(dir, listing.files[sc.file]) + ": tensor '" + t.fqn + "' chunk at " +
-                                box.ToString() + ", bytes [" + std::to_string(sc.data_offset) + ", " +
-                                std::to_string(sc.data_offset + *nbytes) + "): checksum " + Hex(got) +
-                                " does not match the recorded " + Hex(sc.checksum) + " (the file is corrupt)");
-            }
-          }
-        }
-      } else if (const plan::SavedTensor* scale = Fp8Scale(index, o, *saved)) {
-        s = ReadAndDequant(files, *saved, *scale, box, c, t.dtype, &stats);
-      } else if (saved->dtype == DType::kF8_E4M3 && o.dequantize_fp8) {
-        s = InvalidArgumentError("FP8 weight '" + saved->fqn + "' has no '" + saved->fqn + std::string(kFp8ScaleSuffix) +
-                                 "' to dequantize with");
-      } else {
-        s = ReadAndCast(files, overlapping, saved->dtype, t.dtype, box, c, &stats);
-      }
-      if (!s.ok()) {
-        filled = s.WithContext("tensor '" + t.fqn + "'");
-        break;
-      }
-    }
-    if (!filled.ok()) break;
-  }
+  ChunkFiller filler(storage, dir, checkpoint, o, &stats);
+  Status filled = filler.FillAll(sd, *by_name);
   if (filled.ok()) {
     filled = checkpoint.dcp ? LoadDcpExtra(storage, dir, checkpoint, sd)
                             : LoadExtra(storage, dir, listing.has_extra_state, listing.manifest, sd);

@@ -5,7 +5,8 @@
 //      the staging directory (AtomicFileWriter: fsync, rename, fsync dir);
 //   4. all ranks agree on the outcome; on failure rank 0 removes staging;
 //   5. rank 0 writes the manifest, renames staging to `dir`, fsyncs the
-//      parent; all ranks agree on that outcome.
+//      parent (without rename, on object stores, the manifest written last
+//      is the commit); all ranks agree on that outcome.
 // A crash before step 5's rename leaves only a hidden staging directory.
 #include <xxhash.h>
 

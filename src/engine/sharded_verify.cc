@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <unordered_map>
 
-#include "ckpt/consolidate.h"
+#include "ckpt/hf.h"
 #include "ckpt/sharded.h"
+#include "core/encoding.h"
 #include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
@@ -113,8 +114,7 @@ Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir) {
         CKPT_RETURN_IF_ERROR(f->ReadRange(t->fqn, off, std::span(buf).first(n)));
         XXH64_update(h, buf.data(), n);
       }
-      char hex[17];
-      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(XXH64_digest(h)));
+      const std::string hex = Hex64(XXH64_digest(h));
       if (c->checksum != hex) {
         return DataLossError(path + ": tensor '" + t->fqn + "' bytes [" +
                              std::to_string(f->header().data_offset() + ti->begin) + ", " +

@@ -11,6 +11,7 @@
 
 #include "ckpt/torch_bin.h"
 #include "convert/float_cast.h"
+#include "engine/shard_dir.h"
 #include "plan/codec.h"
 
 namespace ckpt::engine {
@@ -101,6 +102,29 @@ Result<bool> IsTorchBinOnlyDir(Storage& storage, const std::string& dir) {
   return !safe;
 }
 
+namespace {
+
+// The archive's tensors under the names the state dict uses (skipped
+// prefixes, key mapping, tied embeddings): state-dict name → archive name.
+Status NameArchiveKeys(const TorchBinDir& bin, const LoadOptions& o, std::map<std::string, std::string>* by_name) {
+  CKPT_ASSIGN_OR_RETURN(const KeyMapper mapper, KeyMapper::Compile(o.key_mapping));
+  for (const auto& [fqn, loc] : bin.tensors()) {
+    bool skip = false;
+    for (const std::string& p : o.skip_prefixes) skip = skip || fqn.rfind(p, 0) == 0;
+    if (skip) continue;
+    CKPT_ASSIGN_OR_RETURN(std::string name, mapper.Apply(fqn));
+    if (auto [it, fresh] = by_name->emplace(name, fqn); !fresh) {
+      return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn + "' both map to '" + name + "'");
+    }
+  }
+  if (o.tie_word_embeddings && !by_name->count("lm_head.weight") && by_name->count("model.embed_tokens.weight")) {
+    (*by_name)["lm_head.weight"] = (*by_name)["model.embed_tokens.weight"];
+  }
+  return Status();
+}
+
+}  // namespace
+
 Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd, const LoadOptions& o,
                     LoadStats* stats_out) {
   const Timeout to = o.timeout;
@@ -111,24 +135,7 @@ Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir
 
   // Checkpoint keys under the names the state dict uses.
   std::map<std::string, std::string> by_name;  // state-dict name → archive name
-  Status named;
-  for (const auto& [fqn, loc] : bin->tensors()) {
-    bool skip = false;
-    for (const std::string& p : o.skip_prefixes) skip = skip || fqn.rfind(p, 0) == 0;
-    if (skip) continue;
-    Result<std::string> name = MapKey(o.key_mapping, fqn);
-    if (!name.ok()) {
-      named = name.status();
-      break;
-    }
-    if (!by_name.emplace(*name, fqn).second) {
-      named = InvalidArgumentError("checkpoint keys '" + by_name[*name] + "' and '" + fqn + "' both map to '" + *name + "'");
-      break;
-    }
-  }
-  if (named.ok() && o.tie_word_embeddings && !by_name.count("lm_head.weight") && by_name.count("model.embed_tokens.weight")) {
-    by_name["lm_head.weight"] = by_name["model.embed_tokens.weight"];
-  }
+  Status named = NameArchiveKeys(*bin, o, &by_name);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(named, to).WithContext(what));
 
   // Keys of every rank against the archive's.

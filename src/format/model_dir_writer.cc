@@ -4,18 +4,9 @@
 #include <cstdio>
 #include <vector>
 
-#include "ckpt/consolidate.h"
-#include "engine/shard_dir.h"
+#include "ckpt/hf.h"
 
 namespace ckpt {
-
-Status BuildInStaging(Storage& storage, const std::string& out_dir,
-                      const std::function<Status(const std::string& staging)>& build) {
-  CKPT_ASSIGN_OR_RETURN(std::string staging, engine::CreateStagingDir(storage, out_dir));
-  Status s = build(staging);
-  if (!s.ok()) RemoveAll(storage, staging).IgnoreError();
-  return s;
-}
 
 std::string ShardedModelFileName(uint32_t i, uint32_t n) {
   char buf[64];
@@ -57,7 +48,7 @@ Status WriteModelFiles(Storage& storage, const std::string& staging, std::vector
 }
 
 Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std::set<std::string>& skip,
-                          const std::string& staging, const std::string& out_dir, const HfIndex& index) {
+                          const std::string& staging, const HfIndex& index) {
   CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, kHfIndexName), SerializeHfIndex(index)));
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(in_dir));
   for (const DirEntry& e : entries) {
@@ -66,9 +57,7 @@ Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std
     // Streamed: side files can be large (tf_model.h5, flax_model.msgpack).
     CKPT_RETURN_IF_ERROR(CopyFile(storage, JoinPath(in_dir, e.name), JoinPath(staging, e.name)));
   }
-  CKPT_RETURN_IF_ERROR(storage.SyncDir(staging));
-  CKPT_RETURN_IF_ERROR(storage.Rename(staging, out_dir));
-  return storage.SyncDir(std::string(Dirname(out_dir)));
+  return Status();
 }
 
 }  // namespace ckpt

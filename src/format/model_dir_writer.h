@@ -17,12 +17,6 @@
 
 namespace ckpt {
 
-// Creates a hidden staging directory beside `out_dir` (AlreadyExists when
-// `out_dir` exists: it is never overwritten), runs `build` on it, and
-// removes it when `build` fails. `build` ends by renaming it into place.
-Status BuildInStaging(Storage& storage, const std::string& out_dir,
-                      const std::function<Status(const std::string& staging)>& build);
-
 // "model-00002-of-00005.safetensors".
 std::string ShardedModelFileName(uint32_t i, uint32_t n);
 
@@ -39,9 +33,10 @@ Status WriteModelFiles(Storage& storage, const std::string& staging, std::vector
 // Completes a directory built in `staging`: writes `index` as
 // model.safetensors.index.json, copies every regular, non-hidden file of
 // `in_dir` that is not named in `skip` and holds no safetensors weights
-// (config, tokenizer, ...), syncs `staging` and renames it to `out_dir`.
+// (config, tokenizer, ...). Publishing `staging` is the caller's
+// (BuildDirAtomically in io/staged_dir.h).
 Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std::set<std::string>& skip,
-                          const std::string& staging, const std::string& out_dir, const HfIndex& index);
+                          const std::string& staging, const HfIndex& index);
 
 }  // namespace ckpt
 

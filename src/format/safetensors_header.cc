@@ -80,6 +80,39 @@ Result<TensorInfo> ParseTensor(const std::string& name, const json& entry,
   return t;
 }
 
+// The tensors, sorted by offsets, must cover the data buffer exactly: no
+// hole, no overlap, no trailing bytes, nothing past its end.
+Status CheckTiling(const std::vector<TensorInfo>& sorted, uint64_t data_size, const std::string& src) {
+  uint64_t expected = 0;
+  const TensorInfo* prev = nullptr;
+  for (const TensorInfo& t : sorted) {
+    if (t.begin != expected) {
+      std::string what = t.begin > expected ? "leaves a hole" : "overlaps";
+      std::string prev_desc =
+          prev ? "tensor " + Q(prev->name) + " ends at " + std::to_string(expected)
+               : "the data buffer starts at 0";
+      return DataLossError(src + ": tensor " + Q(t.name) + " begins at " +
+                           std::to_string(t.begin) + " but " + prev_desc + " (" + what + " of " +
+                           std::to_string(t.begin > expected ? t.begin - expected
+                                                             : expected - t.begin) +
+                           " bytes)");
+    }
+    expected = t.end;
+    prev = &t;
+  }
+  if (expected != data_size) {
+    if (expected < data_size) {
+      return DataLossError(src + ": " + std::to_string(data_size - expected) +
+                           " trailing bytes after the last tensor (tensors cover " +
+                           std::to_string(expected) + " of " + std::to_string(data_size) +
+                           " data bytes)");
+    }
+    return DataLossError(src + ": file is truncated: tensors need " + std::to_string(expected) +
+                         " data bytes but only " + std::to_string(data_size) + " are present");
+  }
+  return Status();
+}
+
 }  // namespace
 
 Result<SafetensorsHeader> SafetensorsHeader::Parse(std::string_view text, uint64_t data_size,
@@ -135,33 +168,7 @@ Result<SafetensorsHeader> SafetensorsHeader::Parse(std::string_view text, uint64
   std::sort(h.tensors_.begin(), h.tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  uint64_t expected = 0;
-  const TensorInfo* prev = nullptr;
-  for (const TensorInfo& t : h.tensors_) {
-    if (t.begin != expected) {
-      std::string what = t.begin > expected ? "leaves a hole" : "overlaps";
-      std::string prev_desc =
-          prev ? "tensor " + Q(prev->name) + " ends at " + std::to_string(expected)
-               : "the data buffer starts at 0";
-      return DataLossError(src + ": tensor " + Q(t.name) + " begins at " +
-                           std::to_string(t.begin) + " but " + prev_desc + " (" + what + " of " +
-                           std::to_string(t.begin > expected ? t.begin - expected
-                                                             : expected - t.begin) +
-                           " bytes)");
-    }
-    expected = t.end;
-    prev = &t;
-  }
-  if (expected != data_size) {
-    if (expected < data_size) {
-      return DataLossError(src + ": " + std::to_string(data_size - expected) +
-                           " trailing bytes after the last tensor (tensors cover " +
-                           std::to_string(expected) + " of " + std::to_string(data_size) +
-                           " data bytes)");
-    }
-    return DataLossError(src + ": file is truncated: tensors need " + std::to_string(expected) +
-                         " data bytes but only " + std::to_string(data_size) + " are present");
-  }
+  CKPT_RETURN_IF_ERROR(CheckTiling(h.tensors_, data_size, src));
   h.by_name_.reserve(h.tensors_.size());
   for (size_t i = 0; i < h.tensors_.size(); ++i) h.by_name_.emplace(h.tensors_[i].name, i);
   return h;

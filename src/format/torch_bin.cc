@@ -5,9 +5,10 @@
 #include <mutex>
 #include <set>
 
-#include "ckpt/consolidate.h"
+#include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "format/model_dir_writer.h"
+#include "io/staged_dir.h"
 #include "format/torch_pickle.h"
 #include "format/zip_reader.h"
 
@@ -347,9 +348,9 @@ Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std
     stats.peak_buffer = buf.size();
     std::set<std::string> weights{std::string(kTorchBinIndexName), std::string(kTorchBinSingleName)};
     for (const auto& f : bin.files()) weights.insert(std::string(Basename(f->path())));
-    return FinishConvertedDir(storage, in_dir, weights, staging, out_dir, index);
+    return FinishConvertedDir(storage, in_dir, weights, staging, index);
   };
-  CKPT_RETURN_IF_ERROR(BuildInStaging(storage, out_dir, build).WithContext(what));
+  CKPT_RETURN_IF_ERROR(BuildDirAtomically(storage, out_dir, build).WithContext(what));
   if (stats_out) *stats_out = stats;
   return Status();
 }

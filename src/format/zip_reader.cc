@@ -55,39 +55,37 @@ Status CheckEntryName(std::string_view name) {
   return Status();
 }
 
-}  // namespace
+// Where the central directory is, from the end record (ZIP64 when present),
+// checked against the file and the limits.
+struct CentralDirectory {
+  uint64_t count = 0;
+  uint64_t size = 0;
+  uint64_t offset = 0;
+};
 
-uint32_t Crc32(uint32_t crc, std::span<const std::byte> data) {
-  return static_cast<uint32_t>(
-      crc32_z(crc, reinterpret_cast<const Bytef*>(data.data()), static_cast<z_size_t>(data.size())));
-}
-
-Result<std::unique_ptr<ZipArchive>> ZipArchive::Open(std::unique_ptr<ReadableFile> file, const ZipLimits& limits) {
-  std::unique_ptr<ZipArchive> z(new ZipArchive(std::move(file)));
-  Status s = z->Parse(limits);
-  if (!s.ok()) return Status(s.code(), z->path() + ": not a readable torch zip archive: " + s.message());
-  return z;
-}
-
-Status ZipArchive::Parse(const ZipLimits& limits) {
-  const uint64_t size = file_->Size();
+// The end record sits in the last 22 + 65535 bytes; scans backwards for a
+// signature whose comment length reaches exactly the end of the file.
+// Returns its offset in the file.
+Result<uint64_t> FindEndRecord(const ReadableFile& file, std::vector<std::byte>* tail) {
+  const uint64_t size = file.Size();
   if (size < kEndSize) return InvalidArgumentError("file of " + std::to_string(size) + " bytes is too small for a zip");
-  // The end record sits in the last 22 + 65535 bytes; scan backwards for a
-  // signature whose comment length reaches exactly the end of the file.
   const uint64_t tail_len = std::min<uint64_t>(size, kEndSize + kMaxComment);
-  std::vector<std::byte> tail(tail_len);
-  CKPT_RETURN_IF_ERROR(file_->ReadAt(size - tail_len, tail));
-  int64_t end_pos = -1;
+  tail->resize(tail_len);
+  CKPT_RETURN_IF_ERROR(file.ReadAt(size - tail_len, *tail));
   for (int64_t i = static_cast<int64_t>(tail_len - kEndSize); i >= 0; --i) {
-    const std::byte* p = tail.data() + i;
+    const std::byte* p = tail->data() + i;
     if (U32(p) == kEndSig && static_cast<uint64_t>(i) + kEndSize + U16(p + 20) == tail_len) {
-      end_pos = i;
-      break;
+      tail->erase(tail->begin(), tail->begin() + i);
+      return size - tail_len + static_cast<uint64_t>(i);
     }
   }
-  if (end_pos < 0) return InvalidArgumentError("no end-of-central-directory record");
-  const std::byte* e = tail.data() + end_pos;
-  const uint64_t end_abs = size - tail_len + static_cast<uint64_t>(end_pos);
+  return InvalidArgumentError("no end-of-central-directory record");
+}
+
+Result<CentralDirectory> FindCentralDirectory(const ReadableFile& file, const ZipLimits& limits) {
+  std::vector<std::byte> tail;
+  CKPT_ASSIGN_OR_RETURN(const uint64_t end_abs, FindEndRecord(file, &tail));
+  const std::byte* e = tail.data();
   uint64_t disk = U16(e + 4), cd_disk = U16(e + 6);
   uint64_t count_disk = U16(e + 8), count = U16(e + 10);
   uint64_t cd_size = U32(e + 12), cd_offset = U32(e + 16);
@@ -96,7 +94,7 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
                        cd_offset == 0xffffffffu;
   if (end_abs >= kLocatorSize) {
     std::byte loc[kLocatorSize];
-    CKPT_RETURN_IF_ERROR(file_->ReadAt(end_abs - kLocatorSize, loc));
+    CKPT_RETURN_IF_ERROR(file.ReadAt(end_abs - kLocatorSize, loc));
     if (U32(loc) == kZip64LocatorSig) {
       const uint64_t z64 = U64(loc + 8);
       if (U32(loc + 4) != 0 || U32(loc + 16) > 1) return InvalidArgumentError("multi-disk ZIP64 archives are not supported");
@@ -104,7 +102,7 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
         return InvalidArgumentError("ZIP64 end record offset " + std::to_string(z64) + " is outside the file");
       }
       std::byte r[kZip64EndSize];
-      CKPT_RETURN_IF_ERROR(file_->ReadAt(z64, r));
+      CKPT_RETURN_IF_ERROR(file.ReadAt(z64, r));
       if (U32(r) != kZip64EndSig) return InvalidArgumentError("no ZIP64 end record at offset " + std::to_string(z64));
       disk = U32(r + 16);
       cd_disk = U32(r + 20);
@@ -133,111 +131,151 @@ Status ZipArchive::Parse(const ZipLimits& limits) {
     return InvalidArgumentError(std::to_string(count) + " entries cannot fit a central directory of " +
                                 std::to_string(cd_size) + " bytes");
   }
-  std::vector<std::byte> cd(cd_size);
-  CKPT_RETURN_IF_ERROR(file_->ReadAt(cd_offset, cd));
+  return CentralDirectory{count, cd_size, cd_offset};
+}
 
-  struct Raw {
-    ZipEntry entry;
-    uint64_t local_offset;
-  };
-  std::vector<Raw> raw;
-  raw.reserve(count);
+// An entry as the central directory records it.
+struct RawEntry {
+  ZipEntry entry;
+  uint64_t local_offset;
+};
+
+// The saturated fields of a central directory entry, and the ZIP64 extended
+// information that replaces them (their 64-bit values, in order).
+struct EntrySizes {
+  uint64_t csize, usize, local, disk_start;
+};
+
+Status ApplyZip64Extra(std::span<const std::byte> extra, const std::string& label, EntrySizes* v) {
+  const std::byte* x = extra.data();
+  const std::byte* x_end = x + extra.size();
+  while (x_end - x >= 4) {
+    const uint16_t id = U16(x), len = U16(x + 2);
+    if (static_cast<uint64_t>(x_end - x - 4) < len) return InvalidArgumentError(label + " has a truncated extra field");
+    if (id == 0x0001) {
+      const std::byte* f = x + 4;
+      uint64_t left = len;
+      auto take = [&](uint64_t* out, uint64_t width) -> Status {
+        if (left < width) return InvalidArgumentError(label + " has a short ZIP64 extra field");
+        *out = width == 8 ? U64(f) : U32(f);
+        f += width;
+        left -= width;
+        return Status();
+      };
+      if (v->usize == 0xffffffffu) CKPT_RETURN_IF_ERROR(take(&v->usize, 8));
+      if (v->csize == 0xffffffffu) CKPT_RETURN_IF_ERROR(take(&v->csize, 8));
+      if (v->local == 0xffffffffu) CKPT_RETURN_IF_ERROR(take(&v->local, 8));
+      if (v->disk_start == 0xffff) CKPT_RETURN_IF_ERROR(take(&v->disk_start, 4));
+    }
+    x += 4 + len;
+  }
+  return Status();
+}
+
+Result<std::vector<RawEntry>> ReadCentralDirectory(const ReadableFile& file, const CentralDirectory& cd) {
+  std::vector<std::byte> bytes(cd.size);
+  CKPT_RETURN_IF_ERROR(file.ReadAt(cd.offset, bytes));
+  std::vector<RawEntry> raw;
+  raw.reserve(cd.count);
   uint64_t pos = 0;
-  for (uint64_t i = 0; i < count; ++i) {
-    if (cd_size - pos < kCentralSize) return InvalidArgumentError("central directory entry " + std::to_string(i) + " is truncated");
-    const std::byte* h = cd.data() + pos;
+  for (uint64_t i = 0; i < cd.count; ++i) {
+    if (cd.size - pos < kCentralSize) return InvalidArgumentError("central directory entry " + std::to_string(i) + " is truncated");
+    const std::byte* h = bytes.data() + pos;
     if (U32(h) != kCentralSig) {
       return InvalidArgumentError("central directory entry " + std::to_string(i) + " has a bad signature");
     }
     const uint16_t flags = U16(h + 8), method = U16(h + 10);
     const uint32_t crc = U32(h + 16);
-    uint64_t csize = U32(h + 20), usize = U32(h + 24);
+    EntrySizes v{U32(h + 20), U32(h + 24), U32(h + 42), U16(h + 34)};
     const uint64_t name_len = U16(h + 28), extra_len = U16(h + 30), comment_len = U16(h + 32);
-    uint64_t disk_start = U16(h + 34);
-    uint64_t local = U32(h + 42);
     const uint64_t rec = kCentralSize + name_len + extra_len + comment_len;
-    if (cd_size - pos < rec) return InvalidArgumentError("central directory entry " + std::to_string(i) + " is truncated");
+    if (cd.size - pos < rec) return InvalidArgumentError("central directory entry " + std::to_string(i) + " is truncated");
     std::string name(reinterpret_cast<const char*>(h + kCentralSize), name_len);
     const std::string label = "entry '" + Printable(name) + "'";
-    // ZIP64 extended information: the 64-bit values of the saturated fields, in order.
-    const std::byte* x = h + kCentralSize + name_len;
-    const std::byte* x_end = x + extra_len;
-    while (x_end - x >= 4) {
-      const uint16_t id = U16(x), len = U16(x + 2);
-      if (static_cast<uint64_t>(x_end - x - 4) < len) return InvalidArgumentError(label + " has a truncated extra field");
-      if (id == 0x0001) {
-        const std::byte* f = x + 4;
-        uint64_t left = len;
-        auto take = [&](uint64_t* v, uint64_t width) -> Status {
-          if (left < width) return InvalidArgumentError(label + " has a short ZIP64 extra field");
-          *v = width == 8 ? U64(f) : U32(f);
-          f += width;
-          left -= width;
-          return Status();
-        };
-        if (usize == 0xffffffffu) CKPT_RETURN_IF_ERROR(take(&usize, 8));
-        if (csize == 0xffffffffu) CKPT_RETURN_IF_ERROR(take(&csize, 8));
-        if (local == 0xffffffffu) CKPT_RETURN_IF_ERROR(take(&local, 8));
-        if (disk_start == 0xffff) CKPT_RETURN_IF_ERROR(take(&disk_start, 4));
-      }
-      x += 4 + len;
-    }
-    if (disk_start != 0) return InvalidArgumentError(label + " starts on another disk");
-    if (method == 0 && csize != usize) {
-      return InvalidArgumentError(label + " declares " + std::to_string(csize) + " stored bytes but " +
-                                  std::to_string(usize) + " uncompressed bytes");
+    CKPT_RETURN_IF_ERROR(ApplyZip64Extra(std::span(h + kCentralSize + name_len, extra_len), label, &v));
+    if (v.disk_start != 0) return InvalidArgumentError(label + " starts on another disk");
+    if (method == 0 && v.csize != v.usize) {
+      return InvalidArgumentError(label + " declares " + std::to_string(v.csize) + " stored bytes but " +
+                                  std::to_string(v.usize) + " uncompressed bytes");
     }
     CKPT_RETURN_IF_ERROR(CheckEntryName(name));
     // `size` is what the entry occupies in the file; only stored entries
     // (CheckStored) are ever read.
-    raw.push_back(Raw{ZipEntry{std::move(name), 0, csize, crc, method, flags}, local});
+    raw.push_back(RawEntry{ZipEntry{std::move(name), 0, v.csize, crc, method, flags}, v.local});
     pos += rec;
   }
+  return raw;
+}
 
-  // Local headers: the data starts after each one's own name and extra field.
-  for (Raw& r : raw) {
-    const std::string label = "entry '" + Printable(r.entry.name) + "'";
-    if (r.local_offset > cd_offset || cd_offset - r.local_offset < kLocalSize) {
-      return InvalidArgumentError(label + " has its local header at " + std::to_string(r.local_offset) +
-                                  ", outside the entries area");
-    }
-    std::byte h[kLocalSize];
-    CKPT_RETURN_IF_ERROR(file_->ReadAt(r.local_offset, h));
-    if (U32(h) != kLocalSig) return InvalidArgumentError(label + " has no local header at " + std::to_string(r.local_offset));
-    if (U16(h + 8) != r.entry.method) return InvalidArgumentError(label + ": the local header has another method");
-    if ((U16(h + 6) & 0x1) != (r.entry.flags & 0x1)) {
-      return InvalidArgumentError(label + ": the local header disagrees about encryption");
-    }
-    const uint64_t name_len = U16(h + 26), extra_len = U16(h + 28);
-    const uint64_t data = r.local_offset + kLocalSize + name_len + extra_len;
-    if (data > cd_offset || r.entry.size > cd_offset - data) {
-      return InvalidArgumentError(label + " data [" + std::to_string(data) + ", +" + std::to_string(r.entry.size) +
-                                  ") runs into the central directory at " + std::to_string(cd_offset));
-    }
-    if (name_len != r.entry.name.size()) return InvalidArgumentError(label + ": the local header names another entry");
-    std::string local_name(name_len, '\0');
-    CKPT_RETURN_IF_ERROR(file_->ReadAt(r.local_offset + kLocalSize,
-                                       std::as_writable_bytes(std::span<char>(local_name.data(), name_len))));
-    if (local_name != r.entry.name) {
-      return InvalidArgumentError(label + ": the local header names '" + Printable(local_name) + "'");
-    }
-    r.entry.data_offset = data;
+// Reads an entry's local header, which must agree with the central
+// directory; the data starts after the header's own name and extra field.
+Status LocateData(const ReadableFile& file, uint64_t cd_offset, RawEntry& r) {
+  const std::string label = "entry '" + Printable(r.entry.name) + "'";
+  if (r.local_offset > cd_offset || cd_offset - r.local_offset < kLocalSize) {
+    return InvalidArgumentError(label + " has its local header at " + std::to_string(r.local_offset) +
+                                ", outside the entries area");
   }
-  // No two entries share bytes.
-  std::vector<const Raw*> by_offset;
-  for (const Raw& r : raw) by_offset.push_back(&r);
+  std::byte h[kLocalSize];
+  CKPT_RETURN_IF_ERROR(file.ReadAt(r.local_offset, h));
+  if (U32(h) != kLocalSig) return InvalidArgumentError(label + " has no local header at " + std::to_string(r.local_offset));
+  if (U16(h + 8) != r.entry.method) return InvalidArgumentError(label + ": the local header has another method");
+  if ((U16(h + 6) & 0x1) != (r.entry.flags & 0x1)) {
+    return InvalidArgumentError(label + ": the local header disagrees about encryption");
+  }
+  const uint64_t name_len = U16(h + 26), extra_len = U16(h + 28);
+  const uint64_t data = r.local_offset + kLocalSize + name_len + extra_len;
+  if (data > cd_offset || r.entry.size > cd_offset - data) {
+    return InvalidArgumentError(label + " data [" + std::to_string(data) + ", +" + std::to_string(r.entry.size) +
+                                ") runs into the central directory at " + std::to_string(cd_offset));
+  }
+  if (name_len != r.entry.name.size()) return InvalidArgumentError(label + ": the local header names another entry");
+  std::string local_name(name_len, '\0');
+  CKPT_RETURN_IF_ERROR(file.ReadAt(r.local_offset + kLocalSize,
+                                   std::as_writable_bytes(std::span<char>(local_name.data(), name_len))));
+  if (local_name != r.entry.name) {
+    return InvalidArgumentError(label + ": the local header names '" + Printable(local_name) + "'");
+  }
+  r.entry.data_offset = data;
+  return Status();
+}
+
+// No two entries share bytes.
+Status CheckNoOverlap(const std::vector<RawEntry>& raw) {
+  std::vector<const RawEntry*> by_offset;
+  for (const RawEntry& r : raw) by_offset.push_back(&r);
   std::sort(by_offset.begin(), by_offset.end(),
-            [](const Raw* a, const Raw* b) { return a->local_offset < b->local_offset; });
+            [](const RawEntry* a, const RawEntry* b) { return a->local_offset < b->local_offset; });
   for (size_t i = 1; i < by_offset.size(); ++i) {
-    const Raw& prev = *by_offset[i - 1];
+    const RawEntry& prev = *by_offset[i - 1];
     if (prev.entry.data_offset + prev.entry.size > by_offset[i]->local_offset) {
       return InvalidArgumentError("entries '" + Printable(prev.entry.name) + "' and '" +
                                   Printable(by_offset[i]->entry.name) + "' overlap");
     }
   }
+  return Status();
+}
 
+}  // namespace
+
+uint32_t Crc32(uint32_t crc, std::span<const std::byte> data) {
+  return static_cast<uint32_t>(
+      crc32_z(crc, reinterpret_cast<const Bytef*>(data.data()), static_cast<z_size_t>(data.size())));
+}
+
+Result<std::unique_ptr<ZipArchive>> ZipArchive::Open(std::unique_ptr<ReadableFile> file, const ZipLimits& limits) {
+  std::unique_ptr<ZipArchive> z(new ZipArchive(std::move(file)));
+  Status s = z->Parse(limits);
+  if (!s.ok()) return Status(s.code(), z->path() + ": not a readable torch zip archive: " + s.message());
+  return z;
+}
+
+Status ZipArchive::Parse(const ZipLimits& limits) {
+  CKPT_ASSIGN_OR_RETURN(const CentralDirectory cd, FindCentralDirectory(*file_, limits));
+  CKPT_ASSIGN_OR_RETURN(std::vector<RawEntry> raw, ReadCentralDirectory(*file_, cd));
+  for (RawEntry& r : raw) CKPT_RETURN_IF_ERROR(LocateData(*file_, cd.offset, r));
+  CKPT_RETURN_IF_ERROR(CheckNoOverlap(raw));
   // One root folder; names are kept relative to it.
-  for (Raw& r : raw) {
+  for (RawEntry& r : raw) {
     const size_t slash = r.entry.name.find('/');
     if (slash == std::string::npos) {
       return InvalidArgumentError("entry '" + Printable(r.entry.name) + "' is not inside a root folder");

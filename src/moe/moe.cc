@@ -13,6 +13,7 @@
 #include "ckpt/safetensors.h"
 #include "format/json_util.h"
 #include "format/model_dir_writer.h"
+#include "io/staged_dir.h"
 
 namespace ckpt {
 namespace {
@@ -390,6 +391,123 @@ Result<std::span<const std::byte>> TensorBytes(const SafetensorsFile& f, const s
   return std::span<const std::byte>(fallback);
 }
 
+// The bytes of each output tensor of a conversion, written through the
+// output file's writer: passthrough tensors copied in pieces, grouped
+// tensors assembled expert by expert, HF expert tensors cut from their
+// grouped tensor's expert block. Buffers are reused from one tensor to the
+// next; `stats` records the memory they take.
+class MoeFiller {
+ public:
+  MoeFiller(const HfModelDir& in, const MoeAdapter& a, const MoeConfig& config, const MoePlan& plan,
+            MoeDirection direction, const MoeConvertOptions& o, MoeConvertStats* stats)
+      : in_(in), a_(a), config_(config), plan_(plan), direction_(direction), o_(o), stats_(stats),
+        passthrough_(plan.passthrough.begin(), plan.passthrough.end()) {}
+
+  Status Fill(const TensorSpec& s, SafetensorsWriter& w) {
+    const uint64_t nbytes = s.shape.NumBytes(s.dtype).value();
+    uint64_t transient = 0;
+    if (passthrough_.count(s.name)) {
+      CKPT_RETURN_IF_ERROR(CopyPassthrough(s, nbytes, w));
+    } else if (direction_ == MoeDirection::kToGrouped) {
+      CKPT_RETURN_IF_ERROR(FillGrouped(s, w, &transient));
+    } else {
+      CKPT_RETURN_IF_ERROR(FillHfExpert(s, w, &transient));
+    }
+    stats_->peak_transient = std::max(stats_->peak_transient, transient);
+    ++stats_->tensors_out;
+    stats_->bytes += nbytes;
+    return Status();
+  }
+
+ private:
+  const SafetensorsFile& Source(const std::string& name) const { return *in_.files()[in_.tensors().at(name).file]; }
+
+  Status CopyPassthrough(const TensorSpec& s, uint64_t nbytes, SafetensorsWriter& w) {
+    const uint64_t unit = std::max<uint64_t>(DTypeBits(s.dtype) / 8, 1);
+    const uint64_t piece = std::max(unit, o_.buffer_size / unit * unit);
+    for (uint64_t off = 0; off < nbytes; off += piece) {
+      const uint64_t n = std::min(piece, nbytes - off);
+      if (buf_.size() < n) buf_.resize(n);
+      CKPT_RETURN_IF_ERROR(Source(s.name).ReadRange(s.name, off, std::span<std::byte>(buf_.data(), n)));
+      CKPT_RETURN_IF_ERROR(w.Write(s.name, off, std::span<const std::byte>(buf_.data(), n)));
+    }
+    stats_->copy_buffer = std::max<uint64_t>(stats_->copy_buffer, buf_.size());
+    return Status();
+  }
+
+  // A grouped tensor, one expert's block at a time: [dim, 2 inter] from the
+  // gate and up projections, or [inter, dim] from the down projection.
+  Status FillGrouped(const TensorSpec& s, SafetensorsWriter& w, uint64_t* transient) {
+    const uint64_t esz = DTypeBits(s.dtype) / 8;
+    auto g = ParseGroupedName(s.name);
+    const MoeLayer& L = plan_.layers.at(g->first);
+    const uint64_t expert_bytes = L.dim * L.inter * esz;
+    const uint64_t block = g->second ? 2 * expert_bytes : expert_bytes;
+    out_.resize(block);
+    *transient = block;
+    for (uint32_t e = 0; e < config_.num_experts; ++e) {
+      uint64_t fallback = 0;
+      if (g->second) {
+        for (int half = 0; half < 2; ++half) {
+          const std::string hn = HfExpertName(a_, L.layer, e, half == 0 ? MoeProj::kGate : MoeProj::kUp);
+          CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(Source(hn), hn, fb1_, &fallback));
+          // src [inter, dim] → block[:, half·inter : (half+1)·inter].
+          Transpose(src.data(), L.dim, L.inter, L.dim, out_.data() + half * L.inter * esz, 2 * L.inter, esz);
+        }
+      } else {
+        const std::string hn = HfExpertName(a_, L.layer, e, MoeProj::kDown);
+        CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(Source(hn), hn, fb1_, &fallback));
+        Transpose(src.data(), L.inter, L.dim, L.inter, out_.data(), L.dim, esz);  // [dim, inter] → [inter, dim]
+      }
+      *transient = std::max(*transient, block + std::min(fallback, expert_bytes));
+      CKPT_RETURN_IF_ERROR(w.Write(s.name, e * block, out_));
+    }
+    return Status();
+  }
+
+  // An HF expert tensor from its grouped tensor's expert block.
+  Status FillHfExpert(const TensorSpec& s, SafetensorsWriter& w, uint64_t* transient) {
+    const uint64_t esz = DTypeBits(s.dtype) / 8;
+    const std::optional<ExpertKey> k = ParseExpertName(a_, s.name);
+    const uint32_t layer = k->layer, expert = k->expert;
+    const MoeProj proj = k->proj;
+    const MoeLayer& L = plan_.layers.at(layer);
+    const std::string gn = proj == MoeProj::kDown ? GroupedDownName(layer) : GroupedGateUpName(layer);
+    const uint64_t expert_bytes = L.dim * L.inter * esz;
+    const uint64_t block = proj == MoeProj::kDown ? expert_bytes : 2 * expert_bytes;
+    out_.resize(expert_bytes);
+    *transient = expert_bytes;
+    const SafetensorsFile& sf = Source(gn);
+    Result<TensorView> v = sf.View(gn);
+    std::span<const std::byte> blk;
+    if (v.ok()) {
+      blk = v->data.subspan(expert * block, block);
+    } else {
+      fb2_.resize(block);
+      *transient += block;
+      CKPT_RETURN_IF_ERROR(sf.ReadRange(gn, expert * block, fb2_));
+      blk = fb2_;
+    }
+    if (proj == MoeProj::kDown) {
+      Transpose(blk.data(), L.dim, L.inter, L.dim, out_.data(), L.inter, esz);  // [inter, dim] → [dim, inter]
+    } else {
+      const uint64_t col = proj == MoeProj::kGate ? 0 : L.inter;
+      Transpose(blk.data() + col * esz, 2 * L.inter, L.dim, L.inter, out_.data(), L.dim, esz);
+    }
+    return w.Write(s.name, 0, out_);
+  }
+
+  const HfModelDir& in_;
+  const MoeAdapter& a_;
+  const MoeConfig& config_;
+  const MoePlan& plan_;
+  const MoeDirection direction_;
+  const MoeConvertOptions& o_;
+  MoeConvertStats* stats_;
+  const std::set<std::string> passthrough_;
+  std::vector<std::byte> buf_, out_, fb1_, fb2_;
+};
+
 }  // namespace
 
 Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::string& out_dir, const MoeAdapter& a,
@@ -408,11 +526,6 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
   CKPT_RETURN_IF_ERROR(planned.status().WithContext(what));
   const MoePlan& plan = *planned;
 
-  const std::set<std::string> passthrough(plan.passthrough.begin(), plan.passthrough.end());
-  auto source = [&](const std::string& name) -> const SafetensorsFile& {
-    return *in.files()[in.tensors().at(name).file];
-  };
-
   MoeConvertStats stats;
   stats.tensors_in = in.tensors().size();
   for (const auto& [l, L] : plan.layers) {
@@ -420,89 +533,16 @@ Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::str
   }
   std::vector<TensorSpec> specs;
   for (const auto& [name, meta] : plan.converted) specs.push_back(TensorSpec{name, meta.dtype, meta.shape});
-  std::vector<std::byte> buf, out, fb1, fb2;
-  auto fill = [&](const TensorSpec& s, SafetensorsWriter& w) -> Status {
-    const uint64_t esz = DTypeBits(s.dtype) / 8;
-    const uint64_t nbytes = s.shape.NumBytes(s.dtype).value();
-    uint64_t transient = 0;
-    if (passthrough.count(s.name)) {
-      const uint64_t unit = std::max<uint64_t>(esz, 1);
-      const uint64_t piece = std::max(unit, o.buffer_size / unit * unit);
-      for (uint64_t off = 0; off < nbytes; off += piece) {
-        const uint64_t n = std::min(piece, nbytes - off);
-        if (buf.size() < n) buf.resize(n);
-        CKPT_RETURN_IF_ERROR(source(s.name).ReadRange(s.name, off, std::span<std::byte>(buf.data(), n)));
-        CKPT_RETURN_IF_ERROR(w.Write(s.name, off, std::span<const std::byte>(buf.data(), n)));
-      }
-      stats.copy_buffer = std::max<uint64_t>(stats.copy_buffer, buf.size());
-    } else if (direction == MoeDirection::kToGrouped) {
-      auto g = ParseGroupedName(s.name);
-      const MoeLayer& L = plan.layers.at(g->first);
-      const uint64_t expert_bytes = L.dim * L.inter * esz;
-      // One expert's block: [dim, 2 inter] or [inter, dim].
-      const uint64_t block = g->second ? 2 * expert_bytes : expert_bytes;
-      out.resize(block);
-      transient = block;
-      for (uint32_t e = 0; e < config.num_experts; ++e) {
-        uint64_t fallback = 0;
-        if (g->second) {
-          for (int half = 0; half < 2; ++half) {
-            const std::string hn = HfExpertName(a, L.layer, e, half == 0 ? MoeProj::kGate : MoeProj::kUp);
-            CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(source(hn), hn, fb1, &fallback));
-            // src [inter, dim] → block[:, half·inter : (half+1)·inter].
-            Transpose(src.data(), L.dim, L.inter, L.dim, out.data() + half * L.inter * esz, 2 * L.inter, esz);
-          }
-        } else {
-          const std::string hn = HfExpertName(a, L.layer, e, MoeProj::kDown);
-          CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> src, TensorBytes(source(hn), hn, fb1, &fallback));
-          Transpose(src.data(), L.inter, L.dim, L.inter, out.data(), L.dim, esz);  // [dim, inter] → [inter, dim]
-        }
-        transient = std::max(transient, block + std::min(fallback, expert_bytes));
-        CKPT_RETURN_IF_ERROR(w.Write(s.name, e * block, out));
-      }
-    } else {
-      // An HF expert tensor from its grouped tensor's expert block.
-      const std::optional<ExpertKey> k = ParseExpertName(a, s.name);
-      const uint32_t layer = k->layer, expert = k->expert;
-      const MoeProj proj = k->proj;
-      const MoeLayer& L = plan.layers.at(layer);
-      const std::string gn = proj == MoeProj::kDown ? GroupedDownName(layer) : GroupedGateUpName(layer);
-      const uint64_t expert_bytes = L.dim * L.inter * esz;
-      const uint64_t block = proj == MoeProj::kDown ? expert_bytes : 2 * expert_bytes;
-      out.resize(expert_bytes);
-      transient = expert_bytes;
-      const SafetensorsFile& sf = source(gn);
-      Result<TensorView> v = sf.View(gn);
-      std::span<const std::byte> blk;
-      if (v.ok()) {
-        blk = v->data.subspan(expert * block, block);
-      } else {
-        fb2.resize(block);
-        transient += block;
-        CKPT_RETURN_IF_ERROR(sf.ReadRange(gn, expert * block, fb2));
-        blk = fb2;
-      }
-      if (proj == MoeProj::kDown) {
-        Transpose(blk.data(), L.dim, L.inter, L.dim, out.data(), L.inter, esz);  // [inter, dim] → [dim, inter]
-      } else {
-        const uint64_t col = proj == MoeProj::kGate ? 0 : L.inter;
-        Transpose(blk.data() + col * esz, 2 * L.inter, L.dim, L.inter, out.data(), L.dim, esz);
-      }
-      CKPT_RETURN_IF_ERROR(w.Write(s.name, 0, out));
-    }
-    stats.peak_transient = std::max(stats.peak_transient, transient);
-    ++stats.tensors_out;
-    stats.bytes += nbytes;
-    return Status();
-  };
+  MoeFiller filler(in, a, config, plan, direction, o, &stats);
+  auto fill = [&](const TensorSpec& s, SafetensorsWriter& w) { return filler.Fill(s, w); };
   auto build = [&](const std::string& staging) -> Status {
     HfIndex index;
     CKPT_RETURN_IF_ERROR(WriteModelFiles(storage, staging, specs, o.max_shard_size, fill, &index, &stats.files));
     std::set<std::string> weights{std::string(kHfSingleFileName)};
     for (const auto& f : in.files()) weights.insert(std::string(Basename(f->path())));
-    return FinishConvertedDir(storage, in_dir, weights, staging, out_dir, index);
+    return FinishConvertedDir(storage, in_dir, weights, staging, index);
   };
-  CKPT_RETURN_IF_ERROR(BuildInStaging(storage, out_dir, build).WithContext(what));
+  CKPT_RETURN_IF_ERROR(BuildDirAtomically(storage, out_dir, build).WithContext(what));
   if (stats_out) *stats_out = stats;
   return Status();
 }

@@ -101,7 +101,7 @@ TEST_P(AsyncMutation, ChangesAfterTheCallNeverReachTheCheckpoint) {
       CheckpointingConfig sync = cfg;
       sync.is_async = false;
       CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(sync, {.dp = comm.rank()}, comm));
-      CKPT_RETURN_IF_ERROR(c->LoadModel(m, JoinPath(cfg.checkpoint_dir, CheckpointName(0, step)) + "/model"));
+      CKPT_RETURN_IF_ERROR(c->LoadModel(m, JoinPath(cfg.checkpoint_dir, CheckpointName(0, step))));
       versions[static_cast<size_t>(comm.rank())] = m.Version();
       return Status();
     }));
@@ -291,7 +291,7 @@ TEST(AsyncLifecycle, CrashDuringBackgroundWriteKeepsThePreviousCheckpoint) {
   sync.is_async = false;
   auto c = Checkpointer::Create(sync, {}, *comm);
   ASSERT_TRUE(c.ok());
-  CKPT_ASSERT_OK((*c)->LoadModel(m, **latest + "/model"));
+  CKPT_ASSERT_OK((*c)->LoadModel(m, **latest));
   EXPECT_EQ(m.Version(), 1);
   // The next reserve cleans the dead save.
   CKPT_ASSERT_OK((*c)->Reserve(0, 3).status());

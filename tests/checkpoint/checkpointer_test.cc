@@ -263,8 +263,7 @@ TEST(CheckpointerModel, LoadBaseModelFromHubCacheWithHooksAndTiedHead) {
   CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
     HookedModel m(comm.rank(), comm.size());
     CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = comm.rank()}, comm));
-    LoadStats stats;
-    CKPT_RETURN_IF_ERROR(c->LoadBaseModel(m, "", "", true, "", &stats));
+    CKPT_RETURN_IF_ERROR(c->LoadBaseModel(m).status());
     if (c->base_model_dir() != snap) return InternalError("base dir " + c->base_model_dir());
     calls[static_cast<size_t>(comm.rank())] = m.calls;
     // lm_head came from the embeddings: their bytes match.
@@ -299,12 +298,11 @@ TEST(CheckpointerModel, BaseModelSkipsTaskHeadsAndReportsMissingBase) {
     head[0] = 1234.5f;
     norm[0] = 1234.5f;
     CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {}, comm));
-    LoadStats stats;
-    CKPT_RETURN_IF_ERROR(c->LoadBaseModel(m, "", tmp / "base", true, "", &stats));
+    CKPT_ASSIGN_OR_RETURN(const LoadStats stats, c->LoadBaseModel(m, {.model_name = tmp / "base"}));
     if (head[0] != 1234.5f) return InternalError("a skipped head was loaded");
     if (norm[0] == 1234.5f) return InternalError("the norm was not loaded");
     if (stats.unexpected_keys.size() != 0) return InternalError("skipped keys reported as unexpected");
-    EXPECT_THAT(c->LoadBaseModel(m, tmp / "nowhere", "org/none"),
+    EXPECT_THAT(c->LoadBaseModel(m, {.model_name = "org/none", .root_dir = tmp / "nowhere"}),
                 StatusIs(StatusCode::kNotFound, "org/none"));
     return Status();
   }));

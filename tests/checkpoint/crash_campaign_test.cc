@@ -58,7 +58,7 @@ Status LoadsBitExact(const std::string& root, const std::string& dir, int step) 
   return OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
     CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(CampaignConfig(root, false), {.dp = comm.rank()}, comm));
-    CKPT_RETURN_IF_ERROR(c->LoadModel(t, JoinPath(dir, "model")));
+    CKPT_RETURN_IF_ERROR(c->LoadModel(t, dir));
     CKPT_RETURN_IF_ERROR(c->LoadOptimizer(t.optimizer_state(), dir, &t.scheduler()));
     CKPT_RETURN_IF_ERROR(c->LoadOnDpRanks(t.cursor(), "dataloader", dir));
     const std::string diff = t.Diff(reference);

@@ -56,7 +56,7 @@ Status LoadsBitExact(const std::string& root, int step) {
     TinyTrainer t(comm.rank(), comm.size());
     CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(WalkConfig(root, false), {.dp = comm.rank()}, comm));
     const std::string dir = JoinPath(root, CheckpointName(0, step));
-    CKPT_RETURN_IF_ERROR(c->LoadModel(t, JoinPath(dir, "model")));
+    CKPT_RETURN_IF_ERROR(c->LoadModel(t, dir));
     CKPT_RETURN_IF_ERROR(c->LoadOptimizer(t.optimizer_state(), dir, &t.scheduler()));
     CKPT_RETURN_IF_ERROR(c->LoadOnDpRanks(t.cursor(), "dataloader", dir));
     const std::string diff = t.Diff(reference);

@@ -109,3 +109,27 @@ TEST(FloatCastTest, BuffersAndRoundTrips) {
 
 }  // namespace
 }  // namespace ckpt
+
+namespace ckpt {
+namespace {
+
+TEST(FloatCastTest, Fp8E4M3DecodesTheOcpTableExactly) {
+  EXPECT_EQ(Fp8E4M3ToFloat(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(Fp8E4M3ToFloat(0x80))) << "-0";
+  EXPECT_EQ(Fp8E4M3ToFloat(0x01), std::ldexp(1.0f, -9)) << "smallest subnormal";
+  EXPECT_EQ(Fp8E4M3ToFloat(0x07), 7 * std::ldexp(1.0f, -9)) << "largest subnormal";
+  EXPECT_EQ(Fp8E4M3ToFloat(0x08), std::ldexp(1.0f, -6)) << "smallest normal";
+  EXPECT_EQ(Fp8E4M3ToFloat(0x38), 1.0f);
+  EXPECT_EQ(Fp8E4M3ToFloat(0xB8), -1.0f);
+  EXPECT_EQ(Fp8E4M3ToFloat(0x3C), 1.5f);
+  EXPECT_EQ(Fp8E4M3ToFloat(0x7E), 448.0f) << "largest finite; E4M3 has no infinity";
+  EXPECT_EQ(Fp8E4M3ToFloat(0xFE), -448.0f);
+  EXPECT_TRUE(std::isnan(Fp8E4M3ToFloat(0x7F)));
+  EXPECT_TRUE(std::isnan(Fp8E4M3ToFloat(0xFF)));
+  int nans = 0;
+  for (int v = 0; v < 256; ++v) nans += std::isnan(Fp8E4M3ToFloat(static_cast<uint8_t>(v))) ? 1 : 0;
+  EXPECT_EQ(nans, 2);
+}
+
+}  // namespace
+}  // namespace ckpt

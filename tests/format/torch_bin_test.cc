@@ -757,8 +757,7 @@ TEST(TorchBin, CheckpointerImportsBinBaseModel) {
   TwoTensorModel model;
   auto c = Checkpointer::Create(cfg, {}, *comms[0]);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  LoadStats stats;
-  CKPT_ASSERT_OK((*c)->LoadBaseModel(model, "", dir / "base", true, "", &stats));
+  CKPT_ASSERT_OK((*c)->LoadBaseModel(model, {.model_name = dir / "base"}).status());
   // bf16 → f32 is exact: the upper half of each f32 is the bf16 (NaNs come
   // back quiet).
   const std::string& bf16 = m.bytes.at("model.layers.1.mlp.weight");

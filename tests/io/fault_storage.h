@@ -27,9 +27,9 @@ inline const char* FaultName(Fault f) {
   return kNames[static_cast<int>(f)];
 }
 
-class FaultStorage final : public Storage {
+class FaultStorage final : public StorageWrapper {
  public:
-  explicit FaultStorage(std::shared_ptr<Storage> base) : base_(std::move(base)) {}
+  explicit FaultStorage(std::shared_ptr<Storage> base) : StorageWrapper(std::move(base)) {}
 
   // Arms a fault for the k-th (1-based) operation of kind `op` from now on.
   void Arm(Op op, uint64_t k, Fault fault) {
@@ -45,28 +45,22 @@ class FaultStorage final : public Storage {
 
   std::string_view name() const override { return "fault"; }
   Result<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, base_->OpenRead(p));
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, target().OpenRead(p));
     return std::unique_ptr<ReadableFile>(new Reader(this, std::move(f)));
   }
   Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& p, CreateMode m) override {
     CKPT_RETURN_IF_ERROR(Hit(Op::kOpen, "creating " + p));
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, base_->OpenWrite(p, m));
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, target().OpenWrite(p, m));
     return std::unique_ptr<WritableFile>(new Writer(this, std::move(f)));
   }
-  Result<std::vector<DirEntry>> List(const std::string& d) override { return base_->List(d); }
-  Result<DirEntry> Stat(const std::string& p) override { return base_->Stat(p); }
-  Status Remove(const std::string& p) override { return base_->Remove(p); }
   Status Rename(const std::string& a, const std::string& b) override {
     CKPT_RETURN_IF_ERROR(Hit(Op::kRename, "renaming " + a));
-    return base_->Rename(a, b);
+    return target().Rename(a, b);
   }
-  Status MakeDirs(const std::string& p) override { return base_->MakeDirs(p); }
   Status SyncDir(const std::string& d) override {
     CKPT_RETURN_IF_ERROR(Hit(Op::kSync, "syncing directory " + d));
-    return base_->SyncDir(d);
+    return target().SyncDir(d);
   }
-  Status Symlink(const std::string& t, const std::string& l) override { return base_->Symlink(t, l); }
-  Result<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
 
  private:
   // Counts the operation; the armed one fails. Torn and short writes are
@@ -91,65 +85,57 @@ class FaultStorage final : public Storage {
     return true;
   }
 
-  class Writer final : public WritableFile {
+  class Writer final : public WritableFileWrapper {
    public:
-    Writer(FaultStorage* fs, std::unique_ptr<WritableFile> f) : fs_(fs), f_(std::move(f)) {}
+    Writer(FaultStorage* fs, std::unique_ptr<WritableFile> f) : WritableFileWrapper(std::move(f)), fs_(fs) {}
     Status Append(std::span<const std::byte> d) override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kWrite, "writing " + path()));
       uint64_t n = d.size();
       bool fail = false;
       if (fs_->Tear(&n, &fail)) {
-        CKPT_RETURN_IF_ERROR(f_->Append(d.first(n)));
+        CKPT_RETURN_IF_ERROR(target().Append(d.first(n)));
         if (fail) return IOError("writing " + path() + ": injected short write");
         // Silent: the rest of the bytes are skipped, the size still grows.
-        return f_->WriteAt(f_->Size() + (d.size() - n) - 1, d.last(1));
+        return target().WriteAt(target().Size() + (d.size() - n) - 1, d.last(1));
       }
-      return f_->Append(d);
+      return target().Append(d);
     }
     Status WriteAt(uint64_t off, std::span<const std::byte> d) override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kWrite, "writing " + path()));
       uint64_t n = d.size();
       bool fail = false;
       if (fs_->Tear(&n, &fail)) {
-        CKPT_RETURN_IF_ERROR(f_->WriteAt(off, d.first(n)));
+        CKPT_RETURN_IF_ERROR(target().WriteAt(off, d.first(n)));
         if (fail) return IOError("writing " + path() + ": injected short write");
-        return f_->WriteAt(off + d.size() - 1, d.last(1));  // a hole where the rest should be
+        return target().WriteAt(off + d.size() - 1, d.last(1));  // a hole where the rest should be
       }
-      return f_->WriteAt(off, d);
+      return target().WriteAt(off, d);
     }
     Status Sync() override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kSync, "syncing " + path()));
-      return f_->Sync();
+      return target().Sync();
     }
-    Status Close() override { return f_->Close(); }
-    uint64_t Size() const override { return f_->Size(); }
-    const std::string& path() const override { return f_->path(); }
 
    private:
     FaultStorage* fs_;
-    std::unique_ptr<WritableFile> f_;
   };
 
-  class Reader final : public ReadableFile {
+  class Reader final : public ReadableFileWrapper {
    public:
-    Reader(FaultStorage* fs, std::unique_ptr<ReadableFile> f) : fs_(fs), f_(std::move(f)) {}
-    uint64_t Size() const override { return f_->Size(); }
+    Reader(FaultStorage* fs, std::unique_ptr<ReadableFile> f) : ReadableFileWrapper(std::move(f)), fs_(fs) {}
     Status ReadAt(uint64_t off, std::span<std::byte> dst) const override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kRead, "reading " + path()));
-      return f_->ReadAt(off, dst);
+      return target().ReadAt(off, dst);
     }
     Result<MappedRegion> Map(uint64_t off, uint64_t len) const override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kRead, "mapping " + path()));
-      return f_->Map(off, len);
+      return target().Map(off, len);
     }
-    const std::string& path() const override { return f_->path(); }
 
    private:
     FaultStorage* fs_;
-    std::unique_ptr<ReadableFile> f_;
   };
 
-  std::shared_ptr<Storage> base_;
   std::array<std::atomic<uint64_t>, static_cast<size_t>(Op::kCount)> counts_{};
   std::atomic<Op> op_{Op::kOpen};
   std::atomic<uint64_t> k_{0};

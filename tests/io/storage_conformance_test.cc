@@ -49,6 +49,21 @@ std::shared_ptr<Storage> TestS3Storage() {
 
 void PrintTo(const Backend& b, std::ostream* os) { *os << b.name; }
 
+// The forwarding bases with nothing overridden, files included: a wrapper
+// built on them behaves exactly as the backend it wraps.
+class ForwardingStorage final : public StorageWrapper {
+ public:
+  explicit ForwardingStorage(std::shared_ptr<Storage> target) : StorageWrapper(std::move(target)) {}
+  Result<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override {
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, target().OpenRead(path));
+    return std::unique_ptr<ReadableFile>(std::make_unique<ReadableFileWrapper>(std::move(f)));
+  }
+  Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path, CreateMode mode) override {
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, target().OpenWrite(path, mode));
+    return std::unique_ptr<WritableFile>(std::make_unique<WritableFileWrapper>(std::move(f)));
+  }
+};
+
 class StorageConformanceTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
@@ -509,7 +524,11 @@ TEST(PosixStorageTest, SideFilesReadWholeAreCappedAndCopiesStream) {
 INSTANTIATE_TEST_SUITE_P(
     Backends, StorageConformanceTest,
     ::testing::Values(Backend{"posix", [] { return PosixStorage(); }, true},
-                      Backend{"memory", [] { return NewMemoryStorage(); }, false}),
+                      Backend{"memory", [] { return NewMemoryStorage(); }, false},
+                      Backend{"forwarding_posix",
+                              [] { return std::make_shared<ForwardingStorage>(PosixStorage()); }, true},
+                      Backend{"forwarding_memory",
+                              [] { return std::make_shared<ForwardingStorage>(NewMemoryStorage()); }, false}),
     [](const ::testing::TestParamInfo<Backend>& p) { return std::string(p.param.name); });
 
 // Only with a server: test_s3.py runs these and fails unless they ran.

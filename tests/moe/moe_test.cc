@@ -487,8 +487,7 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
         models[r] = std::make_unique<GroupedModel>(static_cast<uint64_t>(r) * 2, 2);
         CKPT_ASSIGN_OR_RETURN(auto hf, MoeHfModel::Create(*models[r], a, MoeConfig{2, 4}));
         CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 2}, *comms[r]));
-        LoadStats stats;
-        CKPT_RETURN_IF_ERROR(c->LoadBaseModel(*hf, "", base, true, "", &stats));
+        CKPT_ASSIGN_OR_RETURN(const LoadStats stats, c->LoadBaseModel(*hf, {.model_name = base}));
         if (!stats.unexpected_keys.empty()) return InternalError("unexpected: " + stats.unexpected_keys[0]);
         CKPT_ASSIGN_OR_RETURN(std::string dir, c->Reserve(0, 1));
         CKPT_RETURN_IF_ERROR(c->SaveModel(*hf, dir, {.is_final_checkpoint = true}));
@@ -562,7 +561,7 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
         std::fill(m.dn_.begin(), m.dn_.end(), 0);
         CKPT_RETURN_IF_ERROR(c->Publish(dir, {}));
         CKPT_RETURN_IF_ERROR(c->AsyncWait());
-        CKPT_RETURN_IF_ERROR(c->LoadModel(*hf, dir + "/model"));
+        CKPT_RETURN_IF_ERROR(c->LoadModel(*hf, dir));
         CKPT_RETURN_IF_ERROR(check(m, r));
         return c->Close();
       };

@@ -11,6 +11,18 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+# A tiny Llama's config fields (the MoE models take them too).
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=256,
+    max_position_embeddings=64,
+)
+
+
 def init() -> tuple[int, int]:
     dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
