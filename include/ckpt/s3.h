@@ -42,8 +42,10 @@ struct S3Options {
   bool verify_tls = true;
   // Multipart: a file larger than one part is uploaded in parts of this
   // size (at least 5 MiB), up to `parallel` at once; buffered parts of all
-  // open files together stay within `memory_budget` bytes (a writer waits
-  // for uploads to finish before it buffers more).
+  // open files together stay within `memory_budget` bytes (at least two
+  // parts): a writer waits for uploads to finish before it buffers more, and
+  // a write that would buffer past the budget with no upload in flight
+  // (writes scattered over too many parts) fails with FailedPrecondition.
   uint64_t part_size = 16ull << 20;
   uint64_t memory_budget = 256ull << 20;
   unsigned parallel = 8;
@@ -66,7 +68,8 @@ struct S3Options {
 // AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/config and ~/.aws/credentials);
 // the environment wins. CKPT_S3_PART_SIZE, CKPT_S3_MEMORY_BUDGET and
 // CKPT_S3_PARALLEL override the transfer settings, CKPT_S3_MAX_ATTEMPTS the
-// attempts per request (retries + 1) and CKPT_S3_ALLOW_HTTP=1 allows plain
+// attempts per request (retries + 1), CKPT_S3_LOW_SPEED_TIMEOUT the seconds
+// of a stalled transfer before it is abandoned and retried, and CKPT_S3_ALLOW_HTTP=1 allows plain
 // HTTP to any host. FailedPrecondition when no
 // credentials are found.
 Result<S3Options> S3OptionsFromEnvironment(const std::string& bucket);

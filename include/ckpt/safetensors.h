@@ -125,6 +125,9 @@ struct SafetensorsLayout {
   std::vector<TensorInfo> tensors;  // in file order
   uint64_t data_size = 0;
   uint64_t file_size() const { return 8 + header.size() + data_size; }
+  // The file's first 8 + header.size() bytes: the little-endian header
+  // length, then the header.
+  std::string prefix() const;
 };
 
 // Lays out tensors as the reference writer does: `__metadata__` first, then

@@ -208,6 +208,15 @@ Status CheckManifest(const ShardListing& l, const std::string& dir) {
       return DataLossError(dir + ": file '" + Printable(f) + "' is not part of the checkpoint's manifest");
     }
   }
+  if (auto extra = m.find("extra_state"); extra != m.end()) {  // absent: written before it was covered
+    const std::string path = JoinPath(dir, kExtraStateName);
+    if (extra->is_null() && l.has_extra_state) {
+      return DataLossError(path + ": not part of the checkpoint's manifest (it records no extra state)");
+    }
+    if (!extra->is_null() && !l.has_extra_state) {
+      return DataLossError(src + ": extra state '" + std::string(kExtraStateName) + "' is missing from " + dir);
+    }
+  }
   auto sides = m.find("hf_metadata");
   if (sides == m.end()) return Status();  // written before side files were covered
   if (!sides->is_object()) return DataLossError(src + ": \"hf_metadata\" is not an object");
@@ -231,6 +240,36 @@ Status CheckManifest(const ShardListing& l, const std::string& dir) {
     if (!sides->contains(name)) {
       return DataLossError(side_dir + ": file '" + Printable(name) + "' is not part of the checkpoint's manifest");
     }
+  }
+  return Status();
+}
+
+Status CheckExtraState(const std::optional<std::string>& manifest, const std::string& dir,
+                       const std::optional<std::string_view>& bytes) {
+  if (!manifest) return Status();
+  const std::string src = JoinPath(dir, kManifestName);
+  CKPT_ASSIGN_OR_RETURN(json m, ParseStrictJson(*manifest, src, 8));
+  auto entry = m.find("extra_state");
+  if (entry == m.end()) return Status();  // written before the extra state was covered
+  const std::string path = JoinPath(dir, kExtraStateName);
+  if (entry->is_null()) {
+    if (bytes) return DataLossError(path + ": not part of the checkpoint's manifest (it records no extra state)");
+    return Status();
+  }
+  auto size = entry->is_object() ? entry->find("size") : entry->end();
+  auto hash = entry->is_object() ? entry->find("xxh64") : entry->end();
+  if (size == entry->end() || !size->is_number_unsigned() || hash == entry->end() || !hash->is_string()) {
+    return DataLossError(src + ": \"extra_state\" is not {\"size\": <bytes>, \"xxh64\": <hex>} but " + entry->dump());
+  }
+  if (!bytes) return DataLossError(src + ": extra state '" + std::string(kExtraStateName) + "' is missing from " + dir);
+  if (bytes->size() != size->get<uint64_t>()) {
+    return DataLossError(path + ": " + std::to_string(bytes->size()) + " bytes but the manifest records " +
+                         size->dump());
+  }
+  const std::string got = HeaderHash(*bytes);
+  if (got != hash->get<std::string>()) {
+    return DataLossError(path + ": its bytes hash to " + got + " but the manifest records " + hash->dump() +
+                         " (the file was changed after it was written)");
   }
   return Status();
 }
@@ -452,7 +491,8 @@ Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const
 }
 
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
-                         const std::vector<std::string>& header_hashes, int world_size) {
+                         const std::vector<std::string>& header_hashes, int world_size,
+                         const std::optional<std::string>& extra_state) {
   json f = json::object(), h = json::object();
   for (size_t i = 0; i < files.size(); ++i) {
     f[files[i]] = sizes[i];
@@ -463,7 +503,9 @@ std::string ManifestText(const std::vector<std::string>& files, const std::vecto
             {"writer", std::string("ckpt ") + CKPT_VERSION_STRING},
             {"world_size", world_size},
             {"files", f},
-            {"headers", h}};
+            {"headers", h},
+            {"extra_state", extra_state ? json{{"size", extra_state->size()}, {"xxh64", HeaderHash(*extra_state)}}
+                                        : json(nullptr)}};
   return m.dump(2) + "\n";
 }
 

@@ -46,6 +46,13 @@ Result<ShardListing> DecodeListing(std::string_view text);
 // has "hf_metadata", the same for the side files in .hf_metadata/.
 Status CheckManifest(const ShardListing& l, const std::string& dir);
 
+// The manifest's "extra_state": {"size", "xxh64"} of ckpt_extra_state.json,
+// or null when the save wrote none. `bytes` is the file as read (nullopt:
+// absent). DataLoss when they disagree; OK for a manifest without the key
+// (written before the extra state was covered) or no manifest.
+Status CheckExtraState(const std::optional<std::string>& manifest, const std::string& dir,
+                       const std::optional<std::string_view>& bytes);
+
 // Side files: the XXH64 the manifest records for .hf_metadata/<name>, or
 // nullopt when the manifest does not cover side files.
 Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l, const std::string& dir,
@@ -120,8 +127,10 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, s
 Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
 
 // `header_hashes`: XXH64 of each file's 8-byte length and header, as stored.
+// `extra_state`: the bytes of ckpt_extra_state.json, nullopt when none.
 std::string ManifestText(const std::vector<std::string>& files, const std::vector<uint64_t>& sizes,
-                         const std::vector<std::string>& header_hashes, int world_size);
+                         const std::vector<std::string>& header_hashes, int world_size,
+                         const std::optional<std::string>& extra_state);
 
 // XXH64 (seed 0) of a file's length prefix and header, 16 hex digits.
 std::string HeaderHash(std::string_view prefix);

@@ -207,11 +207,13 @@ Status LoadDcpExtra(Storage& storage, const std::string& dir, const engine::Save
   return Status();
 }
 
-Status LoadExtra(Storage& storage, const std::string& dir, bool present, StateDict& sd) {
+Status LoadExtra(Storage& storage, const std::string& dir, bool present, const std::optional<std::string>& manifest,
+                 StateDict& sd) {
   if (sd.json.empty() && sd.bytes.empty()) return Status();
   const std::string path = JoinPath(dir, kExtraStateName);
   if (!present) return NotFoundError(path + " does not exist but the state dict has non-tensor entries");
   CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+  CKPT_RETURN_IF_ERROR(engine::CheckExtraState(manifest, dir, std::string_view(text)));
   CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, path, 64));
   for (auto& [k, v] : sd.json) {
     if (!j.contains("json") || !j["json"].contains(k)) return NotFoundError(path + ": no json entry '" + k + "'");
@@ -243,9 +245,20 @@ Result<StateDict> ReadExtraState(Storage& storage, const std::string& dir) {
   CKPT_RETURN_IF_ERROR(engine::CheckCommitted(storage, dir));
   const std::string path = JoinPath(dir, kExtraStateName);
   CKPT_ASSIGN_OR_RETURN(bool present, Exists(storage, path));
+  const std::string manifest_path = JoinPath(dir, kManifestName);
+  CKPT_ASSIGN_OR_RETURN(bool has_manifest, Exists(storage, manifest_path));
+  std::optional<std::string> manifest;
+  if (has_manifest) {
+    CKPT_ASSIGN_OR_RETURN(std::string m, ReadFileToString(storage, manifest_path));
+    manifest = std::move(m);
+  }
   StateDict sd;
-  if (!present) return sd;
+  if (!present) {
+    CKPT_RETURN_IF_ERROR(engine::CheckExtraState(manifest, dir, std::nullopt));
+    return sd;
+  }
   CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
+  CKPT_RETURN_IF_ERROR(engine::CheckExtraState(manifest, dir, std::string_view(text)));
   CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, path, 64));
   if (!j.is_object()) return DataLossError(path + ": not a JSON object");
   if (auto it = j.find("json"); it != j.end() && it->is_object()) {
@@ -254,7 +267,7 @@ Result<StateDict> ReadExtraState(Storage& storage, const std::string& dir) {
   if (auto it = j.find("bytes"); it != j.end() && it->is_object()) {
     for (const auto& [k, v] : it->items()) sd.bytes[k] = {};
   }
-  CKPT_RETURN_IF_ERROR(LoadExtra(storage, dir, true, sd));
+  CKPT_RETURN_IF_ERROR(LoadExtra(storage, dir, true, manifest, sd));
   return sd;
 }
 
@@ -569,7 +582,8 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   ChunkFiller filler(storage, dir, checkpoint, o, &stats);
   Status filled = filler.FillAll(sd, *by_name);
   if (filled.ok()) {
-    filled = checkpoint.dcp ? LoadDcpExtra(storage, dir, checkpoint, sd) : LoadExtra(storage, dir, listing.has_extra_state, sd);
+    filled = checkpoint.dcp ? LoadDcpExtra(storage, dir, checkpoint, sd)
+                            : LoadExtra(storage, dir, listing.has_extra_state, listing.manifest, sd);
   }
   if (stats_out) *stats_out = stats;
   return comm.AgreeOnStatus(filled, to).WithContext(what);

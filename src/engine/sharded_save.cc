@@ -122,11 +122,12 @@ Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging
   }
   md[std::string(kChunkChecksumKey)] = sums.dump();
   CKPT_RETURN_IF_ERROR(writer->ReplaceMetadata(md));
-  WrittenShard out{file, writer->layout().file_size(), ""};
+  // The manifest records a hash of every header as written: the length
+  // prefix and the header are the writer's own bytes (Commit checks the
+  // file as stored: read back on a filesystem, checksummed requests on an
+  // object store), so nothing is read back from the store here.
+  WrittenShard out{file, writer->layout().file_size(), HeaderHash(writer->layout().prefix())};
   CKPT_RETURN_IF_ERROR(writer->Commit());
-  // The manifest records a hash of every header as written.
-  CKPT_ASSIGN_OR_RETURN(std::string prefix, ReadHeaderPrefix(storage, path));
-  out.header_hash = HeaderHash(prefix);
   return out;
 }
 
@@ -147,12 +148,16 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
     hashes.push_back(s.header_hash);
   }
   Status published;
+  std::optional<std::string> extra_text;
   if (extra != nullptr && (!extra->json.empty() || !extra->bytes.empty())) {
-    published = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), EncodeExtraState(*extra));
+    extra_text = EncodeExtraState(*extra);
+    published = WriteFileAtomically(storage, JoinPath(staging, kExtraStateName), *extra_text);
   }
+  // The manifest lists every object of the checkpoint: the shards and the
+  // extra state (size and XXH64), and is written last.
   if (published.ok()) {
     published = WriteFileAtomically(storage, JoinPath(staging, kManifestName),
-                                    ManifestText(names, sizes, hashes, world_size));
+                                    ManifestText(names, sizes, hashes, world_size, extra_text));
   }
   // Without rename (object stores) staging is `dir` and the manifest, written
   // last, was the commit.

@@ -86,6 +86,12 @@ Result<SafetensorsLayout> PlanSafetensors(std::vector<TensorSpec> specs,
   return layout;
 }
 
+std::string SafetensorsLayout::prefix() const {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  return out + header;
+}
+
 Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
     Storage& storage, const std::string& path, std::vector<TensorSpec> specs,
     const std::optional<SafetensorsMetadata>& metadata) {
@@ -94,11 +100,7 @@ Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   if (!layout.ok()) return layout.status().WithContext("writing \"" + path + "\"");
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out,
                         AtomicFileWriter::Create(storage, path));
-  uint64_t n = layout->header.size();
-  std::byte len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<std::byte>((n >> (8 * i)) & 0xFF);
-  CKPT_RETURN_IF_ERROR(out->Append(len));
-  CKPT_RETURN_IF_ERROR(out->Append(AsBytes(layout->header)));
+  CKPT_RETURN_IF_ERROR(out->Append(AsBytes(layout->prefix())));
   auto w = std::unique_ptr<SafetensorsWriter>(new SafetensorsWriter(std::move(*layout), std::move(out)));
   w->specs_ = std::move(kept);
   return w;

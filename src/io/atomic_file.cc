@@ -167,7 +167,7 @@ Status AtomicFileWriter::Commit() {
   if (done_) return FailedPreconditionError("\"" + path_ + "\": already committed or aborted");
   if (!storage_.CanRename()) {
     // The upload publishes; each request's payload is checked by the store
-    // (signed SHA-256, Content-MD5), so there is nothing to read back.
+    // (signed SHA-256), so there is nothing to read back.
     Status s = file_->Close();
     done_ = true;
     if (!s.ok()) file_.reset();

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -434,12 +435,32 @@ class Client {
 class Budget {
  public:
   explicit Budget(uint64_t limit) : limit_(limit) {}
-  // Waits while the budget is spent and some upload is in flight (one that
-  // finishes frees memory); never waits for nothing.
-  void Acquire(uint64_t n) {
+  // Takes n bytes, waiting while the budget is spent. Uploads in flight
+  // free memory when they finish; when none is in flight, the budget is
+  // held by parts still being filled, and another file's writer may yet
+  // complete one, so this waits up to kStuck for that before it fails
+  // (writes scattered over more parts than the budget holds).
+  Status Acquire(uint64_t n, const std::string& what) {
+    static constexpr auto kStuck = std::chrono::seconds(2);
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return used_ + n <= limit_ || in_flight_ == 0; });
+    auto stuck_since = std::chrono::steady_clock::now();
+    while (used_ + n > limit_) {
+      if (in_flight_ > 0) {
+        cv_.wait(lock);
+        stuck_since = std::chrono::steady_clock::now();
+        continue;
+      }
+      if (cv_.wait_until(lock, stuck_since + kStuck) == std::cv_status::timeout &&
+          used_ + n > limit_ && in_flight_ == 0) {
+        return FailedPreconditionError(
+            what + ": the memory budget of " + std::to_string(limit_) +
+            " bytes (CKPT_S3_MEMORY_BUDGET) is held by " + std::to_string(used_) +
+            " bytes of partly written parts and no upload is in flight; write the file in order, "
+            "or raise the budget");
+      }
+    }
     used_ += n;
+    return Status();
   }
   void Release(uint64_t n) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -646,12 +667,19 @@ class S3WritableFile final : public WritableFile {
       }
       auto it = parts_.find(k);
       if (it == parts_.end()) {
-        s_->budget.Acquire(part_size_);
-        it = parts_.emplace(k, Part{}).first;
-        it->second.data.resize(part_size_);
+        Status room = s_->budget.Acquire(
+            part_size_, "writing " + Quote(path_) + " bytes [" + std::to_string(at) + ", " +
+                            std::to_string(at + n) + ") into part " + std::to_string(k + 1));
+        if (!room.ok()) {
+          // The file misses these bytes: Close must not publish it.
+          std::lock_guard<std::mutex> guard(mu_);
+          if (error_.ok()) error_ = room;
+          return room;
+        }
+        it = parts_.emplace(k, NewPart()).first;
       }
       Part& p = it->second;
-      std::memcpy(p.data.data() + in, data.data() + done, n);
+      std::memcpy(p.data.get() + in, data.data() + done, n);
       Cover(p, in, in + n);
       size_ = std::max(size_, at + n);
       done += n;
@@ -682,10 +710,29 @@ class S3WritableFile final : public WritableFile {
 
  private:
   struct Part {
-    std::vector<std::byte> data;
+    // Not zeroed when allocated: Send zeroes the bytes never written.
+    std::unique_ptr<std::byte[]> data;
     std::map<uint64_t, uint64_t> ranges;  // written [begin, end) within the part
     uint64_t covered = 0;
   };
+
+  Part NewPart() const {
+    Part p;
+    p.data = std::make_unique_for_overwrite<std::byte[]>(part_size_);
+    return p;
+  }
+
+  // Zeroes the bytes of [0, length) that were never written (holes read
+  // as zeros, as in a sparse file).
+  static void ZeroHoles(Part& p, uint64_t length) {
+    uint64_t at = 0;
+    for (const auto& [begin, end] : p.ranges) {
+      if (begin >= length) break;
+      if (begin > at) std::memset(p.data.get() + at, 0, begin - at);
+      at = std::max(at, end);
+    }
+    if (at < length) std::memset(p.data.get() + at, 0, length - at);
+  }
 
   static void Cover(Part& p, uint64_t begin, uint64_t end) {
     auto it = p.ranges.upper_bound(begin);
@@ -726,19 +773,21 @@ class S3WritableFile final : public WritableFile {
     CKPT_RETURN_IF_ERROR(Start());
     auto node = parts_.extract(k);
     sent_.insert(k);
-    auto data = std::make_shared<std::vector<std::byte>>(std::move(node.mapped().data));
+    ZeroHoles(node.mapped(), length);
+    std::shared_ptr<std::byte[]> data = std::move(node.mapped().data);
     s_->budget.StartUpload();
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++pending_;
     }
-    s_->pool.Submit([this, k, length, data] {
+    s_->pool.Submit([this, k, length, data]() mutable {
       Request r;
       r.method = "PUT";
       r.key = key_;
       r.query = {{"partNumber", std::to_string(k + 1)}, {"uploadId", upload_id_}};
-      r.body = std::span<const std::byte>(data->data(), length);
-      r.headers.emplace_back("content-md5", Base64Md5(r.body));
+      // No Content-MD5: the payload's SHA-256 is signed, and the store
+      // refuses a body that does not match it.
+      r.body = std::span<const std::byte>(data.get(), length);
       const std::string what = "uploading part " + std::to_string(k + 1) + " of " + Quote(path_);
       Result<Response> resp = s_->client.Send(r, what);
       Status st;
@@ -750,8 +799,7 @@ class S3WritableFile final : public WritableFile {
       } else {
         etag = resp->headers["etag"];
       }
-      data->clear();
-      data->shrink_to_fit();
+      data.reset();
       s_->budget.EndUpload(part_size_);
       std::lock_guard<std::mutex> lock(mu_);
       if (!st.ok() && error_.ok()) error_ = st;
@@ -772,13 +820,15 @@ class S3WritableFile final : public WritableFile {
   }
 
   Status Finish() {
+    CKPT_RETURN_IF_ERROR(FirstError());
     if (upload_id_.empty() && size_ <= part_size_) {
       Request r;
       r.method = "PUT";
       r.key = key_;
       auto it = parts_.find(0);
+      if (it != parts_.end()) ZeroHoles(it->second, size_);
       r.body = it == parts_.end() ? std::span<const std::byte>()
-                                  : std::span<const std::byte>(it->second.data.data(), size_);
+                                  : std::span<const std::byte>(it->second.data.get(), size_);
       r.headers.emplace_back("content-md5", Base64Md5(r.body));
       if (exclusive_) r.headers.emplace_back("if-none-match", "*");
       const std::string what = "writing " + Quote(path_);
@@ -795,8 +845,9 @@ class S3WritableFile final : public WritableFile {
       if (sent_.count(k)) continue;
       Status st = FirstError();
       if (st.ok() && !parts_.count(k)) {
-        s_->budget.Acquire(part_size_);
-        parts_.emplace(k, Part{}).first->second.data.resize(part_size_);
+        st = s_->budget.Acquire(part_size_, "closing " + Quote(path_) + ": part " +
+                                                std::to_string(k + 1) + " (never written)");
+        if (st.ok()) parts_.emplace(k, NewPart());
       }
       if (st.ok()) st = Send(k, k == last ? size_ - k * part_size_ : part_size_);
       if (!st.ok()) {
@@ -1099,6 +1150,14 @@ class S3Storage final : public Storage {
 
 Result<std::shared_ptr<Storage>> NewS3Storage(S3Options options) {
   if (options.bucket.empty()) return InvalidArgumentError("S3 storage: no bucket given");
+  // A writer holds its first part until Close and fills the next: two parts.
+  const uint64_t part = std::max<uint64_t>(options.part_size, 5ull << 20);
+  if (options.memory_budget < 2 * part) {
+    return InvalidArgumentError("S3 storage: the memory budget of " +
+                                std::to_string(options.memory_budget) +
+                                " bytes (CKPT_S3_MEMORY_BUDGET) is less than two parts of " +
+                                std::to_string(part) + " bytes (CKPT_S3_PART_SIZE)");
+  }
   if (options.endpoint.empty())
     options.endpoint = "https://s3." + options.region + ".amazonaws.com";
   const size_t scheme_end = options.endpoint.find("://");

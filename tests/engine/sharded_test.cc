@@ -190,6 +190,49 @@ TEST(ShardedSaveTest, NonTensorEntriesRoundTrip) {
   EXPECT_EQ(back.bytes["rng"], sd.bytes["rng"]);
 }
 
+// The manifest lists the extra state with its size and XXH64; a load (and
+// ReadExtraState) refuses one changed, missing, or not listed.
+TEST(ShardedSaveTest, TheManifestCoversTheExtraState) {
+  auto fs = NewMemoryStorage();
+  auto one = NewSingleRankCommunicator();
+  float w = 1.5f;
+  StateDict sd;
+  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w)));
+  sd.json["step"] = "120";
+  CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/x", sd));
+  const std::string extra = "/x/" + std::string(kExtraStateName);
+  auto text = ReadFileToString(*fs, extra);
+  CKPT_ASSERT_OK(text);
+  auto manifest = nlohmann::json::parse(*ReadFileToString(*fs, "/x/" + std::string(kManifestName)));
+  EXPECT_EQ(manifest["extra_state"]["size"], text->size());
+  EXPECT_EQ(manifest["extra_state"]["xxh64"].get<std::string>().size(), 16u);
+  auto load = [&](const std::string& dir) {
+    float w2 = 0;
+    StateDict back;
+    back.tensors.push_back(WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w2)));
+    back.json["step"] = "";
+    return LoadSharded(*one, *fs, dir, back);
+  };
+  CKPT_ASSERT_OK(load("/x"));
+  // The same size, one digit changed.
+  std::string changed = *text;
+  changed[changed.find("120")] = '9';
+  CKPT_ASSERT_OK(WriteFileAtomically(*fs, extra, changed));
+  EXPECT_THAT(load("/x"), StatusIs(StatusCode::kDataLoss, "ckpt_extra_state.json: its bytes hash to"));
+  EXPECT_THAT(ReadExtraState(*fs, "/x").status(), StatusIs(StatusCode::kDataLoss, "but the manifest records"));
+  CKPT_ASSERT_OK(fs->Remove(extra));
+  EXPECT_THAT(load("/x"), StatusIs(StatusCode::kDataLoss, "extra state 'ckpt_extra_state.json' is missing"));
+  EXPECT_THAT(ReadExtraState(*fs, "/x").status(), StatusIs(StatusCode::kDataLoss, "is missing from /x"));
+  // A save without non-tensor entries records none; one added later is refused.
+  StateDict plain;
+  plain.tensors.push_back(sd.tensors[0]);
+  CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/y", plain));
+  EXPECT_TRUE(nlohmann::json::parse(*ReadFileToString(*fs, "/y/" + std::string(kManifestName)))["extra_state"].is_null());
+  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/y/" + std::string(kExtraStateName), *text));
+  EXPECT_THAT(load("/y"), StatusIs(StatusCode::kDataLoss, "not part of the checkpoint's manifest"));
+  EXPECT_THAT(ReadExtraState(*fs, "/y").status(), StatusIs(StatusCode::kDataLoss, "records no extra state"));
+}
+
 TEST(ShardedSaveTest, ExistingDirectoryIsNeverOverwritten) {
   auto fs = NewMemoryStorage();
   std::vector<testing::TensorDef> defs = {{"w", DType::kU8, Shape({4})}};

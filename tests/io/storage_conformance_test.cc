@@ -574,6 +574,39 @@ TEST_P(S3StorageTest, MultipartOutOfOrderWritesRoundTrip) {
   EXPECT_TRUE(std::equal(mid.begin(), mid.end(), data.begin() + part - 500));
 }
 
+// Writes scattered over more parts than the budget holds (24 MiB: four
+// parts of 5 MiB, each only partly written, none uploadable) fail with the
+// budget named instead of buffering past it; nothing is published.
+TEST_P(S3StorageTest, ScatteredWritesPastTheMemoryBudgetFail) {
+  const uint64_t part = 5ull << 20;
+  const std::vector<std::byte> one(10, std::byte{1});
+  auto f = storage_->OpenWrite(P("scattered.bin"), CreateMode::kTruncate);
+  CKPT_ASSERT_OK(f);
+  for (uint64_t k = 0; k < 4; ++k) CKPT_ASSERT_OK((*f)->WriteAt(k * part + 7, one));
+  EXPECT_THAT((*f)->WriteAt(4 * part + 7, one),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       "bytes [20971527, 20971537) into part 5: the memory budget of 25165824 bytes "
+                       "(CKPT_S3_MEMORY_BUDGET) is held by 20971520 bytes of partly written parts"));
+  EXPECT_FALSE((*f)->Close().ok());
+  EXPECT_FALSE(*Exists(*storage_, P("scattered.bin")));
+}
+
+TEST(S3OptionsTest, AMemoryBudgetUnderTwoPartsIsRefused) {
+  S3Options o;
+  o.bucket = "b";
+  o.endpoint = "http://127.0.0.1:9";
+  o.access_key = "key";
+  o.secret_key = "secret";
+  o.part_size = 8ull << 20;
+  o.memory_budget = 12ull << 20;
+  EXPECT_THAT(NewS3Storage(o).status(),
+              StatusIs(StatusCode::kInvalidArgument,
+                       "memory budget of 12582912 bytes (CKPT_S3_MEMORY_BUDGET) is less than two "
+                       "parts of 8388608 bytes"));
+  o.memory_budget = 16ull << 20;
+  CKPT_EXPECT_OK(NewS3Storage(o));
+}
+
 TEST_P(S3StorageTest, AnAbandonedUploadPublishesNothing) {
   std::mt19937_64 rng(8);
   std::vector<std::byte> data = testing::RandomBytes(11ull << 20, rng);

@@ -1,7 +1,7 @@
 """A real S3-protocol server for the tests: moto's server on 127.0.0.1 with
 SigV4 checking on (the first calls create an IAM user whose keys the tests
 then use), and a small loopback proxy in front of it that can inject
-503 SlowDown answers or refuse connections."""
+503 SlowDown, 500 or 502 answers, stall connections, or refuse them."""
 
 from __future__ import annotations
 
@@ -116,7 +116,11 @@ class FaultProxy:
     """Forwards TCP connections from a loopback port to the server. While
     `slowdown` > 0, each new request (one per connection: the proxy asks for
     `Connection: close`) is answered 503 SlowDown instead, and `slowdown` is
-    decremented. `down()` closes the listening socket and every open
+    decremented; likewise `errors`, a list of HTTP statuses (500, 502) to
+    answer the next requests with, one each. While `stall` > 0, each new
+    connection is held open without an answer, its request read at 64 bytes
+    a second (a transfer too slow to finish), until the client gives up; the
+    count of those is `stalled`. `down()` closes the listening socket and every open
     connection (the server looks stopped); `up()` listens again on the same
     port."""
 
@@ -125,6 +129,9 @@ class FaultProxy:
         self.port = free_port()
         self.slowdown = 0
         self.injected = 0
+        self.errors: list[int] = []
+        self.stall = 0
+        self.stalled = 0
         self.requests = 0
         self.bytes_up = 0  # bytes forwarded from clients to the server
         self._lock = threading.Lock()
@@ -165,26 +172,66 @@ class FaultProxy:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    ERRORS = {  # noqa: RUF012
+        500: (b"Internal Server Error", b"InternalError", b"We encountered an internal error."),
+        502: (b"Bad Gateway", b"", b""),
+        503: (b"Slow Down", b"SlowDown", b"Please reduce your request rate."),
+    }
+
+    def _answer(self, conn: socket.socket, status: int) -> None:
+        reason, code, message = self.ERRORS[status]
+        # A gateway's 502 is not S3's XML.
+        body = (
+            b"<Error><Code>" + code + b"</Code><Message>" + message + b"</Message></Error>"
+            if code
+            else b"bad gateway: the upstream closed the connection"
+        )
+        ctype = b"application/xml" if code else b"text/plain"
+        try:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 %d " % status
+                + reason
+                + b"\r\nContent-Type: "
+                + ctype
+                + b"\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        except OSError:
+            pass
+        conn.close()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        try:
+            while conn.recv(64):
+                time.sleep(1)
+        except OSError:
+            pass
+        with self._lock:
+            self.stalled += 1
+        conn.close()
+
     def _serve(self, conn: socket.socket) -> None:
         with self._lock:
             self._conns.append(conn)
             self.requests += 1
-            inject = self.slowdown > 0
-            if inject:
+            status = 0
+            if self.slowdown > 0:
                 self.slowdown -= 1
+                status = 503
+            elif self.errors:
+                status = self.errors.pop(0)
+            if status:
                 self.injected += 1
-        if inject:
-            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-            try:
-                conn.recv(65536)
-                conn.sendall(
-                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-            except OSError:
-                pass
-            conn.close()
+            stall = not status and self.stall > 0
+            if stall:
+                self.stall -= 1
+        if status:
+            self._answer(conn, status)
+            return
+        if stall:
+            self._trickle(conn)
             return
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))

@@ -71,6 +71,63 @@ def test_slowdown_answers_are_retried_to_success(server):
     proxy.down()
 
 
+@pytest.mark.parametrize("status", [500, 502])
+def test_5xx_answers_are_retried_to_success_and_fail_once_the_attempts_are_spent(server, status):
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+    proxy.errors = [status] * 3
+    proc = run_suite(server, "*/S3StorageTest.MultipartOutOfOrderWritesRoundTrip/s3", endpoint=proxy.endpoint)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert passed(proc.stdout) == 1
+    assert proxy.injected == 3 and proxy.errors == []
+    # With one attempt a request, the first such answer is the error.
+    proxy.errors = [status]
+    proc = run_suite(
+        server,
+        "*/S3StorageTest.MultipartOutOfOrderWritesRoundTrip/s3",
+        endpoint=proxy.endpoint,
+        CKPT_S3_MAX_ATTEMPTS="1",
+    )
+    assert proc.returncode != 0
+    assert f"HTTP {status}" in proc.stdout and "(after 1 attempts)" in proc.stdout, proc.stdout[-4000:]
+    proxy.down()
+
+
+def test_a_stalled_transfer_times_out_and_is_retried(server):
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+
+    def stalled(n: int) -> None:  # the proxy notices the client's close within a second
+        deadline = time.monotonic() + 10
+        while proxy.stalled < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.stalled == n
+
+    proxy.stall = 2
+    t0 = time.monotonic()
+    proc = run_suite(
+        server,
+        "*/S3StorageTest.MultipartOutOfOrderWritesRoundTrip/s3",
+        endpoint=proxy.endpoint,
+        CKPT_S3_LOW_SPEED_TIMEOUT="1",
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert passed(proc.stdout) == 1
+    assert time.monotonic() - t0 >= 2  # two connections were each given up after a second
+    stalled(2)
+    # With one attempt a request, the stall is the error.
+    proxy.stall = 1
+    proc = run_suite(
+        server,
+        "*/S3StorageTest.MultipartOutOfOrderWritesRoundTrip/s3",
+        endpoint=proxy.endpoint,
+        CKPT_S3_LOW_SPEED_TIMEOUT="1",
+        CKPT_S3_MAX_ATTEMPTS="1",
+    )
+    assert proc.returncode != 0
+    assert "connection failed: Timeout was reached" in proc.stdout, proc.stdout[-4000:]
+    stalled(3)
+    proxy.down()
+
+
 def test_a_wrong_secret_is_a_clear_403_and_nothing_is_written(server):
     before = bucket_keys(server)
     proc = run_suite(
