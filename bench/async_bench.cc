@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "ckpt/checkpointer.h"
 #include "bench_util.h"
+#include "ckpt/checkpointer.h"
 
 namespace {
 
@@ -34,7 +34,8 @@ uint64_t ProcStatus(const char* key) {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind(key, 0) == 0) return std::strtoull(line.c_str() + std::strlen(key), nullptr, 10) * 1024;
+    if (line.rfind(key, 0) == 0)
+      return std::strtoull(line.c_str() + std::strlen(key), nullptr, 10) * 1024;
   }
   return 0;
 }
@@ -44,8 +45,9 @@ class BenchModel : public Model {
   BenchModel(int tensors, uint64_t rows, uint64_t cols) : data_(static_cast<size_t>(tensors)) {
     for (int t = 0; t < tensors; ++t) {
       data_[static_cast<size_t>(t)].assign(rows * cols * 2, std::byte{0});
-      sd_.tensors.push_back(WholeTensor("model.layers." + std::to_string(t) + ".mlp.up_proj.weight", DType::kBF16,
-                                        Shape{rows, cols}, data_[static_cast<size_t>(t)].data()));
+      sd_.tensors.push_back(WholeTensor("model.layers." + std::to_string(t) + ".mlp.up_proj.weight",
+                                        DType::kBF16, Shape{rows, cols},
+                                        data_[static_cast<size_t>(t)].data()));
     }
     Touch(1);
   }
@@ -70,20 +72,25 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--gib") gib = std::atof(argv[i + 1]);
-    else if (a == "--saves") saves = std::atoi(argv[i + 1]);
-    else if (a == "--budget-mib") budget_mib = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--dir") dir = argv[i + 1];
+    if (a == "--gib")
+      gib = std::atof(argv[i + 1]);
+    else if (a == "--saves")
+      saves = std::atoi(argv[i + 1]);
+    else if (a == "--budget-mib")
+      budget_mib = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--dir")
+      dir = argv[i + 1];
   }
   const uint64_t rows = 4096, cols = 4096;
   const int tensors = std::max(1, static_cast<int>(gib * (1ull << 30) / (rows * cols * 2)));
   const uint64_t rss0 = ProcStatus("VmRSS:");
   BenchModel model(tensors, rows, cols);
   const uint64_t bytes = model.bytes();
-  std::printf("async save bench: %d bf16 tensors [%llu, %llu] = %.2f GiB, %d saves, staging budget %s\n", tensors,
-              static_cast<unsigned long long>(rows), static_cast<unsigned long long>(cols),
-              static_cast<double>(bytes) / (1ull << 30), saves,
-              budget_mib ? (std::to_string(budget_mib) + " MiB").c_str() : "the whole state");
+  std::printf(
+      "async save bench: %d bf16 tensors [%llu, %llu] = %.2f GiB, %d saves, staging budget %s\n",
+      tensors, static_cast<unsigned long long>(rows), static_cast<unsigned long long>(cols),
+      static_cast<double>(bytes) / (1ull << 30), saves,
+      budget_mib ? (std::to_string(budget_mib) + " MiB").c_str() : "the whole state");
 
   // Reference: single-thread memcpy of the same tensors into touched memory
   // of the same total size, as staging does.
@@ -170,7 +177,8 @@ int main(int argc, char** argv) {
     }
     const uint64_t rss = ProcStatus("VmRSS:");
     max_rss = std::max(max_rss, rss);
-    std::printf("  save %2d: blocked %.3f s, RSS %.0f MiB\n", s, blocked, static_cast<double>(rss) / (1 << 20));
+    std::printf("  save %2d: blocked %.3f s, RSS %.0f MiB\n", s, blocked,
+                static_cast<double>(rss) / (1 << 20));
   }
   Check((*c)->Close());
   Check(RemoveAll(*PosixStorage(), root));
@@ -179,26 +187,30 @@ int main(int argc, char** argv) {
   const uint64_t staging = budget_mib ? std::min<uint64_t>(budget_mib << 20, bytes) : bytes;
   const double bound = static_cast<double>(rss0 + bytes + staging);
   std::printf("\n%-44s %12s %12s %8s %8s\n", "measure", "figure", "reference", "ratio", "target");
-  std::printf("%-44s %10.3f s %10.3f s %8.2f %8s\n", "blocking time of SaveModel (median)", block, memcpy_time,
-              block / memcpy_time, "<= 1.2");
-  std::printf("%-44s %10.3f s %10.3f s %8.2f %8s\n", "blocking time vs memcpy on every core", block, memcpy_all,
-              block / memcpy_all, "-");
-  std::printf("%-44s %10.3f s %12s %8s %8s\n", "background write + publish (median)", Median(background_s), "-", "-",
-              "-");
-  std::printf("%-44s %10.3f s %10.3f s %8.2f %8s\n", "async save until durable vs synchronous save", total, sync,
-              total / sync, "-");
-  std::printf("%-44s %8.0f MiB %8.0f MiB %8.3f %8s\n", "peak RSS over the saves vs start + model + staging",
-              static_cast<double>(max_rss) / (1 << 20), bound / (1 << 20), static_cast<double>(max_rss) / bound,
-              "<= 1.0");
+  std::printf("%-44s %10.3f s %10.3f s %8.2f %8s\n", "blocking time of SaveModel (median)", block,
+              memcpy_time, block / memcpy_time, "<= 1.2");
+  std::printf("%-44s %10.3f s %10.3f s %8.2f %8s\n", "blocking time vs memcpy on every core", block,
+              memcpy_all, block / memcpy_all, "-");
+  std::printf("%-44s %10.3f s %12s %8s %8s\n", "background write + publish (median)",
+              Median(background_s), "-", "-", "-");
+  std::printf("%-44s %10.3f s %10.3f s %8.2f %8s\n", "async save until durable vs synchronous save",
+              total, sync, total / sync, "-");
+  std::printf("%-44s %8.0f MiB %8.0f MiB %8.3f %8s\n",
+              "peak RSS over the saves vs start + model + staging",
+              static_cast<double>(max_rss) / (1 << 20), bound / (1 << 20),
+              static_cast<double>(max_rss) / bound, "<= 1.0");
   std::printf("%-44s %+10.1f MiB (staging memory held: %.0f MiB, reused by every save)\n",
-              "RSS beyond start + model + staging", (static_cast<double>(max_rss) - bound) / (1 << 20),
+              "RSS beyond start + model + staging",
+              (static_cast<double>(max_rss) - bound) / (1 << 20),
               static_cast<double>(staging) / (1 << 20));
-  ckpt::bench::EmitResult("async", "blocking time of an async save / single-thread memcpy", block / memcpy_time,
-                          false, 1.2);
+  ckpt::bench::EmitResult("async", "blocking time of an async save / single-thread memcpy",
+                          block / memcpy_time, false, 1.2);
   ckpt::bench::EmitResult("async", "RSS beyond start + model + staging (MiB)",
                           (static_cast<double>(max_rss) - bound) / (1 << 20), false, 0);
-  std::printf("(reference of the blocking time: single-thread memcpy of the same %.2f GiB; staging copies with "
-              "one thread per core)\n",
-              static_cast<double>(bytes) / (1ull << 30));
+  std::printf(
+      "(reference of the blocking time: single-thread memcpy of the same %.2f GiB; staging copies "
+      "with "
+      "one thread per core)\n",
+      static_cast<double>(bytes) / (1ull << 30));
   return 0;
 }

@@ -17,7 +17,9 @@ namespace ckpt::bench {
 
 using Clock = std::chrono::steady_clock;
 
-inline double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+inline double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 inline double Median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -34,11 +36,13 @@ inline void CheckOk(const char* bench, const Status& s) {
 }
 
 // `higher_is_better` decides how `value` compares with `limit`.
-inline void EmitResult(const char* bench, const std::string& measure, double value, bool higher_is_better,
-                       double limit) {
+inline void EmitResult(const char* bench, const std::string& measure, double value,
+                       bool higher_is_better, double limit) {
   const bool met = higher_is_better ? value >= limit : value <= limit;
-  std::printf("RESULT {\"bench\":\"%s\",\"measure\":\"%s\",\"value\":%.4g,\"target\":\"%s %.4g\",\"met\":%s}\n",
-              bench, measure.c_str(), value, higher_is_better ? ">=" : "<=", limit, met ? "true" : "false");
+  std::printf(
+      "RESULT {\"bench\":\"%s\",\"measure\":\"%s\",\"value\":%.4g,\"target\":\"%s "
+      "%.4g\",\"met\":%s}\n",
+      bench, measure.c_str(), value, higher_is_better ? ">=" : "<=", limit, met ? "true" : "false");
 }
 
 }  // namespace ckpt::bench

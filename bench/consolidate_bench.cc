@@ -70,8 +70,10 @@ int main(int argc, char** argv) {
   int reps = 3;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--dir") dir = v;
-    else if (k == "--reps") reps = std::max(1, std::atoi(v.c_str()));
+    if (k == "--dir")
+      dir = v;
+    else if (k == "--reps")
+      reps = std::max(1, std::atoi(v.c_str()));
   }
   Storage& fs = *PosixStorage();
   Check(RemoveAll(fs, dir));
@@ -83,7 +85,8 @@ int main(int argc, char** argv) {
     uint64_t rows, cols;
   };
   std::vector<Def> defs = {{"model.embed_tokens.weight", 24576, 24576}};
-  for (int i = 0; i < 8; ++i) defs.push_back({"model.layers." + std::to_string(i) + ".w", 2048, 4096});
+  for (int i = 0; i < 8; ++i)
+    defs.push_back({"model.layers." + std::to_string(i) + ".w", 2048, 4096});
   const int ranks = 4;
   uint64_t total = 0;
   for (const Def& d : defs) total += d.rows * d.cols * 2;
@@ -99,11 +102,16 @@ int main(int argc, char** argv) {
           uint64_t rows = d.rows / ranks;
           bufs.emplace_back(rows * d.cols * 2);
           auto& b = bufs.back();
-          for (uint64_t k = 0; k < b.size(); k += 4096) b[k] = static_cast<std::byte>(k / 4096 + static_cast<uint64_t>(r));
-          sd.tensors.push_back({d.name, DType::kBF16, Shape({d.rows, d.cols}),
-                                {{{rows * static_cast<uint64_t>(r), 0}, Shape({rows, d.cols}), b.data(), {}}}});
+          for (uint64_t k = 0; k < b.size(); k += 4096)
+            b[k] = static_cast<std::byte>(k / 4096 + static_cast<uint64_t>(r));
+          sd.tensors.push_back(
+              {d.name,
+               DType::kBF16,
+               Shape({d.rows, d.cols}),
+               {{{rows * static_cast<uint64_t>(r), 0}, Shape({rows, d.cols}), b.data(), {}}}});
         }
-        st[static_cast<size_t>(r)] = SaveSharded(*comms[static_cast<size_t>(r)], fs, dir + "/sharded", sd);
+        st[static_cast<size_t>(r)] =
+            SaveSharded(*comms[static_cast<size_t>(r)], fs, dir + "/sharded", sd);
       });
     }
     for (auto& t : th) t.join();
@@ -115,13 +123,15 @@ int main(int argc, char** argv) {
   for (int rep = 0; rep < reps; ++rep) {
     Check(RemoveAll(fs, dir + "/hf"));
     ::sync();
-    auto [secs, peak] = RunChild({ckpt_bin, "consolidate", dir + "/sharded", dir + "/hf", "--threads", "2"});
+    auto [secs, peak] =
+        RunChild({ckpt_bin, "consolidate", dir + "/sharded", dir + "/hf", "--threads", "2"});
     t_ckpt.push_back(secs);
     rss = std::max(rss, peak);
     ::unlink((dir + "/dd").c_str());
     ::sync();
-    auto [dd_secs, dd_rss] = RunChild({"/bin/dd", "if=/dev/zero", "of=" + dir + "/dd", "bs=16M",
-                                       "count=" + std::to_string(total >> 24), "conv=fsync", "status=none"});
+    auto [dd_secs, dd_rss] =
+        RunChild({"/bin/dd", "if=/dev/zero", "of=" + dir + "/dd", "bs=16M",
+                  "count=" + std::to_string(total >> 24), "conv=fsync", "status=none"});
     (void)dd_rss;
     t_dd.push_back(dd_secs);
   }
@@ -130,13 +140,16 @@ int main(int argc, char** argv) {
   std::sort(t_dd.begin(), t_dd.end());
   const double gb = static_cast<double>(total) / 1e9;
   const double tc = t_ckpt[t_ckpt.size() / 2], td = t_dd[t_dd.size() / 2];
-  std::printf("ckpt_consolidate_bench: %.2f GB (largest tensor 1.125 GiB) from 4 shards, median of %d\n", gb, reps);
+  std::printf(
+      "ckpt_consolidate_bench: %.2f GB (largest tensor 1.125 GiB) from 4 shards, median of %d\n",
+      gb, reps);
   std::printf("%-32s %8.2f GB/s   dd conv=fsync %8.2f GB/s   ratio %5.2f   target >= 0.8\n",
               "consolidate (2 threads, fsync)", gb / tc, gb / td, td / tc);
   std::printf("%-32s %8.1f MiB                                            target <= 128 MiB\n",
               "peak RSS of ckpt consolidate", static_cast<double>(rss) / (1 << 20));
-  ckpt::bench::EmitResult("consolidate", "consolidation throughput / dd conv=fsync", td / tc, true, 0.8);
-  ckpt::bench::EmitResult("consolidate", "peak RSS of ckpt consolidate (MiB)", static_cast<double>(rss) / (1 << 20),
-                          false, 128);
+  ckpt::bench::EmitResult("consolidate", "consolidation throughput / dd conv=fsync", td / tc, true,
+                          0.8);
+  ckpt::bench::EmitResult("consolidate", "peak RSS of ckpt consolidate (MiB)",
+                          static_cast<double>(rss) / (1 << 20), false, 128);
   return 0;
 }

@@ -104,13 +104,21 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 32; ++i) {
     const std::string key = std::to_string(i);
     const bool t = i % 2 == 1;
-    tensors.push_back({"model.layers." + std::to_string(i) + ".weight", "FloatStorage", "", key, side * side, 0,
-                       {side, side}, t ? std::vector<int64_t>{1, side} : std::vector<int64_t>{side, 1}});
-    storages.push_back({key, RandomBytes(static_cast<uint64_t>(side * side * 4), static_cast<uint64_t>(i))});
+    tensors.push_back({"model.layers." + std::to_string(i) + ".weight",
+                       "FloatStorage",
+                       "",
+                       key,
+                       side * side,
+                       0,
+                       {side, side},
+                       t ? std::vector<int64_t>{1, side} : std::vector<int64_t>{side, 1}});
+    storages.push_back(
+        {key, RandomBytes(static_cast<uint64_t>(side * side * 4), static_cast<uint64_t>(i))});
   }
   {
     std::ofstream f(JoinPath(root, "bin/pytorch_model.bin"), std::ios::binary);
-    const std::string z = testing::ZipBytes(testing::ArchiveRecords("pytorch_model", testing::StateDictPickle(tensors), storages));
+    const std::string z = testing::ZipBytes(
+        testing::ArchiveRecords("pytorch_model", testing::StateDictPickle(tensors), storages));
     f.write(z.data(), static_cast<std::streamsize>(z.size()));
   }
   storages.clear();
@@ -121,16 +129,18 @@ int main(int argc, char** argv) {
     std::system("sync");
     TorchConvertStats stats;
     auto [secs, anon] = Measure([&] {
-      CheckOk("convert", ConvertTorchBinDir(st, JoinPath(root, "bin"), JoinPath(root, "st"), {}, &stats));
+      CheckOk("convert",
+              ConvertTorchBinDir(st, JoinPath(root, "bin"), JoinPath(root, "st"), {}, &stats));
     });
     conv.push_back(secs);
     mem.push_back(anon);
     dd.push_back(DdSeconds(JoinPath(root, "dd"), bin_mib));
   }
   const double bin_ratio = Median(dd) / Median(conv);
-  std::printf("bin -> safetensors: %llu MiB (16 of 32 tensors strided views), convert %.3f s, dd %.3f s, "
-              "anon memory +%.1f MiB\n",
-              static_cast<unsigned long long>(bin_mib), Median(conv), Median(dd), Median(mem));
+  std::printf(
+      "bin -> safetensors: %llu MiB (16 of 32 tensors strided views), convert %.3f s, dd %.3f s, "
+      "anon memory +%.1f MiB\n",
+      static_cast<unsigned long long>(bin_mib), Median(conv), Median(dd), Median(mem));
   EmitResult("convert", "bin_to_safetensors_vs_disk_write", bin_ratio, true, 0.8);
   EmitResult("convert", "bin_to_safetensors_anon_mib", Median(mem), false, 128);
 
@@ -144,9 +154,11 @@ int main(int argc, char** argv) {
     std::vector<TensorData> td;
     for (uint32_t l = 0; l < 2; ++l) {
       keep.push_back(RandomBytes(E * dim * 2 * inter * 2, l));
-      td.push_back({GroupedGateUpName(l), DType::kBF16, Shape({E, dim, 2 * inter}), std::as_bytes(std::span<const char>(keep.back()))});
+      td.push_back({GroupedGateUpName(l), DType::kBF16, Shape({E, dim, 2 * inter}),
+                    std::as_bytes(std::span<const char>(keep.back()))});
       keep.push_back(RandomBytes(E * inter * dim * 2, l + 7));
-      td.push_back({GroupedDownName(l), DType::kBF16, Shape({E, inter, dim}), std::as_bytes(std::span<const char>(keep.back()))});
+      td.push_back({GroupedDownName(l), DType::kBF16, Shape({E, inter, dim}),
+                    std::as_bytes(std::span<const char>(keep.back()))});
     }
     CheckOk("convert", WriteSafetensors(st, JoinPath(root, "grouped/model.safetensors"), td));
     CheckOk("convert", WriteFileAtomically(st, JoinPath(root, "grouped/config.json"),
@@ -161,20 +173,24 @@ int main(int argc, char** argv) {
     CheckOk("convert", RemoveAll(st, JoinPath(root, "hf")));
     std::system("sync");
     auto [secs, anon] = Measure([&] {
-      CheckOk("convert", ConvertMoeDir(st, JoinPath(root, "grouped"), JoinPath(root, "hf"), a, MoeDirection::kToHf, {}, &ms));
+      CheckOk("convert", ConvertMoeDir(st, JoinPath(root, "grouped"), JoinPath(root, "hf"), a,
+                                       MoeDirection::kToHf, {}, &ms));
     });
     conv.push_back(secs);
     mem.push_back(anon);
     dd.push_back(DdSeconds(JoinPath(root, "dd"), moe_mib));
   }
-  std::printf("MoE grouped -> HF export: %llu MiB, %llu expert tensors of %.2f MiB, convert %.3f s, dd %.3f s, "
-              "largest buffer per expert %.2f MiB, anon memory +%.1f MiB\n",
-              static_cast<unsigned long long>(moe_mib), static_cast<unsigned long long>(2 * E * 3),
-              static_cast<double>(ms.largest_expert) / (1 << 20), Median(conv), Median(dd),
-              static_cast<double>(ms.peak_transient) / (1 << 20), Median(mem));
+  std::printf(
+      "MoE grouped -> HF export: %llu MiB, %llu expert tensors of %.2f MiB, convert %.3f s, dd "
+      "%.3f s, "
+      "largest buffer per expert %.2f MiB, anon memory +%.1f MiB\n",
+      static_cast<unsigned long long>(moe_mib), static_cast<unsigned long long>(2 * E * 3),
+      static_cast<double>(ms.largest_expert) / (1 << 20), Median(conv), Median(dd),
+      static_cast<double>(ms.peak_transient) / (1 << 20), Median(mem));
   EmitResult("convert", "moe_export_vs_disk_write", Median(dd) / Median(conv), true, 0.8);
   EmitResult("convert", "moe_export_transient_over_one_expert",
-             static_cast<double>(ms.peak_transient) / static_cast<double>(ms.largest_expert), false, 1.0);
+             static_cast<double>(ms.peak_transient) / static_cast<double>(ms.largest_expert), false,
+             1.0);
   CheckOk("convert", RemoveAll(st, root));
   return 0;
 }

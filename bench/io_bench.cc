@@ -170,17 +170,25 @@ int main(int argc, char** argv) {
   Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--gib") o.gib = std::atof(v.c_str());
-    else if (k == "--reps") o.reps = std::max(1, std::atoi(v.c_str()));
-    else if (k == "--disk") o.disk = v;
-    else if (k == "--shm") o.shm = v;
-    else if (k == "--json") o.json = v;
+    if (k == "--gib")
+      o.gib = std::atof(v.c_str());
+    else if (k == "--reps")
+      o.reps = std::max(1, std::atoi(v.c_str()));
+    else if (k == "--disk")
+      o.disk = v;
+    else if (k == "--shm")
+      o.shm = v;
+    else if (k == "--json")
+      o.json = v;
     else {
-      std::fprintf(stderr, "usage: ckpt_io_bench [--gib G] [--reps N] [--disk DIR] [--shm DIR] [--json FILE]\n");
+      std::fprintf(
+          stderr,
+          "usage: ckpt_io_bench [--gib G] [--reps N] [--disk DIR] [--shm DIR] [--json FILE]\n");
       return 2;
     }
   }
-  const uint64_t total = static_cast<uint64_t>(o.gib * (1ull << 30)) / (16ull << 20) * (16ull << 20);
+  const uint64_t total =
+      static_cast<uint64_t>(o.gib * (1ull << 30)) / (16ull << 20) * (16ull << 20);
   Model m = MakeModel(total);
   std::vector<std::byte> dst(m.bytes);
   std::memset(dst.data(), 1, dst.size());  // fault the pages in once
@@ -189,8 +197,8 @@ int main(int argc, char** argv) {
   const std::string shm_file = o.shm + "/ckpt_io_bench.safetensors";
   const uint64_t dd_count = m.bytes / (16ull << 20);
 
-  std::vector<double> t_memcpy, t_memcpy_all, t_memcpy_fresh, t_dd_write, t_disk_write, t_shm_write, t_warm_read, t_shm_read,
-      t_dd_cold, t_cold_read;
+  std::vector<double> t_memcpy, t_memcpy_all, t_memcpy_fresh, t_dd_write, t_disk_write, t_shm_write,
+      t_warm_read, t_shm_read, t_dd_cold, t_cold_read;
   for (int r = 0; r < o.reps; ++r) {
     t_memcpy.push_back(MemcpyTime(m, dst));
     t_memcpy_all.push_back(MemcpyAllThreadsTime(m, dst));
@@ -227,10 +235,10 @@ int main(int argc, char** argv) {
   };
   std::printf("ckpt_io_bench: %.2f GB in %zu bf16 tensors, median of %d runs\n", gb,
               m.tensors.size(), o.reps);
-  std::printf("%-24s %10s %16s %10s %7s %7s\n", "measure", "GB/s", "reference", "ref GB/s",
-              "ratio", "target");
-  std::string json = "{\"bytes\":" + std::to_string(m.bytes) + ",\"reps\":" +
-                     std::to_string(o.reps) + ",\"results\":[";
+  std::printf("%-24s %10s %16s %10s %7s %7s\n", "measure", "GB/s", "reference", "ref GB/s", "ratio",
+              "target");
+  std::string json = "{\"bytes\":" + std::to_string(m.bytes) +
+                     ",\"reps\":" + std::to_string(o.reps) + ",\"results\":[";
   for (size_t i = 0; i < std::size(rows); ++i) {
     const Row& r = rows[i];
     double ratio = r.ref / r.t;
@@ -238,7 +246,8 @@ int main(int argc, char** argv) {
     std::printf("%-24s %10.2f %16s %10.2f %7.2f %7s%s\n", r.what, gb / r.t, r.ref_name, gb / r.ref,
                 ratio, target.c_str(), ratio >= r.target ? "" : "  (below target)");
     if (r.target > 0) {
-      ckpt::bench::EmitResult("io", std::string(r.what) + " / " + r.ref_name, ratio, true, r.target);
+      ckpt::bench::EmitResult("io", std::string(r.what) + " / " + r.ref_name, ratio, true,
+                              r.target);
     }
     char buf[256];
     std::snprintf(buf, sizeof buf,

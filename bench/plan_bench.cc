@@ -1,9 +1,9 @@
 // Planning at scale: the global save plan of T tensors on R ranks, built on
 // one process from R encoded local plans (what a save gathers), for several
 // R: the compact plans ranks of one model send, and for comparison the full
-// plans (names included) sent when ranks hold different tensors. Each configuration runs in a child process so its peak memory is its
-// own. Prints time, time per chunk and peak memory beyond the encoded plans,
-// and one RESULT line per target:
+// plans (names included) sent when ranks hold different tensors. Each configuration runs in a child
+// process so its peak memory is its own. Prints time, time per chunk and peak memory beyond the
+// encoded plans, and one RESULT line per target:
 //   ckpt_plan_bench [--tensors 10000] [--ranks 64,256,1024] [--reps 3] [--full 1]
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -43,7 +43,8 @@ Encoded EncodedPlans(int tensors, int ranks) {
   StateDict sd;
   for (int t = 0; t < tensors; ++t) {
     const bool norm = t % 10 == 9;
-    const std::string name = "model.layers." + std::to_string(t / 10) + (norm ? ".norm.weight" : ".w" + std::to_string(t % 10));
+    const std::string name = "model.layers." + std::to_string(t / 10) +
+                             (norm ? ".norm.weight" : ".w" + std::to_string(t % 10));
     sd.tensors.push_back({name, DType::kBF16, norm ? Shape({4096}) : Shape({4096, 1024}), {}});
     sd.tensors.back().chunks.push_back({});
   }
@@ -87,7 +88,8 @@ Figures Measure(int tensors, int ranks, int reps, bool full_too) {
   Encoded wire = EncodedPlans(tensors, ranks);
   Figures f;
   for (const std::string& w : wire.compact) f.wire_mib += static_cast<double>(w.size()) / (1 << 20);
-  for (const std::string& w : wire.full) f.full_wire_mib += static_cast<double>(w.size()) / (1 << 20);
+  for (const std::string& w : wire.full)
+    f.full_wire_mib += static_cast<double>(w.size()) / (1 << 20);
   const long before = PeakKiB();
   std::vector<double> times;
   for (int i = 0; i < reps; ++i) {
@@ -168,7 +170,9 @@ int main(int argc, char** argv) {
       std::stringstream ss(v);
       for (std::string x; std::getline(ss, x, ',');) rank_counts.push_back(std::atoi(x.c_str()));
     } else {
-      std::fprintf(stderr, "usage: ckpt_plan_bench [--tensors T] [--ranks R1,R2,...] [--reps N] [--full 0|1]\n");
+      std::fprintf(
+          stderr,
+          "usage: ckpt_plan_bench [--tensors T] [--ranks R1,R2,...] [--reps N] [--full 0|1]\n");
       return 2;
     }
   }
@@ -181,10 +185,12 @@ int main(int argc, char** argv) {
     }
     const Figures f = MeasureInChild(tensors, ranks, reps, full_too);
     const double chunks = static_cast<double>(tensors) * ranks;
-    std::printf("%8d %12.0f %10.1f %10.1f %10.1f %10.1f %12.1f %12.1f\n", ranks, chunks, f.seconds * 1e3,
-                f.seconds * 1e9 / chunks, f.wire_mib, f.peak_mib, f.full_seconds * 1e3, f.full_wire_mib);
+    std::printf("%8d %12.0f %10.1f %10.1f %10.1f %10.1f %12.1f %12.1f\n", ranks, chunks,
+                f.seconds * 1e3, f.seconds * 1e9 / chunks, f.wire_mib, f.peak_mib,
+                f.full_seconds * 1e3, f.full_wire_mib);
     std::fflush(stdout);
-    const std::string what = std::to_string(tensors) + " tensors x " + std::to_string(ranks) + " ranks";
+    const std::string what =
+        std::to_string(tensors) + " tensors x " + std::to_string(ranks) + " ranks";
     if (ranks == 64) EmitResult("plan", "global save plan ms, " + what, f.seconds * 1e3, false, 50);
     if (ranks == 1024) EmitResult("plan", "global save plan s, " + what, f.seconds, false, 2);
   }

@@ -55,8 +55,13 @@ double ConsolidatePieces(uint64_t n) {
   for (int r = 0; r < 2; ++r) {
     th.emplace_back([&, r] {
       StateDict sd;
-      sd.tensors.push_back({"w", DType::kU16, Shape({n, 2}),
-                            {{{0, static_cast<uint64_t>(r)}, Shape({n, 1}), reinterpret_cast<std::byte*>(half.data()), {}}}});
+      sd.tensors.push_back({"w",
+                            DType::kU16,
+                            Shape({n, 2}),
+                            {{{0, static_cast<uint64_t>(r)},
+                              Shape({n, 1}),
+                              reinterpret_cast<std::byte*>(half.data()),
+                              {}}}});
       st[static_cast<size_t>(r)] = SaveSharded(*comms[static_cast<size_t>(r)], *fs, "/ckpt", sd);
     });
   }
@@ -70,8 +75,9 @@ double HeaderParse(uint64_t n) {
   std::string h = "{";
   for (uint64_t i = 0; i < n; ++i) {
     if (i) h += ',';
-    h += "\"model.layers." + std::to_string(i) + ".weight\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" +
-         std::to_string(i) + "," + std::to_string(i + 1) + "]}";
+    h += "\"model.layers." + std::to_string(i) +
+         ".weight\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" + std::to_string(i) + "," +
+         std::to_string(i + 1) + "]}";
   }
   h += '}';
   return Seconds([&] { Check(SafetensorsHeader::Parse(h, n, "bench").status()); });
@@ -89,7 +95,8 @@ double Verify(uint64_t n) {
   for (uint64_t i = 0; i < n; ++i) {
     const uint8_t b = static_cast<uint8_t>(i);
     TensorData t{"w", DType::kU8, Shape({1}), std::as_bytes(std::span<const uint8_t>(&b, 1))};
-    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(i) + "]}}"}};
+    SafetensorsMetadata md{
+        {"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(i) + "]}}"}};
     Check(WriteSafetensors(*fs, "/v/" + ShardFileName(static_cast<int>(i)), std::span(&t, 1), md));
   }
   return Seconds([&] { Check(VerifyShardedCheckpoint(*fs, "/v")); });
@@ -119,8 +126,10 @@ int main(int argc, char** argv) {
     const double a = Time(r.run, r.n), b = Time(r.run, 4 * r.n);
     const double ratio = b / std::max(a, 1e-6);
     std::printf("%-26s %10llu %9.4fs %10llu %9.4fs %7.2f   target <= 8\n", r.name,
-                static_cast<unsigned long long>(r.n), a, static_cast<unsigned long long>(4 * r.n), b, ratio);
-    ckpt::bench::EmitResult("scaling", std::string(r.name) + ": time(4n) / time(n)", ratio, false, 8);
+                static_cast<unsigned long long>(r.n), a, static_cast<unsigned long long>(4 * r.n),
+                b, ratio);
+    ckpt::bench::EmitResult("scaling", std::string(r.name) + ": time(4n) / time(n)", ratio, false,
+                            8);
   }
   return 0;
 }

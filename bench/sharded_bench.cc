@@ -64,7 +64,8 @@ Ranks MakeRanks(const Model& m, Split s, int ranks, bool fill) {
       if (fill) {
         const auto& g = m.data[static_cast<size_t>(t)];
         for (uint64_t i = 0; i < shape[0]; ++i) {
-          std::memcpy(buf.data() + i * shape[1] * 2, g.data() + ((off[0] + i) * m.cols + off[1]) * 2, shape[1] * 2);
+          std::memcpy(buf.data() + i * shape[1] * 2,
+                      g.data() + ((off[0] + i) * m.cols + off[1]) * 2, shape[1] * 2);
         }
       }
       out.bufs[static_cast<size_t>(r)].push_back(std::move(buf));
@@ -74,7 +75,9 @@ Ranks MakeRanks(const Model& m, Split s, int ranks, bool fill) {
       Shape shape;
       Slice(m, s, ranks, r, &off, &shape);
       out.sds[static_cast<size_t>(r)].tensors.push_back(
-          {"layers." + std::to_string(t) + ".weight", DType::kBF16, Shape({m.rows, m.cols}),
+          {"layers." + std::to_string(t) + ".weight",
+           DType::kBF16,
+           Shape({m.rows, m.cols}),
            {{off, shape, out.bufs[static_cast<size_t>(r)][static_cast<size_t>(t)].data(), {}}}});
     }
   }
@@ -87,7 +90,8 @@ double RunRanks(int n, Fn fn) {
   std::vector<Status> st(static_cast<size_t>(n));
   auto t0 = Clock::now();
   std::vector<std::thread> th;
-  for (int r = 0; r < n; ++r) th.emplace_back([&, r] { st[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)], r); });
+  for (int r = 0; r < n; ++r)
+    th.emplace_back([&, r] { st[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)], r); });
   for (auto& t : th) t.join();
   double s = Since(t0);
   for (const Status& x : st) Check(x);
@@ -108,13 +112,20 @@ int main(int argc, char** argv) {
   std::string disk = "/var/tmp", shm = "/dev/shm";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--gib") gib = std::atof(v.c_str());
-    else if (k == "--ranks") ranks = std::atoi(v.c_str());
-    else if (k == "--reps") reps = std::atoi(v.c_str());
-    else if (k == "--disk") disk = v;
-    else if (k == "--shm") shm = v;
+    if (k == "--gib")
+      gib = std::atof(v.c_str());
+    else if (k == "--ranks")
+      ranks = std::atoi(v.c_str());
+    else if (k == "--reps")
+      reps = std::atoi(v.c_str());
+    else if (k == "--disk")
+      disk = v;
+    else if (k == "--shm")
+      shm = v;
     else {
-      std::fprintf(stderr, "usage: ckpt_sharded_bench [--gib G] [--ranks N] [--reps N] [--disk DIR] [--shm DIR]\n");
+      std::fprintf(
+          stderr,
+          "usage: ckpt_sharded_bench [--gib G] [--ranks N] [--reps N] [--disk DIR] [--shm DIR]\n");
       return 2;
     }
   }
@@ -123,7 +134,8 @@ int main(int argc, char** argv) {
   m.tensors = std::max(1, static_cast<int>(gib * (1ull << 30) / static_cast<double>(tensor_bytes)));
   for (int t = 0; t < m.tensors; ++t) {
     std::vector<std::byte> g(tensor_bytes);
-    for (uint64_t i = 0; i < g.size(); i += 64) g[i] = static_cast<std::byte>(i / 64 + static_cast<uint64_t>(t));
+    for (uint64_t i = 0; i < g.size(); i += 64)
+      g[i] = static_cast<std::byte>(i / 64 + static_cast<uint64_t>(t));
     m.data.push_back(std::move(g));
   }
   const uint64_t total = tensor_bytes * static_cast<uint64_t>(m.tensors);
@@ -131,7 +143,8 @@ int main(int argc, char** argv) {
   Ranks src = MakeRanks(m, Split::kDim0, ranks, true);
   Storage& fs = *PosixStorage();
 
-  std::vector<double> t_memcpy, t_dd, t_save_disk, t_save_shm, t_load_same, t_load_dim1, t_load_fewer;
+  std::vector<double> t_memcpy, t_dd, t_save_disk, t_save_shm, t_load_same, t_load_dim1,
+      t_load_fewer;
   LoadStats dim1_stats, same_stats;
   std::vector<std::byte> sink(total);
   std::memset(sink.data(), 1, sink.size());
@@ -157,7 +170,8 @@ int main(int argc, char** argv) {
     Ranks same = MakeRanks(m, Split::kDim0, ranks, false);
     std::vector<LoadStats> st(static_cast<size_t>(ranks));
     t_load_same.push_back(RunRanks(ranks, [&](Communicator& c, int r) {
-      return LoadSharded(c, fs, sdir, same.sds[static_cast<size_t>(r)], {}, &st[static_cast<size_t>(r)]);
+      return LoadSharded(c, fs, sdir, same.sds[static_cast<size_t>(r)], {},
+                         &st[static_cast<size_t>(r)]);
     }));
     same_stats = {};
     for (auto& s : st) {
@@ -166,7 +180,8 @@ int main(int argc, char** argv) {
     }
     Ranks cols = MakeRanks(m, Split::kDim1, ranks, false);
     t_load_dim1.push_back(RunRanks(ranks, [&](Communicator& c, int r) {
-      return LoadSharded(c, fs, sdir, cols.sds[static_cast<size_t>(r)], {}, &st[static_cast<size_t>(r)]);
+      return LoadSharded(c, fs, sdir, cols.sds[static_cast<size_t>(r)], {},
+                         &st[static_cast<size_t>(r)]);
     }));
     dim1_stats = {};
     for (auto& s : st) {
@@ -183,7 +198,8 @@ int main(int argc, char** argv) {
       const auto& c = cols.sds[static_cast<size_t>(r)].tensors[0].chunks[0];
       const auto& g = m.data[0];
       for (uint64_t i = 0; i < m.rows; i += 97) {
-        if (std::memcmp(c.data + i * c.shape[1] * 2, g.data() + (i * m.cols + c.offsets[1]) * 2, c.shape[1] * 2) != 0) {
+        if (std::memcmp(c.data + i * c.shape[1] * 2, g.data() + (i * m.cols + c.offsets[1]) * 2,
+                        c.shape[1] * 2) != 0) {
           std::fprintf(stderr, "resharded load differs\n");
           return 1;
         }
@@ -194,30 +210,43 @@ int main(int argc, char** argv) {
     std::remove((disk + "/ckpt_bench.dd").c_str());
   }
 
-  std::printf("ckpt_sharded_bench: %.2f GB in %d bf16 tensors [4096, 4096], %d thread ranks, median of %d\n",
-              gb, m.tensors, ranks, reps);
-  std::printf("%-34s %9s %20s %9s %7s %8s\n", "measure", "GB/s", "reference", "ref GB/s", "ratio", "target");
-  auto row = [&](const char* what, double t, double ref, const char* ref_name, const char* target, double limit) {
-    std::printf("%-34s %9.2f %20s %9.2f %7.2f %8s\n", what, gb / t, ref_name, gb / ref, ref / t, target);
+  std::printf(
+      "ckpt_sharded_bench: %.2f GB in %d bf16 tensors [4096, 4096], %d thread ranks, median of "
+      "%d\n",
+      gb, m.tensors, ranks, reps);
+  std::printf("%-34s %9s %20s %9s %7s %8s\n", "measure", "GB/s", "reference", "ref GB/s", "ratio",
+              "target");
+  auto row = [&](const char* what, double t, double ref, const char* ref_name, const char* target,
+                 double limit) {
+    std::printf("%-34s %9.2f %20s %9.2f %7.2f %8s\n", what, gb / t, ref_name, gb / ref, ref / t,
+                target);
     ckpt::bench::EmitResult("sharded", std::string(what) + " / " + ref_name, ref / t, true, limit);
   };
   row("save to disk (fsync)", Median(t_save_disk), Median(t_dd), "dd conv=fsync", ">= 0.9", 0.9);
   row("save to tmpfs", Median(t_save_shm), Median(t_memcpy), "memcpy", ">= 0.7", 0.7);
-  row("load, same layout (tmpfs, warm)", Median(t_load_same), Median(t_memcpy), "memcpy", ">= 0.8", 0.8);
-  std::printf("%-34s %9.2f %20s %9s %7.2f %8s\n", "load, dim0 -> dim1 resharded", gb / Median(t_load_dim1),
-              "same-layout time", "", Median(t_load_dim1) / Median(t_load_same), "<= 1.2");
-  std::printf("%-34s %9.2f %20s %9s %7.2f %8s\n", "load, dim0 on half the ranks", gb / Median(t_load_fewer),
-              "same-layout time", "", Median(t_load_fewer) / Median(t_load_same), "<= 1.2");
-  std::printf("%-34s %9s %20s %9s %7.3f %8s\n", "resharded bytes read / needed", "", "", "",
-              static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed), "<= 1.05");
-  std::printf("%-34s %9s %20s %9s %7.3f %8s\n", "same-layout bytes read / needed", "", "", "",
-              static_cast<double>(same_stats.bytes_read) / static_cast<double>(same_stats.bytes_needed), "1.00");
+  row("load, same layout (tmpfs, warm)", Median(t_load_same), Median(t_memcpy), "memcpy", ">= 0.8",
+      0.8);
+  std::printf("%-34s %9.2f %20s %9s %7.2f %8s\n", "load, dim0 -> dim1 resharded",
+              gb / Median(t_load_dim1), "same-layout time", "",
+              Median(t_load_dim1) / Median(t_load_same), "<= 1.2");
+  std::printf("%-34s %9.2f %20s %9s %7.2f %8s\n", "load, dim0 on half the ranks",
+              gb / Median(t_load_fewer), "same-layout time", "",
+              Median(t_load_fewer) / Median(t_load_same), "<= 1.2");
+  std::printf(
+      "%-34s %9s %20s %9s %7.3f %8s\n", "resharded bytes read / needed", "", "", "",
+      static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed),
+      "<= 1.05");
+  std::printf(
+      "%-34s %9s %20s %9s %7.3f %8s\n", "same-layout bytes read / needed", "", "", "",
+      static_cast<double>(same_stats.bytes_read) / static_cast<double>(same_stats.bytes_needed),
+      "1.00");
   ckpt::bench::EmitResult("sharded", "resharded load time / same-layout load time",
-                    Median(t_load_dim1) / Median(t_load_same), false, 1.2);
+                          Median(t_load_dim1) / Median(t_load_same), false, 1.2);
   ckpt::bench::EmitResult("sharded", "load on half the ranks time / same-layout load time",
-                    Median(t_load_fewer) / Median(t_load_same), false, 1.2);
-  ckpt::bench::EmitResult("sharded", "resharded bytes read / bytes needed",
-                    static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed), false,
-                    1.05);
+                          Median(t_load_fewer) / Median(t_load_same), false, 1.2);
+  ckpt::bench::EmitResult(
+      "sharded", "resharded bytes read / bytes needed",
+      static_cast<double>(dim1_stats.bytes_read) / static_cast<double>(dim1_stats.bytes_needed),
+      false, 1.05);
   return 0;
 }

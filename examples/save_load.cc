@@ -16,14 +16,14 @@ Status SaveAndLoad(const std::string& dir, std::span<const std::byte> q_proj,
       {"model.norm.weight", DType::kBF16, Shape({4096}), norm},
   };
   // Streams from your buffers, fsyncs, renames into place, fsyncs the directory.
-  CKPT_RETURN_IF_ERROR(
-      WriteSafetensors(fs, path, tensors, SafetensorsMetadata{{"format", "pt"}}));
+  CKPT_RETURN_IF_ERROR(WriteSafetensors(fs, path, tensors, SafetensorsMetadata{{"format", "pt"}}));
 
   CKPT_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(fs, path));
   CKPT_ASSIGN_OR_RETURN(TensorView view, file->View("model.norm.weight"));  // zero-copy (mmap)
   std::vector<std::byte> row(2 * 4096);
   // Reads only row 7 of q_proj from disk.
-  CKPT_RETURN_IF_ERROR(file->ReadRange("model.layers.0.self_attn.q_proj.weight", 7 * row.size(), row));
+  CKPT_RETURN_IF_ERROR(
+      file->ReadRange("model.layers.0.self_attn.q_proj.weight", 7 * row.size(), row));
 
   if (view.data.size() != norm.size() || view.data[10] != norm[10] ||
       row[0] != q_proj[7 * row.size()]) {

@@ -1,11 +1,11 @@
 // The README's sharded tour, compiled and run as a test so it stays true:
 // 4 ranks save a row-sharded [8, 6] tensor; 2 ranks load it column-sharded.
 //   sharded DIR
+#include "ckpt/sharded.h"
+
 #include <cstdio>
 #include <thread>
 #include <vector>
-
-#include "ckpt/sharded.h"
 
 using namespace ckpt;
 
@@ -13,8 +13,11 @@ using namespace ckpt;
 Status SaveRank(Communicator& comm, const std::string& dir, std::vector<float>& rows) {
   StateDict sd;
   uint64_t r = static_cast<uint64_t>(comm.rank());
-  sd.tensors.push_back({"model.w", DType::kF32, Shape({8, 6}),
-                        {{{2 * r, 0}, Shape({2, 6}), reinterpret_cast<std::byte*>(rows.data()), {}}}});
+  sd.tensors.push_back(
+      {"model.w",
+       DType::kF32,
+       Shape({8, 6}),
+       {{{2 * r, 0}, Shape({2, 6}), reinterpret_cast<std::byte*>(rows.data()), {}}}});
   return SaveSharded(comm, *PosixStorage(), dir, sd);
 }
 
@@ -22,8 +25,11 @@ Status SaveRank(Communicator& comm, const std::string& dir, std::vector<float>& 
 Status LoadRank(Communicator& comm, const std::string& dir, std::vector<float>& cols) {
   StateDict sd;
   uint64_t r = static_cast<uint64_t>(comm.rank());
-  sd.tensors.push_back({"model.w", DType::kF32, Shape({8, 6}),
-                        {{{0, 3 * r}, Shape({8, 3}), reinterpret_cast<std::byte*>(cols.data()), {}}}});
+  sd.tensors.push_back(
+      {"model.w",
+       DType::kF32,
+       Shape({8, 6}),
+       {{{0, 3 * r}, Shape({8, 3}), reinterpret_cast<std::byte*>(cols.data()), {}}}});
   return LoadSharded(comm, *PosixStorage(), dir, sd);
 }
 
@@ -36,7 +42,8 @@ int main(int argc, char** argv) {
   for (int r = 0; r < 4; ++r) {
     threads.emplace_back([&, r] {
       std::vector<float> rows(12);
-      for (int i = 0; i < 12; ++i) rows[static_cast<size_t>(i)] = static_cast<float>(r * 12 + i);  // value = row * 6 + col
+      for (int i = 0; i < 12; ++i)
+        rows[static_cast<size_t>(i)] = static_cast<float>(r * 12 + i);  // value = row * 6 + col
       st[static_cast<size_t>(r)] = SaveRank(*savers[static_cast<size_t>(r)], dir, rows);
     });
   }
@@ -45,7 +52,10 @@ int main(int argc, char** argv) {
   auto loaders = NewThreadCommunicators(2);
   std::vector<std::vector<float>> cols(2, std::vector<float>(24));
   for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] { st[static_cast<size_t>(r)] = LoadRank(*loaders[static_cast<size_t>(r)], dir, cols[static_cast<size_t>(r)]); });
+    threads.emplace_back([&, r] {
+      st[static_cast<size_t>(r)] =
+          LoadRank(*loaders[static_cast<size_t>(r)], dir, cols[static_cast<size_t>(r)]);
+    });
   }
   for (auto& t : threads) t.join();
   for (const Status& s : st) {
@@ -57,7 +67,8 @@ int main(int argc, char** argv) {
   for (int r = 0; r < 2; ++r) {
     for (int i = 0; i < 8; ++i) {
       for (int j = 0; j < 3; ++j) {
-        if (cols[static_cast<size_t>(r)][static_cast<size_t>(i * 3 + j)] != static_cast<float>(i * 6 + 3 * r + j)) {
+        if (cols[static_cast<size_t>(r)][static_cast<size_t>(i * 3 + j)] !=
+            static_cast<float>(i * 6 + 3 * r + j)) {
           std::printf("mismatch\n");
           return 1;
         }

@@ -15,8 +15,11 @@ class MyModel : public Model {
  public:
   MyModel(int rank, std::vector<float>& rows) {
     const uint64_t r = static_cast<uint64_t>(rank);
-    sd_.tensors.push_back({"model.w", DType::kF32, Shape({8, 8}),
-                           {{{4 * r, 0}, Shape({4, 8}), reinterpret_cast<std::byte*>(rows.data()), {}}}});
+    sd_.tensors.push_back(
+        {"model.w",
+         DType::kF32,
+         Shape({8, 8}),
+         {{{4 * r, 0}, Shape({4, 8}), reinterpret_cast<std::byte*>(rows.data()), {}}}});
   }
   StateDict& state_dict() override { return sd_; }
 
@@ -24,7 +27,8 @@ class MyModel : public Model {
   StateDict sd_;
 };
 
-Status Train(Communicator& comm, const std::string& root, std::vector<float>& w, int* resumed_step) {
+Status Train(Communicator& comm, const std::string& root, std::vector<float>& w,
+             int* resumed_step) {
   CheckpointingConfig config;
   config.checkpoint_dir = root;
   config.max_recent_checkpoints = 2;

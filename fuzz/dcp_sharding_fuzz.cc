@@ -39,10 +39,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!layout.ok()) return 0;  // metadata the writer refuses (invalid UTF-8, ...)
     std::string prefix(8, '\0');
     uint64_t n = layout->header.size();
-    for (int i = 0; i < 8; ++i) prefix[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+    for (int i = 0; i < 8; ++i)
+      prefix[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
     prefix += layout->header;
     Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
-        std::as_bytes(std::span<const char>(prefix.data(), prefix.size())), layout->file_size(), "fuzz");
+        std::as_bytes(std::span<const char>(prefix.data(), prefix.size())), layout->file_size(),
+        "fuzz");
     if (!h.ok()) std::abort();  // the writer's own layout must parse
     if (!engine::IndexShard(*h, file, "fuzz", &index).ok()) return 0;
   }

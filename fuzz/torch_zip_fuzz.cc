@@ -11,7 +11,9 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ckpt;
   std::shared_ptr<Storage> st = NewMemoryStorage();
-  if (!WriteFileAtomically(*st, "/m.bin", std::string(reinterpret_cast<const char*>(data), size)).ok()) std::abort();
+  if (!WriteFileAtomically(*st, "/m.bin", std::string(reinterpret_cast<const char*>(data), size))
+           .ok())
+    std::abort();
   TorchArchiveLimits limits;
   limits.max_objects = 1u << 16;
   Result<std::unique_ptr<TorchArchive>> a = TorchArchive::Open(*st, "/m.bin", limits);

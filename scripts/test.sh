@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs every test: the test suite (warnings are errors) and a short
 # fuzzing run of every parser. The default preset first checks that no lower
-# layer includes a higher one (scripts/check_layers.sh). Extra presets may be named: "asan" runs the
+# layer includes a higher one (scripts/check_layers.sh) and that every C++ file
+# is as clang-format writes it (scripts/check_format.sh). Extra presets may be named: "asan" runs the
 # suite under AddressSanitizer + UndefinedBehaviorSanitizer, "tsan" under
 # ThreadSanitizer; "python" builds the Python package into .venv and runs
 # its checks (ruff, mypy) and tests (pytest, real gloo ranks). Installs
@@ -22,7 +23,11 @@ for preset in "${presets[@]}"; do
   case "$preset" in
     default|asan|tsan)
       scripts/deps.sh
-      [ "$preset" = default ] && scripts/check_layers.sh
+      if [ "$preset" = default ]; then
+        scripts/check_layers.sh
+        scripts/deps.sh format
+        scripts/check_format.sh
+      fi
       cmake --preset "$preset" >/dev/null
       cmake --build --preset "$preset" -j "$jobs"
       ctest --preset "$preset" -j "$jobs"

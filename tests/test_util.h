@@ -15,15 +15,15 @@
 #include "ckpt/status.h"
 #include "ckpt/storage.h"
 
-#define CKPT_ASSERT_OK(expr)                                         \
-  do {                                                               \
-    ::ckpt::Status _s = ::ckpt::internal::AsStatus((expr));          \
-    ASSERT_TRUE(_s.ok()) << #expr << " failed: " << _s.ToString();   \
+#define CKPT_ASSERT_OK(expr)                                       \
+  do {                                                             \
+    ::ckpt::Status _s = ::ckpt::internal::AsStatus((expr));        \
+    ASSERT_TRUE(_s.ok()) << #expr << " failed: " << _s.ToString(); \
   } while (0)
-#define CKPT_EXPECT_OK(expr)                                         \
-  do {                                                               \
-    ::ckpt::Status _s = ::ckpt::internal::AsStatus((expr));          \
-    EXPECT_TRUE(_s.ok()) << #expr << " failed: " << _s.ToString();   \
+#define CKPT_EXPECT_OK(expr)                                       \
+  do {                                                             \
+    ::ckpt::Status _s = ::ckpt::internal::AsStatus((expr));        \
+    EXPECT_TRUE(_s.ok()) << #expr << " failed: " << _s.ToString(); \
   } while (0)
 
 namespace ckpt::testing {
@@ -57,7 +57,8 @@ class TempDir {
 // with gmock's EXPECT_THAT where gmock is linked.
 class StatusIsMatcher {
  public:
-  StatusIsMatcher(StatusCode code, std::string substring) : code_(code), substring_(std::move(substring)) {}
+  StatusIsMatcher(StatusCode code, std::string substring)
+      : code_(code), substring_(std::move(substring)) {}
 
   template <typename T>
   bool MatchAndExplain(const T& actual, ::testing::MatchResultListener* listener) const {
@@ -71,11 +72,12 @@ class StatusIsMatcher {
     return true;
   }
   void DescribeTo(std::ostream* os) const {
-    *os << "has code " << StatusCodeName(code_) << " and a message containing \"" << substring_ << "\"";
+    *os << "has code " << StatusCodeName(code_) << " and a message containing \"" << substring_
+        << "\"";
   }
   void DescribeNegationTo(std::ostream* os) const {
-    *os << "does not have code " << StatusCodeName(code_) << " with a message containing \"" << substring_
-        << "\"";
+    *os << "does not have code " << StatusCodeName(code_) << " with a message containing \""
+        << substring_ << "\"";
   }
 
  private:
@@ -83,7 +85,8 @@ class StatusIsMatcher {
   std::string substring_;
 };
 
-inline ::testing::PolymorphicMatcher<StatusIsMatcher> StatusIs(StatusCode code, std::string substring) {
+inline ::testing::PolymorphicMatcher<StatusIsMatcher> StatusIs(StatusCode code,
+                                                               std::string substring) {
   return ::testing::MakePolymorphicMatcher(StatusIsMatcher(code, std::move(substring)));
 }
 
@@ -99,7 +102,9 @@ class IsOkMatcher {
   void DescribeNegationTo(std::ostream* os) const { *os << "is not OK"; }
 };
 
-inline ::testing::PolymorphicMatcher<IsOkMatcher> IsOk() { return ::testing::MakePolymorphicMatcher(IsOkMatcher()); }
+inline ::testing::PolymorphicMatcher<IsOkMatcher> IsOk() {
+  return ::testing::MakePolymorphicMatcher(IsOkMatcher());
+}
 
 // EXPECT_THAT / ASSERT_THAT for the matchers above without linking gmock
 // (only libgtest is a dependency). A test that includes <gmock/gmock.h>
@@ -147,7 +152,8 @@ inline std::string ToString(std::span<const std::byte> b) {
 inline std::string RawSafetensors(std::string_view header, std::string_view data) {
   std::string out(8, '\0');
   uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
   out.append(header);
   out.append(data);
   return out;

@@ -13,7 +13,8 @@
 // and to resume:
 //
 //   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> dir, ckpt->FindLatest());
-//   if (dir) { ckpt->LoadModel(model, *dir); ckpt->LoadOptimizer(optimizer, *dir, &scheduler); ... }
+//   if (dir) { ckpt->LoadModel(model, *dir); ckpt->LoadOptimizer(optimizer, *dir, &scheduler); ...
+//   }
 //
 // Every method is collective over the communicator unless it says otherwise:
 // all ranks call it, and all ranks get the same status. The on-disk layout is
@@ -214,9 +215,9 @@ Result<std::vector<float>> RopeInvFreq(std::string_view config_json);
 
 class Checkpointer {
  public:
-  static Result<std::unique_ptr<Checkpointer>> Create(const CheckpointingConfig& config, ParallelRanks ranks,
-                                                      Communicator& comm,
-                                                      std::shared_ptr<Storage> storage = PosixStorage());
+  static Result<std::unique_ptr<Checkpointer>> Create(
+      const CheckpointingConfig& config, ParallelRanks ranks, Communicator& comm,
+      std::shared_ptr<Storage> storage = PosixStorage());
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
@@ -232,7 +233,8 @@ class Checkpointer {
   // Writes losses.json from `metrics`, clears the marker, moves LATEST (and
   // LOWEST_VAL when metrics[best_metric_key] is finite and lower), then
   // applies retention.
-  Status Publish(const std::string& weights_path, const std::map<std::string, double>& metrics = {});
+  Status Publish(const std::string& weights_path,
+                 const std::map<std::string, double>& metrics = {});
   Result<std::optional<std::string>> FindLatest();
   // Rank 0 writes <weights_path>/config.yaml.
   Status SaveConfig(std::string_view yaml, const std::string& weights_path);
@@ -240,7 +242,8 @@ class Checkpointer {
   // --- model ---
   // Sharded save to <weights_path>/model with .hf_metadata and
   // consolidate.sh, consolidated per config; PEFT runs write the adapter.
-  Status SaveModel(Model& model, const std::string& weights_path, const SaveModelOptions& options = {});
+  Status SaveModel(Model& model, const std::string& weights_path,
+                   const SaveModelOptions& options = {});
   // Loads from the checkpoint directory SaveModel wrote to (the model in
   // <weights_path>/model), or from a model directory: a checkpoint's
   // model/, its consolidated/ export, any Hugging Face directory. Then
@@ -258,8 +261,10 @@ class Checkpointer {
   // --- optimizer ---
   // Sharded save to <weights_path>/optim of the optimizer's tensors
   // (OptimizerStateKey names) and JSON entries, plus the scheduler's state.
-  Status SaveOptimizer(StateDict& optimizer, const std::string& weights_path, Stateful* scheduler = nullptr);
-  Status LoadOptimizer(StateDict& optimizer, const std::string& weights_path, Stateful* scheduler = nullptr);
+  Status SaveOptimizer(StateDict& optimizer, const std::string& weights_path,
+                       Stateful* scheduler = nullptr);
+  Status LoadOptimizer(StateDict& optimizer, const std::string& weights_path,
+                       Stateful* scheduler = nullptr);
 
   // --- auxiliary state ---
   // <path>/<name>/<name>_dp_rank_{dp}.state, written by tp = pp = 0 ranks.
@@ -269,7 +274,8 @@ class Checkpointer {
   Status SaveOnGlobalRanks(Stateful& state, std::string_view name, const std::string& path);
   Status LoadOnGlobalRanks(Stateful& state, std::string_view name, const std::string& path);
   // A sharded save of any state dict to <path>/<name>; reshardable on load.
-  Status SaveDistributedState(const StateDict& state, std::string_view name, const std::string& path);
+  Status SaveDistributedState(const StateDict& state, std::string_view name,
+                              const std::string& path);
   Status LoadDistributedState(StateDict& state, std::string_view name, const std::string& path);
 
   // --- background work (is_async) ---
@@ -300,22 +306,24 @@ class Checkpointer {
   // it is loaded (cast, FP8 dequantized, tied embeddings, task heads kept).
   Result<std::string> FindBaseModel(const BaseModelOptions& options);
   LoadModelOptions BaseLoadOptions(const std::string& dir);
-  Status SaveHfMetadata(const std::string& model_dir, const std::string& base_model_dir, const HfArtifacts& extra,
-                        bool is_final);
+  Status SaveHfMetadata(const std::string& model_dir, const std::string& base_model_dir,
+                        const HfArtifacts& extra, bool is_final);
   Status SaveAdapter(Model& model, const std::string& model_dir, const PeftConfig& peft);
   Status LoadAdapter(Model& model, const std::string& model_dir);
   Status MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final,
                           ConsolidateStats* stats);
-  Status FinishModelSave(Communicator& comm, const std::string& model_dir, const std::string& base_model_dir,
-                         const HfArtifacts& extra, bool is_final, ConsolidateStats* stats);
-  Status PublishOn(Communicator& comm, const std::string& weights_path, const std::map<std::string, double>& metrics);
+  Status FinishModelSave(Communicator& comm, const std::string& model_dir,
+                         const std::string& base_model_dir, const HfArtifacts& extra, bool is_final,
+                         ConsolidateStats* stats);
+  Status PublishOn(Communicator& comm, const std::string& weights_path,
+                   const std::map<std::string, double>& metrics);
   Status ApplyRetention();
   Status SaveStatefulFile(Stateful& state, const std::string& path);
   Status LoadStatefulFile(Stateful& state, const std::string& path);
   // Starts an asynchronous sharded save of `sd` to `dir` (inside checkpoint
   // `weights_path`); `then` runs after it on the background communicator.
-  Status SaveAsync(AsyncKind& kind, const StateDict& sd, const std::string& weights_path, const std::string& dir,
-                   std::function<Status(Communicator&)> then);
+  Status SaveAsync(AsyncKind& kind, const StateDict& sd, const std::string& weights_path,
+                   const std::string& dir, std::function<Status(Communicator&)> then);
   Status WaitForKind(AsyncKind& kind);
   bool IsPending(const std::string& dir);
 

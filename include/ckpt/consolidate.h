@@ -58,11 +58,11 @@ struct ConsolidateOptions {
 };
 
 struct ConsolidateStats {
-  uint32_t files = 0;         // output files, all ranks
+  uint32_t files = 0;  // output files, all ranks
   uint64_t tensors = 0;
-  uint64_t bytes = 0;         // tensor bytes in the output, all ranks
-  uint64_t rank_bytes = 0;    // tensor bytes this rank wrote
-  double seconds = 0;         // wall time of the call on this rank (rank 0: until published)
+  uint64_t bytes = 0;       // tensor bytes in the output, all ranks
+  uint64_t rank_bytes = 0;  // tensor bytes this rank wrote
+  double seconds = 0;       // wall time of the call on this rank (rank 0: until published)
   std::vector<std::string> warnings;
 };
 
@@ -81,7 +81,6 @@ Result<uint64_t> ParseByteSize(std::string_view text);
 DType ExportDType(DType saved, std::optional<DType> original, std::optional<DType> cast,
                   std::string* warning);
 
-
 // The most output files a consolidation writes: file names carry the number
 // in five digits ("model-00001-of-99999.safetensors").
 inline constexpr uint32_t kMaxOutputFiles = 99999;
@@ -91,7 +90,8 @@ inline constexpr uint32_t kMaxOutputFiles = 99999;
 // file and the tensor, when a file's number is 0, above its "-of-N", above
 // kMaxOutputFiles or above the number of distinct files the index names, or
 // when the files disagree on N.
-Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir);
+Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage,
+                                                            const std::string& dir);
 
 // fqn → dtype of every tensor of a base model directory, from its
 // safetensors headers (or its .bin archives when it has no safetensors);

@@ -48,7 +48,7 @@ struct DTypeInfo {
   std::string_view name;  // safetensors spelling
   uint32_t bits;          // bits per element
   DTypeClass cls;
-  bool is_signed;         // for integers; floats are signed too
+  bool is_signed;  // for integers; floats are signed too
 };
 
 // All dtypes, in enum order.

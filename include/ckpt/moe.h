@@ -39,9 +39,9 @@
 namespace ckpt {
 
 struct MoeAdapter {
-  std::string name;           // "mixtral", "qwen3_moe", "deepseek_v3"
-  std::string experts_infix;  // HF: "model.layers.{L}.<infix>.{e}.<proj>.weight"
-  std::string gate, up, down;  // HF projection names
+  std::string name;                            // "mixtral", "qwen3_moe", "deepseek_v3"
+  std::string experts_infix;                   // HF: "model.layers.{L}.<infix>.{e}.<proj>.weight"
+  std::string gate, up, down;                  // HF projection names
   std::vector<std::string> expert_count_keys;  // config.json, first present wins
 };
 
@@ -55,7 +55,8 @@ struct MoeConfig {
   uint32_t num_experts = 0;
 };
 // Reads num_hidden_layers and the adapter's expert-count key.
-Result<MoeConfig> ParseMoeConfig(const MoeAdapter& adapter, std::string_view config_json, std::string_view source);
+Result<MoeConfig> ParseMoeConfig(const MoeAdapter& adapter, std::string_view config_json,
+                                 std::string_view source);
 
 // Names.
 std::string GroupedGateUpName(uint32_t layer);
@@ -88,19 +89,22 @@ struct MoePlan {
 // `config.num_experts` experts, with consistent shapes and dtype; layers must
 // be below num_layers. Each disagreement is an error naming the tensor.
 Result<MoePlan> PlanHfToGrouped(const MoeAdapter& a, const MoeConfig& config,
-                                const std::map<std::string, TensorMeta>& hf, std::string_view source);
+                                const std::map<std::string, TensorMeta>& hf,
+                                std::string_view source);
 // Per-expert tensors a grouped directory may expand to (3 per expert per
 // layer); more is refused before anything is planned. DeepSeek-V3 needs 47,000.
 inline constexpr uint64_t kMaxMoeExpertTensors = 1u << 20;
 Result<MoePlan> PlanGroupedToHf(const MoeAdapter& a, const MoeConfig& config,
-                                const std::map<std::string, TensorMeta>& grouped, std::string_view source);
+                                const std::map<std::string, TensorMeta>& grouped,
+                                std::string_view source);
 
 // The HF-named state dict whose chunks view `grouped`'s memory (no copies).
 // Grouped tensors may be chunked on any dimension (expert parallelism splits
 // dimension 0); each chunk yields, per expert it holds, one chunk of each HF
 // expert tensor. Other tensors are passed through. `config.num_experts` must
 // equal the grouped tensors' first dimension.
-Result<StateDict> HfViewsOfGrouped(const MoeAdapter& a, const MoeConfig& config, const StateDict& grouped);
+Result<StateDict> HfViewsOfGrouped(const MoeAdapter& a, const MoeConfig& config,
+                                   const StateDict& grouped);
 
 // A model whose experts are grouped, seen by the Checkpointer in Hugging
 // Face form: state_dict() is HfViewsOfGrouped of the wrapped model's state
@@ -111,16 +115,21 @@ Result<StateDict> HfViewsOfGrouped(const MoeAdapter& a, const MoeConfig& config,
 class MoeHfModel : public Model {
  public:
   // Checks that the wrapped model's grouped tensors convert.
-  static Result<std::unique_ptr<MoeHfModel>> Create(Model& grouped, MoeAdapter adapter, MoeConfig config);
+  static Result<std::unique_ptr<MoeHfModel>> Create(Model& grouped, MoeAdapter adapter,
+                                                    MoeConfig config);
   // Should the grouped tensors stop converting later (their shapes changed),
   // the error is logged and the grouped state dict itself is returned, so a
   // save loses nothing and a load fails on the names.
   StateDict& state_dict() override;
   Status MaterializeParameters() override { return grouped_.MaterializeParameters(); }
   Status InitializeWeights() override { return grouped_.InitializeWeights(); }
-  Status InitPeftAdapters(std::string_view method) override { return grouped_.InitPeftAdapters(method); }
+  Status InitPeftAdapters(std::string_view method) override {
+    return grouped_.InitPeftAdapters(method);
+  }
   Status ReinitNonPersistentBuffers() override { return grouped_.ReinitNonPersistentBuffers(); }
-  bool IsAdapterTensor(std::string_view fqn) const override { return grouped_.IsAdapterTensor(fqn); }
+  bool IsAdapterTensor(std::string_view fqn) const override {
+    return grouped_.IsAdapterTensor(fqn);
+  }
 
  private:
   Model& grouped_;
@@ -144,12 +153,13 @@ struct MoeConvertStats {
   uint64_t tensors_out = 0;
   uint64_t bytes = 0;
   uint32_t files = 0;
-  uint64_t peak_transient = 0;   // largest buffer held to convert one expert, bytes
-  uint64_t largest_expert = 0;   // bytes of one expert projection
-  uint64_t copy_buffer = 0;      // buffer of passthrough copies (≤ buffer_size)
+  uint64_t peak_transient = 0;  // largest buffer held to convert one expert, bytes
+  uint64_t largest_expert = 0;  // bytes of one expert projection
+  uint64_t copy_buffer = 0;     // buffer of passthrough copies (≤ buffer_size)
 };
-Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::string& out_dir, const MoeAdapter& a,
-                     MoeDirection direction, const MoeConvertOptions& options = {}, MoeConvertStats* stats = nullptr);
+Status ConvertMoeDir(Storage& storage, const std::string& in_dir, const std::string& out_dir,
+                     const MoeAdapter& a, MoeDirection direction,
+                     const MoeConvertOptions& options = {}, MoeConvertStats* stats = nullptr);
 
 }  // namespace ckpt
 

@@ -58,8 +58,8 @@ class SafetensorsHeader {
   const SafetensorsMetadata& metadata() const { return metadata_; }
   bool has_metadata() const { return has_metadata_; }
 
-  uint64_t header_size() const { return header_size_; }       // N
-  uint64_t data_offset() const { return 8 + header_size_; }   // start of the data buffer
+  uint64_t header_size() const { return header_size_; }      // N
+  uint64_t data_offset() const { return 8 + header_size_; }  // start of the data buffer
   uint64_t data_size() const { return data_size_; }
 
  private:

@@ -147,7 +147,7 @@ struct ShardedTensorInfo {
 struct ShardedCheckpointInfo {
   std::vector<std::string> files;
   bool has_manifest = false;
-  bool has_sharding_info = false;  // some file carries DCP_SHARDING_INFO
+  bool has_sharding_info = false;          // some file carries DCP_SHARDING_INFO
   std::vector<ShardedTensorInfo> tensors;  // sorted by fqn
 };
 

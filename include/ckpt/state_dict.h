@@ -40,8 +40,8 @@ struct DistTensor {
 
 struct StateDict {
   std::vector<DistTensor> tensors;
-  std::map<std::string, std::string> json;               // key → JSON text
-  std::map<std::string, std::vector<std::byte>> bytes;   // key → raw bytes
+  std::map<std::string, std::string> json;              // key → JSON text
+  std::map<std::string, std::vector<std::byte>> bytes;  // key → raw bytes
 };
 
 // A tensor held whole by this rank (replicated, or not sharded at all).

@@ -81,22 +81,32 @@ Status InternalError(std::string message);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(const T& value) : v_(value) {}                  // NOLINT: implicit by design
-  Result(T&& value) : v_(std::move(value)) {}            // NOLINT
-  Result(Status status) : v_(std::move(status)) {        // NOLINT
+  Result(const T& value) : v_(value) {}            // NOLINT: implicit by design
+  Result(T&& value) : v_(std::move(value)) {}      // NOLINT
+  Result(Status status) : v_(std::move(status)) {  // NOLINT
     if (std::get<Status>(v_).ok()) v_ = InternalError("Result constructed from OK status");
   }
   template <typename U>
-    requires(std::is_constructible_v<T, U&&> && !std::is_same_v<std::decay_t<U>, Status> &&
-             !std::is_same_v<std::decay_t<U>, T> && !std::is_same_v<std::decay_t<U>, Result>)
-  Result(U&& value) : v_(T(std::forward<U>(value))) {}   // NOLINT
+  requires(std::is_constructible_v<T, U&&> && !std::is_same_v<std::decay_t<U>, Status> &&
+           !std::is_same_v<std::decay_t<U>, T> && !std::is_same_v<std::decay_t<U>, Result>)
+      Result(U&& value)
+      : v_(T(std::forward<U>(value))) {}  // NOLINT
 
   bool ok() const { return std::holds_alternative<T>(v_); }
   Status status() const { return ok() ? Status() : std::get<Status>(v_); }
 
-  T& value() & { assert(ok()); return std::get<T>(v_); }
-  const T& value() const& { assert(ok()); return std::get<T>(v_); }
-  T&& value() && { assert(ok()); return std::get<T>(std::move(v_)); }
+  T& value() & {
+    assert(ok());
+    return std::get<T>(v_);
+  }
+  const T& value() const& {
+    assert(ok());
+    return std::get<T>(v_);
+  }
+  T&& value() && {
+    assert(ok());
+    return std::get<T>(std::move(v_));
+  }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T&& operator*() && { return std::move(*this).value(); }
@@ -115,7 +125,9 @@ class [[nodiscard]] Result {
 namespace internal {
 inline Status AsStatus(Status s) { return s; }
 template <typename T>
-Status AsStatus(const Result<T>& r) { return r.status(); }
+Status AsStatus(const Result<T>& r) {
+  return r.status();
+}
 }  // namespace internal
 
 }  // namespace ckpt
@@ -124,10 +136,10 @@ Status AsStatus(const Result<T>& r) { return r.status(); }
 #define CKPT_CONCAT_(a, b) CKPT_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function when `expr` (a Status or Result) fails.
-#define CKPT_RETURN_IF_ERROR(expr)                                     \
-  do {                                                                 \
+#define CKPT_RETURN_IF_ERROR(expr)                                    \
+  do {                                                                \
     ::ckpt::Status _ckpt_status = ::ckpt::internal::AsStatus((expr)); \
-    if (!_ckpt_status.ok()) return _ckpt_status;                       \
+    if (!_ckpt_status.ok()) return _ckpt_status;                      \
   } while (0)
 
 // `CKPT_ASSIGN_OR_RETURN(auto x, Foo());` binds the value or returns the error.

@@ -139,14 +139,19 @@ class StorageWrapper : public Storage {
   Storage& target() const { return *target_; }
 
   std::string_view name() const override { return target_->name(); }
-  Result<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override { return target_->OpenRead(path); }
-  Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path, CreateMode mode) override {
+  Result<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override {
+    return target_->OpenRead(path);
+  }
+  Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path,
+                                                  CreateMode mode) override {
     return target_->OpenWrite(path, mode);
   }
   Result<std::vector<DirEntry>> List(const std::string& dir) override { return target_->List(dir); }
   Result<DirEntry> Stat(const std::string& path) override { return target_->Stat(path); }
   Status Remove(const std::string& path) override { return target_->Remove(path); }
-  Status Rename(const std::string& from, const std::string& to) override { return target_->Rename(from, to); }
+  Status Rename(const std::string& from, const std::string& to) override {
+    return target_->Rename(from, to);
+  }
   Status MakeDirs(const std::string& path) override { return target_->MakeDirs(path); }
   Status SyncDir(const std::string& dir) override { return target_->SyncDir(dir); }
   Status Symlink(const std::string& target, const std::string& link) override {
@@ -163,8 +168,12 @@ class ReadableFileWrapper : public ReadableFile {
  public:
   explicit ReadableFileWrapper(std::unique_ptr<ReadableFile> target) : target_(std::move(target)) {}
   uint64_t Size() const override { return target_->Size(); }
-  Status ReadAt(uint64_t offset, std::span<std::byte> dst) const override { return target_->ReadAt(offset, dst); }
-  Result<MappedRegion> Map(uint64_t offset, uint64_t length) const override { return target_->Map(offset, length); }
+  Status ReadAt(uint64_t offset, std::span<std::byte> dst) const override {
+    return target_->ReadAt(offset, dst);
+  }
+  Result<MappedRegion> Map(uint64_t offset, uint64_t length) const override {
+    return target_->Map(offset, length);
+  }
   const std::string& path() const override { return target_->path(); }
 
  protected:
@@ -178,7 +187,9 @@ class WritableFileWrapper : public WritableFile {
  public:
   explicit WritableFileWrapper(std::unique_ptr<WritableFile> target) : target_(std::move(target)) {}
   Status Append(std::span<const std::byte> data) override { return target_->Append(data); }
-  Status WriteAt(uint64_t offset, std::span<const std::byte> data) override { return target_->WriteAt(offset, data); }
+  Status WriteAt(uint64_t offset, std::span<const std::byte> data) override {
+    return target_->WriteAt(offset, data);
+  }
   Status Sync() override { return target_->Sync(); }
   Status Close() override { return target_->Close(); }
   uint64_t Size() const override { return target_->Size(); }
@@ -199,7 +210,7 @@ std::shared_ptr<Storage> NewMemoryStorage();
 // ---- Helpers built only on the interface above. ----
 
 std::string JoinPath(std::string_view a, std::string_view b);
-std::string_view Dirname(std::string_view path);   // "." when there is no '/'
+std::string_view Dirname(std::string_view path);  // "." when there is no '/'
 std::string_view Basename(std::string_view path);
 
 Result<bool> Exists(Storage& storage, const std::string& path);
@@ -267,7 +278,7 @@ class AtomicFileWriter {
   std::string path_;
   std::string temp_path_;
   std::unique_ptr<WritableFile> file_;
-  std::mutex mu_;  // writes may come from several threads
+  std::mutex mu_;                        // writes may come from several threads
   std::map<uint64_t, Written> written_;  // by offset; no two overlap
   bool done_ = false;
 };

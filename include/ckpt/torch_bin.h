@@ -98,7 +98,8 @@ class TorchBinDir {
     size_t file;  // index into files()
     const TorchTensorInfo* info;
   };
-  static Result<TorchBinDir> Open(Storage& storage, const std::string& dir, const TorchArchiveLimits& limits = {});
+  static Result<TorchBinDir> Open(Storage& storage, const std::string& dir,
+                                  const TorchArchiveLimits& limits = {});
 
   const std::string& dir() const { return dir_; }
   const std::optional<HfIndex>& index() const { return index_; }
@@ -130,7 +131,8 @@ struct TorchConvertStats {
 // output is staged beside `out_dir` and renamed into place when complete;
 // an existing `out_dir` is never touched.
 Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std::string& out_dir,
-                          const TorchConvertOptions& options = {}, TorchConvertStats* stats = nullptr);
+                          const TorchConvertOptions& options = {},
+                          TorchConvertStats* stats = nullptr);
 
 }  // namespace ckpt
 

@@ -28,7 +28,8 @@ class HostStaging final : public StagingMemory {
       Free();
       void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) {
-        return UnavailableError("staging: cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+        return UnavailableError("staging: cannot allocate " + std::to_string(bytes) +
+                                " bytes of host memory");
       }
       base_ = static_cast<std::byte*>(p);
       size_ = bytes;
@@ -71,7 +72,8 @@ class HostStaging final : public StagingMemory {
   // Runs fn over [0, n) split into one range per thread.
   template <typename Fn>
   void ForRanges(uint64_t n, Fn fn) {
-    const uint64_t parts = n < kParallelMin ? 1 : std::min<uint64_t>(threads_, n / (kParallelMin / 4));
+    const uint64_t parts =
+        n < kParallelMin ? 1 : std::min<uint64_t>(threads_, n / (kParallelMin / 4));
     if (parts <= 1) {
       fn(0, n);
       return;
@@ -98,8 +100,8 @@ class HostStaging final : public StagingMemory {
     const uint64_t esz = DTypeBits(j.dtype) / 8;
     const uint64_t e0 = (from + esz - 1) / esz, e1 = (to + esz - 1) / esz;
     if (e1 > e0) {
-      GatherElements(StridedLayout{c.shape.dims(), c.strides, esz}, c.data, j.offset / esz + e0, e1 - e0,
-                     j.dst.data() + e0 * esz);
+      GatherElements(StridedLayout{c.shape.dims(), c.strides, esz}, c.data, j.offset / esz + e0,
+                     e1 - e0, j.dst.data() + e0 * esz);
     }
   }
 

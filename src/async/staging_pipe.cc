@@ -107,7 +107,8 @@ Status StagingPipe::Produce() {
   return Status();
 }
 
-Result<uint64_t> StagingPipe::Allocate(uint64_t len, uint64_t chunk, std::unique_lock<std::mutex>& lock) {
+Result<uint64_t> StagingPipe::Allocate(uint64_t len, uint64_t chunk,
+                                       std::unique_lock<std::mutex>& lock) {
   for (;;) {
     if (finished_ && !finished_->ok()) return *finished_;
     // The save succeeded: what is left are pieces it skipped (replicas that
@@ -122,8 +123,10 @@ Result<uint64_t> StagingPipe::Allocate(uint64_t len, uint64_t chunk, std::unique
     std::optional<uint64_t> pos;
     if (head > tail) {
       // Free space: [head, end) and [0, tail).
-      if (head + len <= ring_.size()) pos = head;
-      else if (len <= tail) pos = 0;
+      if (head + len <= ring_.size())
+        pos = head;
+      else if (len <= tail)
+        pos = 0;
     } else if (head + len <= tail) {
       pos = head;  // wrapped: free space is [head, tail)
     }
@@ -136,13 +139,15 @@ Result<uint64_t> StagingPipe::Allocate(uint64_t len, uint64_t chunk, std::unique
 }
 
 Result<std::span<const std::byte>> StagingPipe::Next(ChunkRef ref) {
-  if (ref.tensor >= first_chunk_.size()) return InternalError("staging: no tensor " + std::to_string(ref.tensor));
+  if (ref.tensor >= first_chunk_.size())
+    return InternalError("staging: no tensor " + std::to_string(ref.tensor));
   const uint64_t want = first_chunk_[ref.tensor] + ref.chunk;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     // When the whole state fits, the writer starts after the last piece: on
     // few cores it would otherwise compete with the copy the caller waits for.
-    cv_.wait(lock, [&] { return (ready_ > handed_ && (!whole_ || produced_)) || !producer_error_.ok(); });
+    cv_.wait(lock,
+             [&] { return (ready_ > handed_ && (!whole_ || produced_)) || !producer_error_.ok(); });
     if (ready_ <= handed_) return producer_error_;
     const Region r = in_flight_[handed_];
     if (r.chunk == want) {

@@ -4,22 +4,21 @@
 
 #include <algorithm>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "async/staging_pipe.h"
 #include "async/worker.h"
+#include "checkpoint/checkpointer_impl.h"
+#include "checkpoint/export_layout.h"
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/log.h"
 #include "ckpt/s3.h"
 #include "ckpt/safetensors.h"
-#include "checkpoint/checkpointer_impl.h"
-#include "checkpoint/export_layout.h"
 #include "ckpt/staging.h"
 #include "core/strided.h"
 #include "engine/shard_dir.h"
@@ -36,9 +35,18 @@ constexpr std::string_view kConsolidateScript = "consolidate.sh";
 
 // Files of a Hugging Face model directory that travel with its weights.
 constexpr std::string_view kHfArtifactNames[] = {
-    "config.json",          "generation_config.json", "tokenizer.json",     "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model",     "vocab.json",         "merges.txt",
-    "added_tokens.json",    "chat_template.jinja",    "chat_template.json", "preprocessor_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
 };
 
 }  // namespace
@@ -52,7 +60,8 @@ StateDict FilterTensors(const StateDict& sd, const std::function<bool(const std:
 }
 
 bool Model::IsAdapterTensor(std::string_view fqn) const {
-  return fqn.find(".lora_A.") != std::string_view::npos || fqn.find(".lora_B.") != std::string_view::npos ||
+  return fqn.find(".lora_A.") != std::string_view::npos ||
+         fqn.find(".lora_B.") != std::string_view::npos ||
          fqn.find(".lora_magnitude_vector") != std::string_view::npos;
 }
 
@@ -73,8 +82,9 @@ Checkpointer::~Checkpointer() {
   }
 }
 
-Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingConfig& given, ParallelRanks ranks,
-                                                           Communicator& comm, std::shared_ptr<Storage> storage) {
+Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingConfig& given,
+                                                           ParallelRanks ranks, Communicator& comm,
+                                                           std::shared_ptr<Storage> storage) {
   // checkpoint_dir "s3://bucket/prefix" or "msc://profile/key": the object
   // store's backend, and the prefix inside it.
   CheckpointingConfig config = given;
@@ -86,19 +96,23 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingCo
   }
   CKPT_RETURN_IF_ERROR(ValidateConfig(config));
   if (ranks.dp < 0 || ranks.tp < 0 || ranks.pp < 0) {
-    return InvalidArgumentError("checkpointer: negative parallel rank (dp " + std::to_string(ranks.dp) + ", tp " +
-                                std::to_string(ranks.tp) + ", pp " + std::to_string(ranks.pp) + ")");
+    return InvalidArgumentError("checkpointer: negative parallel rank (dp " +
+                                std::to_string(ranks.dp) + ", tp " + std::to_string(ranks.tp) +
+                                ", pp " + std::to_string(ranks.pp) + ")");
   }
   if (ranks.ep && (*ranks.ep < 0 || ranks.ep_size < 1 || *ranks.ep >= ranks.ep_size)) {
     return InvalidArgumentError("checkpointer: expert-parallel rank " + std::to_string(*ranks.ep) +
                                 " is outside a group of " + std::to_string(ranks.ep_size));
   }
   if (storage == nullptr) return InvalidArgumentError("checkpointer: no storage");
-  std::unique_ptr<Checkpointer> c(new Checkpointer(std::make_unique<Impl>(config, ranks, comm, std::move(storage))));
+  std::unique_ptr<Checkpointer> c(
+      new Checkpointer(std::make_unique<Impl>(config, ranks, comm, std::move(storage))));
   if (config.enabled && config.save_consolidated == ConsolidationMode::kEvery && comm.rank() == 0) {
     Log(LogLevel::kWarning,
-        "save_consolidated = every: each save also writes a full Hugging Face copy of the model, which stops "
-        "training for as long as it takes; 'final' exports only the last checkpoint, and `sh consolidate.sh` in "
+        "save_consolidated = every: each save also writes a full Hugging Face copy of the model, "
+        "which stops "
+        "training for as long as it takes; 'final' exports only the last checkpoint, and `sh "
+        "consolidate.sh` in "
         "any checkpoint's model directory exports it later");
   }
   if (config.enabled && config.is_async) {
@@ -109,7 +123,8 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingCo
     // Thread ranks share this machine's cores; other ranks have their own.
     unsigned threads = 0;
     if (comm.kind() == "threads") {
-      threads = std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(comm.size()));
+      threads =
+          std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(comm.size()));
     }
     c->impl_->model_kind.memory = NewHostStagingMemory(threads);
     c->impl_->optim_kind.memory = NewHostStagingMemory(threads);
@@ -127,13 +142,16 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointingCo
 
 // ---------------------------------------------------------------- model
 
-Status Checkpointer::SaveModel(Model& model, const std::string& weights_path, const SaveModelOptions& options) {
+Status Checkpointer::SaveModel(Model& model, const std::string& weights_path,
+                               const SaveModelOptions& options) {
   if (!impl_->config.enabled) return Status();
-  if (impl_->closed) return FailedPreconditionError("saving into " + weights_path + ": the checkpointer is closed");
+  if (impl_->closed)
+    return FailedPreconditionError("saving into " + weights_path + ": the checkpointer is closed");
   const std::string model_dir = JoinPath(weights_path, "model");
   if (impl_->config.is_peft) {
     if (options.peft == nullptr) {
-      return InvalidArgumentError("saving " + model_dir + ": is_peft is set but no PEFT config was given");
+      return InvalidArgumentError("saving " + model_dir +
+                                  ": is_peft is set but no PEFT config was given");
     }
     return SaveAdapter(model, model_dir, *options.peft);
   }
@@ -142,18 +160,21 @@ Status Checkpointer::SaveModel(Model& model, const std::string& weights_path, co
   ConsolidateStats* stats = options.export_stats;
   const std::string base = impl_->base_model_dir;  // a copy for the background task
   if (impl_->worker) {
-    return SaveAsync(impl_->model_kind, model.state_dict(), weights_path, model_dir, [=, this](Communicator& c) {
-      return FinishModelSave(c, model_dir, base, extra, is_final, stats);
-    });
+    return SaveAsync(impl_->model_kind, model.state_dict(), weights_path, model_dir,
+                     [=, this](Communicator& c) {
+                       return FinishModelSave(c, model_dir, base, extra, is_final, stats);
+                     });
   }
   SaveOptions so;
   so.timeout = impl_->config.timeout;
-  CKPT_RETURN_IF_ERROR(SaveSharded(impl_->comm, *impl_->storage, model_dir, model.state_dict(), so));
+  CKPT_RETURN_IF_ERROR(
+      SaveSharded(impl_->comm, *impl_->storage, model_dir, model.state_dict(), so));
   return FinishModelSave(impl_->comm, model_dir, base, extra, is_final, stats);
 }
 
-Status Checkpointer::FinishModelSave(Communicator& comm, const std::string& model_dir, const std::string& base_model_dir,
-                                     const HfArtifacts& extra, bool is_final, ConsolidateStats* stats) {
+Status Checkpointer::FinishModelSave(Communicator& comm, const std::string& model_dir,
+                                     const std::string& base_model_dir, const HfArtifacts& extra,
+                                     bool is_final, ConsolidateStats* stats) {
   Status meta;
   if (comm.rank() == 0) meta = SaveHfMetadata(model_dir, base_model_dir, extra, is_final);
   CKPT_RETURN_IF_ERROR(AgreeOn(comm, meta, "writing the Hugging Face metadata of " + model_dir));
@@ -177,8 +198,9 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const std::str
   }
   for (const auto& [name, text] : extra) {
     if (!IsHfArtifactName(name)) {
-      return InvalidArgumentError("Hugging Face artifact '" + Printable(name) +
-                                  "': not a plain file name of an artifact kind, or a name ckpt reserves");
+      return InvalidArgumentError(
+          "Hugging Face artifact '" + Printable(name) +
+          "': not a plain file name of an artifact kind, or a name ckpt reserves");
     }
     artifacts[name] = text;
   }
@@ -196,27 +218,33 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const std::str
       Result<std::map<std::string, uint32_t>> files = FileMappingFromBase(st, base_model_dir);
       if (files.ok()) base.files = std::move(*files);
     } else {
-      Log(LogLevel::kWarning, "base model " + base_model_dir + " could not be read for its layout and dtypes: " +
-                                  dtypes.status().ToString());
+      Log(LogLevel::kWarning,
+          "base model " + base_model_dir +
+              " could not be read for its layout and dtypes: " + dtypes.status().ToString());
     }
   }
-  CKPT_ASSIGN_OR_RETURN(const ExportLayout layout,
-                        ComputeExportLayout(info.tensors, base, impl_->config.consolidated_max_shard_size));
+  CKPT_ASSIGN_OR_RETURN(
+      const ExportLayout layout,
+      ComputeExportLayout(info.tensors, base, impl_->config.consolidated_max_shard_size));
   json files(layout.files), dtypes(layout.dtypes);
-  CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(meta_dir, kFileMappingName), files.dump(2) + "\n"));
-  CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(meta_dir, kDtypeMappingName), dtypes.dump(2) + "\n"));
+  CKPT_RETURN_IF_ERROR(
+      WriteFileAtomically(st, JoinPath(meta_dir, kFileMappingName), files.dump(2) + "\n"));
+  CKPT_RETURN_IF_ERROR(
+      WriteFileAtomically(st, JoinPath(meta_dir, kDtypeMappingName), dtypes.dump(2) + "\n"));
   CKPT_RETURN_IF_ERROR(engine::AddSideFilesToManifest(st, model_dir));
-  CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(model_dir, kConsolidateScript),
-                                           ConsolidateScript(impl_->config.diffusers_compatible, base_model_dir)));
+  CKPT_RETURN_IF_ERROR(
+      WriteFileAtomically(st, JoinPath(model_dir, kConsolidateScript),
+                          ConsolidateScript(impl_->config.diffusers_compatible, base_model_dir)));
   const uint64_t total = layout.total_bytes;
 
   const bool inline_export =
       impl_->config.save_consolidated == ConsolidationMode::kEvery ||
       (impl_->config.save_consolidated == ConsolidationMode::kFinal && is_final);
   if (inline_export && total > kLargeConsolidationBytes) {
-    Log(LogLevel::kWarning, "inline consolidation of " + std::to_string(total >> 30) + " GiB in " + model_dir +
-                                ": the job holds its ranks while it runs; save_consolidated = never and "
-                                "`sh consolidate.sh` later frees them sooner");
+    Log(LogLevel::kWarning,
+        "inline consolidation of " + std::to_string(total >> 30) + " GiB in " + model_dir +
+            ": the job holds its ranks while it runs; save_consolidated = never and "
+            "`sh consolidate.sh` later frees them sooner");
   }
   if (!inline_export && is_final) {
     Log(LogLevel::kInfo, "final checkpoint saved without a Hugging Face export; run `sh " +
@@ -225,8 +253,8 @@ Status Checkpointer::SaveHfMetadata(const std::string& model_dir, const std::str
   return Status();
 }
 
-Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir, bool is_final,
-                                      ConsolidateStats* stats) {
+Status Checkpointer::MaybeConsolidate(Communicator& comm, const std::string& model_dir,
+                                      bool is_final, ConsolidateStats* stats) {
   const bool now = impl_->config.save_consolidated == ConsolidationMode::kEvery ||
                    (impl_->config.save_consolidated == ConsolidationMode::kFinal && is_final);
   if (!now) return Status();
@@ -255,7 +283,8 @@ Result<std::string> Checkpointer::ModelDirOf(const std::string& path) {
     // (model/ itself, consolidated/, a Hugging Face one) holds weights.
     const std::string inner = JoinPath(path, "model");
     Result<bool> nested = Exists(*impl_->storage, JoinPath(inner, kManifestName));
-    if (nested.ok() && !*nested) nested = Exists(*impl_->storage, JoinPath(inner, "adapter_model.safetensors"));
+    if (nested.ok() && !*nested)
+      nested = Exists(*impl_->storage, JoinPath(inner, "adapter_model.safetensors"));
     looked = nested.status();
     if (nested.ok() && *nested) dir = inner;
   }
@@ -264,8 +293,8 @@ Result<std::string> Checkpointer::ModelDirOf(const std::string& path) {
   return dir;
 }
 
-Status Checkpointer::LoadModel(Model& model, const std::string& path, const LoadModelOptions& options,
-                               LoadStats* stats) {
+Status Checkpointer::LoadModel(Model& model, const std::string& path,
+                               const LoadModelOptions& options, LoadStats* stats) {
   CKPT_ASSIGN_OR_RETURN(const std::string model_path, ModelDirOf(path));
   Status loaded;
   if (impl_->config.is_peft && !options.is_init_step) {
@@ -285,19 +314,22 @@ Status Checkpointer::LoadModel(Model& model, const std::string& path, const Load
     loaded = LoadSharded(impl_->comm, *impl_->storage, model_path, view, o, stats);
   }
   CKPT_RETURN_IF_ERROR(loaded);
-  if (stats != nullptr && impl_->comm.rank() == 0 && (!stats->missing_keys.empty() || !stats->unexpected_keys.empty())) {
+  if (stats != nullptr && impl_->comm.rank() == 0 &&
+      (!stats->missing_keys.empty() || !stats->unexpected_keys.empty())) {
     auto list = [](const std::vector<std::string>& v) {
       std::string s;
       for (size_t i = 0; i < v.size() && i < 10; ++i) s += (i ? ", " : "") + v[i];
       if (v.size() > 10) s += ", ... (" + std::to_string(v.size() - 10) + " more)";
       return s;
     };
-    Log(LogLevel::kInfo, "loaded " + model_path + ": " + std::to_string(stats->missing_keys.size()) +
-                             " missing key(s) kept their values [" + list(stats->missing_keys) + "], " +
-                             std::to_string(stats->unexpected_keys.size()) + " unexpected key(s) ignored [" +
-                             list(stats->unexpected_keys) + "]");
+    Log(LogLevel::kInfo, "loaded " + model_path + ": " +
+                             std::to_string(stats->missing_keys.size()) +
+                             " missing key(s) kept their values [" + list(stats->missing_keys) +
+                             "], " + std::to_string(stats->unexpected_keys.size()) +
+                             " unexpected key(s) ignored [" + list(stats->unexpected_keys) + "]");
   }
-  return Agree(model.ReinitNonPersistentBuffers(), "recomputing buffers after loading " + model_path);
+  return Agree(model.ReinitNonPersistentBuffers(),
+               "recomputing buffers after loading " + model_path);
 }
 
 Result<LoadStats> Checkpointer::LoadBaseModel(Model& model, const BaseModelOptions& options) {
@@ -306,12 +338,15 @@ Result<LoadStats> Checkpointer::LoadBaseModel(Model& model, const BaseModelOptio
   LoadStats stats;
   if (options.load) {
     CKPT_ASSIGN_OR_RETURN(impl_->base_model_dir, FindBaseModel(options));
-    CKPT_RETURN_IF_ERROR(LoadModel(model, impl_->base_model_dir, BaseLoadOptions(impl_->base_model_dir), &stats));
+    CKPT_RETURN_IF_ERROR(
+        LoadModel(model, impl_->base_model_dir, BaseLoadOptions(impl_->base_model_dir), &stats));
   }
   if (impl_->config.is_peft) {
-    CKPT_RETURN_IF_ERROR(Agree(model.InitPeftAdapters(options.peft_init_method), "initializing PEFT adapters"));
+    CKPT_RETURN_IF_ERROR(
+        Agree(model.InitPeftAdapters(options.peft_init_method), "initializing PEFT adapters"));
   }
-  if (!options.load) CKPT_RETURN_IF_ERROR(Agree(model.ReinitNonPersistentBuffers(), "recomputing buffers"));
+  if (!options.load)
+    CKPT_RETURN_IF_ERROR(Agree(model.ReinitNonPersistentBuffers(), "recomputing buffers"));
   return stats;
 }
 
@@ -327,7 +362,8 @@ Result<std::string> Checkpointer::FindBaseModel(const BaseModelOptions& options)
     found = r.status();
     if (r.ok()) dir = *r;
   }
-  CKPT_RETURN_IF_ERROR(Agree(found, "finding base model '" + name + "'" + (root.empty() ? "" : " in " + root)));
+  CKPT_RETURN_IF_ERROR(
+      Agree(found, "finding base model '" + name + "'" + (root.empty() ? "" : " in " + root)));
   CKPT_RETURN_IF_ERROR(impl_->comm.Broadcast(0, &dir, config.timeout));
   return dir;
 }
@@ -344,16 +380,19 @@ LoadModelOptions Checkpointer::BaseLoadOptions(const std::string& dir) {
   Result<std::string> cfg = ReadFileToString(*impl_->storage, config_path);
   if (cfg.ok()) {
     Result<json> j = ParseStrictJson(*cfg, config_path, 64);
-    if (j.ok() && j->is_object() && j->value("tie_word_embeddings", false) == true) o.load.tie_word_embeddings = true;
+    if (j.ok() && j->is_object() && j->value("tie_word_embeddings", false) == true)
+      o.load.tie_word_embeddings = true;
   }
   return o;
 }
 
 // ---------------------------------------------------------------- optimizer
 
-Status Checkpointer::SaveOptimizer(StateDict& optimizer, const std::string& weights_path, Stateful* scheduler) {
+Status Checkpointer::SaveOptimizer(StateDict& optimizer, const std::string& weights_path,
+                                   Stateful* scheduler) {
   if (!impl_->config.enabled) return Status();
-  if (impl_->closed) return FailedPreconditionError("saving into " + weights_path + ": the checkpointer is closed");
+  if (impl_->closed)
+    return FailedPreconditionError("saving into " + weights_path + ": the checkpointer is closed");
   StateDict sd;
   sd.tensors = optimizer.tensors;
   sd.json = optimizer.json;
@@ -364,13 +403,15 @@ Status Checkpointer::SaveOptimizer(StateDict& optimizer, const std::string& weig
     const std::byte* p = reinterpret_cast<const std::byte*>(s->data());
     sd.bytes[std::string(kSchedulerKey)] = std::vector<std::byte>(p, p + s->size());
   }
-  if (impl_->worker) return SaveAsync(impl_->optim_kind, sd, weights_path, JoinPath(weights_path, "optim"), nullptr);
+  if (impl_->worker)
+    return SaveAsync(impl_->optim_kind, sd, weights_path, JoinPath(weights_path, "optim"), nullptr);
   SaveOptions so;
   so.timeout = impl_->config.timeout;
   return SaveSharded(impl_->comm, *impl_->storage, JoinPath(weights_path, "optim"), sd, so);
 }
 
-Status Checkpointer::LoadOptimizer(StateDict& optimizer, const std::string& weights_path, Stateful* scheduler) {
+Status Checkpointer::LoadOptimizer(StateDict& optimizer, const std::string& weights_path,
+                                   Stateful* scheduler) {
   const std::string dir = JoinPath(weights_path, "optim");
   std::vector<std::byte> sched;
   const std::string key(kSchedulerKey);
@@ -403,42 +444,52 @@ Status Checkpointer::LoadStatefulFile(Stateful& state, const std::string& path) 
   return state.LoadState(*bytes).WithContext("restoring state from " + path);
 }
 
-Status Checkpointer::SaveOnDpRanks(Stateful& state, std::string_view name, const std::string& path) {
+Status Checkpointer::SaveOnDpRanks(Stateful& state, std::string_view name,
+                                   const std::string& path) {
   if (!impl_->config.enabled) return Status();
-  const std::string file = JoinPath(JoinPath(path, name), std::string(name) + "_dp_rank_" +
-                                                              std::to_string(impl_->ranks.dp) + ".state");
+  const std::string file =
+      JoinPath(JoinPath(path, name),
+               std::string(name) + "_dp_rank_" + std::to_string(impl_->ranks.dp) + ".state");
   Status local;
   if (impl_->ranks.tp == 0 && impl_->ranks.pp == 0) local = SaveStatefulFile(state, file);
   return Agree(local, "saving " + std::string(name) + " state");
 }
 
-Status Checkpointer::LoadOnDpRanks(Stateful& state, std::string_view name, const std::string& path) {
-  const std::string file = JoinPath(JoinPath(path, name), std::string(name) + "_dp_rank_" +
-                                                              std::to_string(impl_->ranks.dp) + ".state");
+Status Checkpointer::LoadOnDpRanks(Stateful& state, std::string_view name,
+                                   const std::string& path) {
+  const std::string file =
+      JoinPath(JoinPath(path, name),
+               std::string(name) + "_dp_rank_" + std::to_string(impl_->ranks.dp) + ".state");
   return Agree(LoadStatefulFile(state, file), "loading " + std::string(name) + " state");
 }
 
-Status Checkpointer::SaveOnGlobalRanks(Stateful& state, std::string_view name, const std::string& path) {
+Status Checkpointer::SaveOnGlobalRanks(Stateful& state, std::string_view name,
+                                       const std::string& path) {
   if (!impl_->config.enabled) return Status();
-  const std::string file = JoinPath(JoinPath(path, name), std::string(name) + "_global_rank_" +
-                                                              std::to_string(impl_->comm.rank()) + ".state");
+  const std::string file =
+      JoinPath(JoinPath(path, name),
+               std::string(name) + "_global_rank_" + std::to_string(impl_->comm.rank()) + ".state");
   return Agree(SaveStatefulFile(state, file), "saving " + std::string(name) + " state");
 }
 
-Status Checkpointer::LoadOnGlobalRanks(Stateful& state, std::string_view name, const std::string& path) {
-  const std::string file = JoinPath(JoinPath(path, name), std::string(name) + "_global_rank_" +
-                                                              std::to_string(impl_->comm.rank()) + ".state");
+Status Checkpointer::LoadOnGlobalRanks(Stateful& state, std::string_view name,
+                                       const std::string& path) {
+  const std::string file =
+      JoinPath(JoinPath(path, name),
+               std::string(name) + "_global_rank_" + std::to_string(impl_->comm.rank()) + ".state");
   return Agree(LoadStatefulFile(state, file), "loading " + std::string(name) + " state");
 }
 
-Status Checkpointer::SaveDistributedState(const StateDict& state, std::string_view name, const std::string& path) {
+Status Checkpointer::SaveDistributedState(const StateDict& state, std::string_view name,
+                                          const std::string& path) {
   if (!impl_->config.enabled) return Status();
   SaveOptions so;
   so.timeout = impl_->config.timeout;
   return SaveSharded(impl_->comm, *impl_->storage, JoinPath(path, name), state, so);
 }
 
-Status Checkpointer::LoadDistributedState(StateDict& state, std::string_view name, const std::string& path) {
+Status Checkpointer::LoadDistributedState(StateDict& state, std::string_view name,
+                                          const std::string& path) {
   LoadOptions o;
   o.timeout = impl_->config.timeout;
   return LoadSharded(impl_->comm, *impl_->storage, JoinPath(path, name), state, o);
@@ -446,16 +497,19 @@ Status Checkpointer::LoadDistributedState(StateDict& state, std::string_view nam
 
 // ---------------------------------------------------------------- background work
 
-Status Checkpointer::SaveAsync(AsyncKind& kind, const StateDict& sd, const std::string& weights_path,
-                               const std::string& dir, std::function<Status(Communicator&)> then) {
-  if (impl_->closed) return FailedPreconditionError("saving " + dir + ": the checkpointer is closed");
+Status Checkpointer::SaveAsync(AsyncKind& kind, const StateDict& sd,
+                               const std::string& weights_path, const std::string& dir,
+                               std::function<Status(Communicator&)> then) {
+  if (impl_->closed)
+    return FailedPreconditionError("saving " + dir + ": the checkpointer is closed");
   // One save of a kind in flight: the previous one completes first (its
   // staging memory is reused), and its failure is returned here.
   CKPT_RETURN_IF_ERROR(WaitForKind(kind));
   // The writer reads only shapes and offsets from this copy; the bytes come
   // through the pipe while the caller's tensors are unchanged.
   auto copy = std::make_shared<StateDict>(sd);
-  auto pipe = std::make_shared<async::StagingPipe>(*kind.memory, *copy, impl_->config.staging_budget);
+  auto pipe =
+      std::make_shared<async::StagingPipe>(*kind.memory, *copy, impl_->config.staging_budget);
   Communicator* bg = impl_->bg_comm.get();
   Storage* st = impl_->storage.get();
   const Timeout to = impl_->config.timeout;

@@ -1,9 +1,8 @@
 // CheckpointingConfig: parsing and validation.
 #include <cmath>
 #include <map>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "ckpt/checkpointer.h"
 #include "ckpt/consolidate.h"
@@ -40,30 +39,35 @@ Result<ConsolidationMode> ParseConsolidationMode(std::string_view text) {
 
 std::string_view ConsolidationModeName(ConsolidationMode mode) {
   switch (mode) {
-    case ConsolidationMode::kNever: return "never";
-    case ConsolidationMode::kFinal: return "final";
-    case ConsolidationMode::kEvery: return "every";
+    case ConsolidationMode::kNever:
+      return "never";
+    case ConsolidationMode::kFinal:
+      return "final";
+    case ConsolidationMode::kEvery:
+      return "every";
   }
   return "?";
 }
 
 Status ValidateConfig(const CheckpointingConfig& c) {
   if (!c.enabled) return Status();
-  if (c.checkpoint_dir.empty()) return FieldError("checkpoint_dir", "''", "a directory is required");
+  if (c.checkpoint_dir.empty())
+    return FieldError("checkpoint_dir", "''", "a directory is required");
   if (c.model_save_format == "torch_save") {
     return FieldError("model_save_format", "'torch_save'",
                       "ckpt writes the DCP Hugging Face layout only; use 'safetensors'");
   }
   if (c.model_save_format != "safetensors") {
-    return FieldError("model_save_format", "'" + Printable(c.model_save_format) + "'", "expected 'safetensors'");
+    return FieldError("model_save_format", "'" + Printable(c.model_save_format) + "'",
+                      "expected 'safetensors'");
   }
   if (c.max_recent_checkpoints && *c.max_recent_checkpoints <= 0) {
     return FieldError("max_recent_checkpoints", std::to_string(*c.max_recent_checkpoints),
                       "must be at least 1 (leave it unset to keep every checkpoint)");
   }
   if (c.consolidation_timeout.count() <= 0) {
-    return FieldError("consolidation_timeout", std::to_string(c.consolidation_timeout.count()) + " ms",
-                      "must be positive");
+    return FieldError("consolidation_timeout",
+                      std::to_string(c.consolidation_timeout.count()) + " ms", "must be positive");
   }
   if (c.timeout.count() <= 0) {
     return FieldError("timeout", std::to_string(c.timeout.count()) + " ms", "must be positive");
@@ -76,12 +80,14 @@ Status ValidateConfig(const CheckpointingConfig& c) {
                       "must be 0 (the whole state) or at least 1 MiB");
   }
   if (c.is_peft && c.save_consolidated != ConsolidationMode::kNever) {
-    return FieldError("save_consolidated", "'" + std::string(ConsolidationModeName(c.save_consolidated)) + "'",
+    return FieldError("save_consolidated",
+                      "'" + std::string(ConsolidationModeName(c.save_consolidated)) + "'",
                       "PEFT runs save an adapter, which is never consolidated; use 'never'");
   }
   if (c.best_metric_key.empty()) return FieldError("best_metric_key", "''", "must name a metric");
   for (const std::string& p : c.skip_task_head_prefixes_for_base_model) {
-    if (p.empty()) return FieldError("skip_task_head_prefixes_for_base_model", "''", "empty prefix");
+    if (p.empty())
+      return FieldError("skip_task_head_prefixes_for_base_model", "''", "empty prefix");
   }
   return Status();
 }
@@ -101,7 +107,8 @@ Status WantString(const std::string& k, const json& v, std::string* out) {
 }
 
 Status WantSeconds(const std::string& k, const json& v, Timeout* out) {
-  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() <= 0 || v.get<double>() > 1e9) {
+  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() <= 0 ||
+      v.get<double>() > 1e9) {
     return FieldError(k, v.dump(), "expected a positive number of seconds");
   }
   *out = Timeout(static_cast<int64_t>(v.get<double>() * 1000));
@@ -128,7 +135,8 @@ Status ParseOtherField(const std::string& k, const json& v, CheckpointingConfig&
       c.save_consolidated = v.get<bool>() ? ConsolidationMode::kEvery : ConsolidationMode::kNever;
       return Status();
     }
-    if (!v.is_string()) return FieldError(k, v.dump(), "expected never, final or every (or a boolean)");
+    if (!v.is_string())
+      return FieldError(k, v.dump(), "expected never, final or every (or a boolean)");
     CKPT_ASSIGN_OR_RETURN(c.save_consolidated, ParseConsolidationMode(v.get<std::string>()));
     return Status();
   }
@@ -138,7 +146,8 @@ Status ParseOtherField(const std::string& k, const json& v, CheckpointingConfig&
     } else if (v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= 1000000) {
       c.max_recent_checkpoints = static_cast<int>(v.get<int64_t>());
     } else {
-      return FieldError(k, v.dump(), "must be an integer of at least 1 (or null to keep every checkpoint)");
+      return FieldError(k, v.dump(),
+                        "must be an integer of at least 1 (or null to keep every checkpoint)");
     }
     return Status();
   }
@@ -176,10 +185,11 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
       {"model_repo_id", {&c.model_repo_id, true}},
       {"staging_dir", {&c.staging_dir, true}},
       {"best_metric_key", {&c.best_metric_key, false}}};
-  const std::map<std::string_view, Timeout*> seconds = {{"consolidation_timeout_s", &c.consolidation_timeout},
-                                                        {"timeout_s", &c.timeout}};
-  const std::map<std::string_view, uint64_t*> sizes = {{"staging_budget", &c.staging_budget},
-                                                       {"consolidated_max_shard_size", &c.consolidated_max_shard_size}};
+  const std::map<std::string_view, Timeout*> seconds = {
+      {"consolidation_timeout_s", &c.consolidation_timeout}, {"timeout_s", &c.timeout}};
+  const std::map<std::string_view, uint64_t*> sizes = {
+      {"staging_budget", &c.staging_budget},
+      {"consolidated_max_shard_size", &c.consolidated_max_shard_size}};
   for (const auto& [k, v] : j.items()) {
     Status s;
     bool known = true;
@@ -194,7 +204,8 @@ Result<CheckpointingConfig> ParseCheckpointingConfig(std::string_view json_text)
     } else {
       s = ParseOtherField(k, v, c, &known);
     }
-    if (!known) return InvalidArgumentError("checkpoint config: unknown field '" + Printable(k) + "'");
+    if (!known)
+      return InvalidArgumentError("checkpoint config: unknown field '" + Printable(k) + "'");
     CKPT_RETURN_IF_ERROR(s);
   }
   CKPT_RETURN_IF_ERROR(ValidateConfig(c));

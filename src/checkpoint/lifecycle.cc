@@ -10,18 +10,17 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "async/worker.h"
 #include "checkpoint/checkpointer_impl.h"
 #include "ckpt/checkpointer.h"
 #include "ckpt/log.h"
 #include "core/encoding.h"
-#include "io/staged_dir.h"
 #include "format/json_util.h"
+#include "io/staged_dir.h"
 
 namespace ckpt {
 namespace {
@@ -70,7 +69,8 @@ Result<std::vector<Entry>> ListCheckpoints(Storage& storage, const std::string& 
   }
   for (const DirEntry& e : *entries) {
     Entry c{e.name, 0, 0, false};
-    if (e.type != EntryType::kDirectory || !ParseCheckpointName(e.name, &c.epoch, &c.step)) continue;
+    if (e.type != EntryType::kDirectory || !ParseCheckpointName(e.name, &c.epoch, &c.step))
+      continue;
     CKPT_ASSIGN_OR_RETURN(c.complete, IsComplete(storage, JoinPath(root, e.name)));
     out.push_back(std::move(c));
   }
@@ -80,7 +80,8 @@ Result<std::vector<Entry>> ListCheckpoints(Storage& storage, const std::string& 
 
 // The checkpoint name a pointer holds: the LATEST symlink's target, else the
 // first line of LATEST.txt. nullopt when neither exists or holds a name.
-Result<std::optional<std::string>> ReadPointer(Storage& storage, const std::string& root, std::string_view name) {
+Result<std::optional<std::string>> ReadPointer(Storage& storage, const std::string& root,
+                                               std::string_view name) {
   const std::string link = JoinPath(root, name);
   Result<std::string> target = storage.ReadLink(link);
   std::string value;
@@ -104,7 +105,8 @@ Result<std::optional<std::string>> ReadPointer(Storage& storage, const std::stri
 
 // Points `name` at checkpoint `target`: a relative symlink swapped in by
 // rename; where links are unavailable, `name`.txt replaced atomically.
-Status UpdatePointer(Storage& storage, const std::string& root, std::string_view name, const std::string& target) {
+Status UpdatePointer(Storage& storage, const std::string& root, std::string_view name,
+                     const std::string& target) {
   const std::string link = JoinPath(root, name);
   const std::string tmp = JoinPath(root, "." + std::string(name) + ".tmp-" + RandomToken());
   Status linked = storage.Symlink(target, tmp);
@@ -136,7 +138,8 @@ Status RemoveCheckpoint(Storage& storage, const std::string& root, const std::st
     CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(dir, kIncompleteMarker), ""));
     CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
     for (const DirEntry& e : entries) {
-      if (e.name != kIncompleteMarker) CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(dir, e.name)));
+      if (e.name != kIncompleteMarker)
+        CKPT_RETURN_IF_ERROR(RemoveAll(storage, JoinPath(dir, e.name)));
     }
     return RemoveAll(storage, dir);
   }
@@ -150,7 +153,8 @@ Status RemoveCheckpoint(Storage& storage, const std::string& root, const std::st
 // checkpoints, temporary pointer links.
 bool IsLeftover(std::string_view name) {
   if (name.empty() || name[0] != '.') return false;
-  return name.find(".tmp-") != std::string_view::npos || name.find(".trash-") != std::string_view::npos;
+  return name.find(".tmp-") != std::string_view::npos ||
+         name.find(".trash-") != std::string_view::npos;
 }
 
 }  // namespace
@@ -181,7 +185,9 @@ Result<std::optional<std::string>> FindLatestCheckpoint(Storage& storage, const 
   return std::optional<std::string>();
 }
 
-Status Checkpointer::Agree(const Status& local, std::string_view what) { return AgreeOn(impl_->comm, local, what); }
+Status Checkpointer::Agree(const Status& local, std::string_view what) {
+  return AgreeOn(impl_->comm, local, what);
+}
 
 Status Checkpointer::AgreeOn(Communicator& comm, const Status& local, std::string_view what) {
   return comm.AgreeOnStatus(local, impl_->config.timeout).WithContext(std::string(what));
@@ -189,8 +195,8 @@ Status Checkpointer::AgreeOn(Communicator& comm, const Status& local, std::strin
 
 Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
   if (epoch < 0 || step < 0) {
-    return InvalidArgumentError("reserving a checkpoint: epoch " + std::to_string(epoch) + " and step " +
-                                std::to_string(step) + " must not be negative");
+    return InvalidArgumentError("reserving a checkpoint: epoch " + std::to_string(epoch) +
+                                " and step " + std::to_string(step) + " must not be negative");
   }
   const std::string& root = impl_->config.checkpoint_dir;
   const std::string name = CheckpointName(epoch, step);
@@ -202,14 +208,16 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
       std::lock_guard<std::mutex> lock(impl_->root_mu);
       Storage& st = *impl_->storage;
       if (impl_->worker && IsPending(path)) {
-        return FailedPreconditionError("reserving " + path + ": a background save into it is still running");
+        return FailedPreconditionError("reserving " + path +
+                                       ": a background save into it is still running");
       }
       CKPT_RETURN_IF_ERROR(st.MakeDirs(root));
       CKPT_ASSIGN_OR_RETURN(bool exists, Exists(st, path));
       if (exists) {
         CKPT_ASSIGN_OR_RETURN(bool complete, IsComplete(st, path));
         if (complete) {
-          return AlreadyExistsError("checkpoint " + path + " is already published; it is never overwritten");
+          return AlreadyExistsError("checkpoint " + path +
+                                    " is already published; it is never overwritten");
         }
         CKPT_RETURN_IF_ERROR(RemoveCheckpoint(st, root, name));
       }
@@ -249,9 +257,11 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
   return path;
 }
 
-Status Checkpointer::Publish(const std::string& weights_path, const std::map<std::string, double>& metrics) {
+Status Checkpointer::Publish(const std::string& weights_path,
+                             const std::map<std::string, double>& metrics) {
   if (!impl_->config.enabled) return Status();
-  if (impl_->closed) return FailedPreconditionError("publishing " + weights_path + ": the checkpointer is closed");
+  if (impl_->closed)
+    return FailedPreconditionError("publishing " + weights_path + ": the checkpointer is closed");
   if (!impl_->worker) return PublishOn(impl_->comm, weights_path, metrics);
   // After this directory's background saves, on the background thread: a
   // checkpoint is published only once everything in it is durable.
@@ -259,14 +269,16 @@ Status Checkpointer::Publish(const std::string& weights_path, const std::map<std
   std::vector<uint64_t> saves = impl_->pending[weights_path];
   async::Worker* worker = impl_->worker.get();
   Communicator* bg = impl_->bg_comm.get();
-  const uint64_t ticket = impl_->worker->Submit([this, worker, bg, saves, weights_path, metrics]() -> Status {
-    for (uint64_t t : saves) {
-      if (worker->Failed(t)) {
-        return FailedPreconditionError("not publishing " + weights_path + ": a save into it failed");
-      }
-    }
-    return PublishOn(*bg, weights_path, metrics);
-  });
+  const uint64_t ticket =
+      impl_->worker->Submit([this, worker, bg, saves, weights_path, metrics]() -> Status {
+        for (uint64_t t : saves) {
+          if (worker->Failed(t)) {
+            return FailedPreconditionError("not publishing " + weights_path +
+                                           ": a save into it failed");
+          }
+        }
+        return PublishOn(*bg, weights_path, metrics);
+      });
   impl_->pending[weights_path].push_back(ticket);
   return Status();
 }
@@ -291,17 +303,21 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
       const std::string marker = JoinPath(weights_path, kIncompleteMarker);
       CKPT_ASSIGN_OR_RETURN(bool reserved, Exists(st, marker));
       if (!reserved) {
-        return FailedPreconditionError(weights_path + " was not reserved or is already published (no " +
+        return FailedPreconditionError(weights_path +
+                                       " was not reserved or is already published (no " +
                                        std::string(kIncompleteMarker) + ")");
       }
       if (!metrics.empty()) {
         json j = json::object();
         for (const auto& [k, v] : metrics) j[k] = std::isfinite(v) ? json(v) : json(nullptr);
-        CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(weights_path, "losses.json"), j.dump(2) + "\n"));
+        CKPT_RETURN_IF_ERROR(
+            WriteFileAtomically(st, JoinPath(weights_path, "losses.json"), j.dump(2) + "\n"));
       }
       CKPT_RETURN_IF_ERROR(st.SyncDir(weights_path));
-      CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_latest, ReadPointer(st, root, kLatestName));
-      CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_best, ReadPointer(st, root, kLowestValName));
+      CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_latest,
+                            ReadPointer(st, root, kLatestName));
+      CKPT_ASSIGN_OR_RETURN(std::optional<std::string> previous_best,
+                            ReadPointer(st, root, kLowestValName));
       // LATEST moves first, while the checkpoint is still marked (readers
       // skip a LATEST whose target is incomplete); the commit point is the
       // marker's removal. So no complete checkpoint is ever newer than the
@@ -319,7 +335,8 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
         if (previous_best && *previous_best != name) {
           const std::string losses = JoinPath(JoinPath(root, *previous_best), "losses.json");
           CKPT_ASSIGN_OR_RETURN(bool complete, IsComplete(st, JoinPath(root, *previous_best)));
-          Result<std::string> text = complete ? ReadFileToString(st, losses) : Result<std::string>(std::string());
+          Result<std::string> text =
+              complete ? ReadFileToString(st, losses) : Result<std::string>(std::string());
           if (!text.ok() && text.status().code() != StatusCode::kNotFound) return text.status();
           if (text.ok() && !text->empty()) {
             Result<json> j = ParseStrictJson(*text, losses, 4);
@@ -341,7 +358,8 @@ Status Checkpointer::PublishOn(Communicator& comm, const std::string& weights_pa
       // Housekeeping: a failure to remove old checkpoints leaves them for the
       // next publish; the new checkpoint stands.
       Status kept = ApplyRetention();
-      if (!kept.ok()) Log(LogLevel::kWarning, "retention in " + root + " failed: " + kept.ToString());
+      if (!kept.ok())
+        Log(LogLevel::kWarning, "retention in " + root + " failed: " + kept.ToString());
       return Status();
     }();
   }
@@ -372,11 +390,13 @@ Result<std::optional<std::string>> Checkpointer::FindLatest() {
   std::string found;
   Status local;
   if (impl_->comm.rank() == 0) {
-    Result<std::optional<std::string>> r = FindLatestCheckpoint(*impl_->storage, impl_->config.checkpoint_dir);
+    Result<std::optional<std::string>> r =
+        FindLatestCheckpoint(*impl_->storage, impl_->config.checkpoint_dir);
     local = r.status();
     if (r.ok() && *r) found = "+" + **r;
   }
-  CKPT_RETURN_IF_ERROR(Agree(local, "finding the latest checkpoint in " + impl_->config.checkpoint_dir));
+  CKPT_RETURN_IF_ERROR(
+      Agree(local, "finding the latest checkpoint in " + impl_->config.checkpoint_dir));
   CKPT_RETURN_IF_ERROR(impl_->comm.Broadcast(0, &found, impl_->config.timeout));
   if (found.empty()) return std::optional<std::string>();
   return std::optional<std::string>(found.substr(1));
@@ -385,7 +405,8 @@ Result<std::optional<std::string>> Checkpointer::FindLatest() {
 Status Checkpointer::SaveConfig(std::string_view yaml, const std::string& weights_path) {
   if (!impl_->config.enabled) return Status();
   Status local;
-  if (impl_->comm.rank() == 0) local = WriteFileAtomically(*impl_->storage, JoinPath(weights_path, "config.yaml"), yaml);
+  if (impl_->comm.rank() == 0)
+    local = WriteFileAtomically(*impl_->storage, JoinPath(weights_path, "config.yaml"), yaml);
   return Agree(local, "saving config.yaml in " + weights_path);
 }
 

@@ -78,10 +78,10 @@ struct DemoOptions {
   int steps = 8;
   int save_every = 3;
   uint64_t seed = 1;
-  std::string dir;       // keep everything here (default: a temporary directory)
+  std::string dir;  // keep everything here (default: a temporary directory)
   bool json = false;
   bool mpi = false;
-  std::string phase;     // with --mpi: train | resume
+  std::string phase;  // with --mpi: train | resume
 };
 int RunDemo(const DemoOptions& opts);
 

@@ -34,16 +34,19 @@ int RunConvert(const ConvertOptions& opts) {
   o.max_shard_size = *size;
   MoeConvertStats stats;
   Status s = ConvertMoeDir(*PosixStorage(), opts.in, opts.out, *adapter,
-                           opts.to == "grouped" ? MoeDirection::kToGrouped : MoeDirection::kToHf, o, &stats);
+                           opts.to == "grouped" ? MoeDirection::kToGrouped : MoeDirection::kToHf, o,
+                           &stats);
   if (!s.ok()) {
     std::fprintf(stderr, "ckpt convert: %s\n", s.ToString().c_str());
     return 1;
   }
-  std::printf("converted %llu tensors into %llu (%s, %u file%s) in %s; one expert projection %s, largest "
-              "buffer per expert %s\n",
-              static_cast<unsigned long long>(stats.tensors_in), static_cast<unsigned long long>(stats.tensors_out),
-              HumanBytes(stats.bytes).c_str(), stats.files, stats.files == 1 ? "" : "s", opts.out.c_str(),
-              HumanBytes(stats.largest_expert).c_str(), HumanBytes(stats.peak_transient).c_str());
+  std::printf(
+      "converted %llu tensors into %llu (%s, %u file%s) in %s; one expert projection %s, largest "
+      "buffer per expert %s\n",
+      static_cast<unsigned long long>(stats.tensors_in),
+      static_cast<unsigned long long>(stats.tensors_out), HumanBytes(stats.bytes).c_str(),
+      stats.files, stats.files == 1 ? "" : "s", opts.out.c_str(),
+      HumanBytes(stats.largest_expert).c_str(), HumanBytes(stats.peak_transient).c_str());
   return 0;
 }
 

@@ -21,12 +21,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "checkpoint/synthetic_trainer.h"
 #include "ckpt/checkpointer.h"
@@ -41,7 +40,9 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -97,10 +98,13 @@ std::string LlamaConfig(const DemoOptions& o) {
 // enter the arithmetic, so a resumed run matches whatever the layout.
 class Rng : public Stateful {
  public:
-  Rng(uint64_t seed, int rank) : seed_(synthetic::Mix(seed ^ synthetic::Mix(static_cast<uint64_t>(rank)))) {}
+  Rng(uint64_t seed, int rank)
+      : seed_(synthetic::Mix(seed ^ synthetic::Mix(static_cast<uint64_t>(rank)))) {}
   void Advance() { ++offset_; }
   uint64_t offset() const { return offset_; }
-  Result<std::string> SaveState() override { return json({{"seed", seed_}, {"offset", offset_}}).dump(); }
+  Result<std::string> SaveState() override {
+    return json({{"seed", seed_}, {"offset", offset_}}).dump();
+  }
   Status LoadState(std::string_view s) override {
     json j = json::parse(s, nullptr, false);
     if (!j.is_object() || !j["seed"].is_number_unsigned() || !j["offset"].is_number_unsigned()) {
@@ -199,15 +203,18 @@ int CrashStep(const DemoOptions& o) { return (o.steps - 1) / o.save_every * o.sa
 
 // Whether <dir>/rng holds one state per rank of this job, no more, no less.
 Result<bool> SameWorldAsSaved(Communicator& comm, const std::string& dir) {
-  auto file = [&](int rank) { return JoinPath(JoinPath(dir, "rng"), "rng_global_rank_" + std::to_string(rank) + ".state"); };
+  auto file = [&](int rank) {
+    return JoinPath(JoinPath(dir, "rng"), "rng_global_rank_" + std::to_string(rank) + ".state");
+  };
   CKPT_ASSIGN_OR_RETURN(bool last, Exists(*PosixStorage(), file(comm.size() - 1)));
   CKPT_ASSIGN_OR_RETURN(bool beyond, Exists(*PosixStorage(), file(comm.size())));
   return last && !beyond;
 }
 
 // The first job. `die` runs once every rank has staged the crash step's save.
-Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
-                  Progress& out, Measured* m, const std::function<void()>& die) {
+Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<ParamSpec>& specs,
+                  const std::string& root, Progress& out, Measured* m,
+                  const std::function<void()>& die) {
   DemoModel model(specs, comm.rank(), comm.size(), o.seed);
   CKPT_ASSIGN_OR_RETURN(auto ck, Checkpointer::Create(DemoConfig(root), {.dp = comm.rank()}, comm));
   const std::string tag = "[train · " + std::to_string(comm.size()) + " ranks] ";
@@ -215,8 +222,9 @@ Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Pa
   for (int step = 1; step <= crash; ++step) {
     auto t = Clock::now();
     model.TrainStep();
-    if (comm.rank() == 0) out.Say(tag + "step " + std::to_string(step) + "/" + std::to_string(o.steps) + " (" +
-                                  std::to_string(static_cast<int>(Since(t) * 1000)) + " ms)");
+    if (comm.rank() == 0)
+      out.Say(tag + "step " + std::to_string(step) + "/" + std::to_string(o.steps) + " (" +
+              std::to_string(static_cast<int>(Since(t) * 1000)) + " ms)");
     if (step % o.save_every != 0) continue;
     CKPT_ASSIGN_OR_RETURN(std::string dir, ck->Reserve(0, step));
     SaveModelOptions so;
@@ -245,7 +253,8 @@ Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Pa
     if (comm.rank() == 0) {
       m->background.push_back(Since(t1));
       out.Say(tag + "step " + std::to_string(step) + " durable and published after " +
-              std::to_string(static_cast<int>(m->background.back() * 1000)) + " ms in the background");
+              std::to_string(static_cast<int>(m->background.back() * 1000)) +
+              " ms in the background");
     }
   }
   return Status();
@@ -253,9 +262,10 @@ Status TrainPhase(Communicator& comm, const DemoOptions& o, const std::vector<Pa
 
 // The second job: resume, finish, save the final checkpoint with its export,
 // compare, verify.
-Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
-                   Progress& out, Measured* m) {
-  DemoModel model(specs, comm.rank(), comm.size(), o.seed + 1);  // other values: the load must replace them
+Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<ParamSpec>& specs,
+                   const std::string& root, Progress& out, Measured* m) {
+  DemoModel model(specs, comm.rank(), comm.size(),
+                  o.seed + 1);  // other values: the load must replace them
   CKPT_ASSIGN_OR_RETURN(auto ck, Checkpointer::Create(DemoConfig(root), {.dp = comm.rank()}, comm));
   const std::string tag = "[resume · " + std::to_string(comm.size()) + " ranks] ";
   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, ck->FindLatest());
@@ -283,7 +293,8 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<P
   }
   for (int step = from + 1; step <= o.steps; ++step) {
     model.TrainStep();
-    if (comm.rank() == 0) out.Say(tag + "step " + std::to_string(step) + "/" + std::to_string(o.steps));
+    if (comm.rank() == 0)
+      out.Say(tag + "step " + std::to_string(step) + "/" + std::to_string(o.steps));
   }
   // The final checkpoint, with the export for the world in model/consolidated/.
   CKPT_ASSIGN_OR_RETURN(std::string dir, ck->Reserve(0, o.steps));
@@ -303,9 +314,11 @@ Status ResumePhase(Communicator& comm, const DemoOptions& o, const std::vector<P
   for (int step = 1; step <= o.steps; ++step) reference.TrainStep();
   const std::string diff = model.Diff(reference);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(
-      diff.empty() ? Status() : DataLossError("resumed run differs from the uninterrupted one: " + diff),
+      diff.empty() ? Status()
+                   : DataLossError("resumed run differs from the uninterrupted one: " + diff),
       std::chrono::minutes(5)));
-  if (comm.rank() == 0) out.Say(tag + "weights and Adam moments match an uninterrupted run bit for bit");
+  if (comm.rank() == 0)
+    out.Say(tag + "weights and Adam moments match an uninterrupted run bit for bit");
 
   const std::string hf = JoinPath(JoinPath(dir, "model"), "consolidated");
   Status verified;
@@ -352,7 +365,9 @@ Status RunThreads(int n, const std::function<Status(Communicator&)>& fn) {
   auto comms = NewThreadCommunicators(n);
   std::vector<Status> out(static_cast<size_t>(n));
   std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back(
+        [&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
   for (auto& t : threads) t.join();
   for (const Status& s : out) {
     if (!s.ok()) return s;
@@ -361,7 +376,9 @@ Status RunThreads(int n, const std::function<Status(Communicator&)>& fn) {
 }
 
 json MeasuredJson(const Measured& m) {
-  return {{"blocked", m.blocked}, {"background", m.background}, {"staged_bytes", m.staged_bytes},
+  return {{"blocked", m.blocked},
+          {"background", m.background},
+          {"staged_bytes", m.staged_bytes},
           {"crash_step", m.crash_step}};
 }
 void FromJson(const json& j, Measured* m) {
@@ -371,7 +388,8 @@ void FromJson(const json& j, Measured* m) {
   m->crash_step = j.value("crash_step", 0);
 }
 
-int Report(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root, const Measured& m) {
+int Report(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
+           const Measured& m) {
   uint64_t params = 0;
   for (const ParamSpec& s : specs) {
     uint64_t n = 1;
@@ -399,48 +417,65 @@ int Report(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std:
     return std::string(b);
   };
   std::vector<Row> rows = {
-      {"model (bf16, " + std::to_string(params / 1000000) + "M parameters)", Mib(model_bytes), "-", 0},
+      {"model (bf16, " + std::to_string(params / 1000000) + "M parameters)", Mib(model_bytes), "-",
+       0},
       {"optimizer state (f32 exp_avg + exp_avg_sq)", Mib(optim_bytes), "-", 0},
       {"first async save: training blocked", secs(m.blocked.empty() ? 0 : m.blocked[0]), "-", 0},
-      {"later async saves: training blocked", secs(block), secs(memcpy_stage) + " memcpy", block / memcpy_stage},
-      {"background write + fsync + publish", secs(background), secs(dd_save) + " dd fsync", background / dd_save},
+      {"later async saves: training blocked", secs(block), secs(memcpy_stage) + " memcpy",
+       block / memcpy_stage},
+      {"background write + fsync + publish", secs(background), secs(dd_save) + " dd fsync",
+       background / dd_save},
       {"resume load on " + std::to_string(o.resume_ranks) + " ranks", secs(m.load_s),
        secs(memcpy_load) + " memcpy", m.load_s / memcpy_load},
       {"consolidated HF export (" + Mib(m.consolidated_bytes) + ")", secs(m.consolidate_s),
        secs(dd_export) + " dd fsync", m.consolidate_s / dd_export},
   };
   if (o.json) {
-    json j = {{"ranks", o.ranks}, {"resume_ranks", o.resume_ranks}, {"steps", o.steps},
-              {"crashed_at_step", m.crash_step}, {"resumed_from", m.resumed_from}, {"bit_exact", true},
+    json j = {{"ranks", o.ranks},
+              {"resume_ranks", o.resume_ranks},
+              {"steps", o.steps},
+              {"crashed_at_step", m.crash_step},
+              {"resumed_from", m.resumed_from},
+              {"bit_exact", true},
               {"rows", json::array()}};
     for (const Row& r : rows) {
-      j["rows"].push_back({{"what", r.what}, {"figure", r.figure}, {"reference", r.reference},
+      j["rows"].push_back({{"what", r.what},
+                           {"figure", r.figure},
+                           {"reference", r.reference},
                            {"ratio", r.ratio > 0 ? json(r.ratio) : json(nullptr)}});
     }
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("\nckpt demo: %d ranks trained, crashed during the async save of step %d, %d ranks resumed from %s,\n"
-              "finished step %d bit-exact against an uninterrupted run, exported and verified a Hugging Face "
-              "directory.\n\n",
-              o.ranks, m.crash_step, o.resume_ranks, m.resumed_from.c_str(), o.steps);
+  std::printf(
+      "\nckpt demo: %d ranks trained, crashed during the async save of step %d, %d ranks resumed "
+      "from %s,\n"
+      "finished step %d bit-exact against an uninterrupted run, exported and verified a Hugging "
+      "Face "
+      "directory.\n\n",
+      o.ranks, m.crash_step, o.resume_ranks, m.resumed_from.c_str(), o.steps);
   std::printf("%-48s %12s %22s %8s\n", "what", "figure", "same-run reference", "ratio");
   for (const Row& r : rows) {
     char ratio[16] = "-";
     if (r.ratio > 0) std::snprintf(ratio, sizeof ratio, "%.2f", r.ratio);
-    std::printf("%-48s %12s %22s %8s\n", r.what.c_str(), r.figure.c_str(), r.reference.c_str(), ratio);
+    std::printf("%-48s %12s %22s %8s\n", r.what.c_str(), r.figure.c_str(), r.reference.c_str(),
+                ratio);
   }
-  std::printf("\nratio = time / reference time (lower is better). References: one thread copying every rank's "
-              "model + optimizer bytes (memcpy), `dd conv=fsync` of the same bytes. The ranks are threads of one "
-              "machine (%u cores) that also run the background writers.\n",
-              std::thread::hardware_concurrency());
+  std::printf(
+      "\nratio = time / reference time (lower is better). References: one thread copying every "
+      "rank's "
+      "model + optimizer bytes (memcpy), `dd conv=fsync` of the same bytes. The ranks are threads "
+      "of one "
+      "machine (%u cores) that also run the background writers.\n",
+      std::thread::hardware_concurrency());
   return 0;
 }
 
 }  // namespace
 
 // `ckpt demo --mpi`: one phase per mpirun job, the ranks being MPI's.
-int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::string& root, Progress& out) {
+int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::string& root,
+                Progress& out) {
   const std::string ckpts = JoinPath(root, "checkpoints");
   Measured m;
   Result<std::unique_ptr<Communicator>> comm = NewMpiWorldCommunicator();
@@ -449,7 +484,8 @@ int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::s
     return 1;
   }
   if (o.dir.empty() || (o.phase != "train" && o.phase != "resume")) {
-    std::fprintf(stderr, "ckpt demo --mpi needs --dir and --phase train|resume (two mpirun jobs)\n");
+    std::fprintf(stderr,
+                 "ckpt demo --mpi needs --dir and --phase train|resume (two mpirun jobs)\n");
     return 2;
   }
   Status s;
@@ -459,8 +495,10 @@ int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::s
     s = TrainPhase(**comm, o, specs, ckpts, out, &m, nullptr);
     if (s.ok() && (*comm)->rank() == 0) {
       std::fprintf(o.json ? stderr : stdout,
-                   "train phase done: step %d left unpublished; now run the resume phase on another number of "
-                  "ranks\n", m.crash_step);
+                   "train phase done: step %d left unpublished; now run the resume phase on "
+                   "another number of "
+                   "ranks\n",
+                   m.crash_step);
     }
   } else {
     o.resume_ranks = (*comm)->size();
@@ -478,8 +516,8 @@ int RunMpiPhase(DemoOptions o, const std::vector<ParamSpec>& specs, const std::s
 // The first job, in a child process of `ranks` threads that kills itself
 // (SIGKILL) mid-save. False (with the reason on stderr) when it did not die
 // as planned; *m gets what the job measured.
-bool RunCrashingTrainJob(const DemoOptions& o, const std::vector<ParamSpec>& specs, const std::string& root,
-                         Progress& out, Measured* m) {
+bool RunCrashingTrainJob(const DemoOptions& o, const std::vector<ParamSpec>& specs,
+                         const std::string& root, Progress& out, Measured* m) {
   const std::string ckpts = JoinPath(root, "checkpoints");
   std::fflush(stdout);
   std::fflush(stderr);
@@ -498,18 +536,20 @@ bool RunCrashingTrainJob(const DemoOptions& o, const std::vector<ParamSpec>& spe
           for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
         }
         WriteFileAtomically(*PosixStorage(), report, MeasuredJson(cm).dump()).IgnoreError();
-        out.Say("[train] killing the job (SIGKILL) while the step " + std::to_string(cm.crash_step) +
-                " checkpoint is being written");
+        out.Say("[train] killing the job (SIGKILL) while the step " +
+                std::to_string(cm.crash_step) + " checkpoint is being written");
         ::kill(::getpid(), SIGKILL);
       });
     });
-    std::fprintf(stderr, "ckpt demo: the training job ended without crashing: %s\n", s.ToString().c_str());
+    std::fprintf(stderr, "ckpt demo: the training job ended without crashing: %s\n",
+                 s.ToString().c_str());
     ::_exit(3);
   }
   int status = 0;
   ::waitpid(pid, &status, 0);
   if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
-    std::fprintf(stderr, "ckpt demo: the training job did not die as planned (status %d)\n", status);
+    std::fprintf(stderr, "ckpt demo: the training job did not die as planned (status %d)\n",
+                 status);
     return false;
   }
   Result<std::string> text = ReadFileToString(*PosixStorage(), report);
@@ -519,9 +559,11 @@ bool RunCrashingTrainJob(const DemoOptions& o, const std::vector<ParamSpec>& spe
 
 int RunDemo(const DemoOptions& in) {
   DemoOptions o = in;
-  if (o.steps < 2 || o.save_every < 1 || o.save_every >= o.steps || o.ranks < 1 || o.resume_ranks < 1 ||
-      o.layers < 1 || o.hidden < 8 || o.intermediate < 8 || o.vocab < 8 || o.heads < 1) {
-    std::fprintf(stderr, "ckpt demo: need steps >= 2, 1 <= save-every < steps, positive sizes and ranks\n");
+  if (o.steps < 2 || o.save_every < 1 || o.save_every >= o.steps || o.ranks < 1 ||
+      o.resume_ranks < 1 || o.layers < 1 || o.hidden < 8 || o.intermediate < 8 || o.vocab < 8 ||
+      o.heads < 1) {
+    std::fprintf(stderr,
+                 "ckpt demo: need steps >= 2, 1 <= save-every < steps, positive sizes and ranks\n");
     return 2;
   }
   const std::vector<ParamSpec> specs = LlamaSpecs(o);
@@ -529,8 +571,9 @@ int RunDemo(const DemoOptions& in) {
   // Progress lines are the demo's own; the library's informational messages
   // (key summaries of loads) would only clutter them.
   SetLogSink([](LogLevel level, std::string_view msg) {
-    if (level != LogLevel::kInfo) std::fprintf(stderr, "ckpt %s: %.*s\n", std::string(LogLevelName(level)).c_str(),
-                                                static_cast<int>(msg.size()), msg.data());
+    if (level != LogLevel::kInfo)
+      std::fprintf(stderr, "ckpt %s: %.*s\n", std::string(LogLevelName(level)).c_str(),
+                   static_cast<int>(msg.size()), msg.data());
   });
   bool temp = o.dir.empty();
   std::string root = o.dir;
@@ -553,13 +596,16 @@ int RunDemo(const DemoOptions& in) {
 
   if (o.mpi) return RunMpiPhase(o, specs, root, out);
 
-  out.Say("ckpt demo in " + root + ": a " + std::to_string(o.layers) + "-layer Llama-shaped model, " +
-          std::to_string(o.ranks) + " ranks train, then " + std::to_string(o.resume_ranks) + " resume");
+  out.Say("ckpt demo in " + root + ": a " + std::to_string(o.layers) +
+          "-layer Llama-shaped model, " + std::to_string(o.ranks) + " ranks train, then " +
+          std::to_string(o.resume_ranks) + " resume");
   if (!RunCrashingTrainJob(o, specs, root, out, &m)) {
     cleanup();
     return 1;
   }
-  out.Say("[crash] the training job is gone; LATEST still names the last checkpoint whose writes finished");
+  out.Say(
+      "[crash] the training job is gone; LATEST still names the last checkpoint whose writes "
+      "finished");
 
   Status s = RunThreads(o.resume_ranks, [&](Communicator& comm) {
     return ResumePhase(comm, o, specs, ckpts, out, &m);

@@ -1,7 +1,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "ckpt/s3.h"
@@ -15,7 +14,9 @@ namespace {
 using json = nlohmann::json;
 
 json ShardedJson(const Target& t) {
-  json out = {{"path", t.path}, {"kind", t.kind}, {"files", t.sharded->files},
+  json out = {{"path", t.path},
+              {"kind", t.kind},
+              {"files", t.sharded->files},
               {"manifest", t.sharded->has_manifest}};
   json tensors = json::array();
   uint64_t total = 0;
@@ -26,9 +27,12 @@ json ShardedJson(const Target& t) {
     }
     uint64_t bytes = ti.global.NumBytes(ti.dtype).value();
     total += bytes;
-    tensors.push_back({{"name", ti.fqn}, {"dtype", std::string(DTypeName(ti.dtype))},
-                       {"shape", ti.global.dims()}, {"bytes", bytes},
-                       {"chunks", ti.chunks.size()}, {"files", files}});
+    tensors.push_back({{"name", ti.fqn},
+                       {"dtype", std::string(DTypeName(ti.dtype))},
+                       {"shape", ti.global.dims()},
+                       {"bytes", bytes},
+                       {"chunks", ti.chunks.size()},
+                       {"files", files}});
   }
   out["tensors"] = std::move(tensors);
   out["num_tensors"] = t.sharded->tensors.size();
@@ -99,9 +103,10 @@ void PrintSharded(const Target& t) {
     }
     uint64_t bytes = ti.global.NumBytes(ti.dtype).value();
     total += bytes;
-    std::printf("  %-*s  %-11s  %-20s  %12llu  %6zu  %s\n", static_cast<int>(name_w), Shown(ti.fqn).c_str(),
-                std::string(DTypeName(ti.dtype)).c_str(), ti.global.ToString().c_str(),
-                static_cast<unsigned long long>(bytes), ti.chunks.size(), Shown(files).c_str());
+    std::printf("  %-*s  %-11s  %-20s  %12llu  %6zu  %s\n", static_cast<int>(name_w),
+                Shown(ti.fqn).c_str(), std::string(DTypeName(ti.dtype)).c_str(),
+                ti.global.ToString().c_str(), static_cast<unsigned long long>(bytes),
+                ti.chunks.size(), Shown(files).c_str());
   }
   std::printf("total: %zu tensors, %s (%llu bytes) in %zu file%s\n", info.tensors.size(),
               HumanBytes(total).c_str(), static_cast<unsigned long long>(total), info.files.size(),
@@ -119,9 +124,10 @@ void PrintText(const Target& t) {
               "SHAPE", "BYTES", "FILE");
   uint64_t total = 0;
   for (const auto& e : t.tensors) {
-    std::printf("  %-*s  %-11s  %-20s  %12llu  %s\n", static_cast<int>(name_w), Shown(e.name).c_str(),
-                std::string(DTypeName(e.info->dtype)).c_str(), e.info->shape.ToString().c_str(),
-                static_cast<unsigned long long>(e.info->nbytes()), Shown(Basename(t.files[e.file]->path())).c_str());
+    std::printf("  %-*s  %-11s  %-20s  %12llu  %s\n", static_cast<int>(name_w),
+                Shown(e.name).c_str(), std::string(DTypeName(e.info->dtype)).c_str(),
+                e.info->shape.ToString().c_str(), static_cast<unsigned long long>(e.info->nbytes()),
+                Shown(Basename(t.files[e.file]->path())).c_str());
     total += e.info->nbytes();
   }
   for (const SafetensorsFile* f : t.files) {
@@ -146,13 +152,15 @@ void PrintText(const Target& t) {
 int RunInspect(const InspectOptions& opts) {
   if (IsTorchBinTarget(*PosixStorage(), opts.path)) return InspectTorchBin(opts);
   Result<StoragePath> where = ResolveStoragePath(opts.path);
-  Result<Target> t = where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
+  Result<Target> t =
+      where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
   if (!t.ok()) {
     std::fprintf(stderr, "ckpt inspect: %s\n", t.status().ToString().c_str());
     return 1;
   }
   if (opts.json) {
-    std::cout << TargetJson(*t).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    std::cout << TargetJson(*t).dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << "\n";
   } else {
     PrintText(*t);
   }

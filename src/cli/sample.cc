@@ -2,10 +2,9 @@
 // deterministic bf16 weights, for trying the other commands.
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
@@ -52,8 +51,10 @@ int WriteSharded(Storage& fs, const SampleOptions& o, const std::vector<SampleTe
     threads.emplace_back([&, r] {
       StateDict sd;
       for (const SampleTensor& t : ts) {
-        const uint64_t rows = t.shape[0], step = (rows + static_cast<uint64_t>(o.ranks) - 1) / static_cast<uint64_t>(o.ranks);
-        const uint64_t begin = std::min(rows, step * static_cast<uint64_t>(r)), end = std::min(rows, begin + step);
+        const uint64_t rows = t.shape[0], step = (rows + static_cast<uint64_t>(o.ranks) - 1) /
+                                                 static_cast<uint64_t>(o.ranks);
+        const uint64_t begin = std::min(rows, step * static_cast<uint64_t>(r)),
+                       end = std::min(rows, begin + step);
         std::vector<uint64_t> dims = t.shape.dims(), offsets(dims.size(), 0);
         dims[0] = end - begin;
         offsets[0] = begin;
@@ -61,7 +62,8 @@ int WriteSharded(Storage& fs, const SampleOptions& o, const std::vector<SampleTe
         auto* data = const_cast<std::byte*>(t.data.data()) + begin * row_bytes;
         sd.tensors.push_back({t.name, DType::kBF16, t.shape, {{offsets, Shape(dims), data, {}}}});
       }
-      results[static_cast<size_t>(r)] = SaveSharded(*comms[static_cast<size_t>(r)], fs, o.out_dir, sd);
+      results[static_cast<size_t>(r)] =
+          SaveSharded(*comms[static_cast<size_t>(r)], fs, o.out_dir, sd);
     });
   }
   for (auto& t : threads) t.join();
@@ -80,18 +82,24 @@ int RunSample(const SampleOptions& o) {
   if (o.layers < 1 || o.layers > kMaxSampleLayers || o.hidden < 8 || o.hidden % 8 != 0 ||
       o.hidden > kMaxSampleHidden || o.shards < 1 || o.ranks < 0 || o.ranks > kMaxSampleRanks) {
     std::fprintf(stderr,
-                 "ckpt sample: need --layers in [1, %d], --hidden a multiple of 8 in [8, %d], --shards >= 1 and "
+                 "ckpt sample: need --layers in [1, %d], --hidden a multiple of 8 in [8, %d], "
+                 "--shards >= 1 and "
                  "--ranks in [0, %d] (got --layers %d --hidden %d --shards %d --ranks %d)\n",
-                 kMaxSampleLayers, kMaxSampleHidden, kMaxSampleRanks, o.layers, o.hidden, o.shards, o.ranks);
+                 kMaxSampleLayers, kMaxSampleHidden, kMaxSampleRanks, o.layers, o.hidden, o.shards,
+                 o.ranks);
     return 1;
   }
   const uint64_t h = static_cast<uint64_t>(o.hidden), inter = h * 8 / 3 / 8 * 8, vocab = 1024;
   // The weights are generated in memory: bound them before allocating.
-  const uint64_t params = 2 * vocab * h + h + static_cast<uint64_t>(o.layers) * (2 * h + 4 * h * h + 3 * inter * h);
+  const uint64_t params =
+      2 * vocab * h + h + static_cast<uint64_t>(o.layers) * (2 * h + 4 * h * h + 3 * inter * h);
   if (params * 2 > kMaxSampleBytes) {
-    std::fprintf(stderr, "ckpt sample: --layers %d --hidden %d make %llu bytes of weights, more than the %llu-byte "
-                 "limit of a sample model\n", o.layers, o.hidden, static_cast<unsigned long long>(params * 2),
-                 static_cast<unsigned long long>(kMaxSampleBytes));
+    std::fprintf(
+        stderr,
+        "ckpt sample: --layers %d --hidden %d make %llu bytes of weights, more than the %llu-byte "
+        "limit of a sample model\n",
+        o.layers, o.hidden, static_cast<unsigned long long>(params * 2),
+        static_cast<unsigned long long>(kMaxSampleBytes));
     return 1;
   }
   uint64_t rng = o.seed;
@@ -140,11 +148,15 @@ int RunSample(const SampleOptions& o) {
     index.total_size = total;
     if (w.ok()) w = WriteFileAtomically(fs, JoinPath(dir, kHfIndexName), SerializeHfIndex(index));
     if (w.ok()) {
-      nlohmann::json config = {
-          {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
-          {"hidden_size", h},  {"intermediate_size", inter}, {"num_hidden_layers", o.layers},
-          {"num_attention_heads", std::max<uint64_t>(1, h / 64)},
-          {"vocab_size", vocab}, {"torch_dtype", "bfloat16"}, {"tie_word_embeddings", false}};
+      nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}},
+                               {"model_type", "llama"},
+                               {"hidden_size", h},
+                               {"intermediate_size", inter},
+                               {"num_hidden_layers", o.layers},
+                               {"num_attention_heads", std::max<uint64_t>(1, h / 64)},
+                               {"vocab_size", vocab},
+                               {"torch_dtype", "bfloat16"},
+                               {"tie_word_embeddings", false}};
       w = WriteFileAtomically(fs, JoinPath(dir, "config.json"), config.dump(2) + "\n");
     }
     return w;

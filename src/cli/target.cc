@@ -35,10 +35,11 @@ std::string Shown(std::string_view text) {
     const auto c = static_cast<unsigned char>(text[i]);
     const size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     uint32_t cp = len == 1 ? c : c & (0x7F >> len);
-    for (size_t k = 1; k < len; ++k) cp = cp << 6 | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+    for (size_t k = 1; k < len; ++k)
+      cp = cp << 6 | (static_cast<unsigned char>(text[i + k]) & 0x3F);
     const bool control = cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0) || cp == '\\';
-    const bool bidi = (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 ||
-                      cp == 0x2029 || cp == 0x200E || cp == 0x200F;
+    const bool bidi = (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) ||
+                      cp == 0x2028 || cp == 0x2029 || cp == 0x200E || cp == 0x200F;
     if (control && cp < 0x80) {
       out += "\\x";
       out.push_back(kHex[cp >> 4]);
@@ -66,22 +67,23 @@ Result<Target> OpenTarget(Storage& storage, const std::string& path) {
   } else if (st.type == EntryType::kDirectory) {
     CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(path));
     // torch.distributed.checkpoint's own layout: .metadata + .distcp files.
-    if (std::any_of(entries.begin(), entries.end(), [](const DirEntry& e) { return e.name == ".metadata"; })) {
+    if (std::any_of(entries.begin(), entries.end(),
+                    [](const DirEntry& e) { return e.name == ".metadata"; })) {
       CKPT_ASSIGN_OR_RETURN(ShardedCheckpointInfo info, ReadShardedCheckpoint(storage, path));
       t.kind = "dcp";
       t.sharded = std::move(info);
       return t;
     }
     bool is_hf = std::any_of(entries.begin(), entries.end(), [](const DirEntry& e) {
-      return e.name == kHfIndexName || e.name == kDiffusersIndexName ||
-             e.name == kHfSingleFileName;
+      return e.name == kHfIndexName || e.name == kDiffusersIndexName || e.name == kHfSingleFileName;
     });
     if (is_hf) {
       CKPT_ASSIGN_OR_RETURN(HfModelDir m, HfModelDir::Open(storage, path));
       t.kind = m.index() ? "hf-sharded" : "hf-single";
       t.hf = std::move(m);
       for (const auto& f : t.hf->files()) t.files.push_back(f.get());
-      for (const auto& [name, loc] : t.hf->tensors()) t.tensors.push_back({name, loc.file, loc.info});
+      for (const auto& [name, loc] : t.hf->tensors())
+        t.tensors.push_back({name, loc.file, loc.info});
       return t;
     }
     t.kind = "directory";

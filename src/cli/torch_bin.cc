@@ -1,12 +1,12 @@
 // `.bin` (torch.save) support in the CLI: inspect, verify and convert.
+#include "ckpt/torch_bin.h"
+
 #include <cstdio>
 #include <cstring>
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "ckpt/consolidate.h"
-#include "ckpt/torch_bin.h"
 #include "cli/commands.h"
 #include "cli/target.h"
 
@@ -41,7 +41,8 @@ bool IsTorchBinTarget(Storage& storage, const std::string& path) {
   }
   if (st->type != EntryType::kFile) return false;
   for (std::string_view ext : {".bin", ".pt", ".pth"}) {
-    if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0) return true;
+    if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
+      return true;
   }
   Result<std::unique_ptr<ReadableFile>> f = storage.OpenRead(path);
   if (!f.ok() || (*f)->Size() < 4) return false;
@@ -51,7 +52,8 @@ bool IsTorchBinTarget(Storage& storage, const std::string& path) {
 }
 
 // The archives of a .bin file or directory, and which tensor lives where.
-Result<TorchBinDir> OpenTorchBin(Storage& storage, const std::string& path, std::unique_ptr<TorchArchive>* single) {
+Result<TorchBinDir> OpenTorchBin(Storage& storage, const std::string& path,
+                                 std::unique_ptr<TorchArchive>* single) {
   CKPT_ASSIGN_OR_RETURN(DirEntry st, storage.Stat(path));
   if (st.type == EntryType::kDirectory) return TorchBinDir::Open(storage, path);
   CKPT_ASSIGN_OR_RETURN(*single, TorchArchive::Open(storage, path));
@@ -83,33 +85,43 @@ int InspectTorchBin(const InspectOptions& opts) {
   name_w = std::min<size_t>(name_w, 60);
   size_t storage_w = 7;
   for (const TorchArchive* f : files) {
-    for (const TorchTensorInfo& t : f->tensors()) storage_w = std::max(storage_w, StorageText(t).size());
+    for (const TorchTensorInfo& t : f->tensors())
+      storage_w = std::max(storage_w, StorageText(t).size());
   }
   if (!opts.json) {
-    std::printf("%s (torch.save archive%s, %zu file%s)\n", opts.path.c_str(), single ? "" : " directory", files.size(),
-                files.size() == 1 ? "" : "s");
-    std::printf("  %-*s  %-11s  %-20s  %12s  %-*s  %s\n", static_cast<int>(name_w), "NAME", "DTYPE", "SHAPE", "BYTES",
-                static_cast<int>(storage_w), "STORAGE", "FILE");
+    std::printf("%s (torch.save archive%s, %zu file%s)\n", opts.path.c_str(),
+                single ? "" : " directory", files.size(), files.size() == 1 ? "" : "s");
+    std::printf("  %-*s  %-11s  %-20s  %12s  %-*s  %s\n", static_cast<int>(name_w), "NAME", "DTYPE",
+                "SHAPE", "BYTES", static_cast<int>(storage_w), "STORAGE", "FILE");
   }
   json jf = json::array();
   for (const TorchArchive* f : files) {
     const std::string base(Basename(f->path()));
-    jf.push_back({{"path", f->path()}, {"byteorder", f->big_endian() ? "big" : "little"},
-                  {"num_tensors", f->tensors().size()}, {"skipped", f->skipped()}});
+    jf.push_back({{"path", f->path()},
+                  {"byteorder", f->big_endian() ? "big" : "little"},
+                  {"num_tensors", f->tensors().size()},
+                  {"skipped", f->skipped()}});
     for (const TorchTensorInfo& t : f->tensors()) {
-      if (!single && (dir->tensors().count(t.name) == 0 || dir->files()[dir->tensors().at(t.name).file].get() != f)) {
+      if (!single && (dir->tensors().count(t.name) == 0 ||
+                      dir->files()[dir->tensors().at(t.name).file].get() != f)) {
         continue;
       }
       ++count;
       total += t.nbytes;
-      jt.push_back({{"name", t.name}, {"dtype", std::string(DTypeName(t.dtype))}, {"shape", t.shape.dims()},
-                    {"bytes", t.nbytes}, {"storage", t.storage_key}, {"storage_offset", t.storage_offset},
-                    {"stride", t.stride}, {"contiguous", t.contiguous}, {"file", base}});
+      jt.push_back({{"name", t.name},
+                    {"dtype", std::string(DTypeName(t.dtype))},
+                    {"shape", t.shape.dims()},
+                    {"bytes", t.nbytes},
+                    {"storage", t.storage_key},
+                    {"storage_offset", t.storage_offset},
+                    {"stride", t.stride},
+                    {"contiguous", t.contiguous},
+                    {"file", base}});
       if (!opts.json) {
-        std::printf("  %-*s  %-11s  %-20s  %12llu  %-*s  %s\n", static_cast<int>(name_w), Shown(t.name).c_str(),
-                    std::string(DTypeName(t.dtype)).c_str(), t.shape.ToString().c_str(),
-                    static_cast<unsigned long long>(t.nbytes), static_cast<int>(storage_w), StorageText(t).c_str(),
-                    Shown(base).c_str());
+        std::printf("  %-*s  %-11s  %-20s  %12llu  %-*s  %s\n", static_cast<int>(name_w),
+                    Shown(t.name).c_str(), std::string(DTypeName(t.dtype)).c_str(),
+                    t.shape.ToString().c_str(), static_cast<unsigned long long>(t.nbytes),
+                    static_cast<int>(storage_w), StorageText(t).c_str(), Shown(base).c_str());
       }
     }
     if (!opts.json && !f->skipped().empty()) {
@@ -126,8 +138,9 @@ int InspectTorchBin(const InspectOptions& opts) {
     out["total_bytes"] = total;
     std::cout << out.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   } else {
-    std::printf("total: %zu tensors, %s (%llu bytes) in %zu file%s\n", count, HumanBytes(total).c_str(),
-                static_cast<unsigned long long>(total), files.size(), files.size() == 1 ? "" : "s");
+    std::printf("total: %zu tensors, %s (%llu bytes) in %zu file%s\n", count,
+                HumanBytes(total).c_str(), static_cast<unsigned long long>(total), files.size(),
+                files.size() == 1 ? "" : "s");
   }
   return 0;
 }
@@ -150,8 +163,11 @@ int VerifyTorchBin(const VerifyOptions& opts) {
     }
   }
   if (opts.json) {
-    json j = {{"path", opts.path}, {"valid", s.ok()}, {"error", s.ok() ? json(nullptr) : json(s.ToString())},
-              {"num_tensors", tensors}, {"total_bytes", bytes}};
+    json j = {{"path", opts.path},
+              {"valid", s.ok()},
+              {"error", s.ok() ? json(nullptr) : json(s.ToString())},
+              {"num_tensors", tensors},
+              {"total_bytes", bytes}};
     std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     return s.ok() ? 0 : 1;
   }
@@ -159,7 +175,8 @@ int VerifyTorchBin(const VerifyOptions& opts) {
     std::fprintf(stderr, "ckpt verify: %s\n", s.ToString().c_str());
     return 1;
   }
-  std::printf("OK %s: %zu tensors, %s (torch.save archive%s)\n", opts.path.c_str(), tensors, HumanBytes(bytes).c_str(),
+  std::printf("OK %s: %zu tensors, %s (torch.save archive%s)\n", opts.path.c_str(), tensors,
+              HumanBytes(bytes).c_str(),
               opts.quick ? ", structure only" : ", CRC-32 of every storage checked");
   return 0;
 }
@@ -179,8 +196,9 @@ int RunConvertBin(const ConvertOptions& opts) {
     return 1;
   }
   std::printf("converted %llu tensors (%s) into %u safetensors file%s in %s; largest buffer %s\n",
-              static_cast<unsigned long long>(stats.tensors), HumanBytes(stats.bytes).c_str(), stats.files,
-              stats.files == 1 ? "" : "s", opts.out.c_str(), HumanBytes(stats.peak_buffer).c_str());
+              static_cast<unsigned long long>(stats.tensors), HumanBytes(stats.bytes).c_str(),
+              stats.files, stats.files == 1 ? "" : "s", opts.out.c_str(),
+              HumanBytes(stats.peak_buffer).c_str());
   return 0;
 }
 

@@ -1,6 +1,5 @@
 #include <cstdio>
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "ckpt/s3.h"
@@ -13,16 +12,15 @@ namespace {
 
 // Structure is validated by OpenTarget; this reads the data so that I/O
 // errors and files that shrank since the header was read are caught too.
-Status VerifyTarget(Storage& storage, const Target& t, bool quick, std::vector<std::string>* warnings,
-                    uint64_t* total) {
+Status VerifyTarget(Storage& storage, const Target& t, bool quick,
+                    std::vector<std::string>* warnings, uint64_t* total) {
   *total = 0;
   for (const auto& e : t.tensors) *total += e.info->nbytes();
   if (t.sharded) {
     *total = 0;
     for (const auto& ti : t.sharded->tensors) *total += ti.global.NumBytes(ti.dtype).value();
   }
-  if (t.hf && t.hf->index() && t.hf->index()->total_size &&
-      *t.hf->index()->total_size != *total) {
+  if (t.hf && t.hf->index() && t.hf->index()->total_size && *t.hf->index()->total_size != *total) {
     warnings->push_back("index total_size " + std::to_string(*t.hf->index()->total_size) +
                         " differs from the " + std::to_string(*total) +
                         " bytes of the indexed tensors");
@@ -45,7 +43,8 @@ int RunVerify(const VerifyOptions& opts) {
   std::vector<std::string> warnings;
   uint64_t total = 0;
   Result<StoragePath> where = ResolveStoragePath(opts.path);
-  Result<Target> t = where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
+  Result<Target> t =
+      where.ok() ? OpenTarget(*where->storage, where->path) : Result<Target>(where.status());
   Status s = t.ok() ? VerifyTarget(*where->storage, *t, opts.quick, &warnings, &total) : t.status();
   if (opts.json) {
     nlohmann::json j;

@@ -38,7 +38,8 @@ class SingleRank final : public Communicator {
     return std::vector<std::string>{std::string(mine)};
   }
   Status Broadcast(int root, std::string*, Timeout) override {
-    if (root != 0) return InvalidArgumentError("broadcast root " + std::to_string(root) + " of 1 rank");
+    if (root != 0)
+      return InvalidArgumentError("broadcast root " + std::to_string(root) + " of 1 rank");
     return Status();
   }
   Result<std::unique_ptr<Communicator>> Duplicate(Timeout) override {

@@ -1,12 +1,12 @@
 // MPI communicator: non-blocking collectives polled against a deadline.
+#include "ckpt/mpi_comm.h"
+
 #include <mpi.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <thread>
-
-#include "ckpt/mpi_comm.h"
 
 namespace ckpt {
 namespace {

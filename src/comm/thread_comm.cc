@@ -56,8 +56,9 @@ class ThreadComm final : public Communicator {
       return InvalidArgumentError("broadcast root " + std::to_string(root) + " of " +
                                   std::to_string(g_->size) + " ranks");
     }
-    CKPT_ASSIGN_OR_RETURN(std::vector<std::string> all,
-                          Exchange(rank_ == root ? *data : std::string_view(), timeout, "broadcast"));
+    CKPT_ASSIGN_OR_RETURN(
+        std::vector<std::string> all,
+        Exchange(rank_ == root ? *data : std::string_view(), timeout, "broadcast"));
     *data = std::move(all[static_cast<size_t>(root)]);
     return Status();
   }
@@ -83,12 +84,14 @@ class ThreadComm final : public Communicator {
       g.cv.notify_all();
       return g.result;
     }
-    bool done = g.cv.wait_for(lock, timeout, [&] { return g.generation != gen || !g.broken.empty(); });
+    bool done =
+        g.cv.wait_for(lock, timeout, [&] { return g.generation != gen || !g.broken.empty(); });
     if (g.generation != gen) return g.result;
     if (!done) {
       std::string missing;
       for (int r = 0; r < g.size; ++r) {
-        if (!g.present[static_cast<size_t>(r)]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        if (!g.present[static_cast<size_t>(r)])
+          missing += (missing.empty() ? "" : ", ") + std::to_string(r);
       }
       g.broken = std::string(what) + " timed out after " + std::to_string(timeout.count()) +
                  " ms waiting for rank(s) " + missing;

@@ -2,6 +2,10 @@
 // computes the same output layout, writes its own output files (file i by
 // rank (i - 1) mod world, spread over threads) into a staging directory,
 // and rank 0 publishes the index, the HF artifacts and the directory.
+#include "ckpt/consolidate.h"
+
+#include <xxhash.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -9,13 +13,10 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
-#include <xxhash.h>
-
-#include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "convert/float_cast.h"
@@ -45,7 +46,8 @@ struct OutFile {
 // Reads an optional JSON object of <in>/.hf_metadata/<name>.
 // Checked against the manifest when it covers side files.
 Result<std::optional<json>> ReadHfMetadataJson(Storage& storage, const std::string& in_dir,
-                                               const engine::ShardListing& listing, std::string_view name) {
+                                               const engine::ShardListing& listing,
+                                               std::string_view name) {
   const std::string path = JoinPath(JoinPath(in_dir, kHfMetadataDir), name);
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, path));
   if (!exists) return std::optional<json>();
@@ -57,13 +59,19 @@ Result<std::optional<json>> ReadHfMetadataJson(Storage& storage, const std::stri
 }
 
 // Decides every output file and its tensors; the same on every rank.
-// NOLINTNEXTLINE(readability-function-size): the layout rules applied in order to one growing list of files
-Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir, const engine::SavedCheckpoint& ckpt,
-                                    const ConsolidateOptions& o, std::vector<std::string>* warnings) {
+// Kept whole past the function-size limit: the layout rules applied in order to one growing list of
+// files.
+//
+// NOLINTNEXTLINE(readability-function-size)
+Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
+                                    const engine::SavedCheckpoint& ckpt,
+                                    const ConsolidateOptions& o,
+                                    std::vector<std::string>* warnings) {
   const plan::SavedIndex& index = ckpt.index;
   std::map<std::string, DType> originals = o.original_dtypes;
   if (originals.empty()) {
-    CKPT_ASSIGN_OR_RETURN(std::optional<json> m, ReadHfMetadataJson(storage, in_dir, ckpt.listing, kDtypeMappingName));
+    CKPT_ASSIGN_OR_RETURN(std::optional<json> m,
+                          ReadHfMetadataJson(storage, in_dir, ckpt.listing, kDtypeMappingName));
     if (m) {
       for (const auto& [k, v] : m->items()) {
         if (!v.is_string()) continue;
@@ -83,21 +91,25 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
     }
   }
   std::map<std::string, uint32_t> mapping = o.fqn_to_file;
-  if (!mapping.empty()) CKPT_RETURN_IF_ERROR(CheckFileNumbers(mapping, "ConsolidateOptions::fqn_to_file"));
+  if (!mapping.empty())
+    CKPT_RETURN_IF_ERROR(CheckFileNumbers(mapping, "ConsolidateOptions::fqn_to_file"));
   if (mapping.empty() && !o.base_model_dir.empty()) {
     CKPT_ASSIGN_OR_RETURN(mapping, FileMappingFromBase(storage, o.base_model_dir));
   }
   if (mapping.empty()) {
     const std::string source = JoinPath(JoinPath(in_dir, kHfMetadataDir), kFileMappingName);
-    CKPT_ASSIGN_OR_RETURN(std::optional<json> m, ReadHfMetadataJson(storage, in_dir, ckpt.listing, kFileMappingName));
+    CKPT_ASSIGN_OR_RETURN(std::optional<json> m,
+                          ReadHfMetadataJson(storage, in_dir, ckpt.listing, kFileMappingName));
     if (m) {
       for (const auto& [k, v] : m->items()) {
         // Read as unsigned only when it fits: 2^32 must not wrap to 0.
-        if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 || v.get<uint64_t>() > kMaxOutputFiles) {
+        if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 ||
+            v.get<uint64_t>() > kMaxOutputFiles) {
           std::string got = v.dump();
           if (got.size() > 40) got = got.substr(0, 40) + "...";
-          return InvalidArgumentError(source + ": tensor '" + Printable(k) + "': file number " + got +
-                                      " is not an integer between 1 and " + std::to_string(kMaxOutputFiles));
+          return InvalidArgumentError(source + ": tensor '" + Printable(k) + "': file number " +
+                                      got + " is not an integer between 1 and " +
+                                      std::to_string(kMaxOutputFiles));
         }
         mapping[k] = static_cast<uint32_t>(v.get<uint64_t>());
       }
@@ -129,7 +141,8 @@ Result<std::vector<OutFile>> LayOut(Storage& storage, const std::string& in_dir,
       file_of.push_back(it == mapping.end() ? files : it->second);  // unmapped keys: last file
     }
   } else if (o.equal_files > 0) {
-    files = std::min<uint32_t>(o.equal_files, std::max<uint32_t>(1, static_cast<uint32_t>(keys.size())));
+    files = std::min<uint32_t>(o.equal_files,
+                               std::max<uint32_t>(1, static_cast<uint32_t>(keys.size())));
     file_of = DivideEqually(keys.size(), files);
   } else {
     std::vector<uint64_t> sizes;
@@ -172,7 +185,8 @@ class ChunkHashes {
 
   // Compares every recorded checksum of `t`; DataLoss names the file, the
   // tensor, the chunk and both sums.
-  Status Check(const plan::SavedTensor& t, const std::function<Result<ReadableFile*>(uint32_t)>& open,
+  Status Check(const plan::SavedTensor& t,
+               const std::function<Result<ReadableFile*>(uint32_t)>& open,
                const std::vector<std::string>& paths, std::vector<std::byte>& buf) {
     for (const plan::SavedChunk& c : t.chunks) {
       if (!c.has_checksum) continue;
@@ -183,7 +197,8 @@ class ChunkHashes {
         got = XXH64_digest(it->second.h.get());
       } else {
         CKPT_ASSIGN_OR_RETURN(ReadableFile * f, open(c.file));
-        std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> h(XXH64_createState(), &XXH64_freeState);
+        std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> h(XXH64_createState(),
+                                                                     &XXH64_freeState);
         XXH64_reset(h.get(), 0);
         for (uint64_t k = 0; k < bytes; k += buf.size()) {
           const uint64_t n = std::min<uint64_t>(buf.size(), bytes - k);
@@ -193,9 +208,10 @@ class ChunkHashes {
         got = XXH64_digest(h.get());
       }
       if (got != c.checksum) {
-        return DataLossError(paths[c.file] + ": tensor '" + Printable(t.fqn) + "' chunk at " + c.box.ToString() +
-                             ", bytes [" + std::to_string(c.data_offset) + ", " + std::to_string(c.data_offset + bytes) +
-                             "): checksum " + Hex64(got) + " does not match the recorded " + Hex64(c.checksum) +
+        return DataLossError(paths[c.file] + ": tensor '" + Printable(t.fqn) + "' chunk at " +
+                             c.box.ToString() + ", bytes [" + std::to_string(c.data_offset) + ", " +
+                             std::to_string(c.data_offset + bytes) + "): checksum " + Hex64(got) +
+                             " does not match the recorded " + Hex64(c.checksum) +
                              " (the file is corrupt)");
       }
     }
@@ -231,14 +247,19 @@ bool SplitPastDim0(const plan::SavedTensor& t) {
 // whole rows (at most kBuffer bytes) are assembled from every chunk that
 // overlaps them and written once, so the writes and the pieces are linear in
 // the bytes, not in rows × chunks. Every recorded chunk checksum is compared.
-// NOLINTNEXTLINE(readability-function-size): one output file: header, then the pieces in file order, then the checksums, sharing the open writer
-Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<std::string>& shard_files,
-                 const std::string& path, const OutFile& f, std::atomic<uint64_t>* done,
-                 const ConsolidateOptions& o, uint64_t total) {
+// Kept whole past the function-size limit: one output file: header, then the pieces in file order,
+// then the checksums, sharing the open writer.
+//
+// NOLINTNEXTLINE(readability-function-size)
+Status WriteFile(Storage& storage, const std::string& in_dir,
+                 const std::vector<std::string>& shard_files, const std::string& path,
+                 const OutFile& f, std::atomic<uint64_t>* done, const ConsolidateOptions& o,
+                 uint64_t total) {
   std::vector<TensorSpec> specs;
   for (const OutTensor& t : f.tensors) specs.push_back({t.saved->fqn, t.dtype, t.saved->global});
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
-                        SafetensorsWriter::Create(storage, path, std::move(specs), SafetensorsMetadata{{"format", "pt"}}));
+                        SafetensorsWriter::Create(storage, path, std::move(specs),
+                                                  SafetensorsMetadata{{"format", "pt"}}));
   std::unordered_map<uint32_t, std::unique_ptr<ReadableFile>> open;
   std::vector<std::string> paths;
   for (const std::string& n : shard_files) paths.push_back(JoinPath(in_dir, n));
@@ -264,7 +285,8 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
     auto emit = [&](const std::byte* src, uint64_t bytes, uint64_t dest) -> Status {
       if (!convert) return w->Write(s.fqn, dest, std::span<const std::byte>(src, bytes));
       cast.resize(bytes / in_size * out_size);
-      CKPT_RETURN_IF_ERROR(CastFloats(s.dtype, std::span<const std::byte>(src, bytes), t.dtype, cast));
+      CKPT_RETURN_IF_ERROR(
+          CastFloats(s.dtype, std::span<const std::byte>(src, bytes), t.dtype, cast));
       return w->Write(s.fqn, dest / in_size * out_size, cast);
     };
     // Runs the reads of `ops` (all of chunk `c`), handing each piece to `piece`.
@@ -276,7 +298,8 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
           CKPT_RETURN_IF_ERROR(in->ReadAt(op.file_offset, win));
           hashes.Update(c, op.file_offset, win);
           for (const plan::ReadOp::Piece& p : op.pieces) {
-            CKPT_RETURN_IF_ERROR(piece(window.data() + p.window_offset, p.count * op.elem_bytes, p.dest_offset));
+            CKPT_RETURN_IF_ERROR(
+                piece(window.data() + p.window_offset, p.count * op.elem_bytes, p.dest_offset));
           }
         } else {
           // Long runs: read each piece in buffer-sized parts.
@@ -298,10 +321,11 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
     };
     const size_t rank = s.global.rank();
     uint64_t row_elems = 1;
-    for (size_t d = 1; d < rank; ++d) row_elems *= s.global[d];  // the tensor's size is checked: no overflow
+    for (size_t d = 1; d < rank; ++d)
+      row_elems *= s.global[d];  // the tensor's size is checked: no overflow
     const uint64_t row_bits = row_elems * bits;
-    const bool by_rows = rank >= 2 && row_bits % 8 == 0 && row_bits / 8 <= kBuffer && row_bits > 0 &&
-                         SplitPastDim0(s);
+    const bool by_rows = rank >= 2 && row_bits % 8 == 0 && row_bits / 8 <= kBuffer &&
+                         row_bits > 0 && SplitPastDim0(s);
     if (by_rows) {
       const uint64_t row_bytes = row_bits / 8;
       const uint64_t per_block = kBuffer / row_bytes;
@@ -315,12 +339,13 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
         plan::SavedIndex::Overlapping(s, block, &overlapping);
         for (const plan::SavedChunk* c : overlapping) {
           ops.clear();
+          CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*c, s.dtype, block, {}, &ops)
+                                   .WithContext("tensor '" + Printable(s.fqn) + "'"));
           CKPT_RETURN_IF_ERROR(
-              plan::PlanChunkReads(*c, s.dtype, block, {}, &ops).WithContext("tensor '" + Printable(s.fqn) + "'"));
-          CKPT_RETURN_IF_ERROR(run(*c, [&](const std::byte* src, uint64_t bytes, uint64_t dest) -> Status {
-            std::memcpy(rows.data() + dest, src, bytes);
-            return Status();
-          }));
+              run(*c, [&](const std::byte* src, uint64_t bytes, uint64_t dest) -> Status {
+                std::memcpy(rows.data() + dest, src, bytes);
+                return Status();
+              }));
         }
         // The chunks tile the tensor (checked when indexing), so the block is whole.
         CKPT_RETURN_IF_ERROR(emit(rows.data(), rows.size(), r0 * row_bytes));
@@ -329,8 +354,8 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
       plan::Box whole{std::vector<uint64_t>(rank, 0), s.global.dims()};
       for (const plan::SavedChunk& c : s.chunks) {
         ops.clear();
-        CKPT_RETURN_IF_ERROR(
-            plan::PlanChunkReads(c, s.dtype, whole, {}, &ops).WithContext("tensor '" + Printable(s.fqn) + "'"));
+        CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(c, s.dtype, whole, {}, &ops)
+                                 .WithContext("tensor '" + Printable(s.fqn) + "'"));
         CKPT_RETURN_IF_ERROR(run(c, emit));
       }
     }
@@ -343,13 +368,15 @@ Status WriteFile(Storage& storage, const std::string& in_dir, const std::vector<
 // <in>/.hf_metadata: regular files of the kinds IsHfArtifactName accepts.
 // Links are never followed (a link could name any file of the machine), and
 // nothing the export writes itself is replaced; what is skipped is reported.
-Status CopyHfArtifacts(Storage& storage, const std::string& in_dir, const engine::ShardListing& listing,
-                       const std::string& out_dir, std::vector<std::string>* warnings) {
+Status CopyHfArtifacts(Storage& storage, const std::string& in_dir,
+                       const engine::ShardListing& listing, const std::string& out_dir,
+                       std::vector<std::string>* warnings) {
   const std::string src = JoinPath(in_dir, kHfMetadataDir);
   CKPT_ASSIGN_OR_RETURN(bool exists, Exists(storage, src));
   if (!exists) return Status();
   if (Result<std::string> link = storage.ReadLink(src); link.ok()) {
-    warnings->push_back(src + " is a symbolic link (to '" + Printable(*link) + "'): no side file copied");
+    warnings->push_back(src + " is a symbolic link (to '" + Printable(*link) +
+                        "'): no side file copied");
     return Status();
   }
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(src));
@@ -361,12 +388,14 @@ Status CopyHfArtifacts(Storage& storage, const std::string& in_dir, const engine
       continue;
     }
     if (e.type != EntryType::kFile) {
-      if (e.type != EntryType::kDirectory) warnings->push_back(Printable(path, 4096) + " is not a regular file: not copied");
+      if (e.type != EntryType::kDirectory)
+        warnings->push_back(Printable(path, 4096) + " is not a regular file: not copied");
       continue;
     }
     if (!IsHfArtifactName(e.name)) {
-      warnings->push_back(Printable(path, 4096) +
-                          ": not a Hugging Face artifact kind, or a name the export writes: not copied");
+      warnings->push_back(
+          Printable(path, 4096) +
+          ": not a Hugging Face artifact kind, or a name the export writes: not copied");
       continue;
     }
     CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, path));
@@ -378,8 +407,9 @@ Status CopyHfArtifacts(Storage& storage, const std::string& in_dir, const engine
 
 }  // namespace
 
-Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_dir, const std::string& out_dir,
-                   const ConsolidateOptions& o, ConsolidateStats* stats_out) {
+Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_dir,
+                   const std::string& out_dir, const ConsolidateOptions& o,
+                   ConsolidateStats* stats_out) {
   const auto start = std::chrono::steady_clock::now();
   const Timeout to = o.timeout;
   const std::string what = "consolidating " + in_dir + " into " + out_dir;
@@ -387,7 +417,8 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
     return InvalidArgumentError(what + ": cast dtype " + std::string(DTypeName(*o.cast_dtype)) +
                                 " is not a float cast (F16, BF16, F32 or F64)");
   }
-  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt, engine::ReadAnyCheckpointCollective(comm, storage, in_dir, to));
+  CKPT_ASSIGN_OR_RETURN(engine::SavedCheckpoint ckpt,
+                        engine::ReadAnyCheckpointCollective(comm, storage, in_dir, to));
   ConsolidateStats stats;
   Result<std::vector<OutFile>> layout = LayOut(storage, in_dir, ckpt, o, &stats.warnings);
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(layout.status(), to).WithContext(what));
@@ -409,7 +440,8 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
       stats.rank_bytes += t.bytes;
     }
   }
-  unsigned threads = o.threads ? o.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  unsigned threads =
+      o.threads ? o.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   threads = std::max(1u, std::min<unsigned>(threads, static_cast<unsigned>(mine.size())));
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> done{0};
@@ -417,8 +449,8 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
   Status wrote;
   auto worker = [&] {
     for (size_t i = next++; i < mine.size(); i = next++) {
-      Status s = WriteFile(storage, in_dir, ckpt.listing.files, JoinPath(staging, mine[i]->name), *mine[i], &done, o,
-                           total);
+      Status s = WriteFile(storage, in_dir, ckpt.listing.files, JoinPath(staging, mine[i]->name),
+                           *mine[i], &done, o, total);
       if (!s.ok()) {
         std::lock_guard<std::mutex> lock(mu);
         if (wrote.ok()) wrote = s;
@@ -445,7 +477,8 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
       // commit object of the output directory.
       published = CopyHfArtifacts(storage, in_dir, ckpt.listing, staging, &stats.warnings);
       if (published.ok()) {
-        published = WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
+        published =
+            WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
       }
       if (published.ok()) published = storage.SyncDir(staging);
       if (published.ok() && staging != out_dir) published = storage.Rename(staging, out_dir);

@@ -22,34 +22,46 @@ Result<uint64_t> ParseByteSize(std::string_view text) {
     }
     ++i;
   }
-  if (i == 0) return InvalidArgumentError("size '" + std::string(text) + "' does not start with a number");
+  if (i == 0)
+    return InvalidArgumentError("size '" + std::string(text) + "' does not start with a number");
   std::string unit(text.substr(i));
   for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   static const std::pair<const char*, uint64_t> kUnits[] = {
-      {"", 1},          {"b", 1},
-      {"kb", 1000},     {"mb", 1000000},   {"gb", 1000000000},   {"tb", 1000000000000},
-      {"kib", 1ull << 10}, {"mib", 1ull << 20}, {"gib", 1ull << 30}, {"tib", 1ull << 40},
+      {"", 1},
+      {"b", 1},
+      {"kb", 1000},
+      {"mb", 1000000},
+      {"gb", 1000000000},
+      {"tb", 1000000000000},
+      {"kib", 1ull << 10},
+      {"mib", 1ull << 20},
+      {"gib", 1ull << 30},
+      {"tib", 1ull << 40},
   };
   for (const auto& [name, mult] : kUnits) {
     if (unit == name) {
       uint64_t out;
-      if (!CheckedMul(n, mult, &out)) return InvalidArgumentError("size '" + std::string(text) + "' overflows 64 bits");
-      if (out == 0) return InvalidArgumentError("size '" + std::string(text) + "' must be positive");
+      if (!CheckedMul(n, mult, &out))
+        return InvalidArgumentError("size '" + std::string(text) + "' overflows 64 bits");
+      if (out == 0)
+        return InvalidArgumentError("size '" + std::string(text) + "' must be positive");
       return out;
     }
   }
-  return InvalidArgumentError("size '" + std::string(text) + "': unknown unit '" + std::string(text.substr(i)) +
+  return InvalidArgumentError("size '" + std::string(text) + "': unknown unit '" +
+                              std::string(text.substr(i)) +
                               "' (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)");
 }
 
-DType ExportDType(DType saved, std::optional<DType> original, std::optional<DType> cast, std::string* warning) {
+DType ExportDType(DType saved, std::optional<DType> original, std::optional<DType> cast,
+                  std::string* warning) {
   const bool saved_float = IsOrdinaryFloat(saved);
   if (original == DType::kF32 && saved_float) return DType::kF32;
   if (cast && saved_float && IsOrdinaryFloat(*cast)) return *cast;
   if (original && saved_float && IsOrdinaryFloat(*original)) return *original;
   if (original && saved_float && !IsOrdinaryFloat(*original) && warning) {
-    *warning = "originally " + std::string(DTypeName(*original)) + ", now " + std::string(DTypeName(saved)) +
-               ": kept as " + std::string(DTypeName(saved));
+    *warning = "originally " + std::string(DTypeName(*original)) + ", now " +
+               std::string(DTypeName(saved)) + ": kept as " + std::string(DTypeName(saved));
   }
   return saved;
 }
@@ -58,10 +70,12 @@ namespace {
 
 // The <i> and <N> of "...-<i>-of-<N>.<ext>" in `file`, or nullopt when the
 // name has no such numbers. Digits are read with a cap, so any length is safe.
-Result<std::optional<std::pair<uint32_t, uint32_t>>> FileNumbers(const std::string& file, const std::regex& pattern,
-                                                                  const std::string& where) {
+Result<std::optional<std::pair<uint32_t, uint32_t>>> FileNumbers(const std::string& file,
+                                                                 const std::regex& pattern,
+                                                                 const std::string& where) {
   std::smatch match;
-  if (!std::regex_search(file, match, pattern)) return std::optional<std::pair<uint32_t, uint32_t>>();
+  if (!std::regex_search(file, match, pattern))
+    return std::optional<std::pair<uint32_t, uint32_t>>();
   uint32_t v[2];
   for (int k = 0; k < 2; ++k) {
     const std::string digits = match[k + 1].str();
@@ -69,21 +83,23 @@ Result<std::optional<std::pair<uint32_t, uint32_t>>> FileNumbers(const std::stri
     for (char ch : digits) {
       n = n * 10 + static_cast<uint64_t>(ch - '0');
       if (n > kMaxOutputFiles) {
-        return InvalidArgumentError(where + ": file number " + Printable(digits) + " in '" + Printable(file) +
-                                    "' exceeds the limit of " + std::to_string(kMaxOutputFiles) + " files");
+        return InvalidArgumentError(where + ": file number " + Printable(digits) + " in '" +
+                                    Printable(file) + "' exceeds the limit of " +
+                                    std::to_string(kMaxOutputFiles) + " files");
       }
     }
     v[k] = static_cast<uint32_t>(n);
   }
   if (v[0] == 0 || v[0] > v[1]) {
-    return InvalidArgumentError(where + ": file number " + std::to_string(v[0]) + " in '" + Printable(file) +
-                                "' is not between 1 and " + std::to_string(v[1]));
+    return InvalidArgumentError(where + ": file number " + std::to_string(v[0]) + " in '" +
+                                Printable(file) + "' is not between 1 and " + std::to_string(v[1]));
   }
   return std::optional<std::pair<uint32_t, uint32_t>>(std::make_pair(v[0], v[1]));
 }
 
 // Every numbered file of a base model must agree on N.
-Status SameTotal(std::optional<uint32_t>* total, uint32_t n, const std::string& file, const std::string& where) {
+Status SameTotal(std::optional<uint32_t>* total, uint32_t n, const std::string& file,
+                 const std::string& where) {
   if (*total && **total != n) {
     return InvalidArgumentError(where + ": '" + Printable(file) + "' says " + std::to_string(n) +
                                 " files but another file says " + std::to_string(**total));
@@ -100,8 +116,9 @@ Status CheckFileNumbers(const std::map<std::string, uint32_t>& mapping, const st
   const uint64_t named = distinct.size();
   for (const auto& [fqn, f] : mapping) {
     if (f == 0 || f > named || f > kMaxOutputFiles) {
-      return InvalidArgumentError(source + ": tensor '" + Printable(fqn) + "': file number " + std::to_string(f) +
-                                  " is not between 1 and " + std::to_string(std::min<uint64_t>(named, kMaxOutputFiles)) +
+      return InvalidArgumentError(source + ": tensor '" + Printable(fqn) + "': file number " +
+                                  std::to_string(f) + " is not between 1 and " +
+                                  std::to_string(std::min<uint64_t>(named, kMaxOutputFiles)) +
                                   " (the number of distinct files the mapping names)");
     }
   }
@@ -121,7 +138,8 @@ Result<std::map<std::string, DType>> DTypesFromBase(Storage& storage, const std:
   return out;
 }
 
-Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, const std::string& dir) {
+Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage,
+                                                            const std::string& dir) {
   std::map<std::string, uint32_t> out;
   std::optional<uint32_t> total;
   CKPT_ASSIGN_OR_RETURN(bool bin_only, engine::IsTorchBinOnlyDir(storage, dir));
@@ -148,8 +166,8 @@ Result<std::map<std::string, uint32_t>> FileMappingFromBase(Storage& storage, co
       }
       CKPT_ASSIGN_OR_RETURN(auto numbers, FileNumbers(file, kNumbered, where));
       if (!numbers) {
-        return InvalidArgumentError(dir + ": cannot tell the file number of '" + Printable(file) + "' (tensor '" +
-                                    Printable(name) + "')");
+        return InvalidArgumentError(dir + ": cannot tell the file number of '" + Printable(file) +
+                                    "' (tensor '" + Printable(name) + "')");
       }
       CKPT_RETURN_IF_ERROR(SameTotal(&total, numbers->second, file, where));
       out[name] = numbers->first;

@@ -55,19 +55,31 @@ void Store(std::byte* p, T v) {
 
 double ReadOne(DType d, const std::byte* p) {
   switch (d) {
-    case DType::kF16: return HalfToDouble(Load<uint16_t>(p));
-    case DType::kBF16: return Bf16ToDouble(Load<uint16_t>(p));
-    case DType::kF32: return static_cast<double>(Load<float>(p));
-    default: return Load<double>(p);
+    case DType::kF16:
+      return HalfToDouble(Load<uint16_t>(p));
+    case DType::kBF16:
+      return Bf16ToDouble(Load<uint16_t>(p));
+    case DType::kF32:
+      return static_cast<double>(Load<float>(p));
+    default:
+      return Load<double>(p);
   }
 }
 
 void WriteOne(DType d, std::byte* p, double v) {
   switch (d) {
-    case DType::kF16: Store<uint16_t>(p, DoubleToHalf(v)); break;
-    case DType::kBF16: Store<uint16_t>(p, DoubleToBf16(v)); break;
-    case DType::kF32: Store<float>(p, static_cast<float>(v)); break;  // IEEE rounding: to nearest even
-    default: Store<double>(p, v); break;
+    case DType::kF16:
+      Store<uint16_t>(p, DoubleToHalf(v));
+      break;
+    case DType::kBF16:
+      Store<uint16_t>(p, DoubleToBf16(v));
+      break;
+    case DType::kF32:
+      Store<float>(p, static_cast<float>(v));
+      break;  // IEEE rounding: to nearest even
+    default:
+      Store<double>(p, v);
+      break;
   }
 }
 
@@ -103,7 +115,8 @@ uint16_t DoubleToBf16(double x) { return static_cast<uint16_t>(Encode(x, 8, 7));
 Status CastFloats(DType from, std::span<const std::byte> in, DType to, std::span<std::byte> out) {
   if (!IsOrdinaryFloat(from) || !IsOrdinaryFloat(to)) {
     return InvalidArgumentError("cannot cast " + std::string(DTypeName(from)) + " to " +
-                                std::string(DTypeName(to)) + ": only F16, BF16, F32 and F64 are cast");
+                                std::string(DTypeName(to)) +
+                                ": only F16, BF16, F32 and F64 are cast");
   }
   const size_t in_size = DTypeBits(from) / 8, out_size = DTypeBits(to) / 8;
   const size_t n = in.size() / in_size;
@@ -115,7 +128,8 @@ Status CastFloats(DType from, std::span<const std::byte> in, DType to, std::span
     std::memcpy(out.data(), in.data(), in.size());
     return Status();
   }
-  for (size_t i = 0; i < n; ++i) WriteOne(to, out.data() + i * out_size, ReadOne(from, in.data() + i * in_size));
+  for (size_t i = 0; i < n; ++i)
+    WriteOne(to, out.data() + i * out_size, ReadOne(from, in.data() + i * in_size));
   return Status();
 }
 

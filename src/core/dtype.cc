@@ -48,12 +48,18 @@ const DTypeInfo& GetDTypeInfo(DType dtype) { return kDTypes[static_cast<size_t>(
 
 std::string_view DTypeClassName(DTypeClass cls) {
   switch (cls) {
-    case C::kBool: return "bool";
-    case C::kInt: return "int";
-    case C::kFloat: return "float";
-    case C::kFp8: return "fp8";
-    case C::kSubByte: return "sub-byte";
-    case C::kComplex: return "complex";
+    case C::kBool:
+      return "bool";
+    case C::kInt:
+      return "int";
+    case C::kFloat:
+      return "float";
+    case C::kFp8:
+      return "fp8";
+    case C::kSubByte:
+      return "sub-byte";
+    case C::kComplex:
+      return "complex";
   }
   return "unknown";
 }
@@ -74,19 +80,31 @@ struct TorchName {
 
 // Canonical names first; aliases after.
 constexpr TorchName kTorchNames[] = {
-    {"bool", DType::kBool},         {"uint8", DType::kU8},
-    {"int8", DType::kI8},           {"float8_e5m2", DType::kF8_E5M2},
-    {"float8_e4m3fn", DType::kF8_E4M3}, {"float8_e8m0fnu", DType::kF8_E8M0},
-    {"float8_e4m3fnuz", DType::kF8_E4M3FNUZ}, {"float8_e5m2fnuz", DType::kF8_E5M2FNUZ},
-    {"int16", DType::kI16},         {"uint16", DType::kU16},
-    {"float16", DType::kF16},       {"bfloat16", DType::kBF16},
-    {"int32", DType::kI32},         {"uint32", DType::kU32},
-    {"float32", DType::kF32},       {"complex64", DType::kC64},
-    {"float64", DType::kF64},       {"int64", DType::kI64},
+    {"bool", DType::kBool},
+    {"uint8", DType::kU8},
+    {"int8", DType::kI8},
+    {"float8_e5m2", DType::kF8_E5M2},
+    {"float8_e4m3fn", DType::kF8_E4M3},
+    {"float8_e8m0fnu", DType::kF8_E8M0},
+    {"float8_e4m3fnuz", DType::kF8_E4M3FNUZ},
+    {"float8_e5m2fnuz", DType::kF8_E5M2FNUZ},
+    {"int16", DType::kI16},
+    {"uint16", DType::kU16},
+    {"float16", DType::kF16},
+    {"bfloat16", DType::kBF16},
+    {"int32", DType::kI32},
+    {"uint32", DType::kU32},
+    {"float32", DType::kF32},
+    {"complex64", DType::kC64},
+    {"float64", DType::kF64},
+    {"int64", DType::kI64},
     {"uint64", DType::kU64},
-    {"half", DType::kF16},          {"float", DType::kF32},
-    {"double", DType::kF64},        {"short", DType::kI16},
-    {"int", DType::kI32},           {"long", DType::kI64},
+    {"half", DType::kF16},
+    {"float", DType::kF32},
+    {"double", DType::kF64},
+    {"short", DType::kI16},
+    {"int", DType::kI32},
+    {"long", DType::kI64},
     {"cfloat", DType::kC64},
 };
 
@@ -105,7 +123,8 @@ Result<DType> ParseTorchDType(std::string_view name) {
   for (const TorchName& t : kTorchNames) {
     if (t.name == n) return t.dtype;
   }
-  return NotFoundError("\"" + std::string(name) + "\" is not a torch dtype with a safetensors counterpart");
+  return NotFoundError("\"" + std::string(name) +
+                       "\" is not a torch dtype with a safetensors counterpart");
 }
 
 }  // namespace ckpt

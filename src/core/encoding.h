@@ -1,6 +1,6 @@
 // Text encodings of binary values, one home for each: XXH64 digests as 16
-// lowercase hex digits, the random tokens in staging names (the same form), and standard base64 (RFC 4648, '=' padding) for raw
-// bytes kept in JSON files.
+// lowercase hex digits, the random tokens in staging names (the same form), and standard base64
+// (RFC 4648, '=' padding) for raw bytes kept in JSON files.
 #ifndef CKPT_CORE_ENCODING_H_
 #define CKPT_CORE_ENCODING_H_
 

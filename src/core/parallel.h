@@ -29,7 +29,8 @@ void ForEachRange(size_t n, unsigned ranges, const Fn& fn) {
   auto bound = [&](unsigned k) { return n * k / ranges; };
   std::vector<std::thread> threads;
   threads.reserve(ranges - 1);
-  for (unsigned k = 1; k < ranges; ++k) threads.emplace_back([&, k] { fn(bound(k), bound(k + 1), k); });
+  for (unsigned k = 1; k < ranges; ++k)
+    threads.emplace_back([&, k] { fn(bound(k), bound(k + 1), k); });
   fn(bound(0), bound(1), 0u);
   for (std::thread& t : threads) t.join();
 }

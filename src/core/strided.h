@@ -112,8 +112,8 @@ auto ForEachRun(const StridedLayout& l, Fn fn) -> decltype(fn(int64_t{}, uint64_
 
 // Copies elements [first, first + count) of the strided array at `base`, in
 // row-major order, to the contiguous `dst`.
-inline void GatherElements(const StridedLayout& l, const std::byte* base, uint64_t first, uint64_t count,
-                           std::byte* dst) {
+inline void GatherElements(const StridedLayout& l, const std::byte* base, uint64_t first,
+                           uint64_t count, std::byte* dst) {
   ForEachRunInRange(l, first, count, [&](int64_t off, uint64_t bytes) {
     std::memcpy(dst, base + off, bytes);
     dst += bytes;
@@ -149,8 +149,8 @@ inline std::vector<int64_t> RowMajorStrides(const std::vector<uint64_t>& shape) 
 // `piece_bytes` are handed over in place, shorter ones gathered into pieces
 // of about `piece_bytes`. Returns the first error fn returns.
 template <typename Fn>
-auto ForEachGatheredPiece(const StridedLayout& l, const std::byte* base, uint64_t piece_bytes, Fn fn)
-    -> decltype(fn(uint64_t{}, std::span<const std::byte>{})) {
+auto ForEachGatheredPiece(const StridedLayout& l, const std::byte* base, uint64_t piece_bytes,
+                          Fn fn) -> decltype(fn(uint64_t{}, std::span<const std::byte>{})) {
   using R = decltype(fn(uint64_t{}, std::span<const std::byte>{}));
   std::vector<std::byte> buf;
   uint64_t done = 0;

@@ -11,8 +11,8 @@
 #include "ckpt/sharded.h"
 #include "ckpt/version.h"
 #include "core/encoding.h"
-#include "io/staged_dir.h"
 #include "format/json_util.h"
+#include "io/staged_dir.h"
 #include "plan/codec.h"
 
 namespace ckpt::engine {
@@ -33,7 +33,8 @@ std::string ShardFileNameImpl(int rank) {
 
 namespace {
 Status Uncommitted(const std::string& dir) {
-  return NotFoundError(dir + ": no " + std::string(kManifestName) + " or " + std::string(kHfIndexName) +
+  return NotFoundError(dir + ": no " + std::string(kManifestName) + " or " +
+                       std::string(kHfIndexName) +
                        " (its commit object): the save that wrote it never committed");
 }
 bool IsCommitObject(std::string_view name) {
@@ -82,15 +83,16 @@ Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
       Result<std::vector<DirEntry>> sides = storage.List(side);
       if (!sides.ok()) l.side_files[""] = UINT64_MAX;
       for (const DirEntry& e : sides.ok() ? *sides : std::vector<DirEntry>()) {
-        const bool plain = e.type == EntryType::kFile && !storage.ReadLink(JoinPath(side, e.name)).ok();
+        const bool plain =
+            e.type == EntryType::kFile && !storage.ReadLink(JoinPath(side, e.name)).ok();
         l.side_files[e.name] = plain ? e.size : UINT64_MAX;
       }
     }
   }
   // A Hugging Face directory with an index: exactly the files it names.
   for (std::string_view name : {kHfIndexName, kDiffusersIndexName}) {
-    if (std::find_if(entries.begin(), entries.end(), [&](const DirEntry& e) { return e.name == name; }) ==
-        entries.end()) {
+    if (std::find_if(entries.begin(), entries.end(),
+                     [&](const DirEntry& e) { return e.name == name; }) == entries.end()) {
       continue;
     }
     const std::string path = JoinPath(dir, name);
@@ -106,7 +108,8 @@ Result<ShardListing> ListShardDir(Storage& storage, const std::string& dir) {
       if (!taken.insert(file).second) continue;
       auto it = present.find(file);
       if (it == present.end()) {
-        return NotFoundError(path + ": shard '" + Printable(file) + "' named in weight_map does not exist");
+        return NotFoundError(path + ": shard '" + Printable(file) +
+                             "' named in weight_map does not exist");
       }
       files.push_back(file);
       sizes.push_back(l.sizes[it->second]);
@@ -178,7 +181,8 @@ Result<ShardListing> DecodeListing(std::string_view text) {
     l.side_files.emplace(std::move(name), size);
   }
   ok = ok && d.done();
-  if (!ok) return InternalError("malformed directory listing (" + std::to_string(text.size()) + " bytes)");
+  if (!ok)
+    return InternalError("malformed directory listing (" + std::to_string(text.size()) + " bytes)");
   return l;
 }
 
@@ -205,16 +209,20 @@ Status CheckManifest(const ShardListing& l, const std::string& dir) {
   }
   for (const std::string& f : l.files) {
     if (!files->contains(f)) {
-      return DataLossError(dir + ": file '" + Printable(f) + "' is not part of the checkpoint's manifest");
+      return DataLossError(dir + ": file '" + Printable(f) +
+                           "' is not part of the checkpoint's manifest");
     }
   }
-  if (auto extra = m.find("extra_state"); extra != m.end()) {  // absent: written before it was covered
+  if (auto extra = m.find("extra_state");
+      extra != m.end()) {  // absent: written before it was covered
     const std::string path = JoinPath(dir, kExtraStateName);
     if (extra->is_null() && l.has_extra_state) {
-      return DataLossError(path + ": not part of the checkpoint's manifest (it records no extra state)");
+      return DataLossError(path +
+                           ": not part of the checkpoint's manifest (it records no extra state)");
     }
     if (!extra->is_null() && !l.has_extra_state) {
-      return DataLossError(src + ": extra state '" + std::string(kExtraStateName) + "' is missing from " + dir);
+      return DataLossError(src + ": extra state '" + std::string(kExtraStateName) +
+                           "' is missing from " + dir);
     }
   }
   auto sides = m.find("hf_metadata");
@@ -224,21 +232,26 @@ Status CheckManifest(const ShardListing& l, const std::string& dir) {
   for (const auto& [name, entry] : sides->items()) {
     auto it = l.side_files.find(name);
     if (it == l.side_files.end()) {
-      return DataLossError(src + ": side file '" + Printable(name) + "' is missing from " + side_dir);
+      return DataLossError(src + ": side file '" + Printable(name) + "' is missing from " +
+                           side_dir);
     }
     auto size = entry.is_object() ? entry.find("size") : entry.end();
     if (it->second == UINT64_MAX) {
-      return DataLossError(JoinPath(side_dir, name) + ": not a regular file (a link or a special file)");
+      return DataLossError(JoinPath(side_dir, name) +
+                           ": not a regular file (a link or a special file)");
     }
     if (size == entry.end() || !size->is_number_unsigned() || size->get<uint64_t>() != it->second) {
-      return DataLossError(src + ": side file '" + Printable(name) + "' is " + std::to_string(it->second) +
-                           " bytes but the manifest records " + entry.dump());
+      return DataLossError(src + ": side file '" + Printable(name) + "' is " +
+                           std::to_string(it->second) + " bytes but the manifest records " +
+                           entry.dump());
     }
   }
   for (const auto& [name, size] : l.side_files) {
-    if (name.empty()) return DataLossError(side_dir + ": not a plain directory (a link or a special file)");
+    if (name.empty())
+      return DataLossError(side_dir + ": not a plain directory (a link or a special file)");
     if (!sides->contains(name)) {
-      return DataLossError(side_dir + ": file '" + Printable(name) + "' is not part of the checkpoint's manifest");
+      return DataLossError(side_dir + ": file '" + Printable(name) +
+                           "' is not part of the checkpoint's manifest");
     }
   }
   return Status();
@@ -253,28 +266,36 @@ Status CheckExtraState(const std::optional<std::string>& manifest, const std::st
   if (entry == m.end()) return Status();  // written before the extra state was covered
   const std::string path = JoinPath(dir, kExtraStateName);
   if (entry->is_null()) {
-    if (bytes) return DataLossError(path + ": not part of the checkpoint's manifest (it records no extra state)");
+    if (bytes)
+      return DataLossError(path +
+                           ": not part of the checkpoint's manifest (it records no extra state)");
     return Status();
   }
   auto size = entry->is_object() ? entry->find("size") : entry->end();
   auto hash = entry->is_object() ? entry->find("xxh64") : entry->end();
-  if (size == entry->end() || !size->is_number_unsigned() || hash == entry->end() || !hash->is_string()) {
-    return DataLossError(src + ": \"extra_state\" is not {\"size\": <bytes>, \"xxh64\": <hex>} but " + entry->dump());
+  if (size == entry->end() || !size->is_number_unsigned() || hash == entry->end() ||
+      !hash->is_string()) {
+    return DataLossError(src +
+                         ": \"extra_state\" is not {\"size\": <bytes>, \"xxh64\": <hex>} but " +
+                         entry->dump());
   }
-  if (!bytes) return DataLossError(src + ": extra state '" + std::string(kExtraStateName) + "' is missing from " + dir);
+  if (!bytes)
+    return DataLossError(src + ": extra state '" + std::string(kExtraStateName) +
+                         "' is missing from " + dir);
   if (bytes->size() != size->get<uint64_t>()) {
-    return DataLossError(path + ": " + std::to_string(bytes->size()) + " bytes but the manifest records " +
-                         size->dump());
+    return DataLossError(path + ": " + std::to_string(bytes->size()) +
+                         " bytes but the manifest records " + size->dump());
   }
   const std::string got = HeaderHash(*bytes);
   if (got != hash->get<std::string>()) {
-    return DataLossError(path + ": its bytes hash to " + got + " but the manifest records " + hash->dump() +
-                         " (the file was changed after it was written)");
+    return DataLossError(path + ": its bytes hash to " + got + " but the manifest records " +
+                         hash->dump() + " (the file was changed after it was written)");
   }
   return Status();
 }
 
-Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l, const std::string& dir,
+Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l,
+                                                        const std::string& dir,
                                                         const std::string& name) {
   if (!l.manifest) return std::optional<std::string>();
   const std::string src = JoinPath(dir, kManifestName);
@@ -289,13 +310,15 @@ Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l, c
   return std::optional<std::string>(hash->get<std::string>());
 }
 
-Status CheckSideFile(const ShardListing& l, const std::string& dir, const std::string& name, std::string_view bytes) {
+Status CheckSideFile(const ShardListing& l, const std::string& dir, const std::string& name,
+                     std::string_view bytes) {
   CKPT_ASSIGN_OR_RETURN(std::optional<std::string> want, ManifestSideFileHash(l, dir, name));
   if (!want) return Status();
   const std::string got = HeaderHash(bytes);
   if (got != *want) {
-    return DataLossError(JoinPath(JoinPath(dir, kHfMetadataDir), name) + ": " + std::to_string(bytes.size()) +
-                         " bytes hash to " + got + " but the manifest records " + *want +
+    return DataLossError(JoinPath(JoinPath(dir, kHfMetadataDir), name) + ": " +
+                         std::to_string(bytes.size()) + " bytes hash to " + got +
+                         " but the manifest records " + *want +
                          " (the file was changed after it was written)");
   }
   return Status();
@@ -341,13 +364,17 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
   json info = json::object();
   auto it = header.metadata().find(std::string(kDcpShardingInfoKey));
   if (it != header.metadata().end()) {
-    CKPT_ASSIGN_OR_RETURN(info, ParseStrictJson(it->second, path + ": " + std::string(kDcpShardingInfoKey), 8));
+    CKPT_ASSIGN_OR_RETURN(
+        info, ParseStrictJson(it->second, path + ": " + std::string(kDcpShardingInfoKey), 8));
     if (!info.is_object()) return DataLossError(path + ": DCP_SHARDING_INFO is not a JSON object");
   }
   json sums = json::object();
-  if (auto s = header.metadata().find(std::string(kChunkChecksumKey)); s != header.metadata().end()) {
-    CKPT_ASSIGN_OR_RETURN(sums, ParseStrictJson(s->second, path + ": " + std::string(kChunkChecksumKey), 4));
-    if (!sums.is_object()) return DataLossError(path + ": " + std::string(kChunkChecksumKey) + " is not a JSON object");
+  if (auto s = header.metadata().find(std::string(kChunkChecksumKey));
+      s != header.metadata().end()) {
+    CKPT_ASSIGN_OR_RETURN(
+        sums, ParseStrictJson(s->second, path + ": " + std::string(kChunkChecksumKey), 4));
+    if (!sums.is_object())
+      return DataLossError(path + ": " + std::string(kChunkChecksumKey) + " is not a JSON object");
   }
   for (const TensorInfo& t : header.tensors()) {
     if (listing != nullptr && !listing->weight_map.empty()) {
@@ -381,12 +408,15 @@ Status IndexShard(const SafetensorsHeader& header, uint32_t file, const std::str
       uint64_t v = 0;
       bool ok = hex.size() == 16;
       for (char ch : hex) {
-        const int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        const int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                      : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                                               : -1;
         if (d < 0) ok = false;
         v = v << 4 | static_cast<uint64_t>(d < 0 ? 0 : d);
       }
       if (!ok) {
-        return DataLossError(path + ": tensor '" + t.name + "': checksum " + h->dump() + " is not 16 hex digits");
+        return DataLossError(path + ": tensor '" + t.name + "': checksum " + h->dump() +
+                             " is not 16 hex digits");
       }
       c.has_checksum = true;
       c.checksum = v;
@@ -441,8 +471,10 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
   for (size_t i = 0; i < listing.files.size() && indexed.ok(); ++i) {
     const std::string path = JoinPath(dir, listing.files[i]);
     Result<SafetensorsHeader> h = SafetensorsHeader::ParsePrefix(
-        std::as_bytes(std::span<const char>(prefixes[i].data(), prefixes[i].size())), listing.sizes[i], path);
-    indexed = h.ok() ? IndexShard(*h, static_cast<uint32_t>(i), path, &out.index, &listing) : h.status();
+        std::as_bytes(std::span<const char>(prefixes[i].data(), prefixes[i].size())),
+        listing.sizes[i], path);
+    indexed =
+        h.ok() ? IndexShard(*h, static_cast<uint32_t>(i), path, &out.index, &listing) : h.status();
   }
   if (indexed.ok()) indexed = out.index.Finalize();
   // Every tensor of an HF index must be in the file it names.
@@ -451,23 +483,25 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
     const std::string& tensor = entry.first;
     const std::string& file = entry.second;
     const plan::SavedTensor* t = out.index.Find(tensor);
-    const bool in_file = t != nullptr && std::any_of(t->chunks.begin(), t->chunks.end(), [&](const plan::SavedChunk& c) {
-      return listing.files[c.file] == file;
-    });
+    const bool in_file = t != nullptr && std::any_of(t->chunks.begin(), t->chunks.end(),
+                                                     [&](const plan::SavedChunk& c) {
+                                                       return listing.files[c.file] == file;
+                                                     });
     if (!in_file) {
-      indexed = DataLossError(JoinPath(dir, listing.index_name) + ": tensor '" + tensor + "' is mapped to '" + file +
-                              "' but that shard does not contain it");
+      indexed = DataLossError(JoinPath(dir, listing.index_name) + ": tensor '" + tensor +
+                              "' is mapped to '" + file + "' but that shard does not contain it");
     }
   }
   CKPT_RETURN_IF_ERROR(indexed.WithContext(what));
   return out;
 }
 
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view given) {
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir,
+                                     std::string_view given) {
   if (!storage.CanRename()) {
     // No rename: the save writes under `dir` itself and commits by writing
-    // the manifest (the index, for a consolidated directory) last. Objects without a manifest are a dead save's,
-    // removed by listing.
+    // the manifest (the index, for a consolidated directory) last. Objects without a manifest are a
+    // dead save's, removed by listing.
     const Status committed = CheckCommitted(storage, dir);
     if (committed.ok()) return AlreadyExistsError(dir + " already exists; it is never overwritten");
     if (committed.code() != StatusCode::kNotFound) return committed;
@@ -477,7 +511,8 @@ Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, s
   return ckpt::CreateStagingDir(storage, dir, given);
 }
 
-Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout to) {
+Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir,
+                                     Timeout to) {
   std::string staging;
   Status prepared;
   if (comm.rank() == 0) {
@@ -504,8 +539,9 @@ std::string ManifestText(const std::vector<std::string>& files, const std::vecto
             {"world_size", world_size},
             {"files", f},
             {"headers", h},
-            {"extra_state", extra_state ? json{{"size", extra_state->size()}, {"xxh64", HeaderHash(*extra_state)}}
-                                        : json(nullptr)}};
+            {"extra_state",
+             extra_state ? json{{"size", extra_state->size()}, {"xxh64", HeaderHash(*extra_state)}}
+                         : json(nullptr)}};
   return m.dump(2) + "\n";
 }
 
@@ -513,7 +549,8 @@ std::string HeaderHash(std::string_view prefix) {
   return Hex64(XXH64(prefix.data(), prefix.size(), 0));
 }
 
-Status CheckHeaderHashes(const ShardListing& l, const std::string& dir, const std::vector<std::string>& prefixes) {
+Status CheckHeaderHashes(const ShardListing& l, const std::string& dir,
+                         const std::vector<std::string>& prefixes) {
   if (!l.manifest) return Status();
   const std::string src = JoinPath(dir, kManifestName);
   CKPT_ASSIGN_OR_RETURN(json m, ParseStrictJson(*l.manifest, src, 8));
@@ -525,8 +562,9 @@ Status CheckHeaderHashes(const ShardListing& l, const std::string& dir, const st
     if (want == headers->end()) continue;
     const std::string got = HeaderHash(prefixes[i]);
     if (!want->is_string() || want->get<std::string>() != got) {
-      return DataLossError(JoinPath(dir, l.files[i]) + ": header bytes [0, " + std::to_string(prefixes[i].size()) +
-                           ") hash to " + got + " but the manifest records " + want->dump() +
+      return DataLossError(JoinPath(dir, l.files[i]) + ": header bytes [0, " +
+                           std::to_string(prefixes[i].size()) + ") hash to " + got +
+                           " but the manifest records " + want->dump() +
                            " (the header was changed after it was written)");
     }
   }

@@ -21,7 +21,7 @@ namespace ckpt::engine {
 struct ShardListing {
   std::vector<std::string> files;  // visible *.safetensors, sorted
   std::vector<uint64_t> sizes;
-  std::optional<std::string> manifest;     // text of ckpt_manifest.json
+  std::optional<std::string> manifest;  // text of ckpt_manifest.json
   bool has_extra_state = false;
   // For a Hugging Face directory with an index: its weight map (tensor →
   // file). Only the files it names are read, and each must hold its tensors.
@@ -55,7 +55,8 @@ Status CheckExtraState(const std::optional<std::string>& manifest, const std::st
 
 // Side files: the XXH64 the manifest records for .hf_metadata/<name>, or
 // nullopt when the manifest does not cover side files.
-Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l, const std::string& dir,
+Result<std::optional<std::string>> ManifestSideFileHash(const ShardListing& l,
+                                                        const std::string& dir,
                                                         const std::string& name);
 // Compares `bytes`, read from .hf_metadata/<name>, with the manifest.
 Status CheckSideFile(const ShardListing& l, const std::string& dir, const std::string& name,
@@ -106,7 +107,7 @@ struct SavedBytesEntry {
 struct SavedCheckpoint {
   ShardListing listing;
   plan::SavedIndex index;
-  bool dcp = false;                                   // a DCP directory (engine/dcp_dir.h)
+  bool dcp = false;                                     // a DCP directory (engine/dcp_dir.h)
   std::map<std::string, SavedBytesEntry> byte_entries;  // DCP only
 };
 Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& storage,
@@ -122,9 +123,11 @@ Result<SavedCheckpoint> ReadCheckpointCollective(Communicator& comm, Storage& st
 // On a storage that cannot rename, `dir` itself is returned (after removing
 // what an uncommitted save left there) and the manifest, written last, is
 // the commit; a `dir` whose manifest exists is AlreadyExists.
-Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir, std::string_view token = {});
+Result<std::string> CreateStagingDir(Storage& storage, const std::string& dir,
+                                     std::string_view token = {});
 // Collective: rank 0 creates it; every rank gets its path or rank 0's error.
-Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir, Timeout timeout);
+Result<std::string> CreateStagingDir(Communicator& comm, Storage& storage, const std::string& dir,
+                                     Timeout timeout);
 
 // `header_hashes`: XXH64 of each file's 8-byte length and header, as stored.
 // `extra_state`: the bytes of ckpt_extra_state.json, nullopt when none.
@@ -137,7 +140,8 @@ std::string HeaderHash(std::string_view prefix);
 
 // Compares each file's header with the hash the manifest records for it
 // (manifests without "headers" are not checked). `prefixes` by file index.
-Status CheckHeaderHashes(const ShardListing& l, const std::string& dir, const std::vector<std::string>& prefixes);
+Status CheckHeaderHashes(const ShardListing& l, const std::string& dir,
+                         const std::vector<std::string>& prefixes);
 
 }  // namespace ckpt::engine
 

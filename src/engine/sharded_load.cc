@@ -5,6 +5,8 @@
 //   4. the key sets of all ranks are compared with the checkpoint's: missing
 //      and unexpected keys and shape/dtype mismatches make one error;
 //   5. each local chunk is filled from the overlapping byte ranges only.
+#include <xxhash.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -12,21 +14,19 @@
 #include <cstring>
 #include <limits>
 #include <locale>
-#include <optional>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <unordered_map>
 
-#include <xxhash.h>
-
 #include "ckpt/sharded.h"
-#include "engine/dcp_dir.h"
-#include "engine/shard_dir.h"
-#include "engine/torch_bin_load.h"
 #include "convert/float_cast.h"
 #include "core/encoding.h"
 #include "core/strided.h"
+#include "engine/dcp_dir.h"
+#include "engine/shard_dir.h"
+#include "engine/torch_bin_load.h"
 #include "format/json_util.h"
 #include "plan/codec.h"
 
@@ -34,7 +34,6 @@ namespace ckpt {
 namespace {
 
 using json = nlohmann::json;
-
 
 // With dequantize_fp8: `fqn` is the `_scale_inv` of an F8_E4M3 weight.
 bool ScaleOfFp8Weight(const plan::SavedIndex& index, const LoadOptions& o, const std::string& fqn) {
@@ -44,7 +43,8 @@ bool ScaleOfFp8Weight(const plan::SavedIndex& index, const LoadOptions& o, const
 }
 
 // The scale tensor an FP8 weight dequantizes with, or null.
-const plan::SavedTensor* Fp8Scale(const plan::SavedIndex& index, const LoadOptions& o, const plan::SavedTensor& w) {
+const plan::SavedTensor* Fp8Scale(const plan::SavedIndex& index, const LoadOptions& o,
+                                  const plan::SavedTensor& w) {
   if (!o.dequantize_fp8 || w.dtype != DType::kF8_E4M3) return nullptr;
   return index.Find(w.fqn + std::string(kFp8ScaleSuffix));
 }
@@ -63,19 +63,21 @@ Result<ByName> RenameCheckpointKeys(const plan::SavedIndex& index, const LoadOpt
     if (skip) continue;
     CKPT_ASSIGN_OR_RETURN(std::string name, mapper.Apply(fqn));
     if (auto [it, fresh] = source.emplace(name, fqn); !fresh) {
-      return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn + "' both map to '" + name + "'");
+      return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn +
+                                  "' both map to '" + name + "'");
     }
     out[name] = &t;
   }
   if (o.tie_word_embeddings && !out.count("lm_head.weight")) {
-    if (auto it = out.find("model.embed_tokens.weight"); it != out.end()) out["lm_head.weight"] = it->second;
+    if (auto it = out.find("model.embed_tokens.weight"); it != out.end())
+      out["lm_head.weight"] = it->second;
   }
   return out;
 }
 
-
-Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_rank_keys, const StateDict& sd,
-                   const LoadOptions& o, const std::string& dir, LoadStats* stats) {
+Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_rank_keys,
+                   const StateDict& sd, const LoadOptions& o, const std::string& dir,
+                   LoadStats* stats) {
   std::set<std::string> wanted;
   for (const std::string& keys : per_rank_keys) {
     plan::Decoder d(keys);
@@ -95,8 +97,9 @@ Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_ra
     auto it = by_name.find(t.fqn);
     if (it == by_name.end()) continue;
     const plan::SavedTensor* s = it->second;
-    const bool castable = (o.cast_floats && IsOrdinaryFloat(s->dtype) && IsOrdinaryFloat(t.dtype)) ||
-                          (o.dequantize_fp8 && s->dtype == DType::kF8_E4M3 && IsOrdinaryFloat(t.dtype));
+    const bool castable =
+        (o.cast_floats && IsOrdinaryFloat(s->dtype) && IsOrdinaryFloat(t.dtype)) ||
+        (o.dequantize_fp8 && s->dtype == DType::kF8_E4M3 && IsOrdinaryFloat(t.dtype));
     if ((s->dtype != t.dtype && !castable) || !(s->global == t.global_shape)) {
       mismatch.push_back(engine::MismatchLine(t.fqn, s->dtype, s->global, t));
     }
@@ -106,7 +109,8 @@ Status CompareKeys(const ByName& by_name, const std::vector<std::string>& per_ra
   }
   std::string msg;
   if (!wanted.empty() && matched == 0) {
-    msg = "no state-dict key is in the checkpoint (" + std::to_string(wanted.size()) + " wanted, e.g. " +
+    msg = "no state-dict key is in the checkpoint (" + std::to_string(wanted.size()) +
+          " wanted, e.g. " +
           engine::KeyList(std::vector<std::string>(wanted.begin(), wanted.end()), 3) + ")";
   }
   return engine::KeysError(dir, msg, *stats, mismatch, o);
@@ -122,7 +126,8 @@ class OpenFiles {
   Result<ReadableFile*> Get(uint32_t i) {
     auto it = files_.find(i);
     if (it == files_.end()) {
-      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, storage_.OpenRead(JoinPath(dir_, names_[i])));
+      CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f,
+                            storage_.OpenRead(JoinPath(dir_, names_[i])));
       it = files_.emplace(i, Entry{std::move(f), std::nullopt, false}).first;
     }
     return it->second.file.get();
@@ -158,7 +163,7 @@ Status RunReads(OpenFiles& files, std::byte* base, const std::vector<plan::ReadO
                 LoadStats* stats) {
   std::vector<std::byte> bounce;
   for (const plan::ReadOp& op : ops) {
-    CKPT_ASSIGN_OR_RETURN(ReadableFile* f, files.Get(op.file));
+    CKPT_ASSIGN_OR_RETURN(ReadableFile * f, files.Get(op.file));
     stats->bytes_read += op.length;
     ++stats->reads;
     if (op.Direct() && op.length >= (256u << 10)) {
@@ -170,7 +175,8 @@ Status RunReads(OpenFiles& files, std::byte* base, const std::vector<plan::ReadO
     if (const std::byte* mapped = files.Mapped(op.file)) {
       if (op.file_offset > f->Size() || op.length > f->Size() - op.file_offset) {
         return DataLossError(f->path() + ": read [" + std::to_string(op.file_offset) + ", " +
-                             std::to_string(op.file_offset + op.length) + ") past the end of the file");
+                             std::to_string(op.file_offset + op.length) +
+                             ") past the end of the file");
       }
       window = mapped + op.file_offset;
     } else {
@@ -185,7 +191,8 @@ Status RunReads(OpenFiles& files, std::byte* base, const std::vector<plan::ReadO
         std::memcpy(dst, src, p.count * op.elem_bytes);
       } else {
         for (uint64_t i = 0; i < p.count; ++i) {
-          std::memcpy(dst + static_cast<int64_t>(i) * op.dest_step, src + i * op.elem_bytes, op.elem_bytes);
+          std::memcpy(dst + static_cast<int64_t>(i) * op.dest_step, src + i * op.elem_bytes,
+                      op.elem_bytes);
         }
       }
     }
@@ -194,29 +201,34 @@ Status RunReads(OpenFiles& files, std::byte* base, const std::vector<plan::ReadO
 }
 
 // A DCP directory's non-tensor values are its byte entries (no JSON).
-Status LoadDcpExtra(Storage& storage, const std::string& dir, const engine::SavedCheckpoint& checkpoint,
-                    StateDict& sd) {
+Status LoadDcpExtra(Storage& storage, const std::string& dir,
+                    const engine::SavedCheckpoint& checkpoint, StateDict& sd) {
   if (sd.json.empty() && sd.bytes.empty()) return Status();
-  if (!sd.json.empty()) return NotFoundError(dir + ": a DCP checkpoint has no JSON entry '" + sd.json.begin()->first + "'");
+  if (!sd.json.empty())
+    return NotFoundError(dir + ": a DCP checkpoint has no JSON entry '" + sd.json.begin()->first +
+                         "'");
   CKPT_ASSIGN_OR_RETURN(auto entries, engine::ReadDcpBytes(storage, dir, checkpoint));
   for (auto& [k, v] : sd.bytes) {
     auto it = entries.find(k);
-    if (it == entries.end()) return NotFoundError(dir + ": no bytes entry '" + k + "' in .metadata");
+    if (it == entries.end())
+      return NotFoundError(dir + ": no bytes entry '" + k + "' in .metadata");
     v = std::move(it->second);
   }
   return Status();
 }
 
-Status LoadExtra(Storage& storage, const std::string& dir, bool present, const std::optional<std::string>& manifest,
-                 StateDict& sd) {
+Status LoadExtra(Storage& storage, const std::string& dir, bool present,
+                 const std::optional<std::string>& manifest, StateDict& sd) {
   if (sd.json.empty() && sd.bytes.empty()) return Status();
   const std::string path = JoinPath(dir, kExtraStateName);
-  if (!present) return NotFoundError(path + " does not exist but the state dict has non-tensor entries");
+  if (!present)
+    return NotFoundError(path + " does not exist but the state dict has non-tensor entries");
   CKPT_ASSIGN_OR_RETURN(std::string text, ReadFileToString(storage, path));
   CKPT_RETURN_IF_ERROR(engine::CheckExtraState(manifest, dir, std::string_view(text)));
   CKPT_ASSIGN_OR_RETURN(json j, ParseStrictJson(text, path, 64));
   for (auto& [k, v] : sd.json) {
-    if (!j.contains("json") || !j["json"].contains(k)) return NotFoundError(path + ": no json entry '" + k + "'");
+    if (!j.contains("json") || !j["json"].contains(k))
+      return NotFoundError(path + ": no json entry '" + k + "'");
     v = j["json"][k].dump();
   }
   for (auto& [k, v] : sd.bytes) {
@@ -279,8 +291,8 @@ void Place(std::span<const std::byte> out, DType to, LocalChunk& c);
 // box row-major in `from` into a buffer, converts, and places the elements
 // (through the chunk's strides when it has them). Transient memory: the box
 // in both dtypes.
-Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>& overlapping, DType from, DType to,
-                   const plan::Box& box, LocalChunk& c, LoadStats* stats) {
+Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>& overlapping,
+                   DType from, DType to, const plan::Box& box, LocalChunk& c, LoadStats* stats) {
   CKPT_ASSIGN_OR_RETURN(uint64_t in_bytes, c.shape.NumBytes(from));
   CKPT_ASSIGN_OR_RETURN(uint64_t out_bytes, c.shape.NumBytes(to));
   std::vector<std::byte> in(in_bytes);
@@ -298,17 +310,21 @@ Status ReadAndCast(OpenFiles& files, const std::vector<const plan::SavedChunk*>&
 
 // Reads an FP8 weight's box and the scales of the 128×128 blocks it
 // touches, multiplies in float32 and converts to the chunk's dtype.
-Status ReadAndDequant(OpenFiles& files, const plan::SavedTensor& weight, const plan::SavedTensor& scale,
-                      const plan::Box& box, LocalChunk& c, DType to, LoadStats* stats) {
+Status ReadAndDequant(OpenFiles& files, const plan::SavedTensor& weight,
+                      const plan::SavedTensor& scale, const plan::Box& box, LocalChunk& c, DType to,
+                      LoadStats* stats) {
   const std::string where = "FP8 weight '" + weight.fqn + "'";
-  if (weight.global.rank() != 2) return InvalidArgumentError(where + " has shape " + weight.global.ToString() + ", not a matrix");
+  if (weight.global.rank() != 2)
+    return InvalidArgumentError(where + " has shape " + weight.global.ToString() +
+                                ", not a matrix");
   const uint64_t rows = weight.global[0], cols = weight.global[1], B = kFp8BlockSize;
   const Shape expect({(rows + B - 1) / B, (cols + B - 1) / B});
   if (scale.dtype != DType::kF32 || !(scale.global == expect)) {
-    return InvalidArgumentError("'" + scale.fqn + "' is " + std::string(DTypeName(scale.dtype)) + " " +
-                                scale.global.ToString() + "; dequantizing " + where + " " + weight.global.ToString() +
-                                " needs F32 " + expect.ToString() + " (one scale per " + std::to_string(B) + "x" +
-                                std::to_string(B) + " block)");
+    return InvalidArgumentError("'" + scale.fqn + "' is " + std::string(DTypeName(scale.dtype)) +
+                                " " + scale.global.ToString() + "; dequantizing " + where + " " +
+                                weight.global.ToString() + " needs F32 " + expect.ToString() +
+                                " (one scale per " + std::to_string(B) + "x" + std::to_string(B) +
+                                " block)");
   }
   const uint64_t nr = box.sizes[0], nc = box.sizes[1];
   if (nr == 0 || nc == 0) return Status();
@@ -316,26 +332,32 @@ Status ReadAndDequant(OpenFiles& files, const plan::SavedTensor& weight, const p
   std::vector<plan::ReadOp> ops;
   std::vector<const plan::SavedChunk*> overlapping;
   plan::SavedIndex::Overlapping(weight, box, &overlapping);
-  for (const plan::SavedChunk* sc : overlapping) CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, DType::kF8_E4M3, box, {}, &ops));
+  for (const plan::SavedChunk* sc : overlapping)
+    CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, DType::kF8_E4M3, box, {}, &ops));
   CKPT_RETURN_IF_ERROR(RunReads(files, in.data(), ops, stats));
   const uint64_t br0 = box.offsets[0] / B, bc0 = box.offsets[1] / B;
-  const plan::Box sbox{{br0, bc0}, {(box.offsets[0] + nr - 1) / B - br0 + 1, (box.offsets[1] + nc - 1) / B - bc0 + 1}};
+  const plan::Box sbox{
+      {br0, bc0},
+      {(box.offsets[0] + nr - 1) / B - br0 + 1, (box.offsets[1] + nc - 1) / B - bc0 + 1}};
   std::vector<float> scales(sbox.sizes[0] * sbox.sizes[1]);
   ops.clear();
   overlapping.clear();
   plan::SavedIndex::Overlapping(scale, sbox, &overlapping);
-  for (const plan::SavedChunk* sc : overlapping) CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, DType::kF32, sbox, {}, &ops));
+  for (const plan::SavedChunk* sc : overlapping)
+    CKPT_RETURN_IF_ERROR(plan::PlanChunkReads(*sc, DType::kF32, sbox, {}, &ops));
   CKPT_RETURN_IF_ERROR(RunReads(files, reinterpret_cast<std::byte*>(scales.data()), ops, stats));
   static const std::array<float, 256> kTable = [] {
     std::array<float, 256> t{};
-    for (int i = 0; i < 256; ++i) t[static_cast<size_t>(i)] = Fp8E4M3ToFloat(static_cast<uint8_t>(i));
+    for (int i = 0; i < 256; ++i)
+      t[static_cast<size_t>(i)] = Fp8E4M3ToFloat(static_cast<uint8_t>(i));
     return t;
   }();
   std::vector<float> values(nr * nc);
   for (uint64_t i = 0; i < nr; ++i) {
     const float* srow = scales.data() + ((box.offsets[0] + i) / B - br0) * sbox.sizes[1];
     for (uint64_t j = 0; j < nc; ++j) {
-      values[i * nc + j] = kTable[static_cast<uint8_t>(in[i * nc + j])] * srow[(box.offsets[1] + j) / B - bc0];
+      values[i * nc + j] =
+          kTable[static_cast<uint8_t>(in[i * nc + j])] * srow[(box.offsets[1] + j) / B - bc0];
     }
   }
   std::span<const std::byte> f32 = std::as_bytes(std::span<const float>(values));
@@ -383,7 +405,8 @@ namespace {
 Status CheckChunk(const DistTensor& t, const LocalChunk& c, uint64_t* nbytes) {
   const plan::Box box{c.offsets, c.shape.dims()};
   if (box.offsets.size() != t.global_shape.rank() || box.sizes.size() != t.global_shape.rank()) {
-    return InvalidArgumentError("tensor '" + t.fqn + "': chunk rank differs from the global shape " +
+    return InvalidArgumentError("tensor '" + t.fqn +
+                                "': chunk rank differs from the global shape " +
                                 t.global_shape.ToString());
   }
   for (size_t d = 0; d < box.offsets.size(); ++d) {
@@ -393,7 +416,8 @@ Status CheckChunk(const DistTensor& t, const LocalChunk& c, uint64_t* nbytes) {
     }
   }
   CKPT_ASSIGN_OR_RETURN(*nbytes, c.shape.NumBytes(t.dtype));
-  if (*nbytes > 0 && c.data == nullptr) return InvalidArgumentError("tensor '" + t.fqn + "': chunk has no data pointer");
+  if (*nbytes > 0 && c.data == nullptr)
+    return InvalidArgumentError("tensor '" + t.fqn + "': chunk has no data pointer");
   return Status();
 }
 
@@ -403,7 +427,11 @@ class ChunkFiller {
  public:
   ChunkFiller(Storage& storage, const std::string& dir, const engine::SavedCheckpoint& checkpoint,
               const LoadOptions& o, LoadStats* stats)
-      : files_(storage, dir, checkpoint.listing.files), checkpoint_(checkpoint), o_(o), dir_(dir), stats_(stats) {}
+      : files_(storage, dir, checkpoint.listing.files),
+        checkpoint_(checkpoint),
+        o_(o),
+        dir_(dir),
+        stats_(stats) {}
 
   // Stops at the first chunk that fails, naming its tensor.
   Status FillAll(StateDict& sd, const ByName& by_name) {
@@ -414,7 +442,8 @@ class ChunkFiller {
         uint64_t nbytes = 0;
         CKPT_RETURN_IF_ERROR(CheckChunk(t, c, &nbytes));
         stats_->bytes_needed += nbytes;
-        CKPT_RETURN_IF_ERROR(Fill(t, *found->second, c, nbytes).WithContext("tensor '" + t.fqn + "'"));
+        CKPT_RETURN_IF_ERROR(
+            Fill(t, *found->second, c, nbytes).WithContext("tensor '" + t.fqn + "'"));
       }
     }
     return Status();
@@ -449,13 +478,15 @@ class ChunkFiller {
   // A chunk read whole: its recorded checksum must match.
   Status VerifyWholeChunk(const DistTensor& t, const plan::Box& box, const plan::SavedChunk& sc,
                           const std::byte* data, uint64_t nbytes) const {
-    if (!sc.has_checksum || sc.box.offsets != box.offsets || sc.box.sizes != box.sizes) return Status();
+    if (!sc.has_checksum || sc.box.offsets != box.offsets || sc.box.sizes != box.sizes)
+      return Status();
     const uint64_t got = XXH64(data, nbytes, 0);
     if (got == sc.checksum) return Status();
-    return DataLossError(JoinPath(dir_, checkpoint_.listing.files[sc.file]) + ": tensor '" + t.fqn + "' chunk at " +
-                         box.ToString() + ", bytes [" + std::to_string(sc.data_offset) + ", " +
-                         std::to_string(sc.data_offset + nbytes) + "): checksum " + Hex64(got) +
-                         " does not match the recorded " + Hex64(sc.checksum) + " (the file is corrupt)");
+    return DataLossError(
+        JoinPath(dir_, checkpoint_.listing.files[sc.file]) + ": tensor '" + t.fqn + "' chunk at " +
+        box.ToString() + ", bytes [" + std::to_string(sc.data_offset) + ", " +
+        std::to_string(sc.data_offset + nbytes) + "): checksum " + Hex64(got) +
+        " does not match the recorded " + Hex64(sc.checksum) + " (the file is corrupt)");
   }
 
   OpenFiles files_;
@@ -479,10 +510,11 @@ std::string KeyList(std::vector<std::string> v, size_t max) {
   return s;
 }
 
-std::string MismatchLine(const std::string& fqn, DType saved_dtype, const Shape& saved_shape, const DistTensor& t) {
+std::string MismatchLine(const std::string& fqn, DType saved_dtype, const Shape& saved_shape,
+                         const DistTensor& t) {
   return "'" + fqn + "' is " + std::string(DTypeName(saved_dtype)) + " " + saved_shape.ToString() +
-         " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " + t.global_shape.ToString() +
-         " in the state dict";
+         " in the checkpoint but " + std::string(DTypeName(t.dtype)) + " " +
+         t.global_shape.ToString() + " in the state dict";
 }
 
 Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats,
@@ -490,12 +522,12 @@ Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats
   const auto& missing = stats.missing_keys;
   const auto& unexpected = stats.unexpected_keys;
   if (!missing.empty() && !o.allow_missing) {
-    msg += std::string(msg.empty() ? "" : "; ") + "missing keys (" + std::to_string(missing.size()) +
-           "): " + KeyList(missing);
+    msg += std::string(msg.empty() ? "" : "; ") + "missing keys (" +
+           std::to_string(missing.size()) + "): " + KeyList(missing);
   }
   if (!unexpected.empty() && !o.allow_unexpected) {
-    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" + std::to_string(unexpected.size()) +
-           "): " + KeyList(unexpected);
+    msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys (" +
+           std::to_string(unexpected.size()) + "): " + KeyList(unexpected);
   }
   if (!mismatch.empty()) {
     msg += std::string(msg.empty() ? "" : "; ") + "mismatches (" + std::to_string(mismatch.size()) +
@@ -509,7 +541,8 @@ Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats
 
 namespace engine {
 
-Result<KeyMapper> KeyMapper::Compile(const std::vector<std::pair<std::string, std::string>>& mapping) {
+Result<KeyMapper> KeyMapper::Compile(
+    const std::vector<std::pair<std::string, std::string>>& mapping) {
   KeyMapper m;
   if (!mapping.empty()) PrimeRegexLocale();
   for (const auto& [pattern, replacement] : mapping) {
@@ -523,7 +556,8 @@ Result<KeyMapper> KeyMapper::Compile(const std::vector<std::pair<std::string, st
     try {
       m.rules_.push_back({pattern, std::regex(pattern), std::move(fmt)});
     } catch (const std::regex_error& e) {
-      return InvalidArgumentError("key mapping pattern '" + pattern + "' is not a valid regex: " + e.what());
+      return InvalidArgumentError("key mapping pattern '" + pattern +
+                                  "' is not a valid regex: " + e.what());
     }
   }
   return m;
@@ -536,7 +570,8 @@ Result<std::string> KeyMapper::Apply(const std::string& key) const {
       std::string out = std::regex_replace(key, r.pattern, r.format);
       if (out != key) return out;
     } catch (const std::regex_error& e) {  // too complex for std::regex
-      return InvalidArgumentError("key mapping pattern '" + r.source + "' on key '" + key + "': " + e.what());
+      return InvalidArgumentError("key mapping pattern '" + r.source + "' on key '" + key +
+                                  "': " + e.what());
     }
   }
   return key;
@@ -544,7 +579,8 @@ Result<std::string> KeyMapper::Apply(const std::string& key) const {
 
 }  // namespace engine
 
-Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping, const std::string& key) {
+Result<std::string> MapKey(const std::vector<std::pair<std::string, std::string>>& mapping,
+                           const std::string& key) {
   CKPT_ASSIGN_OR_RETURN(const engine::KeyMapper m, engine::KeyMapper::Compile(mapping));
   return m.Apply(key);
 }
@@ -556,7 +592,8 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   LoadStats stats;
 
   // Safetensors shards or a DCP directory (.metadata): the same saved chunks.
-  Result<engine::SavedCheckpoint> read = engine::ReadAnyCheckpointCollective(comm, storage, dir, to);
+  Result<engine::SavedCheckpoint> read =
+      engine::ReadAnyCheckpointCollective(comm, storage, dir, to);
   if (!read.ok()) {
     // Not safetensors: a Hugging Face directory that ships only .bin
     // weights? (Checked only here, off the path of ordinary loads.)
@@ -575,15 +612,17 @@ Status LoadSharded(Communicator& comm, Storage& storage, const std::string& dir,
   for (const DistTensor& t : sd.tensors) keys.Str(t.fqn);
   CKPT_ASSIGN_OR_RETURN(std::vector<std::string> all_keys, comm.AllGather(keys.Take(), to));
   Result<ByName> by_name = RenameCheckpointKeys(index, o);
-  Status matched = by_name.ok() ? CompareKeys(*by_name, all_keys, sd, o, dir, &stats) : by_name.status();
+  Status matched =
+      by_name.ok() ? CompareKeys(*by_name, all_keys, sd, o, dir, &stats) : by_name.status();
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(matched, to).WithContext(what));
 
   // 5. Fill the local chunks.
   ChunkFiller filler(storage, dir, checkpoint, o, &stats);
   Status filled = filler.FillAll(sd, *by_name);
   if (filled.ok()) {
-    filled = checkpoint.dcp ? LoadDcpExtra(storage, dir, checkpoint, sd)
-                            : LoadExtra(storage, dir, listing.has_extra_state, listing.manifest, sd);
+    filled = checkpoint.dcp
+                 ? LoadDcpExtra(storage, dir, checkpoint, sd)
+                 : LoadExtra(storage, dir, listing.has_extra_state, listing.manifest, sd);
   }
   if (stats_out) *stats_out = stats;
   return comm.AgreeOnStatus(filled, to).WithContext(what);

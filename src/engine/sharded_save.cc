@@ -8,10 +8,11 @@
 //      parent (without rename, on object stores, the manifest written last
 //      is the commit); all ranks agree on that outcome.
 // A crash before step 5's rename leaves only a hidden staging directory.
+#include "engine/sharded_save.h"
+
 #include <xxhash.h>
 
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "ckpt/safetensors.h"
@@ -19,7 +20,6 @@
 #include "core/encoding.h"
 #include "core/strided.h"
 #include "engine/shard_dir.h"
-#include "engine/sharded_save.h"
 #include "plan/save_plan.h"
 
 namespace ckpt {
@@ -39,13 +39,16 @@ Status CheckLocalState(const StateDict& sd) {
       }
       if (!c.strides.empty() && c.strides.size() != c.shape.rank()) {
         return InvalidArgumentError(where + ": " + std::to_string(c.strides.size()) +
-                                    " strides for a rank-" + std::to_string(c.shape.rank()) + " chunk");
+                                    " strides for a rank-" + std::to_string(c.shape.rank()) +
+                                    " chunk");
       }
       if (!c.strides.empty() && DTypeBits(t.dtype) % 8 != 0) {
-        return InvalidArgumentError(where + ": strided chunks of sub-byte dtypes are not supported");
+        return InvalidArgumentError(where +
+                                    ": strided chunks of sub-byte dtypes are not supported");
       }
       CKPT_ASSIGN_OR_RETURN(uint64_t n, c.shape.NumElements());
-      if (n > 0 && c.data == nullptr) return InvalidArgumentError(where + ": chunk has no data pointer");
+      if (n > 0 && c.data == nullptr)
+        return InvalidArgumentError(where + ": chunk has no data pointer");
     }
   }
   return Status();
@@ -66,8 +69,9 @@ Status ForEachPiece(const LocalChunk& c, DType dtype, uint64_t nbytes, Fn fn) {
 
 }  // namespace
 
-Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging, const std::string& file,
-                                    const StateDict& sd, const std::vector<plan::WriteItem>* writes_in,
+Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging,
+                                    const std::string& file, const StateDict& sd,
+                                    const std::vector<plan::WriteItem>* writes_in,
                                     ChunkSource* source) {
   std::vector<plan::WriteItem> all;
   if (writes_in == nullptr) {
@@ -103,8 +107,9 @@ Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging
       for (uint64_t off = 0; off < nbytes;) {
         CKPT_ASSIGN_OR_RETURN(std::span<const std::byte> piece, source->Next({w.tensor, w.chunk}));
         if (piece.empty() || piece.size() > nbytes - off) {
-          return InternalError("tensor '" + t.fqn + "': the chunk source gave " + std::to_string(piece.size()) +
-                               " bytes at offset " + std::to_string(off) + " of " + std::to_string(nbytes));
+          return InternalError("tensor '" + t.fqn + "': the chunk source gave " +
+                               std::to_string(piece.size()) + " bytes at offset " +
+                               std::to_string(off) + " of " + std::to_string(nbytes));
         }
         XXH64_update(h, piece.data(), piece.size());
         Status wrote = writer->Write(t.fqn, off, piece);
@@ -113,10 +118,11 @@ Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging
         off += piece.size();
       }
     } else {
-      CKPT_RETURN_IF_ERROR(ForEachPiece(c, t.dtype, nbytes, [&](uint64_t off, std::span<const std::byte> piece) {
-        XXH64_update(h, piece.data(), piece.size());
-        return writer->Write(t.fqn, off, piece);
-      }));
+      CKPT_RETURN_IF_ERROR(
+          ForEachPiece(c, t.dtype, nbytes, [&](uint64_t off, std::span<const std::byte> piece) {
+            XXH64_update(h, piece.data(), piece.size());
+            return writer->Write(t.fqn, off, piece);
+          }));
     }
     sums[t.fqn] = Hex64(XXH64_digest(h));
   }
@@ -139,7 +145,8 @@ std::string EncodeExtraState(const StateDict& sd) {
 }
 
 Status PublishStagingDir(Storage& storage, const std::string& staging, const std::string& dir,
-                         const std::vector<WrittenShard>& shards, int world_size, const StateDict* extra) {
+                         const std::vector<WrittenShard>& shards, int world_size,
+                         const StateDict* extra) {
   std::vector<std::string> names, hashes;
   std::vector<uint64_t> sizes;
   for (const WrittenShard& s : shards) {
@@ -168,13 +175,15 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
 }
 
 Result<plan::GlobalPlan> AgreeOnSavePlan(Communicator& comm, const StateDict& sd, Timeout timeout) {
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> compact, comm.AllGather(plan::EncodeChunkPlan(sd), timeout));
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> compact,
+                        comm.AllGather(plan::EncodeChunkPlan(sd), timeout));
   CKPT_ASSIGN_OR_RETURN(std::optional<std::vector<plan::LocalPlan>> shared,
                         plan::DecodeChunkPlans(plan::TensorTable::Of(sd), std::move(compact)));
   if (shared) return plan::BuildGlobalPlan(*shared);
   // Some rank holds other tensors (or malformed chunks): every rank takes
   // this branch, and the full plans say how they differ.
-  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> full, comm.AllGather(plan::EncodeLocalPlan(sd), timeout));
+  CKPT_ASSIGN_OR_RETURN(std::vector<std::string> full,
+                        comm.AllGather(plan::EncodeLocalPlan(sd), timeout));
   std::vector<plan::LocalPlan> plans;
   plans.reserve(full.size());
   for (std::string& e : full) {
@@ -195,7 +204,8 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   Status local = engine::CheckLocalState(sd);
   for (const auto& [k, v] : sd.json) {
     if (!local.ok()) break;
-    if (!nlohmann::json::accept(v)) local = InvalidArgumentError("json entry '" + k + "' is not valid JSON");
+    if (!nlohmann::json::accept(v))
+      local = InvalidArgumentError("json entry '" + k + "' is not valid JSON");
   }
   CKPT_RETURN_IF_ERROR(comm.AgreeOnStatus(local, to).WithContext(what));
 
@@ -210,15 +220,17 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
   engine::WrittenShard shard;
   Status wrote;
   if (!mine.empty()) {
-    Result<engine::WrittenShard> w =
-        engine::WriteShardFile(storage, staging, ShardFileName(comm.rank()), sd, &mine, options.source);
+    Result<engine::WrittenShard> w = engine::WriteShardFile(
+        storage, staging, ShardFileName(comm.rank()), sd, &mine, options.source);
     wrote = w.status();
     if (w.ok()) shard = std::move(*w);
   }
   Status agreed = comm.AgreeOnStatus(wrote, to);
   Result<std::vector<std::string>> files =
-      agreed.ok() ? comm.AllGather(shard.file + "\n" + std::to_string(shard.size) + "\n" + shard.header_hash, to)
-                  : agreed;
+      agreed.ok()
+          ? comm.AllGather(
+                shard.file + "\n" + std::to_string(shard.size) + "\n" + shard.header_hash, to)
+          : agreed;
   Status published = files.status();
   if (comm.rank() == 0) {
     if (published.ok()) {
@@ -226,7 +238,8 @@ Status SaveShardedImpl(Communicator& comm, Storage& storage, const std::string& 
       for (const std::string& f : *files) {
         const size_t nl = f.find('\n'), nl2 = f.find('\n', nl + 1);
         if (nl == 0) continue;  // a rank that wrote nothing
-        shards.push_back({f.substr(0, nl), std::stoull(f.substr(nl + 1, nl2 - nl - 1)), f.substr(nl2 + 1)});
+        shards.push_back(
+            {f.substr(0, nl), std::stoull(f.substr(nl + 1, nl2 - nl - 1)), f.substr(nl2 + 1)});
       }
       published = engine::PublishStagingDir(storage, staging, dir, shards, comm.size(), &sd);
     } else {

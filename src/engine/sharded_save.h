@@ -28,8 +28,9 @@ Result<plan::GlobalPlan> AgreeOnSavePlan(Communicator& comm, const StateDict& sd
 
 // Writes `file` in `staging`: the chunks `writes` lists (every chunk of `sd`
 // when null), with DCP_SHARDING_INFO and per-chunk XXH64 checksums, durably.
-Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging, const std::string& file,
-                                    const StateDict& sd, const std::vector<plan::WriteItem>* writes,
+Result<WrittenShard> WriteShardFile(Storage& storage, const std::string& staging,
+                                    const std::string& file, const StateDict& sd,
+                                    const std::vector<plan::WriteItem>* writes,
                                     ChunkSource* source);
 
 // The JSON of ckpt_extra_state.json for a state dict's non-tensor entries.
@@ -39,7 +40,8 @@ std::string EncodeExtraState(const StateDict& sd);
 // manifest (and the extra state when `extra` has entries), renames `staging`
 // to `dir` and fsyncs the parent. On failure the staging directory is removed.
 Status PublishStagingDir(Storage& storage, const std::string& staging, const std::string& dir,
-                         const std::vector<WrittenShard>& shards, int world_size, const StateDict* extra);
+                         const std::vector<WrittenShard>& shards, int world_size,
+                         const StateDict* extra);
 
 }  // namespace ckpt::engine
 

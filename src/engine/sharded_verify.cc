@@ -20,7 +20,8 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
     info.files = c.listing.files;
     for (const auto& [fqn, t] : c.index.tensors()) {
       ShardedTensorInfo ti{fqn, t.dtype, t.global, {}};
-      for (const plan::SavedChunk& ch : t.chunks) ti.chunks.push_back({c.listing.files[ch.file], ch.box.offsets, ch.box.sizes, ""});
+      for (const plan::SavedChunk& ch : t.chunks)
+        ti.chunks.push_back({c.listing.files[ch.file], ch.box.offsets, ch.box.sizes, ""});
       info.tensors.push_back(std::move(ti));
     }
     return info;
@@ -50,8 +51,9 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
     CKPT_RETURN_IF_ERROR(engine::IndexShard(h, static_cast<uint32_t>(i), path, &index, &listing));
     auto it = h.metadata().find(std::string(kChunkChecksumKey));
     if (it != h.metadata().end()) {
-      CKPT_ASSIGN_OR_RETURN(nlohmann::json j,
-                            ParseStrictJson(it->second, path + ": " + std::string(kChunkChecksumKey), 4));
+      CKPT_ASSIGN_OR_RETURN(
+          nlohmann::json j,
+          ParseStrictJson(it->second, path + ": " + std::string(kChunkChecksumKey), 4));
       for (const TensorInfo& t : h.tensors()) {
         auto s = j.find(t.name);
         if (s == j.end() || !s->is_string() || s->get<std::string>().size() != 16) {
@@ -67,8 +69,8 @@ Result<ShardedCheckpointInfo> ReadShardedCheckpoint(Storage& storage, const std:
     ShardedTensorInfo ti{fqn, t.dtype, t.global, {}};
     for (const plan::SavedChunk& c : t.chunks) {
       auto s = sums.find({fqn, c.file});
-      ti.chunks.push_back({listing.files[c.file], c.box.offsets, c.box.sizes,
-                           s == sums.end() ? "" : s->second});
+      ti.chunks.push_back(
+          {listing.files[c.file], c.box.offsets, c.box.sizes, s == sums.end() ? "" : s->second});
     }
     info.tensors.push_back(std::move(ti));
   }
@@ -82,13 +84,16 @@ Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir) {
   // The side files the manifest covers: what consolidation will read.
   CKPT_ASSIGN_OR_RETURN(engine::ShardListing listing, engine::ListShardDir(storage, dir));
   for (const auto& [name, size] : listing.side_files) {
-    CKPT_ASSIGN_OR_RETURN(std::optional<std::string> want, engine::ManifestSideFileHash(listing, dir, name));
+    CKPT_ASSIGN_OR_RETURN(std::optional<std::string> want,
+                          engine::ManifestSideFileHash(listing, dir, name));
     if (!want) break;
-    CKPT_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(storage, JoinPath(JoinPath(dir, kHfMetadataDir), name)));
+    CKPT_ASSIGN_OR_RETURN(std::string bytes,
+                          ReadFileToString(storage, JoinPath(JoinPath(dir, kHfMetadataDir), name)));
     CKPT_RETURN_IF_ERROR(engine::CheckSideFile(listing, dir, name, bytes));
   }
   // The chunks of each file, gathered once: the work is files + chunks.
-  std::unordered_map<std::string_view, std::vector<std::pair<const ShardedTensorInfo*, const ShardedChunkInfo*>>>
+  std::unordered_map<std::string_view,
+                     std::vector<std::pair<const ShardedTensorInfo*, const ShardedChunkInfo*>>>
       by_file;
   for (const ShardedTensorInfo& t : info.tensors) {
     for (const ShardedChunkInfo& c : t.chunks) {
@@ -104,7 +109,8 @@ Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir) {
     if (chunks == by_file.end()) continue;
     for (const auto& [t, c] : chunks->second) {
       const TensorInfo* ti = f->header().Find(t->fqn);
-      if (ti == nullptr) return InternalError(path + ": tensor '" + t->fqn + "' vanished from the header");
+      if (ti == nullptr)
+        return InternalError(path + ": tensor '" + t->fqn + "' vanished from the header");
       XXH64_state_t* h = XXH64_createState();
       std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> guard(h, &XXH64_freeState);
       XXH64_reset(h, 0);
@@ -118,8 +124,8 @@ Status VerifyShardedCheckpoint(Storage& storage, const std::string& dir) {
       if (c->checksum != hex) {
         return DataLossError(path + ": tensor '" + t->fqn + "' bytes [" +
                              std::to_string(f->header().data_offset() + ti->begin) + ", " +
-                             std::to_string(f->header().data_offset() + ti->end) + "): checksum " + hex +
-                             " does not match the recorded " + c->checksum);
+                             std::to_string(f->header().data_offset() + ti->end) + "): checksum " +
+                             hex + " does not match the recorded " + c->checksum);
       }
     }
   }

@@ -21,8 +21,8 @@ namespace {
 // dtype `to`, reading only the box's bytes: one read when the box is a
 // contiguous range of the row-major tensor and lands contiguously, else one
 // read per row of the box's last dimension.
-Status FillChunk(const TorchArchive& archive, const std::string& name, DType from, const Shape& global, LocalChunk& c,
-                 DType to, LoadStats* stats) {
+Status FillChunk(const TorchArchive& archive, const std::string& name, DType from,
+                 const Shape& global, LocalChunk& c, DType to, LoadStats* stats) {
   const size_t rank = global.rank();
   const uint64_t in_esz = DTypeBits(from) / 8, out_esz = DTypeBits(to) / 8;
   CKPT_ASSIGN_OR_RETURN(uint64_t numel, c.shape.NumElements());
@@ -37,7 +37,8 @@ Status FillChunk(const TorchArchive& archive, const std::string& name, DType fro
   // Rows of the last dimension; a box spanning every dimension but the
   // first is one contiguous run.
   bool whole_rows = true;
-  for (size_t d = 1; d < rank; ++d) whole_rows = whole_rows && c.offsets[d] == 0 && c.shape[d] == global[d];
+  for (size_t d = 1; d < rank; ++d)
+    whole_rows = whole_rows && c.offsets[d] == 0 && c.shape[d] == global[d];
   const uint64_t row = rank == 0 ? 1 : (whole_rows ? numel : c.shape[rank - 1]);
   const bool direct = from == to && c.strides.empty();
   std::vector<std::byte> in(direct ? 0 : row * in_esz), out(from == to ? 0 : row * out_esz);
@@ -51,7 +52,8 @@ Status FillChunk(const TorchArchive& archive, const std::string& name, DType fro
     }
     if (rank > 0) src += c.offsets[idx.size()] * gstride[idx.size()];
     std::byte* place = c.data + dst * static_cast<int64_t>(out_esz);
-    std::span<std::byte> read = direct ? std::span<std::byte>(place, row * in_esz) : std::span<std::byte>(in);
+    std::span<std::byte> read =
+        direct ? std::span<std::byte>(place, row * in_esz) : std::span<std::byte>(in);
     CKPT_RETURN_IF_ERROR(archive.ReadRange(name, src * in_esz, read));
     stats->bytes_read += read.size();
     ++stats->reads;
@@ -75,7 +77,8 @@ Status FillChunk(const TorchArchive& archive, const std::string& name, DType fro
         for (uint64_t k = 0; k < row; ++k) {
           int64_t off = 0;
           for (size_t d = 0; d < rank; ++d) off += static_cast<int64_t>(e[d]) * cstride[d];
-          std::memcpy(c.data + off * static_cast<int64_t>(out_esz), values.data() + k * out_esz, out_esz);
+          std::memcpy(c.data + off * static_cast<int64_t>(out_esz), values.data() + k * out_esz,
+                      out_esz);
           for (size_t d = rank; d-- > 0;) {
             if (++e[d] < c.shape[d]) break;
             e[d] = 0;
@@ -106,7 +109,8 @@ namespace {
 
 // The archive's tensors under the names the state dict uses (skipped
 // prefixes, key mapping, tied embeddings): state-dict name → archive name.
-Status NameArchiveKeys(const TorchBinDir& bin, const LoadOptions& o, std::map<std::string, std::string>* by_name) {
+Status NameArchiveKeys(const TorchBinDir& bin, const LoadOptions& o,
+                       std::map<std::string, std::string>* by_name) {
   CKPT_ASSIGN_OR_RETURN(const KeyMapper mapper, KeyMapper::Compile(o.key_mapping));
   for (const auto& [fqn, loc] : bin.tensors()) {
     bool skip = false;
@@ -114,10 +118,12 @@ Status NameArchiveKeys(const TorchBinDir& bin, const LoadOptions& o, std::map<st
     if (skip) continue;
     CKPT_ASSIGN_OR_RETURN(std::string name, mapper.Apply(fqn));
     if (auto [it, fresh] = by_name->emplace(name, fqn); !fresh) {
-      return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn + "' both map to '" + name + "'");
+      return InvalidArgumentError("checkpoint keys '" + it->second + "' and '" + fqn +
+                                  "' both map to '" + name + "'");
     }
   }
-  if (o.tie_word_embeddings && !by_name->count("lm_head.weight") && by_name->count("model.embed_tokens.weight")) {
+  if (o.tie_word_embeddings && !by_name->count("lm_head.weight") &&
+      by_name->count("model.embed_tokens.weight")) {
     (*by_name)["lm_head.weight"] = (*by_name)["model.embed_tokens.weight"];
   }
   return Status();
@@ -125,8 +131,8 @@ Status NameArchiveKeys(const TorchBinDir& bin, const LoadOptions& o, std::map<st
 
 }  // namespace
 
-Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd, const LoadOptions& o,
-                    LoadStats* stats_out) {
+Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd,
+                    const LoadOptions& o, LoadStats* stats_out) {
   const Timeout to = o.timeout;
   const std::string what = "loading " + dir;
   LoadStats stats;
@@ -174,18 +180,22 @@ Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir
     const TorchBinDir::Location& loc = bin->tensors().at(it->second);
     const TorchTensorInfo& s = *loc.info;
     for (LocalChunk& c : t.chunks) {
-      bool inside = c.offsets.size() == t.global_shape.rank() && c.shape.rank() == t.global_shape.rank() &&
+      bool inside = c.offsets.size() == t.global_shape.rank() &&
+                    c.shape.rank() == t.global_shape.rank() &&
                     (c.strides.empty() || c.strides.size() == c.shape.rank());
-      for (size_t d = 0; inside && d < t.global_shape.rank(); ++d) inside = c.offsets[d] + c.shape[d] <= t.global_shape[d];
+      for (size_t d = 0; inside && d < t.global_shape.rank(); ++d)
+        inside = c.offsets[d] + c.shape[d] <= t.global_shape[d];
       if (!inside) {
-        filled = InvalidArgumentError("a local chunk is outside the global shape " + t.global_shape.ToString());
+        filled = InvalidArgumentError("a local chunk is outside the global shape " +
+                                      t.global_shape.ToString());
         break;
       }
       Result<uint64_t> nbytes = c.shape.NumBytes(t.dtype);
       filled = nbytes.status();
       if (!filled.ok()) break;
       stats.bytes_needed += *nbytes;
-      filled = FillChunk(*bin->files()[loc.file], s.name, s.dtype, t.global_shape, c, t.dtype, &stats);
+      filled =
+          FillChunk(*bin->files()[loc.file], s.name, s.dtype, t.global_shape, c, t.dtype, &stats);
       if (!filled.ok()) break;
     }
     if (!filled.ok()) {

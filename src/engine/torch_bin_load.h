@@ -18,7 +18,8 @@ namespace ckpt::engine {
 // missing, unexpected and mismatched keys (OK when none is refused), after
 // `msg` when it is not empty.
 std::string KeyList(std::vector<std::string> v, size_t max = 10);
-std::string MismatchLine(const std::string& fqn, DType saved_dtype, const Shape& saved_shape, const DistTensor& t);
+std::string MismatchLine(const std::string& fqn, DType saved_dtype, const Shape& saved_shape,
+                         const DistTensor& t);
 Status KeysError(const std::string& dir, std::string msg, const LoadStats& stats,
                  const std::vector<std::string>& mismatch, const LoadOptions& o);
 
@@ -30,8 +31,8 @@ Result<bool> IsTorchBinOnlyDir(Storage& storage, const std::string& dir);
 // directory. Each rank reads only the bytes of its chunks; transient memory
 // is one row of a chunk (or the chunk, when it is a contiguous run that
 // needs converting).
-Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd, const LoadOptions& o,
-                    LoadStats* stats);
+Status LoadTorchBin(Communicator& comm, Storage& storage, const std::string& dir, StateDict& sd,
+                    const LoadOptions& o, LoadStats* stats);
 
 }  // namespace ckpt::engine
 

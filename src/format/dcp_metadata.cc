@@ -176,7 +176,10 @@ class Writer {
 
 }  // namespace
 
-// NOLINTNEXTLINE(readability-function-size): one pass over the metadata records, each checked against the entries read so far
+// Kept whole past the function-size limit: one pass over the metadata records, each checked against
+// the entries read so far.
+//
+// NOLINTNEXTLINE(readability-function-size)
 Result<DcpMetadata> ParseDcpMetadata(std::string_view data, std::string_view source,
                                      const PickleLimits& limits) {
   pickle::Machine m(data, source, limits, PickleDialect::kDcpMetadata);

@@ -28,10 +28,12 @@ Status CheckIndexedShards(const HfIndex& index, std::string_view source) {
   constexpr std::string_view kExt = ".safetensors";
   for (const auto& [tensor, file] : index.weight_map) {
     const bool hidden = !file.empty() && file[0] == '.';
-    const bool safetensors = file.size() > kExt.size() && file.compare(file.size() - kExt.size(), kExt.size(), kExt) == 0;
+    const bool safetensors = file.size() > kExt.size() &&
+                             file.compare(file.size() - kExt.size(), kExt.size(), kExt) == 0;
     if (hidden || !safetensors) {
-      return DataLossError(std::string(source) + ": weight_map['" + Printable(tensor) + "'] names '" + Printable(file) +
-                           "', " + (hidden ? "a hidden file" : "not a .safetensors file"));
+      return DataLossError(std::string(source) + ": weight_map['" + Printable(tensor) +
+                           "'] names '" + Printable(file) + "', " +
+                           (hidden ? "a hidden file" : "not a .safetensors file"));
     }
   }
   return Status();

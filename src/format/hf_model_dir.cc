@@ -13,11 +13,13 @@ enum class Holds { kNothing, kModel, kIndex };
 Result<Holds> WhatItHolds(Storage& storage, const std::string& dir) {
   Result<std::vector<DirEntry>> entries = storage.List(dir);
   if (!entries.ok()) {
-    return entries.status().code() == StatusCode::kNotFound ? Result<Holds>(Holds::kNothing) : entries.status();
+    return entries.status().code() == StatusCode::kNotFound ? Result<Holds>(Holds::kNothing)
+                                                            : entries.status();
   }
   Holds h = Holds::kNothing;
   for (const DirEntry& e : *entries) {
-    if (e.name == kHfIndexName || e.name == kDiffusersIndexName || e.name == "pytorch_model.bin.index.json") {
+    if (e.name == kHfIndexName || e.name == kDiffusersIndexName ||
+        e.name == "pytorch_model.bin.index.json") {
       return Holds::kIndex;
     }
     if (e.name == kHfSingleFileName || e.name == "pytorch_model.bin") h = Holds::kModel;
@@ -27,7 +29,8 @@ Result<Holds> WhatItHolds(Storage& storage, const std::string& dir) {
 
 }  // namespace
 
-Result<std::string> ResolveHfModelDir(Storage& storage, const std::string& path, const std::string& repo_id) {
+Result<std::string> ResolveHfModelDir(Storage& storage, const std::string& path,
+                                      const std::string& repo_id) {
   std::string repo = path;
   if (!repo_id.empty()) {
     std::string name = "models--" + repo_id;
@@ -43,12 +46,14 @@ Result<std::string> ResolveHfModelDir(Storage& storage, const std::string& path,
   const std::string snapshots = JoinPath(repo, "snapshots");
   Result<std::vector<DirEntry>> revs = storage.List(snapshots);
   if (!revs.ok()) {
-    return NotFoundError(repo + ": no model files and no hub-cache snapshots (" + revs.status().message() + ")");
+    return NotFoundError(repo + ": no model files and no hub-cache snapshots (" +
+                         revs.status().message() + ")");
   }
   std::string main_rev;
   if (Result<std::string> ref = ReadFileToString(storage, JoinPath(repo, "refs/main")); ref.ok()) {
     main_rev = *ref;
-    while (!main_rev.empty() && std::isspace(static_cast<unsigned char>(main_rev.back()))) main_rev.pop_back();
+    while (!main_rev.empty() && std::isspace(static_cast<unsigned char>(main_rev.back())))
+      main_rev.pop_back();
   }
   std::string with_index, main_model, any_model;
   for (const DirEntry& e : *revs) {
@@ -128,7 +133,8 @@ Result<HfModelDir> HfModelDir::Open(Storage& storage, const std::string& dir) {
     for (const TensorInfo& t : f->header().tensors()) {
       // Not in the weight map, or a stale copy in a shard the map does not name for it.
       auto it = m.tensors_.find(t.name);
-      if (it == m.tensors_.end() || m.files_[it->second.file].get() != f.get()) m.unindexed_.push_back(t.name);
+      if (it == m.tensors_.end() || m.files_[it->second.file].get() != f.get())
+        m.unindexed_.push_back(t.name);
     }
   }
   return m;

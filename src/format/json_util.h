@@ -2,10 +2,9 @@
 #define CKPT_FORMAT_JSON_UTIL_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "ckpt/status.h"
 

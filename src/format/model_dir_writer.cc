@@ -14,11 +14,13 @@ std::string ShardedModelFileName(uint32_t i, uint32_t n) {
   return buf;
 }
 
-Status WriteModelFiles(Storage& storage, const std::string& staging, std::vector<TensorSpec> tensors,
-                       uint64_t max_shard_size,
-                       const std::function<Status(const TensorSpec& tensor, SafetensorsWriter& out)>& fill,
-                       HfIndex* index, uint32_t* files) {
-  std::sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) { return NaturalLess(a.name, b.name); });
+Status WriteModelFiles(
+    Storage& storage, const std::string& staging, std::vector<TensorSpec> tensors,
+    uint64_t max_shard_size,
+    const std::function<Status(const TensorSpec& tensor, SafetensorsWriter& out)>& fill,
+    HfIndex* index, uint32_t* files) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const TensorSpec& a, const TensorSpec& b) { return NaturalLess(a.name, b.name); });
   std::vector<uint64_t> sizes;
   for (const TensorSpec& t : tensors) {
     CKPT_ASSIGN_OR_RETURN(uint64_t n, t.shape.NumBytes(t.dtype));
@@ -47,13 +49,16 @@ Status WriteModelFiles(Storage& storage, const std::string& staging, std::vector
   return Status();
 }
 
-Status FinishConvertedDir(Storage& storage, const std::string& in_dir, const std::set<std::string>& skip,
-                          const std::string& staging, const HfIndex& index) {
-  CKPT_RETURN_IF_ERROR(WriteFileAtomically(storage, JoinPath(staging, kHfIndexName), SerializeHfIndex(index)));
+Status FinishConvertedDir(Storage& storage, const std::string& in_dir,
+                          const std::set<std::string>& skip, const std::string& staging,
+                          const HfIndex& index) {
+  CKPT_RETURN_IF_ERROR(
+      WriteFileAtomically(storage, JoinPath(staging, kHfIndexName), SerializeHfIndex(index)));
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(in_dir));
   for (const DirEntry& e : entries) {
     if (e.type != EntryType::kFile || skip.count(e.name) || e.name.starts_with(".")) continue;
-    if (e.name.ends_with(".safetensors") || e.name == kHfIndexName || e.name == kDiffusersIndexName) continue;
+    if (e.name.ends_with(".safetensors") || e.name == kHfIndexName || e.name == kDiffusersIndexName)
+      continue;
     // Streamed: side files can be large (tf_model.h5, flax_model.msgpack).
     CKPT_RETURN_IF_ERROR(CopyFile(storage, JoinPath(in_dir, e.name), JoinPath(staging, e.name)));
   }

@@ -3,7 +3,6 @@
 // numbers. Files are untrusted: all size arithmetic is checked.
 #include <algorithm>
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "ckpt/safetensors.h"
@@ -21,9 +20,8 @@ Result<uint64_t> AsU64(const json& v, std::string_view source, std::string_view 
   if (v.is_number_unsigned()) return v.get<uint64_t>();
   std::string got = v.dump();
   if (got.size() > 40) got = got.substr(0, 40) + "...";
-  return DataLossError(std::string(source) + ": tensor " + Q(tensor) + ": " +
-                       std::string(field) + " must hold non-negative integers below 2^64, got " +
-                       got);
+  return DataLossError(std::string(source) + ": tensor " + Q(tensor) + ": " + std::string(field) +
+                       " must hold non-negative integers below 2^64, got " + got);
 }
 
 Result<TensorInfo> ParseTensor(const std::string& name, const json& entry,
@@ -82,7 +80,8 @@ Result<TensorInfo> ParseTensor(const std::string& name, const json& entry,
 
 // The tensors, sorted by offsets, must cover the data buffer exactly: no
 // hole, no overlap, no trailing bytes, nothing past its end.
-Status CheckTiling(const std::vector<TensorInfo>& sorted, uint64_t data_size, const std::string& src) {
+Status CheckTiling(const std::vector<TensorInfo>& sorted, uint64_t data_size,
+                   const std::string& src) {
   uint64_t expected = 0;
   const TensorInfo* prev = nullptr;
   for (const TensorInfo& t : sorted) {
@@ -91,11 +90,10 @@ Status CheckTiling(const std::vector<TensorInfo>& sorted, uint64_t data_size, co
       std::string prev_desc =
           prev ? "tensor " + Q(prev->name) + " ends at " + std::to_string(expected)
                : "the data buffer starts at 0";
-      return DataLossError(src + ": tensor " + Q(t.name) + " begins at " +
-                           std::to_string(t.begin) + " but " + prev_desc + " (" + what + " of " +
-                           std::to_string(t.begin > expected ? t.begin - expected
-                                                             : expected - t.begin) +
-                           " bytes)");
+      return DataLossError(
+          src + ": tensor " + Q(t.name) + " begins at " + std::to_string(t.begin) + " but " +
+          prev_desc + " (" + what + " of " +
+          std::to_string(t.begin > expected ? t.begin - expected : expected - t.begin) + " bytes)");
     }
     expected = t.end;
     prev = &t;
@@ -190,8 +188,8 @@ Result<SafetensorsHeader> SafetensorsHeader::ParsePrefix(std::span<const std::by
                          std::to_string(kSafetensorsMaxHeaderSize) + " bytes");
   }
   if (n > file_size - 8) {
-    return DataLossError(src + ": header length " + std::to_string(n) + " runs past the end of the " +
-                         std::to_string(file_size) + "-byte file");
+    return DataLossError(src + ": header length " + std::to_string(n) +
+                         " runs past the end of the " + std::to_string(file_size) + "-byte file");
   }
   if (prefix.size() < 8 + n) return InternalError(src + ": header prefix shorter than the header");
   std::string_view text(reinterpret_cast<const char*>(prefix.data()) + 8, n);

@@ -14,7 +14,8 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(Storage& storage,
   CKPT_RETURN_IF_ERROR(file->ReadAt(0, prefix));
   if (size >= 8) {
     uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(prefix[static_cast<size_t>(i)]);
+    for (int i = 7; i >= 0; --i)
+      n = (n << 8) | static_cast<uint8_t>(prefix[static_cast<size_t>(i)]);
     // Only read the header when its declared length is plausible; otherwise
     // ParsePrefix reports the precise problem without a huge allocation.
     if (n <= kSafetensorsMaxHeaderSize && n <= size - 8) {
@@ -44,8 +45,7 @@ Result<TensorView> SafetensorsFile::View(std::string_view name) const {
   {
     std::lock_guard<std::mutex> lock(map_mu_);
     if (!mapping_) {
-      CKPT_ASSIGN_OR_RETURN(MappedRegion m,
-                            file_->Map(header_.data_offset(), header_.data_size()));
+      CKPT_ASSIGN_OR_RETURN(MappedRegion m, file_->Map(header_.data_offset(), header_.data_size()));
       mapping_ = std::move(m);
     }
     region = *mapping_;

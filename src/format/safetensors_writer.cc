@@ -72,7 +72,8 @@ Result<SafetensorsLayout> PlanSafetensors(std::vector<TensorSpec> specs,
       h += std::to_string(s.shape[i]);
     }
     h += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
-    layout.tensors.push_back(TensorInfo{std::move(s.name), s.dtype, std::move(s.shape), offset, end});
+    layout.tensors.push_back(
+        TensorInfo{std::move(s.name), s.dtype, std::move(s.shape), offset, end});
     offset = end;
   }
   h += '}';
@@ -88,7 +89,8 @@ Result<SafetensorsLayout> PlanSafetensors(std::vector<TensorSpec> specs,
 
 std::string SafetensorsLayout::prefix() const {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
   return out + header;
 }
 
@@ -101,7 +103,8 @@ Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out,
                         AtomicFileWriter::Create(storage, path));
   CKPT_RETURN_IF_ERROR(out->Append(AsBytes(layout->prefix())));
-  auto w = std::unique_ptr<SafetensorsWriter>(new SafetensorsWriter(std::move(*layout), std::move(out)));
+  auto w =
+      std::unique_ptr<SafetensorsWriter>(new SafetensorsWriter(std::move(*layout), std::move(out)));
   w->specs_ = std::move(kept);
   return w;
 }
@@ -109,7 +112,8 @@ Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
 Status SafetensorsWriter::ReplaceMetadata(const SafetensorsMetadata& metadata) {
   CKPT_ASSIGN_OR_RETURN(SafetensorsLayout again, PlanSafetensors(specs_, metadata));
   if (again.header.size() != layout_.header.size()) {
-    return InvalidArgumentError("writing \"" + out_->path() + "\": new metadata changes the header length from " +
+    return InvalidArgumentError("writing \"" + out_->path() +
+                                "\": new metadata changes the header length from " +
                                 std::to_string(layout_.header.size()) + " to " +
                                 std::to_string(again.header.size()) + " bytes");
   }

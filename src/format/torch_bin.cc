@@ -8,9 +8,9 @@
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "format/model_dir_writer.h"
-#include "io/staged_dir.h"
 #include "format/torch_pickle.h"
 #include "format/zip_reader.h"
+#include "io/staged_dir.h"
 
 namespace ckpt {
 namespace {
@@ -23,7 +23,8 @@ void SwapElements(std::span<std::byte> bytes, DType dtype) {
   uint32_t width = DTypeBits(dtype) / 8;
   if (dtype == DType::kC64) width = 4;  // two f32 halves
   if (width <= 1) return;
-  for (size_t i = 0; i + width <= bytes.size(); i += width) std::reverse(bytes.begin() + i, bytes.begin() + i + width);
+  for (size_t i = 0; i + width <= bytes.size(); i += width)
+    std::reverse(bytes.begin() + i, bytes.begin() + i + width);
 }
 
 // Copies `n` elements of `esz` bytes, `step` bytes apart, to `out`.
@@ -38,10 +39,14 @@ void GatherTyped(std::byte* out, const std::byte* src, uint64_t n, uint64_t step
 
 void GatherRun(std::byte* out, const std::byte* src, uint64_t n, uint64_t step, uint64_t esz) {
   switch (esz) {
-    case 1: return GatherTyped<uint8_t>(out, src, n, step);
-    case 2: return GatherTyped<uint16_t>(out, src, n, step);
-    case 4: return GatherTyped<uint32_t>(out, src, n, step);
-    case 8: return GatherTyped<uint64_t>(out, src, n, step);
+    case 1:
+      return GatherTyped<uint8_t>(out, src, n, step);
+    case 2:
+      return GatherTyped<uint16_t>(out, src, n, step);
+    case 4:
+      return GatherTyped<uint32_t>(out, src, n, step);
+    case 8:
+      return GatherTyped<uint64_t>(out, src, n, step);
     default:
       for (uint64_t k = 0; k < n; ++k) std::memcpy(out + k * esz, src + k * step, esz);
   }
@@ -74,7 +79,10 @@ TorchArchive::~TorchArchive() = default;
 
 const std::string& TorchArchive::path() const { return impl_->zip->path(); }
 
-// NOLINTNEXTLINE(readability-function-size): the archive checks in the order a reader meets them (zip, records, byteorder, pickle)
+// Kept whole past the function-size limit: the archive checks in the order a reader meets them
+// (zip, records, byteorder, pickle).
+//
+// NOLINTNEXTLINE(readability-function-size)
 Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const std::string& path,
                                                          const TorchArchiveLimits& limits) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenRead(path));
@@ -82,23 +90,29 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
   std::byte head[512] = {};
   const uint64_t head_len = std::min<uint64_t>(sizeof head, file->Size());
   CKPT_RETURN_IF_ERROR(file->ReadAt(0, std::span<std::byte>(head, head_len)));
-  if (head_len >= sizeof kLegacyMagic && std::memcmp(head, kLegacyMagic, sizeof kLegacyMagic) == 0) {
-    return InvalidArgumentError(path +
-                                ": a legacy torch.save stream (written by torch < 1.6, not a zip archive); ckpt reads "
-                                "only zip archives: load and re-save it with a current torch, then convert");
+  if (head_len >= sizeof kLegacyMagic &&
+      std::memcmp(head, kLegacyMagic, sizeof kLegacyMagic) == 0) {
+    return InvalidArgumentError(
+        path +
+        ": a legacy torch.save stream (written by torch < 1.6, not a zip archive); ckpt reads "
+        "only zip archives: load and re-save it with a current torch, then convert");
   }
   if (head_len >= 262 && std::memcmp(head + 257, "ustar", 5) == 0) {
-    return InvalidArgumentError(path + ": a tar-format torch.save file (torch < 0.4); ckpt reads only zip archives");
+    return InvalidArgumentError(
+        path + ": a tar-format torch.save file (torch < 0.4); ckpt reads only zip archives");
   }
   if (head_len < 4 || std::memcmp(head, "PK\x03\x04", 4) != 0) {
-    return InvalidArgumentError(path + ": not a torch.save archive (no zip local-header signature at byte 0)");
+    return InvalidArgumentError(
+        path + ": not a torch.save archive (no zip local-header signature at byte 0)");
   }
   auto impl = std::make_unique<Impl>();
   CKPT_ASSIGN_OR_RETURN(impl->zip, ZipArchive::Open(std::move(file)));
   const ZipArchive& zip = *impl->zip;
   if (zip.Find("constants.pkl") != nullptr || zip.Find("code/__torch__.py") != nullptr) {
-    return InvalidArgumentError(path + ": a TorchScript archive (it holds constants.pkl); ckpt reads state dicts "
-                                       "written by torch.save, not scripted modules");
+    return InvalidArgumentError(
+        path +
+        ": a TorchScript archive (it holds constants.pkl); ckpt reads state dicts "
+        "written by torch.save, not scripted modules");
   }
   CKPT_RETURN_IF_ERROR(zip.CheckStored());
   bool big = false;
@@ -112,7 +126,8 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
     }
   }
   const ZipEntry* pkl = zip.Find("data.pkl");
-  if (pkl == nullptr) return InvalidArgumentError(path + ": archive '" + zip.root() + "' has no data.pkl record");
+  if (pkl == nullptr)
+    return InvalidArgumentError(path + ": archive '" + zip.root() + "' has no data.pkl record");
   CKPT_ASSIGN_OR_RETURN(std::string pickle, zip.ReadEntry(*pkl, limits.max_pickle_bytes));
   PickleLimits pl;
   pl.max_pickle_bytes = limits.max_pickle_bytes;
@@ -124,7 +139,8 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
   // would otherwise declare terabytes.
   std::map<std::string, uint64_t> record_sizes;
   for (const TorchTensorRecord& r : parsed.tensors) {
-    if (const ZipEntry* rec = zip.Find("data/" + r.storage_key)) record_sizes[r.storage_key] = rec->size;
+    if (const ZipEntry* rec = zip.Find("data/" + r.storage_key))
+      record_sizes[r.storage_key] = rec->size;
   }
   uint64_t stored = 0;
   for (const auto& [key, size] : record_sizes) stored += size;
@@ -134,7 +150,8 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
   for (TorchTensorRecord& r : parsed.tensors) {
     const std::string label = path + ": tensor '" + r.name + "'";
     const ZipEntry* rec = zip.Find("data/" + r.storage_key);
-    if (rec == nullptr) return InvalidArgumentError(label + ": storage record data/" + r.storage_key + " is missing");
+    if (rec == nullptr)
+      return InvalidArgumentError(label + ": storage record data/" + r.storage_key + " is missing");
     if (rec->size < r.storage_bytes) {
       return InvalidArgumentError(label + ": storage data/" + r.storage_key + " declares " +
                                   std::to_string(r.storage_bytes) + " bytes but its record holds " +
@@ -142,15 +159,17 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
     }
     const uint64_t allowed = std::max<uint64_t>(rec->size, 1u << 20);
     if (r.nbytes() / limits.max_expansion > allowed) {
-      return InvalidArgumentError(label + ": a view of " + std::to_string(r.nbytes()) + " bytes over a storage of " +
-                                  std::to_string(rec->size) + " bytes repeats its elements more than " +
+      return InvalidArgumentError(label + ": a view of " + std::to_string(r.nbytes()) +
+                                  " bytes over a storage of " + std::to_string(rec->size) +
+                                  " bytes repeats its elements more than " +
                                   std::to_string(limits.max_expansion) + " times (refused)");
     }
     // No overflow: each term is bounded by the check above and the sum stops at the first excess.
     materialized += r.nbytes();
     if (materialized / limits.max_expansion > total_allowed) {
-      return InvalidArgumentError(label + ": the archive's tensors materialize " + std::to_string(materialized) +
-                                  " bytes from " + std::to_string(stored) + " bytes of storage records, more than " +
+      return InvalidArgumentError(label + ": the archive's tensors materialize " +
+                                  std::to_string(materialized) + " bytes from " +
+                                  std::to_string(stored) + " bytes of storage records, more than " +
                                   std::to_string(limits.max_expansion) + " times (refused)");
     }
     impl->records[r.storage_key] = rec;
@@ -165,7 +184,8 @@ Result<std::unique_ptr<TorchArchive>> TorchArchive::Open(Storage& storage, const
     t.storage_key = r.storage_key;
     tensors.push_back(std::move(t));
   }
-  std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::sort(tensors.begin(), tensors.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
   for (size_t i = 0; i < tensors.size(); ++i) impl->by_name.emplace(tensors[i].name, i);
   std::unique_ptr<TorchArchive> a(new TorchArchive(std::move(impl)));
   a->big_endian_ = big;
@@ -179,14 +199,17 @@ const TorchTensorInfo* TorchArchive::Find(std::string_view name) const {
   return it == impl_->by_name.end() ? nullptr : &tensors_[it->second];
 }
 
-Status TorchArchive::ReadRange(std::string_view name, uint64_t offset, std::span<std::byte> dst) const {
+Status TorchArchive::ReadRange(std::string_view name, uint64_t offset,
+                               std::span<std::byte> dst) const {
   const TorchTensorInfo* t = Find(name);
   if (t == nullptr) return NotFoundError(path() + ": no tensor '" + std::string(name) + "'");
   const uint64_t esz = DTypeBits(t->dtype) / 8;
-  if (offset > t->nbytes || dst.size() > t->nbytes - offset || offset % esz != 0 || dst.size() % esz != 0) {
-    return InvalidArgumentError(path() + ": tensor '" + t->name + "': bytes [" + std::to_string(offset) + ", +" +
-                                std::to_string(dst.size()) + ") are not whole elements inside its " +
-                                std::to_string(t->nbytes) + " bytes");
+  if (offset > t->nbytes || dst.size() > t->nbytes - offset || offset % esz != 0 ||
+      dst.size() % esz != 0) {
+    return InvalidArgumentError(path() + ": tensor '" + t->name + "': bytes [" +
+                                std::to_string(offset) + ", +" + std::to_string(dst.size()) +
+                                ") are not whole elements inside its " + std::to_string(t->nbytes) +
+                                " bytes");
   }
   if (dst.empty()) return Status();
   const ZipEntry& rec = *impl_->records.at(t->storage_key);
@@ -247,8 +270,9 @@ Status TorchArchive::ReadTensor(std::string_view name, std::span<std::byte> dst)
   const TorchTensorInfo* t = Find(name);
   if (t == nullptr) return NotFoundError(path() + ": no tensor '" + std::string(name) + "'");
   if (dst.size() != t->nbytes) {
-    return InvalidArgumentError(path() + ": tensor '" + t->name + "' has " + std::to_string(t->nbytes) +
-                                " bytes, the destination " + std::to_string(dst.size()));
+    return InvalidArgumentError(path() + ": tensor '" + t->name + "' has " +
+                                std::to_string(t->nbytes) + " bytes, the destination " +
+                                std::to_string(dst.size()));
   }
   return ReadRange(name, 0, dst);
 }
@@ -269,13 +293,15 @@ Result<bool> HasTorchBinWeights(Storage& storage, const std::string& dir) {
 Result<bool> HasSafetensorsWeights(Storage& storage, const std::string& dir) {
   CKPT_ASSIGN_OR_RETURN(std::vector<DirEntry> entries, storage.List(dir));
   for (const DirEntry& e : entries) {
-    if (e.type == EntryType::kFile && e.name.size() > 12 && e.name.ends_with(".safetensors")) return true;
+    if (e.type == EntryType::kFile && e.name.size() > 12 && e.name.ends_with(".safetensors"))
+      return true;
     if (e.name == kHfIndexName || e.name == kDiffusersIndexName) return true;
   }
   return false;
 }
 
-Result<TorchBinDir> TorchBinDir::Open(Storage& storage, const std::string& dir, const TorchArchiveLimits& limits) {
+Result<TorchBinDir> TorchBinDir::Open(Storage& storage, const std::string& dir,
+                                      const TorchArchiveLimits& limits) {
   TorchBinDir out;
   out.dir_ = dir;
   const std::string index_path = JoinPath(dir, kTorchBinIndexName);
@@ -293,14 +319,16 @@ Result<TorchBinDir> TorchBinDir::Open(Storage& storage, const std::string& dir, 
     names.push_back(std::string(kTorchBinSingleName));
   }
   for (const std::string& n : names) {
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<TorchArchive> a, TorchArchive::Open(storage, JoinPath(dir, n), limits));
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<TorchArchive> a,
+                          TorchArchive::Open(storage, JoinPath(dir, n), limits));
     out.files_.push_back(std::move(a));
   }
   for (size_t f = 0; f < out.files_.size(); ++f) {
     for (const TorchTensorInfo& t : out.files_[f]->tensors()) {
       if (out.index_) {
         auto it = out.index_->weight_map.find(t.name);
-        if (it == out.index_->weight_map.end() || it->second != names[f]) continue;  // not indexed here
+        if (it == out.index_->weight_map.end() || it->second != names[f])
+          continue;  // not indexed here
       }
       out.tensors_[t.name] = Location{f, &t};
     }
@@ -308,7 +336,8 @@ Result<TorchBinDir> TorchBinDir::Open(Storage& storage, const std::string& dir, 
   if (out.index_) {
     for (const auto& [tensor, file] : out.index_->weight_map) {
       if (!out.tensors_.count(tensor)) {
-        return DataLossError(index_path + ": tensor '" + tensor + "' is mapped to " + file + ", which does not hold it");
+        return DataLossError(index_path + ": tensor '" + tensor + "' is mapped to " + file +
+                             ", which does not hold it");
       }
     }
   }
@@ -321,9 +350,11 @@ Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std
                           const TorchConvertOptions& o, TorchConvertStats* stats_out) {
   const std::string what = "converting " + in_dir + " into " + out_dir;
   CKPT_ASSIGN_OR_RETURN(TorchBinDir bin, TorchBinDir::Open(storage, in_dir));
-  if (bin.tensors().empty()) return InvalidArgumentError(what + ": the checkpoint holds no tensors");
+  if (bin.tensors().empty())
+    return InvalidArgumentError(what + ": the checkpoint holds no tensors");
   std::vector<TensorSpec> specs;
-  for (const auto& [name, loc] : bin.tensors()) specs.push_back(TensorSpec{name, loc.info->dtype, loc.info->shape});
+  for (const auto& [name, loc] : bin.tensors())
+    specs.push_back(TensorSpec{name, loc.info->dtype, loc.info->shape});
   TorchConvertStats stats;
   std::vector<std::byte> buf;
   const uint64_t buf_size = std::max<uint64_t>(o.buffer_size, 64);
@@ -345,9 +376,11 @@ Status ConvertTorchBinDir(Storage& storage, const std::string& in_dir, const std
   };
   auto build = [&](const std::string& staging) -> Status {
     HfIndex index;
-    CKPT_RETURN_IF_ERROR(WriteModelFiles(storage, staging, specs, o.max_shard_size, fill, &index, &stats.files));
+    CKPT_RETURN_IF_ERROR(
+        WriteModelFiles(storage, staging, specs, o.max_shard_size, fill, &index, &stats.files));
     stats.peak_buffer = buf.size();
-    std::set<std::string> weights{std::string(kTorchBinIndexName), std::string(kTorchBinSingleName)};
+    std::set<std::string> weights{std::string(kTorchBinIndexName),
+                                  std::string(kTorchBinSingleName)};
     for (const auto& f : bin.files()) weights.insert(std::string(Basename(f->path())));
     return FinishConvertedDir(storage, in_dir, weights, staging, index);
   };

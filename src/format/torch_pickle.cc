@@ -41,7 +41,8 @@ Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
   g->s = full;
   if (dialect_ == PickleDialect::kDcpMetadata) {
     g->callable = DcpGlobal(module, name);
-    if (g->callable == Callable::kNone && module == "torch" && name == "Size") g->callable = Callable::kTorchSize;
+    if (g->callable == Callable::kNone && module == "torch" && name == "Size")
+      g->callable = Callable::kTorchSize;
     if (g->callable == Callable::kNone && module == "torch" && !name.empty() &&
         std::islower(static_cast<unsigned char>(name[0]))) {
       Result<DType> d = ParseTorchDType(name);
@@ -52,8 +53,10 @@ Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
     }
     if (g->callable == Callable::kNone) {
       return Fail("global " + Quote(full) +
-                  " is not allowed in DCP metadata (only the classes of torch.distributed.checkpoint.metadata, "
-                  "_StorageInfo, torch.Size, torch dtypes, _get_layout and pathlib.PosixPath); nothing it names was "
+                  " is not allowed in DCP metadata (only the classes of "
+                  "torch.distributed.checkpoint.metadata, "
+                  "_StorageInfo, torch.Size, torch dtypes, _get_layout and pathlib.PosixPath); "
+                  "nothing it names was "
                   "run");
     }
     return g;
@@ -80,7 +83,8 @@ Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
         g->dtype = t.dtype;
       }
     }
-    if (g->callable == Callable::kNone && !name.empty() && std::islower(static_cast<unsigned char>(name[0]))) {
+    if (g->callable == Callable::kNone && !name.empty() &&
+        std::islower(static_cast<unsigned char>(name[0]))) {
       Result<DType> d = ParseTorchDType(name);
       if (d.ok()) {
         g->callable = Callable::kDtype;
@@ -93,7 +97,8 @@ Result<Node*> Machine::Global(std::string_view module, std::string_view name) {
   }
   if (g->callable == Callable::kNone) {
     return Fail("global " + Quote(full) +
-                " is not allowed (only OrderedDict, torch tensor/parameter rebuilders, storage types, dtypes, "
+                " is not allowed (only OrderedDict, torch tensor/parameter rebuilders, storage "
+                "types, dtypes, "
                 "torch.Size and _codecs.encode); nothing it names was run");
   }
   return g;
@@ -109,22 +114,27 @@ Result<Node*> Machine::PersistentLoad(Node* pid) {
   Node* key = pid->items[2];
   Node* loc = pid->items[3];
   Node* numel = pid->items[4];
-  if (tag->kind != Kind::kStr || tag->s != "storage") return Fail("persistent id does not start with 'storage'");
+  if (tag->kind != Kind::kStr || tag->s != "storage")
+    return Fail("persistent id does not start with 'storage'");
   if (type->kind != Kind::kGlobal || type->callable != Callable::kStorageType) {
     return Fail("persistent id names a storage type that is not a torch storage class");
   }
-  if (key->kind != Kind::kStr || key->s.empty() || key->s.size() > 64) return Fail("persistent id has a bad storage key");
+  if (key->kind != Kind::kStr || key->s.empty() || key->s.size() > 64)
+    return Fail("persistent id has a bad storage key");
   for (char c : key->s) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.') {
       return Fail("storage key " + Quote(key->s) + " has characters outside [A-Za-z0-9_.-]");
     }
   }
-  if (key->s == "." || key->s == "..") return Fail("storage key " + Quote(key->s) + " is not a record name");
+  if (key->s == "." || key->s == "..")
+    return Fail("storage key " + Quote(key->s) + " is not a record name");
   if (loc->kind != Kind::kStr) return Fail("persistent id location is not a string");
-  if (numel->kind != Kind::kInt || numel->i < 0) return Fail("storage " + Quote(key->s) + " has a bad numel");
+  if (numel->kind != Kind::kInt || numel->i < 0)
+    return Fail("storage " + Quote(key->s) + " has a bad numel");
   const uint64_t elem = type->untyped ? 1 : DTypeBits(type->dtype) / 8;
   const auto n = static_cast<uint64_t>(numel->i);
-  if (n > UINT64_MAX / elem) return Fail("storage " + Quote(key->s) + " numel " + std::to_string(n) + " overflows");
+  if (n > UINT64_MAX / elem)
+    return Fail("storage " + Quote(key->s) + " numel " + std::to_string(n) + " overflows");
   auto it = storages_.find(key->s);
   if (it != storages_.end()) {
     Node* prev = it->second;
@@ -142,18 +152,22 @@ Result<Node*> Machine::PersistentLoad(Node* pid) {
   return s;
 }
 
-Result<std::vector<uint64_t>> IntTuple(Node* t, const char* what, uint32_t max_rank, const std::string& prefix) {
+Result<std::vector<uint64_t>> IntTuple(Node* t, const char* what, uint32_t max_rank,
+                                       const std::string& prefix) {
   if (t->kind != Kind::kTuple) {
-    return InvalidArgumentError(prefix + std::string(what) + " is a " + KindName(t->kind) + ", not a tuple");
+    return InvalidArgumentError(prefix + std::string(what) + " is a " + KindName(t->kind) +
+                                ", not a tuple");
   }
   if (t->items.size() > max_rank) {
-    return InvalidArgumentError(prefix + std::string(what) + " has " + std::to_string(t->items.size()) +
-                                " dimensions, more than " + std::to_string(max_rank));
+    return InvalidArgumentError(prefix + std::string(what) + " has " +
+                                std::to_string(t->items.size()) + " dimensions, more than " +
+                                std::to_string(max_rank));
   }
   std::vector<uint64_t> out;
   for (Node* v : t->items) {
     if (v->kind != Kind::kInt || v->i < 0) {
-      return InvalidArgumentError(prefix + std::string(what) + " holds a value that is not a non-negative int");
+      return InvalidArgumentError(prefix + std::string(what) +
+                                  " holds a value that is not a non-negative int");
     }
     out.push_back(static_cast<uint64_t>(v->i));
   }
@@ -164,18 +178,24 @@ Result<Node*> Machine::RebuildTensor(const std::vector<Node*>& a, bool v3) {
   const size_t min = v3 ? 7 : 6;
   const char* fn = v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2";
   if (a.size() < min || a.size() > min + 1) {
-    return Fail(std::string(fn) + " takes " + std::to_string(min) + " or " + std::to_string(min + 1) +
-                " arguments, got " + std::to_string(a.size()));
+    return Fail(std::string(fn) + " takes " + std::to_string(min) + " or " +
+                std::to_string(min + 1) + " arguments, got " + std::to_string(a.size()));
   }
   Node* storage = a[0];
-  if (storage->kind != Kind::kStorage) return Fail(std::string(fn) + ": first argument is not a storage");
-  if (a[1]->kind != Kind::kInt || a[1]->i < 0) return Fail(std::string(fn) + ": storage offset is not a non-negative int");
-  const std::string prefix = std::string(source_) + ": tensor on storage " + Quote(storage->s) + ": ";
-  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> size, IntTuple(a[2], "size", limits_.max_rank, prefix));
-  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> stride, IntTuple(a[3], "stride", limits_.max_rank, prefix));
+  if (storage->kind != Kind::kStorage)
+    return Fail(std::string(fn) + ": first argument is not a storage");
+  if (a[1]->kind != Kind::kInt || a[1]->i < 0)
+    return Fail(std::string(fn) + ": storage offset is not a non-negative int");
+  const std::string prefix =
+      std::string(source_) + ": tensor on storage " + Quote(storage->s) + ": ";
+  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> size,
+                        IntTuple(a[2], "size", limits_.max_rank, prefix));
+  CKPT_ASSIGN_OR_RETURN(std::vector<uint64_t> stride,
+                        IntTuple(a[3], "stride", limits_.max_rank, prefix));
   if (size.size() != stride.size()) {
-    return Fail("tensor on storage " + Quote(storage->s) + ": size has " + std::to_string(size.size()) +
-                " dimensions but stride has " + std::to_string(stride.size()));
+    return Fail("tensor on storage " + Quote(storage->s) + ": size has " +
+                std::to_string(size.size()) + " dimensions but stride has " +
+                std::to_string(stride.size()));
   }
   DType dtype = storage->dtype;
   if (v3) {
@@ -187,16 +207,18 @@ Result<Node*> Machine::RebuildTensor(const std::vector<Node*>& a, bool v3) {
     return Fail("_rebuild_tensor_v2 on an untyped storage (no dtype)");
   }
   if (!storage->untyped && dtype != storage->dtype) {
-    return Fail("tensor of dtype " + std::string(DTypeName(dtype)) + " on storage " + Quote(storage->s) + " of type " +
-                std::string(DTypeName(storage->dtype)));
+    return Fail("tensor of dtype " + std::string(DTypeName(dtype)) + " on storage " +
+                Quote(storage->s) + " of type " + std::string(DTypeName(storage->dtype)));
   }
   if (TorchDTypeName(dtype).empty()) {
-    return Fail("tensor on storage " + Quote(storage->s) + " has dtype " + std::string(DTypeName(dtype)) +
-                ", which torch archives cannot hold");
+    return Fail("tensor on storage " + Quote(storage->s) + " has dtype " +
+                std::string(DTypeName(dtype)) + ", which torch archives cannot hold");
   }
   const uint64_t elem = DTypeBits(dtype) / 8;
-  if (elem == 0) return Fail("sub-byte dtype " + std::string(DTypeName(dtype)) + " in a torch archive");
-  const uint64_t storage_bytes = storage->untyped ? storage->numel : storage->numel * (DTypeBits(storage->dtype) / 8);
+  if (elem == 0)
+    return Fail("sub-byte dtype " + std::string(DTypeName(dtype)) + " in a torch archive");
+  const uint64_t storage_bytes =
+      storage->untyped ? storage->numel : storage->numel * (DTypeBits(storage->dtype) / 8);
   if (storage->untyped && storage_bytes % elem != 0) {
     return Fail("untyped storage " + Quote(storage->s) + " of " + std::to_string(storage_bytes) +
                 " bytes is not a whole number of " + std::string(DTypeName(dtype)) + " elements");
@@ -209,7 +231,8 @@ Result<Node*> Machine::RebuildTensor(const std::vector<Node*>& a, bool v3) {
   bool empty = false;
   for (size_t d = 0; d < size.size(); ++d) {
     if (size[d] == 0) empty = true;
-    if (size[d] != 0 && numel > UINT64_MAX / size[d]) return Fail("tensor on storage " + Quote(storage->s) + ": numel overflows");
+    if (size[d] != 0 && numel > UINT64_MAX / size[d])
+      return Fail("tensor on storage " + Quote(storage->s) + ": numel overflows");
     numel *= size[d];
   }
   if (!empty) {
@@ -220,12 +243,13 @@ Result<Node*> Machine::RebuildTensor(const std::vector<Node*>& a, bool v3) {
       }
       last += span * stride[d];
     }
-    if (numel > UINT64_MAX / elem) return Fail("tensor on storage " + Quote(storage->s) + ": byte size overflows");
+    if (numel > UINT64_MAX / elem)
+      return Fail("tensor on storage " + Quote(storage->s) + ": byte size overflows");
     if (last >= capacity) {
-      return Fail("tensor on storage " + Quote(storage->s) + " (offset " + std::to_string(offset) + ", size " +
-                  std::to_string(size.size()) + "-d) reaches element " + std::to_string(last) +
-                  " but the storage holds " + std::to_string(capacity) + " " + std::string(DTypeName(dtype)) +
-                  " elements");
+      return Fail("tensor on storage " + Quote(storage->s) + " (offset " + std::to_string(offset) +
+                  ", size " + std::to_string(size.size()) + "-d) reaches element " +
+                  std::to_string(last) + " but the storage holds " + std::to_string(capacity) +
+                  " " + std::string(DTypeName(dtype)) + " elements");
     }
   } else if (offset > capacity) {
     return Fail("empty tensor on storage " + Quote(storage->s) + " starts past its end");
@@ -240,13 +264,18 @@ Result<Node*> Machine::RebuildTensor(const std::vector<Node*>& a, bool v3) {
   return t;
 }
 
-// NOLINTNEXTLINE(readability-function-size): one case per allowed callable, side by side so the allow-list reads as one table
+// Kept whole past the function-size limit: one case per allowed callable, side by side so the
+// allow-list reads as one table.
+//
+// NOLINTNEXTLINE(readability-function-size)
 Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
   const char* op = newobj ? "NEWOBJ" : "REDUCE";
   if (callable->kind != Kind::kGlobal) {
-    return Fail(std::string(op) + " on a " + KindName(callable->kind) + " (only allowed globals can be called)");
+    return Fail(std::string(op) + " on a " + KindName(callable->kind) +
+                " (only allowed globals can be called)");
   }
-  if (args->kind != Kind::kTuple) return Fail(std::string(op) + " arguments are a " + KindName(args->kind) + ", not a tuple");
+  if (args->kind != Kind::kTuple)
+    return Fail(std::string(op) + " arguments are a " + KindName(args->kind) + ", not a tuple");
   const std::vector<Node*>& a = args->items;
   switch (callable->callable) {
     case Callable::kOrderedDict: {
@@ -264,7 +293,8 @@ Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
       return RebuildTensor(a, callable->callable == Callable::kRebuildV3);
     case Callable::kRebuildParameter:
       if (newobj) break;
-      if (a.size() != 3 || a[0]->kind != Kind::kTensor) return Fail("_rebuild_parameter takes (tensor, requires_grad, hooks)");
+      if (a.size() != 3 || a[0]->kind != Kind::kTensor)
+        return Fail("_rebuild_parameter takes (tensor, requires_grad, hooks)");
       return a[0];
     case Callable::kCodecsEncode: {
       if (newobj) break;
@@ -281,7 +311,8 @@ Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
         if (c < 0x80) {
           b->s += static_cast<char>(c);
         } else if ((c == 0xc2 || c == 0xc3) && i + 1 < s.size()) {
-          b->s += static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(s[++i]) & 0x3f));
+          b->s +=
+              static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(s[++i]) & 0x3f));
         } else {
           return Fail("_codecs.encode: a code point above 255 cannot be latin1");
         }
@@ -297,17 +328,21 @@ Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
     case Callable::kDcpMetadataIndex:
     case Callable::kDcpStorageInfo: {
       // copyreg.__newobj__: an empty instance that BUILD fills.
-      if (!newobj || !a.empty()) return Fail(std::string(op) + " on " + Quote(callable->s) + " (expected NEWOBJ with no arguments)");
+      if (!newobj || !a.empty())
+        return Fail(std::string(op) + " on " + Quote(callable->s) +
+                    " (expected NEWOBJ with no arguments)");
       CKPT_ASSIGN_OR_RETURN(Node * o, New(Kind::kObject));
       o->callable = callable->callable;
       o->s = callable->s;
       return o;
     }
     case Callable::kDcpMemFormat:
-      if (newobj || a.size() != 1 || a[0]->kind != Kind::kInt) return Fail("_MEM_FORMAT_ENCODING takes one int");
+      if (newobj || a.size() != 1 || a[0]->kind != Kind::kInt)
+        return Fail("_MEM_FORMAT_ENCODING takes one int");
       return a[0];
     case Callable::kGetLayout:
-      if (newobj || a.size() != 1 || a[0]->kind != Kind::kStr) return Fail("_get_layout takes one str");
+      if (newobj || a.size() != 1 || a[0]->kind != Kind::kStr)
+        return Fail("_get_layout takes one str");
       return a[0];
     case Callable::kPosixPath: {
       if (newobj) break;
@@ -328,7 +363,8 @@ Result<Node*> Machine::Call(Node* callable, Node* args, bool newobj) {
 }
 
 Status Machine::SetItems(Node* dict, const std::vector<Node*>& kv, const char* op) {
-  if (dict->kind != Kind::kDict) return Fail(std::string(op) + " on a " + KindName(dict->kind) + ", not a dict");
+  if (dict->kind != Kind::kDict)
+    return Fail(std::string(op) + " on a " + KindName(dict->kind) + ", not a dict");
   if (kv.size() % 2 != 0) return Fail(std::string(op) + " with an odd number of items");
   for (size_t i = 0; i < kv.size(); i += 2) {
     Node* key = kv[i];
@@ -353,11 +389,15 @@ Status Machine::SetItems(Node* dict, const std::vector<Node*>& kv, const char* o
   return Status();
 }
 
-// NOLINTNEXTLINE(readability-function-size): the interpreter: one switch with one case per allowed opcode
+// Kept whole past the function-size limit: the interpreter: one switch with one case per allowed
+// opcode.
+//
+// NOLINTNEXTLINE(readability-function-size)
 Result<Node*> Machine::Run() {
   if (data_.size() > limits_.max_pickle_bytes) {
-    return InvalidArgumentError(std::string(source_) + ": pickle of " + std::to_string(data_.size()) +
-                                " bytes exceeds the limit of " + std::to_string(limits_.max_pickle_bytes));
+    return InvalidArgumentError(std::string(source_) + ": pickle of " +
+                                std::to_string(data_.size()) + " bytes exceeds the limit of " +
+                                std::to_string(limits_.max_pickle_bytes));
   }
   while (pos_ < data_.size()) {
     op_pos_ = pos_;
@@ -387,7 +427,8 @@ Result<Node*> Machine::Run() {
       case 0x93: {  // STACK_GLOBAL
         CKPT_ASSIGN_OR_RETURN(Node * name, Pop("STACK_GLOBAL"));
         CKPT_ASSIGN_OR_RETURN(Node * module, Pop("STACK_GLOBAL"));
-        if (name->kind != Kind::kStr || module->kind != Kind::kStr) return Fail("STACK_GLOBAL on values that are not strs");
+        if (name->kind != Kind::kStr || module->kind != Kind::kStr)
+          return Fail("STACK_GLOBAL on values that are not strs");
         CKPT_ASSIGN_OR_RETURN(Node * g, Global(module->s, name->s));
         CKPT_RETURN_IF_ERROR(Push(g));
         break;
@@ -473,7 +514,8 @@ Result<Node*> Machine::Run() {
           CKPT_ASSIGN_OR_RETURN(values, PopMark("APPENDS"));
         }
         CKPT_ASSIGN_OR_RETURN(Node * list, Top("APPEND"));
-        if (list->kind != Kind::kList) return Fail(std::string("APPEND on a ") + KindName(list->kind) + ", not a list");
+        if (list->kind != Kind::kList)
+          return Fail(std::string("APPEND on a ") + KindName(list->kind) + ", not a list");
         for (Node* v : values) {
           CKPT_RETURN_IF_ERROR(Insert(list, v));
           if (list->items.size() >= limits_.max_objects) return Fail("list too large");
@@ -487,7 +529,8 @@ Result<Node*> Machine::Run() {
       case 'U': {  // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8, SHORT_BINSTRING
         const uint64_t width = op == 'X' ? 4 : op == 0x8d ? 8 : 1;
         CKPT_ASSIGN_OR_RETURN(uint64_t n, TakeLe(width, "string length"));
-        if (n > limits_.max_string) return Fail("string of " + std::to_string(n) + " bytes exceeds the limit");
+        if (n > limits_.max_string)
+          return Fail("string of " + std::to_string(n) + " bytes exceeds the limit");
         CKPT_ASSIGN_OR_RETURN(std::string_view v, Take(n, "string"));
         if (op != 'U' && !ValidUtf8(v)) return Fail("unicode string is not valid UTF-8");
         CKPT_RETURN_IF_ERROR(Charge(n));
@@ -502,15 +545,18 @@ Result<Node*> Machine::Run() {
         const uint64_t width = op == 'J' ? 4 : op == 'K' ? 1 : 2;
         CKPT_ASSIGN_OR_RETURN(uint64_t v, TakeLe(width, "integer"));
         CKPT_ASSIGN_OR_RETURN(Node * n, New(Kind::kInt));
-        n->i = op == 'J' ? static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v))) : static_cast<int64_t>(v);
+        n->i = op == 'J' ? static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v)))
+                         : static_cast<int64_t>(v);
         CKPT_RETURN_IF_ERROR(Push(n));
         break;
       }
       case 0x8a: {  // LONG1
         CKPT_ASSIGN_OR_RETURN(uint64_t len, TakeLe(1, "LONG1 length"));
-        if (len > 8) return Fail("LONG1 integer of " + std::to_string(len) + " bytes does not fit 64 bits");
+        if (len > 8)
+          return Fail("LONG1 integer of " + std::to_string(len) + " bytes does not fit 64 bits");
         CKPT_ASSIGN_OR_RETURN(uint64_t v, TakeLe(len, "LONG1"));
-        if (len > 0 && len < 8 && (v >> (8 * len - 1)) & 1) v |= ~uint64_t{0} << (8 * len);  // sign-extend
+        if (len > 0 && len < 8 && (v >> (8 * len - 1)) & 1)
+          v |= ~uint64_t{0} << (8 * len);  // sign-extend
         CKPT_ASSIGN_OR_RETURN(Node * n, New(Kind::kInt));
         n->i = static_cast<int64_t>(v);
         CKPT_RETURN_IF_ERROR(Push(n));
@@ -553,7 +599,8 @@ Result<Node*> Machine::Run() {
           CKPT_RETURN_IF_ERROR(Insert(target, state));
           target->state = state;
         } else if (target->kind != Kind::kDict || !target->ordered) {
-          return Fail(std::string("BUILD on a ") + KindName(target->kind) + " (only an OrderedDict's attributes are accepted)");
+          return Fail(std::string("BUILD on a ") + KindName(target->kind) +
+                      " (only an OrderedDict's attributes are accepted)");
         }
         break;
       }
@@ -599,7 +646,8 @@ struct WalkBudget {
     bytes += name_bytes + sizeof(TorchTensorRecord);
     if (entries > limits.max_entries) {
       return InvalidArgumentError(std::string(source) + ": the state dict expands to more than " +
-                                  std::to_string(limits.max_entries) + " entries (dicts shared through the memo)");
+                                  std::to_string(limits.max_entries) +
+                                  " entries (dicts shared through the memo)");
     }
     if (bytes > limits.max_total_bytes) {
       return InvalidArgumentError(std::string(source) + ": the state dict expands to more than " +
@@ -612,16 +660,21 @@ struct WalkBudget {
 
 Status Collect(const Node* dict, const std::string& prefix, uint32_t depth, std::string_view source,
                std::map<std::string, size_t>& seen, WalkBudget& budget, TorchPickle& out) {
-  if (depth > 8) return InvalidArgumentError(std::string(source) + ": dicts nested more than 8 deep under " + Quote(prefix));
+  if (depth > 8)
+    return InvalidArgumentError(std::string(source) + ": dicts nested more than 8 deep under " +
+                                Quote(prefix));
   for (size_t i = 0; i + 1 < dict->items.size(); i += 2) {
     const Node* k = dict->items[i];
     const Node* v = dict->items[i + 1];
-    if (k->kind == Kind::kStr) CKPT_RETURN_IF_ERROR(budget.Spend(source, prefix.size() + 1 + k->s.size()));
+    if (k->kind == Kind::kStr)
+      CKPT_RETURN_IF_ERROR(budget.Spend(source, prefix.size() + 1 + k->s.size()));
     if (k->kind != Kind::kStr) {
-      return InvalidArgumentError(std::string(source) + ": a state-dict key is a " + KindName(k->kind) +
-                                  (prefix.empty() ? "" : " under " + Quote(prefix)) + ", not a string");
+      return InvalidArgumentError(
+          std::string(source) + ": a state-dict key is a " + KindName(k->kind) +
+          (prefix.empty() ? "" : " under " + Quote(prefix)) + ", not a string");
     }
-    if (!ValidUtf8(k->s)) return InvalidArgumentError(std::string(source) + ": a state-dict key is not valid UTF-8");
+    if (!ValidUtf8(k->s))
+      return InvalidArgumentError(std::string(source) + ": a state-dict key is not valid UTF-8");
     const std::string name = prefix.empty() ? k->s : prefix + "." + k->s;
     if (v->kind == Kind::kDict) {
       CKPT_RETURN_IF_ERROR(Collect(v, name, depth + 1, source, seen, budget, out));
@@ -632,7 +685,8 @@ Status Collect(const Node* dict, const std::string& prefix, uint32_t depth, std:
       continue;
     }
     if (!seen.emplace(name, out.tensors.size()).second) {
-      return InvalidArgumentError(std::string(source) + ": tensor name " + Quote(name) + " appears twice");
+      return InvalidArgumentError(std::string(source) + ": tensor name " + Quote(name) +
+                                  " appears twice");
     }
     TorchTensorRecord r;
     r.name = name;
@@ -664,12 +718,13 @@ uint64_t TorchTensorRecord::nbytes() const {
   return n;
 }
 
-Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source, const PickleLimits& limits) {
+Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source,
+                                     const PickleLimits& limits) {
   pickle::Machine m(data, source, limits);
   CKPT_ASSIGN_OR_RETURN(Node * root, m.Run());
   if (root->kind != Kind::kDict) {
-    return InvalidArgumentError(std::string(source) + ": the pickle holds a " + KindName(root->kind) +
-                                ", not a state dict");
+    return InvalidArgumentError(std::string(source) + ": the pickle holds a " +
+                                KindName(root->kind) + ", not a state dict");
   }
   TorchPickle out;
   std::map<std::string, size_t> seen;
@@ -683,7 +738,8 @@ Result<TorchTensorRecord> ParseTorchTensorPickle(std::string_view data, std::str
   pickle::Machine m(data, source, limits);
   CKPT_ASSIGN_OR_RETURN(Node * root, m.Run());
   if (root->kind != Kind::kTensor) {
-    return InvalidArgumentError(std::string(source) + ": the pickle holds a " + KindName(root->kind) + ", not a tensor");
+    return InvalidArgumentError(std::string(source) + ": the pickle holds a " +
+                                KindName(root->kind) + ", not a tensor");
   }
   TorchTensorRecord r;
   r.dtype = root->dtype;

@@ -64,7 +64,8 @@ struct TorchPickle {
 // Runs `data` and reads the state dict it builds: a dict (or OrderedDict) of
 // tensors, possibly nested. `source` names the record in errors. Validates
 // every view against its storage's declared size with checked arithmetic.
-Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source, const PickleLimits& limits = {});
+Result<TorchPickle> ParseTorchPickle(std::string_view data, std::string_view source,
+                                     const PickleLimits& limits = {});
 
 // Runs the `data.pkl` of `torch.save(tensor)` (a bare tensor, as DCP's
 // FileSystemWriter stores each chunk) and returns its view, validated like

@@ -19,7 +19,7 @@
 namespace ckpt {
 
 struct ZipEntry {
-  std::string name;         // full name, "<root>/data/0"
+  std::string name;          // full name, "<root>/data/0"
   uint64_t data_offset = 0;  // absolute offset of the entry's bytes in the file
   uint64_t size = 0;
   uint32_t crc32 = 0;
@@ -41,7 +41,8 @@ class ZipArchive {
   // or control bytes; duplicate names; entries outside the file or
   // overlapping another entry or the central directory; entries not under one
   // common root folder.
-  static Result<std::unique_ptr<ZipArchive>> Open(std::unique_ptr<ReadableFile> file, const ZipLimits& limits = {});
+  static Result<std::unique_ptr<ZipArchive>> Open(std::unique_ptr<ReadableFile> file,
+                                                  const ZipLimits& limits = {});
 
   const std::string& path() const { return file_->path(); }
   const ReadableFile& file() const { return *file_; }

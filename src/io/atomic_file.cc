@@ -38,7 +38,8 @@ Result<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(Storage& stor
     return InvalidArgumentError("cannot publish a file at \"" + path + "\": no file name");
   }
   if (!storage.CanRename()) {
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, storage.OpenWrite(path, CreateMode::kTruncate));
+    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file,
+                          storage.OpenWrite(path, CreateMode::kTruncate));
     std::string temp = path;
     return std::unique_ptr<AtomicFileWriter>(
         new AtomicFileWriter(storage, std::move(path), std::move(temp), std::move(file)));
@@ -101,7 +102,8 @@ namespace {
 constexpr uint64_t kReadBackWindow = 8ull << 20;
 
 Status LostWrite(const std::string& path, uint64_t offset, uint64_t length) {
-  return DataLossError("\"" + path + "\": bytes [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
+  return DataLossError("\"" + path + "\": bytes [" + std::to_string(offset) + ", " +
+                       std::to_string(offset + length) +
                        ") read back differ from what was written (the storage lost a write)");
 }
 

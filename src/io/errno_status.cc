@@ -12,9 +12,12 @@ Status ErrnoToStatus(int err, std::string_view context) {
   msg += std::strerror(err);
   msg += " (errno " + std::to_string(err) + ")";
   switch (err) {
-    case 0: return InternalError(msg + " reported without an error");
-    case ENOENT: return NotFoundError(std::move(msg));
-    case EEXIST: return AlreadyExistsError(std::move(msg));
+    case 0:
+      return InternalError(msg + " reported without an error");
+    case ENOENT:
+      return NotFoundError(std::move(msg));
+    case EEXIST:
+      return AlreadyExistsError(std::move(msg));
     case ENOTEMPTY:
     case ENOTDIR:
     case EISDIR:

@@ -67,10 +67,9 @@ class MemoryReadableFile final : public ReadableFile {
  private:
   Status CheckRange(uint64_t offset, uint64_t length) const {
     if (offset > data_->size() || length > data_->size() - offset) {
-      return DataLossError("reading " + Quote(path_) + ": range [" + std::to_string(offset) +
-                           ", " + std::to_string(offset + length) +
-                           ") is past the end of the " + std::to_string(data_->size()) +
-                           "-byte file");
+      return DataLossError("reading " + Quote(path_) + ": range [" + std::to_string(offset) + ", " +
+                           std::to_string(offset + length) + ") is past the end of the " +
+                           std::to_string(data_->size()) + "-byte file");
     }
     return Status();
   }
@@ -149,7 +148,8 @@ class MemoryStorageImpl final : public Storage,
     std::lock_guard<std::mutex> lock(mu_);
     std::string key = Normalize(dir);
     if (!dirs_.count(key)) {
-      if (files_.count(key)) return FailedPreconditionError("listing " + Quote(dir) + ": not a directory");
+      if (files_.count(key))
+        return FailedPreconditionError("listing " + Quote(dir) + ": not a directory");
       return NotFoundError("listing " + Quote(dir) + ": no such directory");
     }
     std::string prefix = key == "/" ? "/" : key + "/";
@@ -214,7 +214,8 @@ class MemoryStorageImpl final : public Storage,
       return InvalidArgumentError(what + ": target is inside the source");
     }
     if (files_.count(dst)) return FailedPreconditionError(what + ": target is a file");
-    if (dirs_.count(dst)) return AlreadyExistsError(what + ": the target exists (a directory never replaces one)");
+    if (dirs_.count(dst))
+      return AlreadyExistsError(what + ": the target exists (a directory never replaces one)");
     MoveTree(src, dst);
     return Status();
   }
@@ -263,14 +264,19 @@ class MemoryStorageImpl final : public Storage,
     std::string prefix = src + "/";
     std::map<std::string, Snapshot> files;
     for (auto& [k, v] : files_) {
-      if (k.compare(0, prefix.size(), prefix) == 0) files[dst + k.substr(src.size())] = v;
-      else files[k] = v;
+      if (k.compare(0, prefix.size(), prefix) == 0)
+        files[dst + k.substr(src.size())] = v;
+      else
+        files[k] = v;
     }
     std::set<std::string> dirs;
     for (const std::string& k : dirs_) {
-      if (k == src) dirs.insert(dst);
-      else if (k.compare(0, prefix.size(), prefix) == 0) dirs.insert(dst + k.substr(src.size()));
-      else dirs.insert(k);
+      if (k == src)
+        dirs.insert(dst);
+      else if (k.compare(0, prefix.size(), prefix) == 0)
+        dirs.insert(dst + k.substr(src.size()));
+      else
+        dirs.insert(k);
     }
     files_ = std::move(files);
     dirs_ = std::move(dirs);

@@ -39,12 +39,13 @@ Result<int> OpenRegularFile(const std::string& path, struct stat* st) {
   }
   if (!S_ISREG(st->st_mode)) {
     ::close(fd);
-    const char* kind = S_ISFIFO(st->st_mode)   ? "a FIFO"
-                       : S_ISDIR(st->st_mode)  ? "a directory"
-                       : S_ISSOCK(st->st_mode) ? "a socket"
+    const char* kind = S_ISFIFO(st->st_mode)                          ? "a FIFO"
+                       : S_ISDIR(st->st_mode)                         ? "a directory"
+                       : S_ISSOCK(st->st_mode)                        ? "a socket"
                        : S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? "a device"
                                                                       : "not a regular file";
-    return FailedPreconditionError("opening " + Quote(path) + ": not a regular file (" + kind + ")");
+    return FailedPreconditionError("opening " + Quote(path) + ": not a regular file (" + kind +
+                                   ")");
   }
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
@@ -83,7 +84,8 @@ class ReadFdPool {
     struct rlimit rl;
     uint64_t soft = kMaxOpenReadFiles * 4;
     if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) soft = rl.rlim_cur;
-    budget_ = static_cast<size_t>(std::clamp<uint64_t>(soft / 4, kMinOpenReadFiles, kMaxOpenReadFiles));
+    budget_ =
+        static_cast<size_t>(std::clamp<uint64_t>(soft / 4, kMinOpenReadFiles, kMaxOpenReadFiles));
   }
   void MakeRoom(size_t keep);  // closes idle descriptors while more than `keep` are open
 
@@ -96,7 +98,10 @@ class ReadFdPool {
 class PosixReadableFile final : public ReadableFile {
  public:
   PosixReadableFile(std::string path, int fd, const struct stat& st)
-      : path_(std::move(path)), size_(static_cast<uint64_t>(st.st_size)), dev_(st.st_dev), ino_(st.st_ino),
+      : path_(std::move(path)),
+        size_(static_cast<uint64_t>(st.st_size)),
+        dev_(st.st_dev),
+        ino_(st.st_ino),
         fd_(fd) {
     ReadFdPool::Get().Adopt(this);
   }
@@ -128,9 +133,8 @@ class PosixReadableFile final : public ReadableFile {
     if (p == MAP_FAILED) {
       return ErrnoToStatus(err, "mapping " + Quote(path_) + " " + RangeString(offset, length));
     }
-    std::shared_ptr<const void> owner(p, [map_len](const void* q) {
-      ::munmap(const_cast<void*>(q), map_len);
-    });
+    std::shared_ptr<const void> owner(
+        p, [map_len](const void* q) { ::munmap(const_cast<void*>(q), map_len); });
     const std::byte* base = static_cast<const std::byte*>(p) + (offset - start);
     return MappedRegion{std::span<const std::byte>(base, length), std::move(owner)};
   }
@@ -138,7 +142,9 @@ class PosixReadableFile final : public ReadableFile {
  private:
   friend class ReadFdPool;
 
-  Result<int> Pin() const { return ReadFdPool::Get().Acquire(const_cast<PosixReadableFile*>(this)); }
+  Result<int> Pin() const {
+    return ReadFdPool::Get().Acquire(const_cast<PosixReadableFile*>(this));
+  }
   void Unpin() const { ReadFdPool::Get().Release(const_cast<PosixReadableFile*>(this)); }
 
   // Opens the file again after the pool closed its descriptor.
@@ -146,8 +152,8 @@ class PosixReadableFile final : public ReadableFile {
     struct stat st;
     Result<int> fd = OpenRegularFile(path_, &st);
     if (!fd.ok()) {
-      return DataLossError("reopening " + Quote(path_) + " (closed to bound open files): " +
-                           fd.status().message());
+      return DataLossError("reopening " + Quote(path_) +
+                           " (closed to bound open files): " + fd.status().message());
     }
     if (st.st_dev != dev_ || st.st_ino != ino_) {
       ::close(*fd);
@@ -160,7 +166,8 @@ class PosixReadableFile final : public ReadableFile {
   Status ReadWithFd(int fd, uint64_t offset, std::span<std::byte> dst) const {
     size_t done = 0;
     while (done < dst.size()) {
-      ssize_t n = ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+      ssize_t n =
+          ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return ErrnoToStatus(errno, "reading " + Quote(path_) + " at " +
@@ -263,8 +270,8 @@ class PosixWritableFile final : public WritableFile {
     if (fd_ < 0) return FailedPreconditionError("writing " + Quote(path_) + ": file is closed");
     size_t done = 0;
     while (done < data.size()) {
-      ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done,
-                           static_cast<off_t>(offset + done));
+      ssize_t n =
+          ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return ErrnoToStatus(errno, "writing " + Quote(path_) + " at " +
@@ -375,8 +382,10 @@ class PosixStorageImpl final : public Storage {
   // silently replace an empty directory created there meanwhile.
   Status RenameDirectory(const std::string& from, const std::string& to) {
     const std::string what = "renaming " + Quote(from) + " to " + Quote(to);
-    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return Status();
-    if (errno == EEXIST) return AlreadyExistsError(what + ": the target exists (a directory never replaces one)");
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0)
+      return Status();
+    if (errno == EEXIST)
+      return AlreadyExistsError(what + ": the target exists (a directory never replaces one)");
     if (errno != EINVAL && errno != ENOSYS) return ErrnoToStatus(errno, what);
     // The filesystem cannot refuse atomically: check, then rename.
     struct stat st;

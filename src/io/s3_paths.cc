@@ -111,7 +111,8 @@ Result<std::shared_ptr<Storage>> Cached(const S3Options& o) {
   const std::string id = o.bucket + "|" + o.endpoint + "|" + o.region + "|" + o.access_key + "|" +
                          o.secret_key + "|" + std::to_string(o.part_size) + "|" +
                          std::to_string(o.memory_budget) + "|" + std::to_string(o.parallel) + "|" +
-                         std::to_string(o.max_retries) + "|" + std::to_string(o.low_speed_timeout_s);
+                         std::to_string(o.max_retries) + "|" +
+                         std::to_string(o.low_speed_timeout_s);
   std::lock_guard<std::mutex> lock(cache_mu);
   auto it = cache.find(id);
   if (it != cache.end()) return it->second;
@@ -127,7 +128,8 @@ Status ApplyTransferEnv(S3Options& o) {
   o.parallel = static_cast<unsigned>(std::min<uint64_t>(parallel, 64));
   CKPT_ASSIGN_OR_RETURN(uint64_t attempts, EnvBytes("CKPT_S3_MAX_ATTEMPTS", o.max_retries + 1));
   o.max_retries = static_cast<unsigned>(std::min<uint64_t>(attempts, 100) - 1);
-  CKPT_ASSIGN_OR_RETURN(uint64_t stall, EnvBytes("CKPT_S3_LOW_SPEED_TIMEOUT", o.low_speed_timeout_s));
+  CKPT_ASSIGN_OR_RETURN(uint64_t stall,
+                        EnvBytes("CKPT_S3_LOW_SPEED_TIMEOUT", o.low_speed_timeout_s));
   o.low_speed_timeout_s = static_cast<long>(std::clamp<uint64_t>(stall, 1, 3600));
   if (Env("CKPT_S3_ALLOW_HTTP") == "1") o.allow_http = true;
   return Status();

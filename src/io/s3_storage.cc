@@ -339,7 +339,10 @@ class Client {
     idle_.push_back(h);
   }
 
-  // NOLINTNEXTLINE(readability-function-size): one request with its retries: attempt, classify the answer, back off; the loop shares the attempt state
+  // Kept whole past the function-size limit: one request with its retries: attempt, classify the
+  // answer, back off; the loop shares the attempt state.
+  //
+  // NOLINTNEXTLINE(readability-function-size)
   CURLcode Perform(const Request& req, Response& resp) {
     std::string path = o_.path_style ? "/" + UriEncode(o_.bucket, false) : "";
     path += "/" + UriEncode(req.key, true);

@@ -36,7 +36,8 @@ Result<bool> Exists(Storage& storage, const std::string& path) {
   return st.status();
 }
 
-Result<std::string> ReadFileToString(Storage& storage, const std::string& path, uint64_t max_bytes) {
+Result<std::string> ReadFileToString(Storage& storage, const std::string& path,
+                                     uint64_t max_bytes) {
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenRead(path));
   if (file->Size() > max_bytes) {
     return FailedPreconditionError(path + ": file of " + std::to_string(file->Size()) +
@@ -52,7 +53,8 @@ Result<std::string> ReadFileToString(Storage& storage, const std::string& path, 
 Status CopyFile(Storage& storage, const std::string& from, const std::string& to) {
   constexpr uint64_t kPiece = 8ull << 20;
   CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, storage.OpenRead(from));
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out, AtomicFileWriter::Create(storage, to));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out,
+                        AtomicFileWriter::Create(storage, to));
   std::vector<std::byte> buf(std::min<uint64_t>(kPiece, in->Size()));
   for (uint64_t off = 0; off < in->Size(); off += buf.size()) {
     const auto piece = std::span(buf).first(std::min<uint64_t>(buf.size(), in->Size() - off));
@@ -121,7 +123,8 @@ Status Storage::RemoveTree(const std::string& path) {
 }
 
 Status WriteFileAtomically(Storage& storage, const std::string& path, std::string_view contents) {
-  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> w, AtomicFileWriter::Create(storage, path));
+  CKPT_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> w,
+                        AtomicFileWriter::Create(storage, path));
   CKPT_RETURN_IF_ERROR(w->Append(AsBytes(contents)));
   return w->Commit();
 }

@@ -67,7 +67,9 @@ bool EmptyBox(const BoxView& b) {
 class OverlapFinder {
  public:
   OverlapFinder(const std::vector<BoxView>& boxes, uint32_t rank)
-      : boxes_(boxes), budget_(64 * boxes.size() * (rank + 1) + (uint64_t{1} << 24)), left_(budget_) {}
+      : boxes_(boxes),
+        budget_(64 * boxes.size() * (rank + 1) + (uint64_t{1} << 24)),
+        left_(budget_) {}
 
   // False when an overlap was found (first(), second()) or the budget ran out.
   // Bands wait on an explicit stack: no recursion, whatever the layout.
@@ -88,7 +90,8 @@ class OverlapFinder {
         for (size_t k = 0; k < dims.size() && !more && !banded; ++k) {
           const uint32_t d = dims[k];
           if (!Spend(idx.size())) return false;
-          std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return Off(a, d) < Off(b, d); });
+          std::stable_sort(idx.begin(), idx.end(),
+                           [&](size_t a, size_t b) { return Off(a, d) < Off(b, d); });
           const bool same = std::all_of(idx.begin(), idx.end(), [&](size_t i) {
             return Off(i, d) == Off(idx[0], d) && End(i, d) == End(idx[0], d);
           });
@@ -138,7 +141,8 @@ class OverlapFinder {
   }
   // Pairwise along d among boxes whose ranges in d meet.
   bool Sweep(std::vector<size_t> idx, uint32_t d) {
-    std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return Off(a, d) < Off(b, d); });
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](size_t a, size_t b) { return Off(a, d) < Off(b, d); });
     std::vector<size_t> active;
     for (size_t i : idx) {
       if (!Spend(active.size() + 1)) return false;
@@ -146,7 +150,8 @@ class OverlapFinder {
       for (size_t j : active) {
         if (!Spend(1)) return false;
         bool meet = true;
-        for (uint32_t e = 0; e < boxes_[i].rank && meet; ++e) meet = Off(i, e) < End(j, e) && Off(j, e) < End(i, e);
+        for (uint32_t e = 0; e < boxes_[i].rank && meet; ++e)
+          meet = Off(i, e) < End(j, e) && Off(j, e) < End(i, e);
         if (meet) {
           found_ = {j, i};
           return false;
@@ -187,7 +192,8 @@ Status CheckTiling(std::string_view fqn, const uint64_t* global, uint32_t rank,
                    const std::vector<BoxView>& chunks) {
   // Built only when there is something to report.
   auto T = [&] {
-    return "tensor '" + std::string(fqn) + "' of shape " + Shape(std::vector<uint64_t>(global, global + rank)).ToString();
+    return "tensor '" + std::string(fqn) + "' of shape " +
+           Shape(std::vector<uint64_t>(global, global + rank)).ToString();
   };
   uint64_t elements = 1;
   for (uint32_t d = 0; d < rank; ++d) {
@@ -199,14 +205,15 @@ Status CheckTiling(std::string_view fqn, const uint64_t* global, uint32_t rank,
   uint64_t sum = 0;
   for (const BoxView& b : chunks) {
     if (b.rank != rank) {
-      return InvalidArgumentError(T() + ": chunk " + b.ToString() + " has rank " + std::to_string(b.rank));
+      return InvalidArgumentError(T() + ": chunk " + b.ToString() + " has rank " +
+                                  std::to_string(b.rank));
     }
     uint64_t volume = 1;
     for (uint32_t d = 0; d < rank; ++d) {
       uint64_t end;
       if (!CheckedAdd(b.off[d], b.size[d], &end) || end > global[d]) {
-        return InvalidArgumentError(T() + ": chunk " + b.ToString() + " is out of bounds in dimension " +
-                                    std::to_string(d));
+        return InvalidArgumentError(T() + ": chunk " + b.ToString() +
+                                    " is out of bounds in dimension " + std::to_string(d));
       }
       volume *= b.size[d];  // in bounds: no overflow
     }
@@ -222,19 +229,21 @@ Status CheckTiling(std::string_view fqn, const uint64_t* global, uint32_t rank,
     std::iota(dims.begin(), dims.end(), 0u);
     if (!finder.Walk(std::move(nonempty), std::move(dims))) {
       if (finder.exhausted()) {
-        return InvalidArgumentError(T() + ": " + std::to_string(chunks.size()) +
-                                    " chunks are laid out too irregularly to check for overlaps within " +
-                                    std::to_string(finder.budget()) + " steps");
+        return InvalidArgumentError(
+            T() + ": " + std::to_string(chunks.size()) +
+            " chunks are laid out too irregularly to check for overlaps within " +
+            std::to_string(finder.budget()) + " steps");
       }
       const BoxView& a = chunks[finder.first()];
       const BoxView& b = chunks[finder.second()];
       Box overlap;
       Intersect(a.ToBox(), b.ToBox(), &overlap);
-      return InvalidArgumentError(T() + ": chunks " + a.ToString() + " and " + b.ToString() + " overlap in " +
-                                  overlap.ToString());
+      return InvalidArgumentError(T() + ": chunks " + a.ToString() + " and " + b.ToString() +
+                                  " overlap in " + overlap.ToString());
     }
   } else if (rank == 0 && chunks.size() > 1) {
-    return InvalidArgumentError(T() + ": " + std::to_string(chunks.size()) + " chunks of a scalar overlap");
+    return InvalidArgumentError(T() + ": " + std::to_string(chunks.size()) +
+                                " chunks of a scalar overlap");
   }
   if (sum != *total) {
     return InvalidArgumentError(T() + ": chunks cover " + std::to_string(sum) + " of " +

@@ -32,7 +32,9 @@ struct BoxView {
   BoxView() = default;
   BoxView(const uint64_t* o, const uint64_t* s, uint32_t r) : off(o), size(s), rank(r) {}
   explicit BoxView(const Box& b)
-      : off(b.offsets.data()), size(b.sizes.data()), rank(static_cast<uint32_t>(b.offsets.size())) {}
+      : off(b.offsets.data()),
+        size(b.sizes.data()),
+        rank(static_cast<uint32_t>(b.offsets.size())) {}
   Box ToBox() const { return Box{{off, off + rank}, {size, size + rank}}; }
   std::string ToString() const { return ToBox().ToString(); }
 };

@@ -32,7 +32,8 @@ class Encoder {
 
 // One varint from [p, end): the position after it, or nullptr when the bytes
 // end first or it runs past 64 bits. For hot loops over many values.
-inline const unsigned char* ReadVarint(const unsigned char* p, const unsigned char* end, uint64_t* v) {
+inline const unsigned char* ReadVarint(const unsigned char* p, const unsigned char* end,
+                                       uint64_t* v) {
   if (p < end && *p < 0x80) {  // one byte: the usual case
     *v = *p;
     return p + 1;

@@ -46,9 +46,11 @@ Status SavedIndex::Finalize() {
     }
     // Empty chunks carry no data; a tensor whose chunks are all empty keeps
     // the largest extent per dimension as its shape.
-    if (std::all_of(t.chunks.begin(), t.chunks.end(), [](const SavedChunk& c) { return c.box.Empty(); })) {
+    if (std::all_of(t.chunks.begin(), t.chunks.end(),
+                    [](const SavedChunk& c) { return c.box.Empty(); })) {
       for (const SavedChunk& c : t.chunks) {
-        for (size_t d = 0; d < rank; ++d) dims[d] = std::max(dims[d], c.box.offsets[d] + c.box.sizes[d]);
+        for (size_t d = 0; d < rank; ++d)
+          dims[d] = std::max(dims[d], c.box.offsets[d] + c.box.sizes[d]);
       }
     }
     t.global = Shape(std::move(dims));
@@ -71,8 +73,9 @@ Status SavedIndex::Finalize() {
       for (const SavedChunk& c : t.chunks) {
         scratch.clear();
         if (Status p = PlanChunkReads(c, t.dtype, whole, {}, &scratch); !p.ok()) {
-          return DataLossError("saved tensor '" + fqn + "' (" + std::string(DTypeName(t.dtype)) + ", shape " +
-                               t.global.ToString() + "): chunk " + c.box.ToString() + ": " + p.message());
+          return DataLossError("saved tensor '" + fqn + "' (" + std::string(DTypeName(t.dtype)) +
+                               ", shape " + t.global.ToString() + "): chunk " + c.box.ToString() +
+                               ": " + p.message());
         }
       }
     }
@@ -95,15 +98,19 @@ void SavedIndex::Overlapping(const SavedTensor& t, const Box& box,
   // (box.begin - max_size0, box.end) can reach the box in dimension 0.
   const uint64_t lo = box.offsets[0] > t.max_size0 ? box.offsets[0] - t.max_size0 : 0;
   const uint64_t hi = box.offsets[0] + box.sizes[0];
-  auto first = std::lower_bound(t.chunks.begin(), t.chunks.end(), lo,
-                                [](const SavedChunk& c, uint64_t v) { return c.box.offsets[0] < v; });
+  auto first =
+      std::lower_bound(t.chunks.begin(), t.chunks.end(), lo,
+                       [](const SavedChunk& c, uint64_t v) { return c.box.offsets[0] < v; });
   Box ignored;
   for (auto it = first; it != t.chunks.end() && it->box.offsets[0] < hi; ++it) {
     if (Intersect(it->box, box, &ignored)) out->push_back(&*it);
   }
 }
 
-// NOLINTNEXTLINE(readability-function-size): the overlap, its runs and their coalescing share the run geometry
+// Kept whole past the function-size limit: the overlap, its runs and their coalescing share the run
+// geometry.
+//
+// NOLINTNEXTLINE(readability-function-size)
 Status PlanChunkReads(const SavedChunk& s, DType dtype, const Box& local,
                       const std::vector<int64_t>& strides, std::vector<ReadOp>* out) {
   Box r;
@@ -117,10 +124,12 @@ Status PlanChunkReads(const SavedChunk& s, DType dtype, const Box& local,
   std::vector<int64_t> dst_stride(rank, 1);
   for (size_t d = rank; d-- > 1;) src_stride[d - 1] = src_stride[d] * s.box.sizes[d];
   if (strides.empty()) {
-    for (size_t d = rank; d-- > 1;) dst_stride[d - 1] = dst_stride[d] * static_cast<int64_t>(local.sizes[d]);
+    for (size_t d = rank; d-- > 1;)
+      dst_stride[d - 1] = dst_stride[d] * static_cast<int64_t>(local.sizes[d]);
   } else {
     if (strides.size() != rank) return InvalidArgumentError("strides do not match the chunk rank");
-    if (sub_byte) return InvalidArgumentError("strided chunks of sub-byte dtypes are not supported");
+    if (sub_byte)
+      return InvalidArgumentError("strided chunks of sub-byte dtypes are not supported");
     dst_stride = strides;
   }
 
@@ -184,7 +193,8 @@ Status PlanChunkReads(const SavedChunk& s, DType dtype, const Box& local,
       }
     }
     if (!merged && run_bytes > 0) {
-      out->push_back(ReadOp{s.file, file_off, run_bytes, {{0, dest_off, piece_count}}, elem_bytes, dest_step});
+      out->push_back(
+          ReadOp{s.file, file_off, run_bytes, {{0, dest_off, piece_count}}, elem_bytes, dest_step});
       op = &out->back();
       needed_in_op = run_bytes;
     }

@@ -20,7 +20,7 @@ struct SavedChunk {
   Box box;                   // position in the global tensor
   uint64_t data_offset = 0;  // absolute file offset of the chunk's first byte
   bool has_checksum = false;
-  uint64_t checksum = 0;     // XXH64 (seed 0) of the chunk's bytes, when recorded
+  uint64_t checksum = 0;  // XXH64 (seed 0) of the chunk's bytes, when recorded
 };
 
 struct SavedTensor {

@@ -1,9 +1,9 @@
 #include "plan/save_plan.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 #include <unordered_map>
-
-#include <xxhash.h>
 
 #include "core/parallel.h"
 #include "plan/codec.h"
@@ -29,7 +29,9 @@ size_t VarintsIn(std::string_view wire) {
   return n;
 }
 
-Status Malformed(const std::string& why) { return DataLossError("malformed save plan from a peer: " + why); }
+Status Malformed(const std::string& why) {
+  return DataLossError("malformed save plan from a peer: " + why);
+}
 
 }  // namespace
 
@@ -50,8 +52,8 @@ class PlanDecoder {
     for (size_t ti = 0; ti < n; ++ti) {
       TensorTable::Entry& t = table->entries_[ti];
       uint64_t len, dtype, rank, chunks;
-      if (!d.StrRef(&t.name_at, &len) || !d.U64(&dtype) || dtype >= AllDTypes().size() || !d.U64(&rank) ||
-          rank > 1024) {
+      if (!d.StrRef(&t.name_at, &len) || !d.U64(&dtype) || dtype >= AllDTypes().size() ||
+          !d.U64(&rank) || rank > 1024) {
         return Malformed("tensor header");
       }
       t.name_len = static_cast<uint32_t>(len);
@@ -70,8 +72,9 @@ class PlanDecoder {
         uint64_t r1 = 0, r2 = 0, x = 0;
         if (!d.U64(&r1)) return Malformed("chunk");
         if (r1 != rank) {
-          return InvalidArgumentError("tensor '" + std::string(fqn) + "': a chunk has " + std::to_string(r1) +
-                                      " offsets for a rank-" + std::to_string(rank) + " tensor");
+          return InvalidArgumentError("tensor '" + std::string(fqn) + "': a chunk has " +
+                                      std::to_string(r1) + " offsets for a rank-" +
+                                      std::to_string(rank) + " tensor");
         }
         for (uint64_t i = 0; i < r1; ++i) {
           if (!d.U64(&x)) return Malformed("chunk offsets");
@@ -80,7 +83,8 @@ class PlanDecoder {
         if (!d.U64(&r2)) return Malformed("chunk shape");
         if (r2 != rank) {
           return InvalidArgumentError("tensor '" + std::string(fqn) + "': a chunk shape has rank " +
-                                      std::to_string(r2) + " for a rank-" + std::to_string(rank) + " tensor");
+                                      std::to_string(r2) + " for a rank-" + std::to_string(rank) +
+                                      " tensor");
         }
         for (uint64_t i = 0; i < r2; ++i) {
           if (!d.U64(&x)) return Malformed("chunk shape");
@@ -141,14 +145,17 @@ class PlanDecoder {
       e.rank = static_cast<uint32_t>(t.global_shape.rank());
       e.dims_at = table->dims_.size();
       table->names_ += t.fqn;
-      table->dims_.insert(table->dims_.end(), t.global_shape.dims().begin(), t.global_shape.dims().end());
+      table->dims_.insert(table->dims_.end(), t.global_shape.dims().begin(),
+                          t.global_shape.dims().end());
       table->entries_.push_back(e);
     }
     return table;
   }
 };
 
-std::shared_ptr<const TensorTable> TensorTable::Of(const StateDict& sd) { return PlanDecoder::TableOf(sd); }
+std::shared_ptr<const TensorTable> TensorTable::Of(const StateDict& sd) {
+  return PlanDecoder::TableOf(sd);
+}
 
 namespace {
 
@@ -187,8 +194,8 @@ std::string EncodeChunkPlan(const StateDict& sd) {
   return e.Take();
 }
 
-Result<std::optional<std::vector<LocalPlan>>> DecodeChunkPlans(std::shared_ptr<const TensorTable> own,
-                                                               std::vector<std::string> wires) {
+Result<std::optional<std::vector<LocalPlan>>> DecodeChunkPlans(
+    std::shared_ptr<const TensorTable> own, std::vector<std::string> wires) {
   using Out = std::optional<std::vector<LocalPlan>>;
   // This rank's digest is in its own wire; every wire must carry the same.
   std::string digest;
@@ -199,8 +206,10 @@ Result<std::optional<std::vector<LocalPlan>>> DecodeChunkPlans(std::shared_ptr<c
     if (kind != kCompact) return Out();
     std::string dg;
     if (!d.Str(&dg)) return Malformed("table digest");
-    if (digest.empty()) digest = std::move(dg);
-    else if (dg != digest) return Out();
+    if (digest.empty())
+      digest = std::move(dg);
+    else if (dg != digest)
+      return Out();
   }
   // Each rank's bytes decode on their own: in parallel for large jobs, the
   // lowest rank's error reported.
@@ -312,7 +321,9 @@ Result<TensorIds> AssignIds(const std::vector<LocalPlan>& ranks) {
   by_name.reserve(t0.size());
   for (uint32_t i = 0; i < t0.size(); ++i) {
     auto [it, inserted] = by_name.try_emplace(t0.fqn(i), static_cast<uint32_t>(ids.tensors.size()));
-    if (!inserted) return InvalidArgumentError("tensor '" + std::string(t0.fqn(i)) + "' appears twice on rank 0");
+    if (!inserted)
+      return InvalidArgumentError("tensor '" + std::string(t0.fqn(i)) +
+                                  "' appears twice on rank 0");
     ids.tensors.push_back({&t0, i, 0});
   }
   for (size_t r = 0; r < ranks.size(); ++r) {
@@ -326,18 +337,21 @@ Result<TensorIds> AssignIds(const std::vector<LocalPlan>& ranks) {
     for (size_t ti = 0; ti < t.size(); ++ti) {
       const std::string_view fqn = t.fqn(ti);
       auto [it, inserted] = by_name.try_emplace(fqn, static_cast<uint32_t>(ids.tensors.size()));
-      if (inserted) ids.tensors.push_back({&t, static_cast<uint32_t>(ti), static_cast<uint32_t>(r)});
+      if (inserted)
+        ids.tensors.push_back({&t, static_cast<uint32_t>(ti), static_cast<uint32_t>(r)});
       ids.id_of[r][ti] = it->second;
       const TensorIds::Tensor& info = ids.tensors[it->second];
       const TensorTable& ft = *info.table;
       const uint32_t fi = info.index;
       bool same_shape = t.rank(ti) == ft.rank(fi);
-      for (uint32_t d = 0; same_shape && d < t.rank(ti); ++d) same_shape = t.global(ti)[d] == ft.global(fi)[d];
+      for (uint32_t d = 0; same_shape && d < t.rank(ti); ++d)
+        same_shape = t.global(ti)[d] == ft.global(fi)[d];
       if (t.dtype(ti) != ft.dtype(fi) || !same_shape) {
-        return InvalidArgumentError("tensor '" + std::string(fqn) + "': rank " + std::to_string(info.first_rank) +
-                                    " has " + std::string(DTypeName(ft.dtype(fi))) + " " +
-                                    ft.GlobalShape(fi).ToString() + " but rank " + std::to_string(r) + " has " +
-                                    std::string(DTypeName(t.dtype(ti))) + " " + t.GlobalShape(ti).ToString());
+        return InvalidArgumentError(
+            "tensor '" + std::string(fqn) + "': rank " + std::to_string(info.first_rank) + " has " +
+            std::string(DTypeName(ft.dtype(fi))) + " " + ft.GlobalShape(fi).ToString() +
+            " but rank " + std::to_string(r) + " has " + std::string(DTypeName(t.dtype(ti))) + " " +
+            t.GlobalShape(ti).ToString());
       }
     }
   }
@@ -373,7 +387,8 @@ Result<std::vector<Entry>> GroupEntries(const std::vector<LocalPlan>& ranks, Ten
       total += lp.num_chunks(ti);
     }
   }
-  if (total > UINT32_MAX) return InvalidArgumentError(std::to_string(total) + " chunks are too many to plan");
+  if (total > UINT32_MAX)
+    return InvalidArgumentError(std::to_string(total) + " chunks are too many to plan");
   size_t pos = 0;
   for (TensorIds::Tensor& t : ids.tensors) {
     t.begin = pos;
@@ -386,8 +401,8 @@ Result<std::vector<Entry>> GroupEntries(const std::vector<LocalPlan>& ranks, Ten
     for (size_t ti = 0; ti < lp.size(); ++ti) {
       TensorIds::Tensor& info = ids.tensors[ids.id(r, ti)];
       for (uint32_t ci = 0; ci < lp.num_chunks(ti); ++ci) {
-        entries[info.begin + info.count++] = {lp.chunk(ti, ci).off, static_cast<uint32_t>(r),
-                                              {static_cast<uint32_t>(ti), ci}};
+        entries[info.begin + info.count++] = {
+            lp.chunk(ti, ci).off, static_cast<uint32_t>(r), {static_cast<uint32_t>(ti), ci}};
       }
     }
   }
@@ -399,7 +414,8 @@ Result<std::vector<Entry>> GroupEntries(const std::vector<LocalPlan>& ranks, Ten
 // the tiling checked. `stamp` (tensor last seen per rank) and `boxes` are
 // scratch space reused across tensors.
 Status TensorCandidates(uint32_t id, const TensorIds::Tensor& info, std::vector<Entry>& entries,
-                        std::vector<uint32_t>& stamp, std::vector<BoxView>& boxes, std::vector<Candidate>& out) {
+                        std::vector<uint32_t>& stamp, std::vector<BoxView>& boxes,
+                        std::vector<Candidate>& out) {
   const TensorTable& table = *info.table;
   const std::string_view fqn = table.fqn(info.index);
   const DType dtype = table.dtype(info.index);
@@ -415,7 +431,8 @@ Status TensorCandidates(uint32_t id, const TensorIds::Tensor& info, std::vector<
   // Ranks usually hold consecutive slices in rank order: already sorted.
   bool sorted = true;
   for (Entry* it = b + (b != e); it < e && sorted; ++it) {
-    sorted = LessBox(it[-1].box, it->box, n2) || (SameBox(it[-1].box, it->box, n2) && it[-1].rank < it->rank);
+    sorted = LessBox(it[-1].box, it->box, n2) ||
+             (SameBox(it[-1].box, it->box, n2) && it[-1].rank < it->rank);
   }
   if (!sorted) std::sort(b, e, by_box);
   boxes.clear();
@@ -425,18 +442,21 @@ Status TensorCandidates(uint32_t id, const TensorIds::Tensor& info, std::vector<
     while (group_end != e && SameBox(group_end->box, it->box, n2)) ++group_end;
     uint64_t bytes;
     if (!ChunkBytes(view(*it), dtype, &bytes)) {
-      return InvalidArgumentError("tensor '" + std::string(fqn) + "': chunk " + view(*it).ToString() + " of " +
-                                  std::string(DTypeName(dtype)) + " is not a whole number of bytes");
+      return InvalidArgumentError("tensor '" + std::string(fqn) + "': chunk " +
+                                  view(*it).ToString() + " of " + std::string(DTypeName(dtype)) +
+                                  " is not a whole number of bytes");
     }
     for (Entry* h = it; h != group_end; ++h) {
       // The DCP layout stores one chunk of a tensor per file (the key is the fqn).
       if (stamp[h->rank] == id && (h == it || h[-1].rank != h->rank)) {
-        return InvalidArgumentError("tensor '" + std::string(fqn) + "': rank " + std::to_string(h->rank) +
-                                    " holds 2 different chunks; one file can store one chunk per tensor");
+        return InvalidArgumentError(
+            "tensor '" + std::string(fqn) + "': rank " + std::to_string(h->rank) +
+            " holds 2 different chunks; one file can store one chunk per tensor");
       }
       stamp[h->rank] = id;
     }
-    out.push_back({bytes, static_cast<uint32_t>(it - entries.data()), static_cast<uint32_t>(group_end - it)});
+    out.push_back(
+        {bytes, static_cast<uint32_t>(it - entries.data()), static_cast<uint32_t>(group_end - it)});
     boxes.push_back(view(*it));
     it = group_end;
   }
@@ -446,7 +466,8 @@ Status TensorCandidates(uint32_t id, const TensorIds::Tensor& info, std::vector<
 // Phase 3: every tensor's candidates, in tensor order. Tensors are
 // independent, so large plans check them in parallel ranges; the error
 // reported is the lowest tensor's, as in a sequential pass.
-Result<std::vector<Candidate>> FindCandidates(const TensorIds& ids, size_t num_ranks, std::vector<Entry>& entries) {
+Result<std::vector<Candidate>> FindCandidates(const TensorIds& ids, size_t num_ranks,
+                                              std::vector<Entry>& entries) {
   const unsigned ranges = RangesFor(entries.size(), 200000);
   struct Part {
     std::vector<Candidate> cands;
@@ -459,7 +480,8 @@ Result<std::vector<Candidate>> FindCandidates(const TensorIds& ids, size_t num_r
     std::vector<uint32_t> stamp(num_ranks, UINT32_MAX);
     std::vector<BoxView> boxes;
     for (size_t id = begin; id < end && part.error.ok(); ++id) {
-      part.error = TensorCandidates(static_cast<uint32_t>(id), ids.tensors[id], entries, stamp, boxes, part.cands);
+      part.error = TensorCandidates(static_cast<uint32_t>(id), ids.tensors[id], entries, stamp,
+                                    boxes, part.cands);
     }
   });
   if (ranges == 1) {
@@ -481,7 +503,8 @@ Result<std::vector<Candidate>> FindCandidates(const TensorIds& ids, size_t num_r
 // is that rank's; those are counted first, so replicated chunks then balance
 // against every rank's whole load: largest first (ties in candidate order),
 // each to the holder with the fewest bytes so far, ties to the lowest rank.
-std::vector<uint32_t> ChooseWriters(const std::vector<Candidate>& cands, const std::vector<Entry>& entries,
+std::vector<uint32_t> ChooseWriters(const std::vector<Candidate>& cands,
+                                    const std::vector<Entry>& entries,
                                     std::vector<uint64_t>& bytes) {
   std::vector<uint32_t> chosen(cands.size());
   std::vector<uint32_t> shared;

@@ -36,11 +36,15 @@ class TensorTable {
   static std::shared_ptr<const TensorTable> Of(const StateDict& sd);
 
   size_t size() const { return entries_.size(); }
-  std::string_view fqn(size_t t) const { return std::string_view(names_).substr(entries_[t].name_at, entries_[t].name_len); }
+  std::string_view fqn(size_t t) const {
+    return std::string_view(names_).substr(entries_[t].name_at, entries_[t].name_len);
+  }
   DType dtype(size_t t) const { return entries_[t].dtype; }
   uint32_t rank(size_t t) const { return entries_[t].rank; }  // number of dimensions
   const uint64_t* global(size_t t) const { return dims_.data() + entries_[t].dims_at; }
-  Shape GlobalShape(size_t t) const { return Shape(std::vector<uint64_t>(global(t), global(t) + rank(t))); }
+  Shape GlobalShape(size_t t) const {
+    return Shape(std::vector<uint64_t>(global(t), global(t) + rank(t)));
+  }
 
  private:
   friend class PlanDecoder;
@@ -86,8 +90,8 @@ std::string EncodeChunkPlan(const StateDict& sd);
 // Every rank's compact plan decoded against `own` (this rank's table), or
 // nullopt when any rank's table differs or any rank sent the marker; every
 // rank reaches the same answer from the same inputs.
-Result<std::optional<std::vector<LocalPlan>>> DecodeChunkPlans(std::shared_ptr<const TensorTable> own,
-                                                               std::vector<std::string> wires);
+Result<std::optional<std::vector<LocalPlan>>> DecodeChunkPlans(
+    std::shared_ptr<const TensorTable> own, std::vector<std::string> wires);
 
 // The full encoding: names, dtypes, global shapes and chunks.
 std::string EncodeLocalPlan(const StateDict& sd);

@@ -54,7 +54,8 @@ void Released(Fn fn) {
 
 inline Timeout ToTimeout(double seconds) {
   // At most about 30 years, so the milliseconds always fit.
-  if (!(seconds > 0 && seconds <= 1e9)) throw nb::value_error("timeout must be a number of seconds in (0, 1e9]");
+  if (!(seconds > 0 && seconds <= 1e9))
+    throw nb::value_error("timeout must be a number of seconds in (0, 1e9]");
   return Timeout(static_cast<int64_t>(seconds * 1000.0 + 0.5));
 }
 
@@ -63,7 +64,8 @@ inline Timeout ToTimeout(double seconds) {
 using ChunkDesc = std::tuple<std::vector<uint64_t>, std::vector<uint64_t>, uintptr_t,
                              std::optional<std::vector<int64_t>>>;
 // One tensor: (fqn, safetensors dtype name, global shape, chunks).
-using TensorDesc = std::tuple<std::string, std::string, std::vector<uint64_t>, std::vector<ChunkDesc>>;
+using TensorDesc =
+    std::tuple<std::string, std::string, std::vector<uint64_t>, std::vector<ChunkDesc>>;
 using TensorList = std::vector<TensorDesc>;
 using JsonMap = std::map<std::string, std::string>;
 

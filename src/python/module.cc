@@ -32,7 +32,8 @@ void RaiseStatus(const Status& s) {
 void RegisterErrors(const nb::dict& classes) {
   for (size_t c = 1; c < g_error_classes.size(); ++c) {
     const std::string name(StatusCodeName(static_cast<StatusCode>(c)));
-    if (!classes.contains(name.c_str())) throw nb::key_error(("no error class for " + name).c_str());
+    if (!classes.contains(name.c_str()))
+      throw nb::key_error(("no error class for " + name).c_str());
     nb::object cls = classes[name.c_str()];
     Py_XDECREF(g_error_classes[c]);
     g_error_classes[c] = cls.release().ptr();
@@ -60,7 +61,8 @@ void Save(PyComm& comm, const std::string& path, const TensorList& tensors, cons
   });
 }
 
-nb::dict Load(PyComm& comm, const std::string& path, const TensorList& tensors, const LoadOptions& options) {
+nb::dict Load(PyComm& comm, const std::string& path, const TensorList& tensors,
+              const LoadOptions& options) {
   Owned owned = BuildStateDict(tensors, {}, nb::dict());
   LoadStats stats;
   Released([&]() -> Status {
@@ -124,8 +126,9 @@ nb::dict ConsolidateDir(PyComm& comm, const std::string& in, const std::string& 
     CKPT_ASSIGN_OR_RETURN(StoragePath from, ResolveStoragePath(in));
     CKPT_ASSIGN_OR_RETURN(StoragePath to, ResolveStoragePath(out));
     if (from.storage != to.storage) {
-      return InvalidArgumentError("consolidating " + in + " into " + out +
-                                  ": input and output must be on the same storage (both local, or the same bucket)");
+      return InvalidArgumentError(
+          "consolidating " + in + " into " + out +
+          ": input and output must be on the same storage (both local, or the same bucket)");
     }
     return Consolidate(comm.get(), *from.storage, from.path, to.path, options, &stats);
   });
@@ -187,7 +190,8 @@ NB_MODULE(_ckpt, m) {
       .def_prop_rw(
           "cast_dtype",
           [](const ConsolidateOptions& o) {
-            return o.cast_dtype ? std::optional<std::string>(DTypeName(*o.cast_dtype)) : std::nullopt;
+            return o.cast_dtype ? std::optional<std::string>(DTypeName(*o.cast_dtype))
+                                : std::nullopt;
           },
           [](ConsolidateOptions& o, std::optional<std::string> name) {
             if (!name) {
@@ -203,13 +207,14 @@ NB_MODULE(_ckpt, m) {
           "timeout_s", [](const ConsolidateOptions& o) { return o.timeout.count() / 1000.0; },
           [](ConsolidateOptions& o, double s) { o.timeout = ToTimeout(s); });
 
-  m.def("save", &Save, nb::arg("comm"), nb::arg("path"), nb::arg("tensors"), nb::arg("json"), nb::arg("bytes"),
-        nb::arg("timeout_s"), "Collective sharded save of described tensors.");
+  m.def("save", &Save, nb::arg("comm"), nb::arg("path"), nb::arg("tensors"), nb::arg("json"),
+        nb::arg("bytes"), nb::arg("timeout_s"), "Collective sharded save of described tensors.");
   m.def("load", &Load, nb::arg("comm"), nb::arg("path"), nb::arg("tensors"), nb::arg("options"),
         "Collective sharded load into described tensors; returns load statistics.");
   m.def("read_extra_state", &ReadExtra, nb::arg("path"),
         "The non-tensor entries of a sharded checkpoint: (json texts, raw bytes).");
-  m.def("inspect", &Inspect, nb::arg("path"), "The files, tensors and chunks of a sharded checkpoint.");
+  m.def("inspect", &Inspect, nb::arg("path"),
+        "The files, tensors and chunks of a sharded checkpoint.");
   m.def(
       "verify",
       [](const std::string& path) {
@@ -219,7 +224,8 @@ NB_MODULE(_ckpt, m) {
         });
       },
       nb::arg("path"), "Reads every chunk of a sharded checkpoint and checks its checksums.");
-  m.def("consolidate", &ConsolidateDir, nb::arg("comm"), nb::arg("in_dir"), nb::arg("out_dir"), nb::arg("options"),
+  m.def("consolidate", &ConsolidateDir, nb::arg("comm"), nb::arg("in_dir"), nb::arg("out_dir"),
+        nb::arg("options"),
         "Collective: a sharded checkpoint into a Hugging Face model directory.");
 
   BindDcpSteps(m);

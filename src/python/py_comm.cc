@@ -20,7 +20,8 @@ namespace {
 
 class PyCommunicator final : public Communicator {
  public:
-  PyCommunicator(nb::object impl, int rank, int size) : impl_(std::move(impl)), rank_(rank), size_(size) {}
+  PyCommunicator(nb::object impl, int rank, int size)
+      : impl_(std::move(impl)), rank_(rank), size_(size) {}
   ~PyCommunicator() override {
     if (!Py_IsInitialized()) {
       impl_.release();  // the interpreter is gone; nothing left to release it to
@@ -41,7 +42,8 @@ class PyCommunicator final : public Communicator {
   Result<std::vector<std::string>> AllGather(std::string_view mine, Timeout timeout) override {
     std::vector<std::string> out;
     Status s = Call("all_gather", [&] {
-      nb::object got = impl_.attr("all_gather")(nb::bytes(mine.data(), mine.size()), Seconds(timeout));
+      nb::object got =
+          impl_.attr("all_gather")(nb::bytes(mine.data(), mine.size()), Seconds(timeout));
       for (nb::handle h : got) {
         nb::bytes b = nb::cast<nb::bytes>(h);
         out.emplace_back(b.c_str(), b.size());
@@ -79,9 +81,11 @@ class PyCommunicator final : public Communicator {
 
   template <typename Fn>
   Status Call(const char* what, Fn fn) {
-    if (broken_) return UnavailableError(std::string(what) + ": the communicator failed earlier on rank " +
-                                         std::to_string(rank_));
-    if (!Py_IsInitialized()) return UnavailableError(std::string(what) + ": the Python interpreter has exited");
+    if (broken_)
+      return UnavailableError(std::string(what) + ": the communicator failed earlier on rank " +
+                              std::to_string(rank_));
+    if (!Py_IsInitialized())
+      return UnavailableError(std::string(what) + ": the Python interpreter has exited");
     nb::gil_scoped_acquire gil;
     try {
       fn();
@@ -90,8 +94,8 @@ class PyCommunicator final : public Communicator {
       broken_ = true;
       std::string msg = nb::str(e.value()).c_str();
       return UnavailableError(std::string("torch.distributed ") + what + " failed on rank " +
-                              std::to_string(rank_) + ": " + nb::str(e.type().attr("__name__")).c_str() + ": " +
-                              msg);
+                              std::to_string(rank_) + ": " +
+                              nb::str(e.type().attr("__name__")).c_str() + ": " + msg);
     } catch (const std::exception& e) {
       broken_ = true;
       return UnavailableError(std::string("torch.distributed ") + what + " failed on rank " +
@@ -111,12 +115,14 @@ class PyCommunicator final : public Communicator {
 class AsyncSaver {
  public:
   AsyncSaver(std::shared_ptr<Communicator> comm, unsigned copy_threads, uint64_t budget)
-      : comm_(std::move(comm)), memory_(NewHostStagingMemory(copy_threads)), budget_(budget),
+      : comm_(std::move(comm)),
+        memory_(NewHostStagingMemory(copy_threads)),
+        budget_(budget),
         worker_(std::make_unique<async::Worker>()) {}
   ~AsyncSaver() { Close(); }
 
-  uint64_t Submit(const std::string& path, const TensorList& tensors, const JsonMap& json, const nb::dict& bytes,
-                  double timeout_s) {
+  uint64_t Submit(const std::string& path, const TensorList& tensors, const JsonMap& json,
+                  const nb::dict& bytes, double timeout_s) {
     if (!worker_) throw StatusException{FailedPreconditionError("the async saver is closed")};
     // The previous save must be done before its staging memory is reused;
     // its outcome stays with its own future.
@@ -138,7 +144,9 @@ class AsyncSaver {
 
   // Raises the save's error, every time it is asked.
   void Wait(uint64_t ticket) { RaiseIfError(Collect(ticket)); }
-  bool Done(uint64_t ticket) { return results_.contains(ticket) || !worker_ || worker_->Done(ticket); }
+  bool Done(uint64_t ticket) {
+    return results_.contains(ticket) || !worker_ || worker_->Done(ticket);
+  }
   void Drain() {
     if (last_ != 0) RaiseIfError(Collect(last_));
   }
@@ -146,7 +154,9 @@ class AsyncSaver {
   // Waits for save `ticket` (GIL released) and keeps its outcome.
   Status Collect(uint64_t ticket) {
     if (auto it = results_.find(ticket); it != results_.end()) return it->second;
-    if (!worker_) return FailedPreconditionError("the async saver was closed before save " + std::to_string(ticket));
+    if (!worker_)
+      return FailedPreconditionError("the async saver was closed before save " +
+                                     std::to_string(ticket));
     Status s;
     {
       nb::gil_scoped_release release;
@@ -187,12 +197,14 @@ class AsyncSaver {
 
 void BindCommunicator(nb::module_& m) {
   nb::class_<PyComm>(m, "Communicator")
-      .def_static("single", [] { return PyComm(NewSingleRankCommunicator()); }, "One rank, no peers.")
+      .def_static(
+          "single", [] { return PyComm(NewSingleRankCommunicator()); }, "One rank, no peers.")
       .def_static(
           "from_python",
           [](nb::object impl, int rank, int size) {
             if (size < 1 || rank < 0 || rank >= size) {
-              throw nb::value_error(("rank " + std::to_string(rank) + " of " + std::to_string(size)).c_str());
+              throw nb::value_error(
+                  ("rank " + std::to_string(rank) + " of " + std::to_string(size)).c_str());
             }
             return PyComm(std::make_shared<PyCommunicator>(std::move(impl), rank, size));
           },
@@ -201,7 +213,10 @@ void BindCommunicator(nb::module_& m) {
       .def_prop_ro("rank", [](const PyComm& c) { return c.get().rank(); })
       .def_prop_ro("size", [](const PyComm& c) { return c.get().size(); })
       .def(
-          "barrier", [](PyComm& c, double timeout_s) { Released([&] { return c.get().Barrier(ToTimeout(timeout_s)); }); },
+          "barrier",
+          [](PyComm& c, double timeout_s) {
+            Released([&] { return c.get().Barrier(ToTimeout(timeout_s)); });
+          },
           nb::arg("timeout_s"))
       .def(
           "agree",
@@ -221,8 +236,9 @@ void BindAsyncSaver(nb::module_& m) {
             new (self) AsyncSaver(comm.shared(), copy_threads, budget);
           },
           nb::arg("comm"), nb::arg("copy_threads") = 0, nb::arg("staging_budget") = 0)
-      .def("submit", &AsyncSaver::Submit, nb::arg("path"), nb::arg("tensors"), nb::arg("json"), nb::arg("bytes"),
-           nb::arg("timeout_s"), "Stages the tensors and queues the save; returns its ticket.")
+      .def("submit", &AsyncSaver::Submit, nb::arg("path"), nb::arg("tensors"), nb::arg("json"),
+           nb::arg("bytes"), nb::arg("timeout_s"),
+           "Stages the tensors and queues the save; returns its ticket.")
       .def("wait", &AsyncSaver::Wait, nb::arg("ticket"))
       .def("done", &AsyncSaver::Done, nb::arg("ticket"))
       .def("drain", &AsyncSaver::Drain)

@@ -30,7 +30,8 @@ class PySafetensors {
     return file_->header().metadata();
   }
 
-  std::tuple<std::string, std::vector<uint64_t>, uint64_t, uint64_t> Info(const std::string& name) const {
+  std::tuple<std::string, std::vector<uint64_t>, uint64_t, uint64_t> Info(
+      const std::string& name) const {
     const TensorInfo& t = Find(name);
     return {std::string(DTypeName(t.dtype)), t.shape.dims(), t.begin, t.end};
   }
@@ -42,22 +43,23 @@ class PySafetensors {
 
   // Copies the box [offsets, offsets + shape) of tensor `name` into
   // contiguous row-major memory at `ptr`, reading only the runs it needs.
-  void ReadBox(const std::string& name, const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& box,
-               uintptr_t ptr) const {
+  void ReadBox(const std::string& name, const std::vector<uint64_t>& offsets,
+               const std::vector<uint64_t>& box, uintptr_t ptr) const {
     const TensorInfo& t = Find(name);
     const std::vector<uint64_t>& full = t.shape.dims();
     const std::string where = file_->path() + ": tensor '" + name + "'";
     if (offsets.size() != full.size() || box.size() != full.size()) {
-      throw StatusException{InvalidArgumentError(where + ": a box of rank " + std::to_string(box.size()) +
-                                                  " for a tensor of shape " + t.shape.ToString())};
+      throw StatusException{InvalidArgumentError(where + ": a box of rank " +
+                                                 std::to_string(box.size()) +
+                                                 " for a tensor of shape " + t.shape.ToString())};
     }
     uint64_t total = 1;
     for (size_t d = 0; d < full.size(); ++d) {
       if (offsets[d] > full[d] || box[d] > full[d] - offsets[d]) {
-        throw StatusException{InvalidArgumentError(where + ": slice [" + std::to_string(offsets[d]) + ", " +
-                                                    std::to_string(offsets[d] + box[d]) + ") of dimension " +
-                                                    std::to_string(d) + " exceeds its size " +
-                                                    std::to_string(full[d]))};
+        throw StatusException{InvalidArgumentError(
+            where + ": slice [" + std::to_string(offsets[d]) + ", " +
+            std::to_string(offsets[d] + box[d]) + ") of dimension " + std::to_string(d) +
+            " exceeds its size " + std::to_string(full[d]))};
       }
       total *= box[d];
     }
@@ -65,7 +67,8 @@ class PySafetensors {
     std::byte* dst = reinterpret_cast<std::byte*>(ptr);
     if (total == 0) return;
     if (bits % 8 != 0 && box != full) {
-      throw StatusException{InvalidArgumentError(where + ": sub-byte " + std::string(DTypeName(t.dtype)) +
+      throw StatusException{InvalidArgumentError(where + ": sub-byte " +
+                                                 std::string(DTypeName(t.dtype)) +
                                                  " tensors are read whole only")};
     }
     // Trailing dimensions taken whole merge into one run with the first
@@ -87,7 +90,8 @@ class PySafetensors {
       for (uint64_t r = 0; r < runs; ++r) {
         uint64_t elem = offsets[outer] * src_stride[outer];
         for (size_t d = 0; d < outer; ++d) elem += (offsets[d] + idx[d]) * src_stride[d];
-        CKPT_RETURN_IF_ERROR(file_->ReadRange(name, elem * esz, std::span<std::byte>(dst + r * run, run)));
+        CKPT_RETURN_IF_ERROR(
+            file_->ReadRange(name, elem * esz, std::span<std::byte>(dst + r * run, run)));
         for (size_t d = outer; d-- > 0;) {
           if (++idx[d] < box[d]) break;
           idx[d] = 0;
@@ -101,7 +105,8 @@ class PySafetensors {
   explicit PySafetensors(std::unique_ptr<SafetensorsFile> f) : file_(std::move(f)) {}
   const TensorInfo& Find(const std::string& name) const {
     const TensorInfo* t = file_->header().Find(name);
-    if (t == nullptr) throw StatusException{NotFoundError(file_->path() + ": no tensor named '" + name + "'")};
+    if (t == nullptr)
+      throw StatusException{NotFoundError(file_->path() + ": no tensor named '" + name + "'")};
     return *t;
   }
   std::shared_ptr<SafetensorsFile> file_;
@@ -122,8 +127,9 @@ void SaveFile(const std::string& path, const std::vector<FileTensor>& tensors,
     dtypes.push_back(*d);
   }
   Released([&]() -> Status {
-    CKPT_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
-                          SafetensorsWriter::Create(*PosixStorage(), path, std::move(specs), metadata));
+    CKPT_ASSIGN_OR_RETURN(
+        std::unique_ptr<SafetensorsWriter> w,
+        SafetensorsWriter::Create(*PosixStorage(), path, std::move(specs), metadata));
     for (size_t i = 0; i < tensors.size(); ++i) {
       const auto& [name, dtype_name, shape, ptr, strides] = tensors[i];
       const StridedLayout layout{shape, strides ? *strides : std::vector<int64_t>{},
@@ -135,12 +141,13 @@ void SaveFile(const std::string& path, const std::vector<FileTensor>& tensors,
         continue;
       }
       if (DTypeBits(dtypes[i]) % 8 != 0) {
-        return InvalidArgumentError(path + ": tensor '" + name + "': strided sub-byte tensors are not supported");
+        return InvalidArgumentError(path + ": tensor '" + name +
+                                    "': strided sub-byte tensors are not supported");
       }
-      CKPT_RETURN_IF_ERROR(ForEachGatheredPiece(layout, base, 8ull << 20,
-                                                [&](uint64_t off, std::span<const std::byte> piece) {
-                                                  return w->Write(name, off, piece);
-                                                }));
+      CKPT_RETURN_IF_ERROR(ForEachGatheredPiece(
+          layout, base, 8ull << 20, [&](uint64_t off, std::span<const std::byte> piece) {
+            return w->Write(name, off, piece);
+          }));
     }
     return w->Commit();
   });
@@ -154,11 +161,12 @@ void BindSafetensors(nb::module_& m) {
       .def("keys", &PySafetensors::Keys, "Tensor names in file order.")
       .def("metadata", &PySafetensors::Metadata, "`__metadata__`, or None when the file has none.")
       .def("info", &PySafetensors::Info, nb::arg("name"), "(dtype, shape, begin, end) of a tensor.")
-      .def("read_range", &PySafetensors::ReadRange, nb::arg("name"), nb::arg("offset"), nb::arg("ptr"),
-           nb::arg("nbytes"))
-      .def("read_box", &PySafetensors::ReadBox, nb::arg("name"), nb::arg("offsets"), nb::arg("shape"),
-           nb::arg("ptr"));
-  m.def("save_safetensors", &SaveFile, nb::arg("path"), nb::arg("tensors"), nb::arg("metadata").none(),
+      .def("read_range", &PySafetensors::ReadRange, nb::arg("name"), nb::arg("offset"),
+           nb::arg("ptr"), nb::arg("nbytes"))
+      .def("read_box", &PySafetensors::ReadBox, nb::arg("name"), nb::arg("offsets"),
+           nb::arg("shape"), nb::arg("ptr"));
+  m.def("save_safetensors", &SaveFile, nb::arg("path"), nb::arg("tensors"),
+        nb::arg("metadata").none(),
         "Writes a safetensors file from tensors in memory, atomically.");
 }
 

@@ -43,7 +43,8 @@ void BindDcpSteps(nb::module_& m) {
         return staging;
       },
       nb::arg("dir"), nb::arg("token") = "",
-      "Refuses an existing `dir`; removes staging left by earlier saves to it; creates and returns the hidden "
+      "Refuses an existing `dir`; removes staging left by earlier saves to it; creates and returns "
+      "the hidden "
       "staging directory beside it (named by `token`, 16 hex digits, when given).");
   m.def(
       "write_shard_file",
@@ -52,14 +53,15 @@ void BindDcpSteps(nb::module_& m) {
         engine::WrittenShard shard;
         Released([&]() -> Status {
           CKPT_RETURN_IF_ERROR(engine::CheckLocalState(owned.sd));
-          CKPT_ASSIGN_OR_RETURN(shard,
-                                engine::WriteShardFile(*PosixStorage(), staging, file, owned.sd, nullptr, nullptr));
+          CKPT_ASSIGN_OR_RETURN(shard, engine::WriteShardFile(*PosixStorage(), staging, file,
+                                                              owned.sd, nullptr, nullptr));
           return Status();
         });
         return std::make_tuple(shard.file, shard.size, shard.header_hash);
       },
       nb::arg("staging"), nb::arg("file"), nb::arg("tensors"),
-      "Writes every described chunk into one shard file, durably; returns (file, size, header hash).");
+      "Writes every described chunk into one shard file, durably; returns (file, size, header "
+      "hash).");
   m.def(
       "publish_staging_dir",
       [](const std::string& staging, const std::string& dir,
@@ -69,11 +71,13 @@ void BindDcpSteps(nb::module_& m) {
         std::vector<engine::WrittenShard> written;
         for (const auto& [file, size, hash] : shards) written.push_back({file, size, hash});
         Released([&] {
-          return engine::PublishStagingDir(*PosixStorage(), staging, dir, written, world_size, &extra.sd);
+          return engine::PublishStagingDir(*PosixStorage(), staging, dir, written, world_size,
+                                           &extra.sd);
         });
       },
       nb::arg("staging"), nb::arg("dir"), nb::arg("shards"), nb::arg("world_size"), nb::arg("json"),
-      nb::arg("bytes"), "Writes the manifest and extra state, then renames the staging directory to `dir`.");
+      nb::arg("bytes"),
+      "Writes the manifest and extra state, then renames the staging directory to `dir`.");
   // DCP's own format (FileSystemWriter layout): each rank writes its
   // torch.save'd chunks and objects into one data file; the coordinator
   // writes .metadata and publishes.
@@ -84,24 +88,29 @@ void BindDcpSteps(nb::module_& m) {
         for (const nb::bytes& b : blobs) views.emplace_back(b.c_str(), b.size());
         std::vector<std::pair<uint64_t, uint64_t>> ranges;
         Released([&]() -> Status {
-          CKPT_ASSIGN_OR_RETURN(ranges, engine::WriteDcpDataFile(*PosixStorage(), staging, file, views));
+          CKPT_ASSIGN_OR_RETURN(ranges,
+                                engine::WriteDcpDataFile(*PosixStorage(), staging, file, views));
           return Status();
         });
         return ranges;
       },
       nb::arg("staging"), nb::arg("file"), nb::arg("blobs"),
-      "Writes the blobs back to back into a new file, durably; returns each one's (offset, length).");
-  using DcpChunkDesc = std::tuple<std::vector<uint64_t>, std::vector<uint64_t>, std::string, uint64_t, uint64_t>;
-  using DcpTensorDesc = std::tuple<std::string, std::string, std::vector<uint64_t>, std::vector<DcpChunkDesc>>;
+      "Writes the blobs back to back into a new file, durably; returns each one's (offset, "
+      "length).");
+  using DcpChunkDesc =
+      std::tuple<std::vector<uint64_t>, std::vector<uint64_t>, std::string, uint64_t, uint64_t>;
+  using DcpTensorDesc =
+      std::tuple<std::string, std::string, std::vector<uint64_t>, std::vector<DcpChunkDesc>>;
   using DcpBytesDesc = std::tuple<std::string, std::string, uint64_t, uint64_t>;
   m.def(
       "publish_dcp_dir",
-      [](const std::string& staging, const std::string& dir, const std::vector<DcpTensorDesc>& tensors,
-         const std::vector<DcpBytesDesc>& bytes) {
+      [](const std::string& staging, const std::string& dir,
+         const std::vector<DcpTensorDesc>& tensors, const std::vector<DcpBytesDesc>& bytes) {
         DcpMetadata meta;
         for (const auto& [fqn, dtype_name, size, chunks] : tensors) {
           Result<DType> dtype = ParseDType(dtype_name);
-          if (!dtype.ok()) throw StatusException{dtype.status().WithContext("tensor '" + fqn + "'")};
+          if (!dtype.ok())
+            throw StatusException{dtype.status().WithContext("tensor '" + fqn + "'")};
           DcpTensor& t = meta.tensors[fqn];
           t.dtype = *dtype;
           t.size = size;
@@ -109,14 +118,17 @@ void BindDcpSteps(nb::module_& m) {
             t.chunks.push_back(DcpChunk{offsets, sizes, DcpStorageInfo{file, offset, length}});
           }
         }
-        for (const auto& [fqn, file, offset, length] : bytes) meta.bytes[fqn] = DcpStorageInfo{file, offset, length};
+        for (const auto& [fqn, file, offset, length] : bytes)
+          meta.bytes[fqn] = DcpStorageInfo{file, offset, length};
         Released([&] { return engine::PublishDcpDir(*PosixStorage(), staging, dir, meta); });
       },
       nb::arg("staging"), nb::arg("dir"), nb::arg("tensors"), nb::arg("bytes"),
-      "Writes .metadata for (fqn, dtype, size, [(offsets, sizes, file, offset, length)]) tensors and (fqn, file, "
+      "Writes .metadata for (fqn, dtype, size, [(offsets, sizes, file, offset, length)]) tensors "
+      "and (fqn, file, "
       "offset, length) byte entries, then renames the staging directory to `dir`.");
   m.def(
-      "remove_all", [](const std::string& path) { Released([&] { return RemoveAll(*PosixStorage(), path); }); },
+      "remove_all",
+      [](const std::string& path) { Released([&] { return RemoveAll(*PosixStorage(), path); }); },
       nb::arg("path"));
 }
 

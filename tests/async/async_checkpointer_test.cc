@@ -29,15 +29,20 @@ class VersionedModel : public Model {
       SplitRange(1024, world, rank, &off, &len);
       row0_[t] = off;
       data_[t].assign(len * 512, 0.f);
-      DistTensor d{"model.layers." + std::to_string(t) + ".mlp.up_proj.weight", DType::kF32, Shape{1024, 512}, {}};
-      d.chunks.push_back(LocalChunk{{off, 0}, Shape{len, 512}, reinterpret_cast<std::byte*>(data_[t].data()), {}});
+      DistTensor d{"model.layers." + std::to_string(t) + ".mlp.up_proj.weight",
+                   DType::kF32,
+                   Shape{1024, 512},
+                   {}};
+      d.chunks.push_back(
+          LocalChunk{{off, 0}, Shape{len, 512}, reinterpret_cast<std::byte*>(data_[t].data()), {}});
       sd_.tensors.push_back(std::move(d));
     }
   }
   StateDict& state_dict() override { return sd_; }
   void Set(int version) {
     for (int t = 0; t < 2; ++t) {
-      for (size_t i = 0; i < data_[t].size(); ++i) data_[t][i] = Value(version, t, row0_[t] * 512 + i);
+      for (size_t i = 0; i < data_[t].size(); ++i)
+        data_[t][i] = Value(version, t, row0_[t] * 512 + i);
     }
   }
   // The version every element holds, or -1 when they disagree.
@@ -107,14 +112,15 @@ TEST_P(AsyncMutation, ChangesAfterTheCallNeverReachTheCheckpoint) {
     }));
     EXPECT_EQ(versions, std::vector<int>(3, step)) << "step " << step;
   }
-  Result<std::optional<std::string>> latest = FindLatestCheckpoint(*PosixStorage(), cfg.checkpoint_dir);
+  Result<std::optional<std::string>> latest =
+      FindLatestCheckpoint(*PosixStorage(), cfg.checkpoint_dir);
   ASSERT_TRUE(latest.ok() && latest->has_value());
   EXPECT_EQ(Basename(**latest), "epoch_0_step_4");
 }
 
 INSTANTIATE_TEST_SUITE_P(Budgets, AsyncMutation,
-                         ::testing::Values(Variant{0, true}, Variant{1 << 20, true}, Variant{0, false},
-                                           Variant{1 << 20, false}),
+                         ::testing::Values(Variant{0, true}, Variant{1 << 20, true},
+                                           Variant{0, false}, Variant{1 << 20, false}),
                          [](const ::testing::TestParamInfo<Variant>& i) {
                            return std::string(i.param.budget ? "Budget1MiB" : "Unbounded") +
                                   (i.param.wait_for_staging ? "Staged" : "Deferred");
@@ -155,7 +161,8 @@ TEST(AsyncResume, SavesEveryStepWhileTrainingThenResumesBitExact) {
 class Gate {
  public:
   Status Pass(std::string_view op, const std::string& path, const std::string& held) {
-    if (op != "create" || path.find(held) == std::string::npos || path.find("shard-00001") == std::string::npos) {
+    if (op != "create" || path.find(held) == std::string::npos ||
+        path.find("shard-00001") == std::string::npos) {
       return Status();
     }
     std::unique_lock<std::mutex> lock(mu_);
@@ -177,8 +184,9 @@ class Gate {
 TEST(AsyncLifecycle, LatestMovesOnlyAfterTheBackgroundWorkAndReserveKeepsPendingSaves) {
   TempDir tmp;
   Gate gate;
-  auto storage = std::make_shared<HookedStorage>(
-      [&](std::string_view op, const std::string& p) { return gate.Pass(op, p, "epoch_0_step_2/"); });
+  auto storage = std::make_shared<HookedStorage>([&](std::string_view op, const std::string& p) {
+    return gate.Pass(op, p, "epoch_0_step_2/");
+  });
   CheckpointingConfig cfg = AsyncConfig(tmp / "ckpts");
   std::vector<std::string> seen(2);
   CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
@@ -198,12 +206,14 @@ TEST(AsyncLifecycle, LatestMovesOnlyAfterTheBackgroundWorkAndReserveKeepsPending
     CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, c->FindLatest());
     CKPT_ASSIGN_OR_RETURN(std::string d3, c->Reserve(0, 3));
     CKPT_ASSIGN_OR_RETURN(bool marker, Exists(*PosixStorage(), d2 + "/.incomplete"));
-    seen[static_cast<size_t>(comm.rank())] = std::string(Basename(latest.value_or(""))) + (marker ? "+marked" : "");
+    seen[static_cast<size_t>(comm.rank())] =
+        std::string(Basename(latest.value_or(""))) + (marker ? "+marked" : "");
     CKPT_RETURN_IF_ERROR(comm.Barrier(std::chrono::seconds(30)));
     if (comm.rank() == 0) gate.Open();
     CKPT_RETURN_IF_ERROR(c->AsyncWait());
     CKPT_ASSIGN_OR_RETURN(latest, c->FindLatest());
-    if (!latest || Basename(*latest) != "epoch_0_step_2") return InternalError("LATEST did not move to step 2");
+    if (!latest || Basename(*latest) != "epoch_0_step_2")
+      return InternalError("LATEST did not move to step 2");
     m.Set(3);
     CKPT_RETURN_IF_ERROR(c->SaveModel(m, d3));
     CKPT_RETURN_IF_ERROR(c->Publish(d3));
@@ -215,13 +225,14 @@ TEST(AsyncLifecycle, LatestMovesOnlyAfterTheBackgroundWorkAndReserveKeepsPending
 
 TEST(AsyncLifecycle, BackgroundFailureIsReturnedOnceAndNothingIsPublished) {
   TempDir tmp;
-  auto storage = std::make_shared<HookedStorage>([&](std::string_view op, const std::string& p) -> Status {
-    if (op == "rename" && p.find("epoch_0_step_2/model") != std::string::npos &&
-        p.find("shard-") == std::string::npos) {
-      return IOError("renaming into " + p + ": injected I/O error");
-    }
-    return Status();
-  });
+  auto storage =
+      std::make_shared<HookedStorage>([&](std::string_view op, const std::string& p) -> Status {
+        if (op == "rename" && p.find("epoch_0_step_2/model") != std::string::npos &&
+            p.find("shard-") == std::string::npos) {
+          return IOError("renaming into " + p + ": injected I/O error");
+        }
+        return Status();
+      });
   CheckpointingConfig cfg = AsyncConfig(tmp / "ckpts");
   std::vector<Status> errors(2);
   CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
@@ -237,14 +248,16 @@ TEST(AsyncLifecycle, BackgroundFailureIsReturnedOnceAndNothingIsPublished) {
         errors[static_cast<size_t>(comm.rank())] = waited;
         CKPT_RETURN_IF_ERROR(c->AsyncWait());  // already returned: OK now
         CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, c->FindLatest());
-        if (Basename(latest.value_or("")) != "epoch_0_step_1") return InternalError("a failed save moved LATEST");
+        if (Basename(latest.value_or("")) != "epoch_0_step_1")
+          return InternalError("a failed save moved LATEST");
       } else {
         CKPT_RETURN_IF_ERROR(waited);
       }
     }
     return c->Close();
   }));
-  for (const Status& e : errors) EXPECT_THAT(e, StatusIs(StatusCode::kIOError, "injected I/O error"));
+  for (const Status& e : errors)
+    EXPECT_THAT(e, StatusIs(StatusCode::kIOError, "injected I/O error"));
   EXPECT_EQ(Basename(*PosixStorage()->ReadLink(tmp / "ckpts/LATEST")), "epoch_0_step_3");
   // Never published, then cleaned by the next reserve.
   EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "ckpts/epoch_0_step_2"));
@@ -258,12 +271,14 @@ TEST(AsyncLifecycle, CrashDuringBackgroundWriteKeepsThePreviousCheckpoint) {
   pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    auto storage = std::make_shared<HookedStorage>([](std::string_view op, const std::string& p) -> Status {
-      if (op == "create" && p.find("epoch_0_step_2/") != std::string::npos && p.find("shard-") != std::string::npos) {
-        ::_exit(9);  // dies in the background thread, mid-save
-      }
-      return Status();
-    });
+    auto storage =
+        std::make_shared<HookedStorage>([](std::string_view op, const std::string& p) -> Status {
+          if (op == "create" && p.find("epoch_0_step_2/") != std::string::npos &&
+              p.find("shard-") != std::string::npos) {
+            ::_exit(9);  // dies in the background thread, mid-save
+          }
+          return Status();
+        });
     auto comm = NewSingleRankCommunicator();
     VersionedModel m(0, 1);
     auto c = Checkpointer::Create(AsyncConfig(root), {}, *comm, storage);
@@ -306,7 +321,8 @@ TEST(AsyncLifecycle, ClosedCheckpointerRefusesSaves) {
     CKPT_ASSIGN_OR_RETURN(std::string d, c->Reserve(0, 1));
     CKPT_RETURN_IF_ERROR(c->Close());
     Status s = c->SaveModel(m, d);
-    if (s.code() != StatusCode::kFailedPrecondition) return InternalError("save after close: " + s.ToString());
+    if (s.code() != StatusCode::kFailedPrecondition)
+      return InternalError("save after close: " + s.ToString());
     return Status();
   }));
 }

@@ -1,6 +1,8 @@
 // The staging pipe on its own: a producer and a writer thread, with and
 // without a memory budget, contiguous and strided chunks, failures on either
 // side.
+#include "ckpt/staging.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "async/staging_pipe.h"
-#include "ckpt/staging.h"
 #include "test_util.h"
 
 namespace ckpt::async {
@@ -27,9 +28,11 @@ struct Fixture {
     // b is viewed transposed: a [200, 100] chunk over a [100, 200] buffer.
     b.resize(200 * 100);
     for (size_t i = 0; i < b.size(); ++i) b[i] = -static_cast<float>(i);
-    sd.tensors.push_back(WholeTensor("a", DType::kF32, Shape{1000, 300}, reinterpret_cast<std::byte*>(a.data())));
+    sd.tensors.push_back(
+        WholeTensor("a", DType::kF32, Shape{1000, 300}, reinterpret_cast<std::byte*>(a.data())));
     DistTensor t{"b", DType::kF32, Shape{200, 100}, {}};
-    t.chunks.push_back(LocalChunk{{0, 0}, Shape{200, 100}, reinterpret_cast<std::byte*>(b.data()), {1, 200}});
+    t.chunks.push_back(
+        LocalChunk{{0, 0}, Shape{200, 100}, reinterpret_cast<std::byte*>(b.data()), {1, 200}});
     sd.tensors.push_back(t);
     const std::byte* p = reinterpret_cast<const std::byte*>(a.data());
     expected.assign(p, p + a.size() * 4);
@@ -123,7 +126,8 @@ TEST(StagingPipe, FailureBeforeAnyWriteUnblocksTheProducer) {
 // writer skips it.
 TEST(StagingPipe, WriterSkipsChunksItDoesNotWrite) {
   Fixture f;
-  const std::vector<std::byte> b_bytes(f.expected.begin() + static_cast<long>(f.a.size() * 4), f.expected.end());
+  const std::vector<std::byte> b_bytes(f.expected.begin() + static_cast<long>(f.a.size() * 4),
+                                       f.expected.end());
   for (uint64_t budget : {uint64_t{0}, uint64_t{100000}}) {
     auto memory = NewHostStagingMemory(2);
     StagingPipe pipe(*memory, f.sd, budget);

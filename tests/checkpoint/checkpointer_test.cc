@@ -1,17 +1,17 @@
 // Model save/load through the Checkpointer: the model/ layout with
 // .hf_metadata and consolidate.sh, consolidation modes, base-model import,
 // PEFT adapters, auxiliary and distributed state.
+#include "ckpt/checkpointer.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "checkpoint/trainer.h"
-#include "ckpt/checkpointer.h"
 #include "ckpt/hf.h"
 #include "ckpt/log.h"
 #include "ckpt/safetensors.h"
@@ -40,9 +40,11 @@ void WriteBaseModel(const std::string& dir, bool with_lm_head = true) {
     std::vector<float> f(n);
     for (uint64_t k = 0; k < n; ++k) f[k] = Noise(3, static_cast<uint64_t>(i), k);
     std::vector<std::byte> b(n * 2);
-    ASSERT_TRUE(CastFloats(DType::kF32, AsBytes(std::string_view(reinterpret_cast<const char*>(f.data()), n * 4)),
-                           DType::kBF16, b)
-                    .ok());
+    ASSERT_TRUE(
+        CastFloats(DType::kF32,
+                   AsBytes(std::string_view(reinterpret_cast<const char*>(f.data()), n * 4)),
+                   DType::kBF16, b)
+            .ok());
     keep.push_back(std::move(b));
     const int file = i < 3 ? 0 : 1;
     files[file].push_back(TensorData{p.fqn, DType::kBF16, s, keep.back()});
@@ -50,15 +52,22 @@ void WriteBaseModel(const std::string& dir, bool with_lm_head = true) {
     ++i;
   }
   for (int f = 0; f < 2; ++f) {
-    ASSERT_TRUE(WriteSafetensors(st, JoinPath(dir, "model-0000" + std::to_string(f + 1) + "-of-00002.safetensors"),
-                                 files[f], SafetensorsMetadata{{"format", "pt"}})
+    ASSERT_TRUE(WriteSafetensors(
+                    st,
+                    JoinPath(dir, "model-0000" + std::to_string(f + 1) + "-of-00002.safetensors"),
+                    files[f], SafetensorsMetadata{{"format", "pt"}})
                     .ok());
   }
-  ASSERT_TRUE(WriteFileAtomically(st, JoinPath(dir, "model.safetensors.index.json"), SerializeHfIndex(index)).ok());
-  json cfg = {{"model_type", "llama"}, {"hidden_size", 16}, {"num_attention_heads", 2},
+  ASSERT_TRUE(WriteFileAtomically(st, JoinPath(dir, "model.safetensors.index.json"),
+                                  SerializeHfIndex(index))
+                  .ok());
+  json cfg = {{"model_type", "llama"},
+              {"hidden_size", 16},
+              {"num_attention_heads", 2},
               {"tie_word_embeddings", !with_lm_head}};
   ASSERT_TRUE(WriteFileAtomically(st, JoinPath(dir, "config.json"), cfg.dump()).ok());
-  ASSERT_TRUE(WriteFileAtomically(st, JoinPath(dir, "tokenizer.json"), R"({"version": "1.0"})").ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(st, JoinPath(dir, "tokenizer.json"), R"({"version": "1.0"})").ok());
 }
 
 CheckpointingConfig BaseConfig(const std::string& root) {
@@ -120,11 +129,13 @@ TEST(CheckpointerModel, SaveWritesShardsMetadataAndScript) {
   EXPECT_TRUE(Exist(JoinPath(model, "shard-00002-model-00001-of-00001.safetensors")));
   EXPECT_FALSE(Exist(JoinPath(model, "consolidated"))) << "save_consolidated defaults to never";
   const std::string meta = JoinPath(model, ".hf_metadata");
-  EXPECT_NE(Read(JoinPath(meta, "config.json")).find("\"model_type\":\"llama\""), std::string::npos);
+  EXPECT_NE(Read(JoinPath(meta, "config.json")).find("\"model_type\":\"llama\""),
+            std::string::npos);
   EXPECT_EQ(Read(JoinPath(meta, "tokenizer.json")), R"({"version": "1.0"})");
   EXPECT_EQ(Read(JoinPath(meta, "tokenizer_config.json")), R"({"model_max_length": 64})");
   json dtypes = json::parse(Read(JoinPath(meta, "fqn_to_dtype_mapping.json")));
-  EXPECT_EQ(dtypes["model.norm.weight"], "torch.bfloat16") << "the base model's dtype, not the saved F32";
+  EXPECT_EQ(dtypes["model.norm.weight"], "torch.bfloat16")
+      << "the base model's dtype, not the saved F32";
   EXPECT_EQ(dtypes.size(), TinyModelParams().size());
   json files = json::parse(Read(JoinPath(meta, "fqn_to_file_index_mapping.json")));
   EXPECT_EQ(files["model.embed_tokens.weight"], 1);
@@ -140,8 +151,10 @@ TEST(CheckpointerModel, ConsolidationModesAndOfflineScript) {
   TempDir tmp;
   WriteBaseModel(tmp / "base");
   LogCapture log;
-  for (ConsolidationMode mode : {ConsolidationMode::kNever, ConsolidationMode::kFinal, ConsolidationMode::kEvery}) {
-    CheckpointingConfig cfg = BaseConfig(tmp / ("ckpts-" + std::string(ConsolidationModeName(mode))));
+  for (ConsolidationMode mode :
+       {ConsolidationMode::kNever, ConsolidationMode::kFinal, ConsolidationMode::kEvery}) {
+    CheckpointingConfig cfg =
+        BaseConfig(tmp / ("ckpts-" + std::string(ConsolidationModeName(mode))));
     cfg.model_repo_id = tmp / "base";
     cfg.save_consolidated = mode;
     std::vector<ConsolidateStats> final_export(2);
@@ -165,7 +178,8 @@ TEST(CheckpointerModel, ConsolidationModesAndOfflineScript) {
     EXPECT_EQ(Exist(last), mode != ConsolidationMode::kNever) << ConsolidationModeName(mode);
     // The export's statistics reach the caller of the save that wrote it.
     for (const ConsolidateStats& st : final_export) {
-      EXPECT_EQ(st.files, mode == ConsolidationMode::kNever ? 0u : 2u) << ConsolidationModeName(mode);
+      EXPECT_EQ(st.files, mode == ConsolidationMode::kNever ? 0u : 2u)
+          << ConsolidationModeName(mode);
       EXPECT_EQ(st.bytes > 0, mode != ConsolidationMode::kNever) << ConsolidationModeName(mode);
       EXPECT_EQ(st.seconds > 0, mode != ConsolidationMode::kNever) << ConsolidationModeName(mode);
     }
@@ -186,11 +200,12 @@ TEST(CheckpointerModel, ConsolidationModesAndOfflineScript) {
       // Offline: the script in the checkpoint writes the same files.
       const std::string model = JoinPath(cfg.checkpoint_dir, "epoch_0_step_2/model");
       const std::string out = tmp / "offline";
-      const std::string cmd = "CKPT=" CKPT_BINARY " sh " + JoinPath(model, "consolidate.sh") + " " + out +
-                              " --threads 2 >/dev/null";
+      const std::string cmd = "CKPT=" CKPT_BINARY " sh " + JoinPath(model, "consolidate.sh") + " " +
+                              out + " --threads 2 >/dev/null";
       ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-      for (const std::string name : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                                     "model.safetensors.index.json", "config.json"}) {
+      for (const std::string name :
+           {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json", "config.json"}) {
         EXPECT_EQ(Read(JoinPath(out, name)), Read(JoinPath(last, name))) << name;
       }
     }
@@ -254,7 +269,8 @@ TEST(CheckpointerModel, LoadBaseModelFromHubCacheWithHooksAndTiedHead) {
   const std::string snap = tmp / "hub/models--org--tiny/snapshots/abc123";
   WriteBaseModel(snap, /*with_lm_head=*/false);
   CKPT_ASSERT_OK(PosixStorage()->MakeDirs(tmp / "hub/models--org--tiny/refs"));
-  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), tmp / "hub/models--org--tiny/refs/main", "abc123"));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*PosixStorage(), tmp / "hub/models--org--tiny/refs/main", "abc123"));
   CheckpointingConfig cfg = BaseConfig(tmp / "ckpts");
   cfg.model_cache_dir = tmp / "hub";
   cfg.model_repo_id = "org/tiny";
@@ -275,10 +291,12 @@ TEST(CheckpointerModel, LoadBaseModelFromHubCacheWithHooksAndTiedHead) {
       if (t.fqn == "lm_head.weight") head = &t;
     }
     const uint64_t n = *emb->chunks[0].shape.NumBytes(DType::kF32);
-    if (std::memcmp(emb->chunks[0].data, head->chunks[0].data, n) != 0) return InternalError("head not tied");
+    if (std::memcmp(emb->chunks[0].data, head->chunks[0].data, n) != 0)
+      return InternalError("head not tied");
     return Status();
   }));
-  for (const auto& c : calls) EXPECT_EQ(c, (std::vector<std::string>{"materialize", "init", "buffers"}));
+  for (const auto& c : calls)
+    EXPECT_EQ(c, (std::vector<std::string>{"materialize", "init", "buffers"}));
 }
 
 TEST(CheckpointerModel, BaseModelSkipsTaskHeadsAndReportsMissingBase) {
@@ -301,7 +319,8 @@ TEST(CheckpointerModel, BaseModelSkipsTaskHeadsAndReportsMissingBase) {
     CKPT_ASSIGN_OR_RETURN(const LoadStats stats, c->LoadBaseModel(m, {.model_name = tmp / "base"}));
     if (head[0] != 1234.5f) return InternalError("a skipped head was loaded");
     if (norm[0] == 1234.5f) return InternalError("the norm was not loaded");
-    if (stats.unexpected_keys.size() != 0) return InternalError("skipped keys reported as unexpected");
+    if (stats.unexpected_keys.size() != 0)
+      return InternalError("skipped keys reported as unexpected");
     EXPECT_THAT(c->LoadBaseModel(m, {.model_name = "org/none", .root_dir = tmp / "nowhere"}),
                 StatusIs(StatusCode::kNotFound, "org/none"));
     return Status();
@@ -329,7 +348,8 @@ class LoraModel : public Model {
         data_[i][k] = seed + static_cast<float>(i * 1000 + (off * g[1] + k));
       }
       DistTensor t{fqn, DType::kF32, Shape(g), {}};
-      t.chunks.push_back(LocalChunk{{off, 0}, Shape{len, g[1]}, reinterpret_cast<std::byte*>(data_[i].data()), {}});
+      t.chunks.push_back(LocalChunk{
+          {off, 0}, Shape{len, g[1]}, reinterpret_cast<std::byte*>(data_[i].data()), {}});
       sd_.tensors.push_back(std::move(t));
     }
   }
@@ -352,26 +372,29 @@ TEST(CheckpointerPeft, AdapterOnlyWithPrefixAndConfigThenLoadsOnOtherRanks) {
     peft.lora_alpha = 16;
     peft.target_modules = {"v_proj", "q_proj", "v_proj"};
     peft.base_model_name_or_path = "org/tiny";
-    EXPECT_THAT(c->SaveModel(m, d),
-                StatusIs(StatusCode::kInvalidArgument, "is_peft is set but no PEFT config was given"));
+    EXPECT_THAT(c->SaveModel(m, d), StatusIs(StatusCode::kInvalidArgument,
+                                             "is_peft is set but no PEFT config was given"));
     CKPT_RETURN_IF_ERROR(c->SaveModel(m, d, {.peft = &peft}));
     if (comm.rank() == 0) dir = d;
     return c->Publish(d);
   }));
   const std::string model = JoinPath(dir, "model");
-  Result<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(*PosixStorage(), JoinPath(model, "adapter_model.safetensors"));
+  Result<std::unique_ptr<SafetensorsFile>> f =
+      SafetensorsFile::Open(*PosixStorage(), JoinPath(model, "adapter_model.safetensors"));
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   std::vector<std::string> names;
   for (const TensorInfo& t : (*f)->header().tensors()) names.push_back(t.name);
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
-                                             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
-                                             "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
-                                             "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"}));
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                       "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                       "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
+                       "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"}));
   // Whole tensors assembled from both ranks.
   std::vector<float> b(64);
-  CKPT_ASSERT_OK((*f)->ReadTensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
-                                  std::span<std::byte>(reinterpret_cast<std::byte*>(b.data()), 256)));
+  CKPT_ASSERT_OK(
+      (*f)->ReadTensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                       std::span<std::byte>(reinterpret_cast<std::byte*>(b.data()), 256)));
   for (size_t k = 0; k < 64; ++k) ASSERT_EQ(b[k], static_cast<float>(2000 + k)) << k;
   json ac = json::parse(Read(JoinPath(model, "adapter_config.json")));
   EXPECT_EQ(ac["peft_type"], "LORA");
@@ -392,7 +415,8 @@ TEST(CheckpointerPeft, AdapterOnlyWithPrefixAndConfigThenLoadsOnOtherRanks) {
     CKPT_RETURN_IF_ERROR(c->LoadModel(m, model));
     if (m.data_[0] != before.data_[0]) return InternalError("base weight was overwritten");
     for (size_t i = 1; i < m.data_.size(); ++i) {
-      if (m.data_[i] != want.data_[i]) return InternalError("adapter tensor " + std::to_string(i) + " differs");
+      if (m.data_[i] != want.data_[i])
+        return InternalError("adapter tensor " + std::to_string(i) + " differs");
     }
     return Status();
   }));
@@ -428,8 +452,10 @@ TEST(CheckpointerState, DpRanksWriteOncePerDpRankAndGlobalRanksEach) {
   Result<std::vector<DirEntry>> listed = PosixStorage()->List(JoinPath(dir, "dataloader"));
   ASSERT_TRUE(listed.ok()) << listed.status().ToString();
   for (const DirEntry& e : *listed) names.push_back(e.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"dataloader_dp_rank_0.state", "dataloader_dp_rank_1.state"}));
-  EXPECT_EQ(Read(JoinPath(dir, "dataloader/dataloader_dp_rank_1.state")), "dp1tp0") << "only tp = 0 writes";
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"dataloader_dp_rank_0.state", "dataloader_dp_rank_1.state"}));
+  EXPECT_EQ(Read(JoinPath(dir, "dataloader/dataloader_dp_rank_1.state")), "dp1tp0")
+      << "only tp = 0 writes";
   EXPECT_EQ(Read(JoinPath(dir, "rng/rng_global_rank_3.state")), "rank3");
   CKPT_ASSERT_OK(OnRanksOk(4, [&](Communicator& comm) -> Status {
     const int dp = comm.rank() / 2, tp = comm.rank() % 2;
@@ -463,7 +489,8 @@ TEST(CheckpointerState, DistributedStateReshards) {
     for (uint64_t k = 0; k < buf->size(); ++k) (*buf)[k] = static_cast<float>(off * 3 + k) * 0.5f;
     StateDict sd;
     DistTensor t{"ema.shadow", DType::kF32, Shape{40, 3}, {}};
-    t.chunks.push_back(LocalChunk{{off, 0}, Shape{len, 3}, reinterpret_cast<std::byte*>(buf->data()), {}});
+    t.chunks.push_back(
+        LocalChunk{{off, 0}, Shape{len, 3}, reinterpret_cast<std::byte*>(buf->data()), {}});
     sd.tensors.push_back(t);
     sd.json["decay"] = "0.999";
     return sd;

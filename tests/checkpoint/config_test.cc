@@ -55,10 +55,12 @@ TEST(CheckpointingConfig, ParsesEveryField) {
   EXPECT_EQ(c->max_recent_checkpoints, 3);
   EXPECT_TRUE(c->diffusers_compatible);
   EXPECT_EQ(c->best_metric_key, "val_ppl");
-  EXPECT_EQ(c->skip_task_head_prefixes_for_base_model, (std::vector<std::string>{"score.", "classifier."}));
+  EXPECT_EQ(c->skip_task_head_prefixes_for_base_model,
+            (std::vector<std::string>{"score.", "classifier."}));
   EXPECT_EQ(c->consolidated_max_shard_size, 2ull << 30);
 
-  Result<CheckpointingConfig> b = ParseCheckpointingConfig(R"({"checkpoint_dir": "d", "save_consolidated": true})");
+  Result<CheckpointingConfig> b =
+      ParseCheckpointingConfig(R"({"checkpoint_dir": "d", "save_consolidated": true})");
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(b->save_consolidated, ConsolidationMode::kEvery);
   EXPECT_FALSE(b->max_recent_checkpoints.has_value());
@@ -80,28 +82,31 @@ TEST(CheckpointingConfig, InvalidValuesNameFieldAndValue) {
        "'sometimes'"},
       {R"({"checkpoint_dir": "d", "save_consolidated": 3})", StatusCode::kInvalidArgument,
        "save_consolidated = 3"},
-      {R"({"checkpoint_dir": "d", "model_save_format": "torch_save"})", StatusCode::kInvalidArgument,
-       "'torch_save'"},
-      {R"({"checkpoint_dir": "d", "model_save_format": "npz"})", StatusCode::kInvalidArgument, "'npz'"},
+      {R"({"checkpoint_dir": "d", "model_save_format": "torch_save"})",
+       StatusCode::kInvalidArgument, "'torch_save'"},
+      {R"({"checkpoint_dir": "d", "model_save_format": "npz"})", StatusCode::kInvalidArgument,
+       "'npz'"},
       {R"({"checkpoint_dir": ""})", StatusCode::kInvalidArgument, "checkpoint_dir = ''"},
       {R"({})", StatusCode::kInvalidArgument, "checkpoint_dir"},
       {R"({"checkpoint_dir": "d", "consolidation_timeout_s": 0})", StatusCode::kInvalidArgument,
        "consolidation_timeout_s = 0"},
       {R"({"checkpoint_dir": "d", "timeout_s": "soon"})", StatusCode::kInvalidArgument,
        "timeout_s = \"soon\""},
-      {R"({"checkpoint_dir": "d", "is_peft": "yes"})", StatusCode::kInvalidArgument, "is_peft = \"yes\""},
+      {R"({"checkpoint_dir": "d", "is_peft": "yes"})", StatusCode::kInvalidArgument,
+       "is_peft = \"yes\""},
       {R"({"checkpoint_dir": "d", "staging_budget": 4096})", StatusCode::kInvalidArgument,
        "staging_budget = 4096"},
       {R"({"checkpoint_dir": "d", "staging_budget": "lots"})", StatusCode::kInvalidArgument,
        "staging_budget = \"lots\""},
       {R"({"checkpoint_dir": "d", "is_async": 1})", StatusCode::kInvalidArgument, "is_async = 1"},
-      {R"({"checkpoint_dir": "d", "is_peft": true, "save_consolidated": "final"})", StatusCode::kInvalidArgument,
-       "PEFT"},
-      {R"({"checkpoint_dir": "d", "best_metric_key": ""})", StatusCode::kInvalidArgument, "best_metric_key"},
-      {R"({"checkpoint_dir": "d", "skip_task_head_prefixes_for_base_model": "score."})", StatusCode::kInvalidArgument,
-       "skip_task_head_prefixes_for_base_model"},
-      {R"({"checkpoint_dir": "d", "consolidated_max_shard_size": "5 parsecs"})", StatusCode::kInvalidArgument,
-       "consolidated_max_shard_size"},
+      {R"({"checkpoint_dir": "d", "is_peft": true, "save_consolidated": "final"})",
+       StatusCode::kInvalidArgument, "PEFT"},
+      {R"({"checkpoint_dir": "d", "best_metric_key": ""})", StatusCode::kInvalidArgument,
+       "best_metric_key"},
+      {R"({"checkpoint_dir": "d", "skip_task_head_prefixes_for_base_model": "score."})",
+       StatusCode::kInvalidArgument, "skip_task_head_prefixes_for_base_model"},
+      {R"({"checkpoint_dir": "d", "consolidated_max_shard_size": "5 parsecs"})",
+       StatusCode::kInvalidArgument, "consolidated_max_shard_size"},
       {R"({"checkpoint_dir": "d", "max_recent": 3})", StatusCode::kInvalidArgument,
        "unknown field 'max_recent'"},
       {R"({"checkpoint_dir": "d", "checkpoint_dir": "e"})", StatusCode::kDataLoss, "duplicate"},
@@ -118,14 +123,17 @@ TEST(CheckpointingConfig, CreateRefusesInvalidConfigAndRanks) {
   CheckpointingConfig c;
   c.checkpoint_dir = "/tmp/x";
   c.max_recent_checkpoints = 0;
-  EXPECT_THAT(Checkpointer::Create(c, {}, *comm),
-              StatusIs(StatusCode::kInvalidArgument, "max_recent_checkpoints = 0: must be at least 1"));
+  EXPECT_THAT(
+      Checkpointer::Create(c, {}, *comm),
+      StatusIs(StatusCode::kInvalidArgument, "max_recent_checkpoints = 0: must be at least 1"));
   c.max_recent_checkpoints = 1;
   EXPECT_THAT(Checkpointer::Create(c, {.dp = -1}, *comm),
               StatusIs(StatusCode::kInvalidArgument, "negative parallel rank (dp -1"));
-  EXPECT_THAT(Checkpointer::Create(c, {.ep = 4, .ep_size = 4}, *comm),
-              StatusIs(StatusCode::kInvalidArgument, "expert-parallel rank 4 is outside a group of 4"));
-  EXPECT_TRUE(Checkpointer::Create(c, {.dp = 1, .tp = 2, .pp = 1, .ep = 1, .ep_size = 2}, *comm).ok());
+  EXPECT_THAT(
+      Checkpointer::Create(c, {.ep = 4, .ep_size = 4}, *comm),
+      StatusIs(StatusCode::kInvalidArgument, "expert-parallel rank 4 is outside a group of 4"));
+  EXPECT_TRUE(
+      Checkpointer::Create(c, {.dp = 1, .tp = 2, .pp = 1, .ep = 1, .ep_size = 2}, *comm).ok());
 }
 
 TEST(CheckpointName, RoundTripsAndRejects) {
@@ -134,20 +142,25 @@ TEST(CheckpointName, RoundTripsAndRejects) {
   ASSERT_TRUE(ParseCheckpointName("epoch_3_step_1200", &e, &s));
   EXPECT_EQ(e, 3);
   EXPECT_EQ(s, 1200);
-  for (const char* bad : {"epoch_3_step_", "epoch__step_1", "epoch_03_step_1", "epoch_3_step_1x", "epoch_-1_step_2",
-                          "LATEST", "epoch_3_step_1200.tmp", ".epoch_3_step_1"}) {
+  for (const char* bad :
+       {"epoch_3_step_", "epoch__step_1", "epoch_03_step_1", "epoch_3_step_1x", "epoch_-1_step_2",
+        "LATEST", "epoch_3_step_1200.tmp", ".epoch_3_step_1"}) {
     EXPECT_FALSE(ParseCheckpointName(bad, &e, &s)) << bad;
   }
 }
 
 TEST(RopeInvFreq, DefaultMatchesClosedForm) {
-  Result<std::vector<float>> f = RopeInvFreq(R"({"hidden_size": 64, "num_attention_heads": 4, "rope_theta": 10000})");
+  Result<std::vector<float>> f =
+      RopeInvFreq(R"({"hidden_size": 64, "num_attention_heads": 4, "rope_theta": 10000})");
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   ASSERT_EQ(f->size(), 8u);  // head_dim 16
   for (size_t i = 0; i < 8; ++i) {
-    EXPECT_EQ((*f)[i], static_cast<float>(1.0 / std::pow(10000.0, 2.0 * static_cast<double>(i) / 16.0))) << i;
+    EXPECT_EQ((*f)[i],
+              static_cast<float>(1.0 / std::pow(10000.0, 2.0 * static_cast<double>(i) / 16.0)))
+        << i;
   }
-  Result<std::vector<float>> g = RopeInvFreq(R"({"head_dim": 8, "hidden_size": 64, "num_attention_heads": 4,
+  Result<std::vector<float>> g =
+      RopeInvFreq(R"({"head_dim": 8, "hidden_size": 64, "num_attention_heads": 4,
                                                   "rope_theta": 500000.0, "rope_scaling": {"rope_type": "default"}})");
   ASSERT_TRUE(g.ok());
   ASSERT_EQ(g->size(), 4u);
@@ -156,7 +169,8 @@ TEST(RopeInvFreq, DefaultMatchesClosedForm) {
 
 TEST(RopeInvFreq, Llama3ScalesLowFrequencies) {
   // Llama 3.1's values on a small head: old context 8192, factor 8, low 1, high 4.
-  const char* cfg = R"({"head_dim": 128, "hidden_size": 4096, "num_attention_heads": 32, "rope_theta": 500000.0,
+  const char* cfg =
+      R"({"head_dim": 128, "hidden_size": 4096, "num_attention_heads": 32, "rope_theta": 500000.0,
       "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                        "original_max_position_embeddings": 8192}})";
   Result<std::vector<float>> f = RopeInvFreq(cfg);
@@ -193,10 +207,10 @@ TEST(RopeInvFreq, RefusesWhatItCannotCompute) {
     const char* expect;
   } cases[] = {
       {R"({"hidden_size": 64})", StatusCode::kInvalidArgument, "num_attention_heads"},
-      {R"({"head_dim": 16, "rope_scaling": {"rope_type": "yarn", "factor": 4}})", StatusCode::kInvalidArgument,
-       "'yarn'"},
-      {R"({"head_dim": 16, "rope_scaling": {"rope_type": "llama3", "factor": 8}})", StatusCode::kInvalidArgument,
-       "low_freq_factor"},
+      {R"({"head_dim": 16, "rope_scaling": {"rope_type": "yarn", "factor": 4}})",
+       StatusCode::kInvalidArgument, "'yarn'"},
+      {R"({"head_dim": 16, "rope_scaling": {"rope_type": "llama3", "factor": 8}})",
+       StatusCode::kInvalidArgument, "low_freq_factor"},
       {R"({"head_dim": 16, "rope_theta": "big"})", StatusCode::kInvalidArgument, "rope_theta"},
       {R"({"head_dim": 1})", StatusCode::kInvalidArgument, "rotary dimension"},
       {R"({"head_dim": 16, "rope_scaling": 3})", StatusCode::kInvalidArgument, "rope_scaling"},

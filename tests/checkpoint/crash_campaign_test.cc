@@ -36,7 +36,8 @@ CheckpointingConfig CampaignConfig(const std::string& root, bool async) {
 [[noreturn]] void TrainForever(const std::string& root, bool async) {
   Status s = OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(CampaignConfig(root, async), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(
+        auto c, Checkpointer::Create(CampaignConfig(root, async), {.dp = comm.rank()}, comm));
     CKPT_ASSIGN_OR_RETURN(std::optional<std::string> latest, c->FindLatest());
     if (latest) {
       std::string from;
@@ -44,7 +45,8 @@ CheckpointingConfig CampaignConfig(const std::string& root, bool async) {
     }
     for (;;) {
       t.TrainStep();
-      CKPT_RETURN_IF_ERROR(SaveTraining(*c, t, 0, static_cast<int64_t>(t.adam_step()), 1.f / t.adam_step()));
+      CKPT_RETURN_IF_ERROR(
+          SaveTraining(*c, t, 0, static_cast<int64_t>(t.adam_step()), 1.f / t.adam_step()));
     }
   });
   std::fprintf(stderr, "campaign child stopped: %s\n", s.ToString().c_str());
@@ -57,7 +59,8 @@ Status LoadsBitExact(const std::string& root, const std::string& dir, int step) 
   for (int s = 0; s < step; ++s) reference.TrainStep();
   return OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(CampaignConfig(root, false), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(
+        auto c, Checkpointer::Create(CampaignConfig(root, false), {.dp = comm.rank()}, comm));
     CKPT_RETURN_IF_ERROR(c->LoadModel(t, dir));
     CKPT_RETURN_IF_ERROR(c->LoadOptimizer(t.optimizer_state(), dir, &t.scheduler()));
     CKPT_RETURN_IF_ERROR(c->LoadOnDpRanks(t.cursor(), "dataloader", dir));
@@ -90,8 +93,9 @@ TEST(CrashCampaign, TwoHundredKillsNeverLoseACommittedCheckpoint) {
     ::kill(pid, SIGKILL);
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFSIGNALED(status)) << "round " << round << ": the child exited on its own (status " << status
-                                     << "); seed " << kSeed;
+    ASSERT_TRUE(WIFSIGNALED(status))
+        << "round " << round << ": the child exited on its own (status " << status << "); seed "
+        << kSeed;
     Result<std::optional<std::string>> latest = FindLatestCheckpoint(*PosixStorage(), root);
     ASSERT_TRUE(latest.ok()) << latest.status().ToString();
     // Dead saves: at most the ones in flight when the child died (async: a
@@ -105,9 +109,11 @@ TEST(CrashCampaign, TwoHundredKillsNeverLoseACommittedCheckpoint) {
       }
     }
     max_incomplete = std::max(max_incomplete, incomplete);
-    ASSERT_LE(incomplete, 3) << "round " << round << ": dead saves are not cleaned at the next reserve";
+    ASSERT_LE(incomplete, 3) << "round " << round
+                             << ": dead saves are not cleaned at the next reserve";
     if (!latest->has_value()) {
-      ASSERT_EQ(last_step, 0) << "round " << round << ": a committed checkpoint disappeared; seed " << kSeed;
+      ASSERT_EQ(last_step, 0) << "round " << round << ": a committed checkpoint disappeared; seed "
+                              << kSeed;
       if (++stalled >= 3 && window_us < 4000000) {
         window_us *= 2;
         stalled = 0;
@@ -118,7 +124,8 @@ TEST(CrashCampaign, TwoHundredKillsNeverLoseACommittedCheckpoint) {
     int64_t epoch = 0, step = 0;
     ASSERT_TRUE(ParseCheckpointName(Basename(dir), &epoch, &step)) << dir;
     ASSERT_FALSE(*Exists(*PosixStorage(), JoinPath(dir, ".incomplete"))) << dir;
-    ASSERT_GE(step, last_step) << "round " << round << ": went back from step " << last_step << " to " << step;
+    ASSERT_GE(step, last_step) << "round " << round << ": went back from step " << last_step
+                               << " to " << step;
     CKPT_ASSERT_OK(VerifyShardedCheckpoint(*PosixStorage(), JoinPath(dir, "model")));
     CKPT_ASSERT_OK(VerifyShardedCheckpoint(*PosixStorage(), JoinPath(dir, "optim")));
     CKPT_ASSERT_OK(LoadsBitExact(root, dir, static_cast<int>(step)));
@@ -132,10 +139,12 @@ TEST(CrashCampaign, TwoHundredKillsNeverLoseACommittedCheckpoint) {
     last_step = static_cast<int>(step);
     ++with_checkpoint;
   }
-  std::printf("crash campaign (seed %llu): %d kills, %d left a checkpoint to resume from, reached step %d, at most "
-              "%d dead saves at once, final kill window %llu ms\n",
-              static_cast<unsigned long long>(kSeed), kKills, with_checkpoint, last_step, max_incomplete,
-              static_cast<unsigned long long>(window_us / 1000));
+  std::printf(
+      "crash campaign (seed %llu): %d kills, %d left a checkpoint to resume from, reached step %d, "
+      "at most "
+      "%d dead saves at once, final kill window %llu ms\n",
+      static_cast<unsigned long long>(kSeed), kKills, with_checkpoint, last_step, max_incomplete,
+      static_cast<unsigned long long>(window_us / 1000));
   EXPECT_GE(last_step, 10) << "the children made too little progress to exercise the saves";
 }
 

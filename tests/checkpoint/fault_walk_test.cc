@@ -31,7 +31,8 @@ CheckpointingConfig WalkConfig(const std::string& root, bool async) {
 Status SaveTwo(const std::string& root, bool async, FaultStorage* fs) {
   Status first = OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(WalkConfig(root, false), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(auto c,
+                          Checkpointer::Create(WalkConfig(root, false), {.dp = comm.rank()}, comm));
     t.TrainStep();
     return SaveTraining(*c, t, 0, 1, 1.f);
   });
@@ -39,7 +40,8 @@ Status SaveTwo(const std::string& root, bool async, FaultStorage* fs) {
   std::shared_ptr<Storage> shared(fs, [](Storage*) {});
   return OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(WalkConfig(root, async), {.dp = comm.rank()}, comm, shared));
+    CKPT_ASSIGN_OR_RETURN(
+        auto c, Checkpointer::Create(WalkConfig(root, async), {.dp = comm.rank()}, comm, shared));
     t.TrainStep();
     t.TrainStep();
     Status s = SaveTraining(*c, t, 0, 2, 0.5f);
@@ -54,13 +56,15 @@ Status LoadsBitExact(const std::string& root, int step) {
   for (int s = 0; s < step; ++s) reference.TrainStep();
   return OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(WalkConfig(root, false), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(auto c,
+                          Checkpointer::Create(WalkConfig(root, false), {.dp = comm.rank()}, comm));
     const std::string dir = JoinPath(root, CheckpointName(0, step));
     CKPT_RETURN_IF_ERROR(c->LoadModel(t, dir));
     CKPT_RETURN_IF_ERROR(c->LoadOptimizer(t.optimizer_state(), dir, &t.scheduler()));
     CKPT_RETURN_IF_ERROR(c->LoadOnDpRanks(t.cursor(), "dataloader", dir));
     const std::string diff = t.Diff(reference);
-    return diff.empty() ? Status() : DataLossError("step " + std::to_string(step) + " loads wrong: " + diff);
+    return diff.empty() ? Status()
+                        : DataLossError("step " + std::to_string(step) + " loads wrong: " + diff);
   });
 }
 
@@ -78,8 +82,8 @@ void Walk(bool async) {
     const uint64_t n = counter.count(op);
     for (uint64_t k = 1; k <= n; ++k) {
       for (Fault f : faults) {
-        SCOPED_TRACE(std::string(async ? "async" : "sync") + ": " + FaultName(f) + " at " + OpName(op) + " #" +
-                     std::to_string(k) + " of " + std::to_string(n));
+        SCOPED_TRACE(std::string(async ? "async" : "sync") + ": " + FaultName(f) + " at " +
+                     OpName(op) + " #" + std::to_string(k) + " of " + std::to_string(n));
         TempDir tmp;
         const std::string root = tmp / "ckpts";
         FaultStorage fs(PosixStorage());
@@ -107,7 +111,8 @@ void Walk(bool async) {
           if (f == Fault::kTornWrite) {
             EXPECT_THAT(saved, StatusIs(StatusCode::kDataLoss, "read back differ"));
           } else {
-            EXPECT_THAT(saved, StatusIs(StatusCode::kIOError, std::string("injected ") + FaultName(f)));
+            EXPECT_THAT(saved,
+                        StatusIs(StatusCode::kIOError, std::string("injected ") + FaultName(f)));
           }
           EXPECT_EQ(name, "epoch_0_step_1") << "a failed save was published";
           if (f == Fault::kTornWrite) ++torn;
@@ -117,12 +122,14 @@ void Walk(bool async) {
       }
     }
   }
-  std::printf("%s fault walk: %d trials over %llu opens, %llu writes, %llu fsyncs, %llu renames, %llu reads; "
-              "silent torn writes: %d caught by the save, %d overwritten before publishing\n",
-              async ? "async" : "sync", trials, (unsigned long long)counter.count(Op::kOpen),
-              (unsigned long long)counter.count(Op::kWrite), (unsigned long long)counter.count(Op::kSync),
-              (unsigned long long)counter.count(Op::kRename), (unsigned long long)counter.count(Op::kRead),
-              torn, healed);
+  std::printf(
+      "%s fault walk: %d trials over %llu opens, %llu writes, %llu fsyncs, %llu renames, %llu "
+      "reads; "
+      "silent torn writes: %d caught by the save, %d overwritten before publishing\n",
+      async ? "async" : "sync", trials, (unsigned long long)counter.count(Op::kOpen),
+      (unsigned long long)counter.count(Op::kWrite), (unsigned long long)counter.count(Op::kSync),
+      (unsigned long long)counter.count(Op::kRename), (unsigned long long)counter.count(Op::kRead),
+      torn, healed);
   // The step-2 save does 18 opens, 68 writes, 43 fsyncs, 23 renames and 34
   // reads, sync and async alike: two faults at each operation and three at
   // each write make 440 trials. A change to the save's I/O changes this

@@ -24,8 +24,9 @@ class LifecycleTest : public ::testing::TestWithParam<std::string> {
       storage_ = PosixStorage();
       root_ = tmp_ / "ckpts";
     } else if (GetParam() == "s3") {
-      Result<StoragePath> at = ResolveStoragePath("s3://" + std::string(std::getenv("CKPT_TEST_S3_BUCKET")) +
-                                                  "/lifecycle-" + std::to_string(std::random_device{}()) + "/ckpts");
+      Result<StoragePath> at =
+          ResolveStoragePath("s3://" + std::string(std::getenv("CKPT_TEST_S3_BUCKET")) +
+                             "/lifecycle-" + std::to_string(std::random_device{}()) + "/ckpts");
       ASSERT_TRUE(at.ok()) << at.status().ToString();
       storage_ = at->storage;
       root_ = at->path;
@@ -100,7 +101,8 @@ TEST_P(LifecycleTest, ReserveMarksAndPublishClearsAndPointsLatest) {
   ASSERT_TRUE(losses.ok());
   EXPECT_NE(losses->find("\"val_loss\": 0.5"), std::string::npos) << *losses;
   if (GetParam() == "posix") {
-    EXPECT_TRUE(storage_->ReadLink(JoinPath(root_, "LATEST")).ok()) << "a symlink where the filesystem has them";
+    EXPECT_TRUE(storage_->ReadLink(JoinPath(root_, "LATEST")).ok())
+        << "a symlink where the filesystem has them";
   } else {
     EXPECT_TRUE(Has("LATEST.txt")) << "the text fallback where it has none";
   }
@@ -115,7 +117,8 @@ TEST_P(LifecycleTest, PublishedCheckpointsAreNeverOverwrittenNorPublishedTwice) 
                        "epoch_0_step_1 was not reserved or is already published"));
   EXPECT_THAT(c->Publish(JoinPath(root_, "elsewhere")),
               StatusIs(StatusCode::kInvalidArgument, "elsewhere is not a checkpoint directory"));
-  Result<std::string> payload = ReadFileToString(*storage_, JoinPath(root_, "epoch_0_step_1/payload"));
+  Result<std::string> payload =
+      ReadFileToString(*storage_, JoinPath(root_, "epoch_0_step_1/payload"));
   ASSERT_TRUE(payload.ok());
   EXPECT_EQ(*payload, "1");
 }
@@ -183,7 +186,8 @@ TEST_P(LifecycleTest, RetentionKeepsNewestKAndPointerTargets) {
     int64_t e, s;
     if (ParseCheckpointName(n, &e, &s)) ckpts.push_back(n);
   }
-  EXPECT_EQ(ckpts, (std::vector<std::string>{"epoch_0_step_2", "epoch_0_step_5", "epoch_0_step_6"}));
+  EXPECT_EQ(ckpts,
+            (std::vector<std::string>{"epoch_0_step_2", "epoch_0_step_5", "epoch_0_step_6"}));
   for (const std::string& n : Names()) EXPECT_EQ(n.find(".trash-"), std::string::npos) << n;
 }
 
@@ -213,8 +217,9 @@ TEST_P(LifecycleTest, DisabledCheckpointerWritesNothing) {
 INSTANTIATE_TEST_SUITE_P(Backends, LifecycleTest, ::testing::Values("posix", "memory"));
 // Only with a server: test_s3.py runs these and fails unless they ran.
 INSTANTIATE_TEST_SUITE_P(Server, LifecycleTest,
-                         ::testing::ValuesIn(std::getenv("CKPT_TEST_S3_ENDPOINT") ? std::vector<std::string>{"s3"}
-                                                                                   : std::vector<std::string>{}));
+                         ::testing::ValuesIn(std::getenv("CKPT_TEST_S3_ENDPOINT")
+                                                 ? std::vector<std::string>{"s3"}
+                                                 : std::vector<std::string>{}));
 
 TEST(Lifecycle, PosixLinkReplacesAStaleTextPointer) {
   TempDir tmp;
@@ -224,7 +229,8 @@ TEST(Lifecycle, PosixLinkReplacesAStaleTextPointer) {
   auto c = Checkpointer::Create(cfg, {}, *comm);
   ASSERT_TRUE(c.ok());
   CKPT_ASSERT_OK(PosixStorage()->MakeDirs(cfg.checkpoint_dir));
-  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), JoinPath(cfg.checkpoint_dir, "LATEST.txt"), "epoch_0_step_0\n"));
+  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), JoinPath(cfg.checkpoint_dir, "LATEST.txt"),
+                                     "epoch_0_step_0\n"));
   Result<std::string> dir = (*c)->Reserve(0, 1);
   ASSERT_TRUE(dir.ok());
   CKPT_ASSERT_OK((*c)->Publish(*dir));

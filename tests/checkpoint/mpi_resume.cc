@@ -51,20 +51,23 @@ int Main(int argc, char** argv) {
     }
     Status closed = (*ck)->Close();
     if (!closed.ok()) return Fail(c, closed.ToString());
-    if (c.rank() == 0) std::printf("%s: %d ranks saved steps 3 and 5, stopped at 7\n", mode.c_str(), c.size());
+    if (c.rank() == 0)
+      std::printf("%s: %d ranks saved steps 3 and 5, stopped at 7\n", mode.c_str(), c.size());
     return 0;
   }
   if (mode == "resume") {
     std::string from;
     Status s = ResumeTraining(**ck, t, false, &from);
     if (!s.ok()) return Fail(c, s.ToString());
-    if (from != JoinPath(cfg.checkpoint_dir, CheckpointName(0, 5))) return Fail(c, "resumed from " + from);
+    if (from != JoinPath(cfg.checkpoint_dir, CheckpointName(0, 5)))
+      return Fail(c, "resumed from " + from);
     for (int step = 6; step <= 9; ++step) t.TrainStep();
     TinyTrainer reference(0, 1);
     for (int step = 1; step <= 9; ++step) reference.TrainStep();
     const std::string diff = t.Diff(reference);
     if (!diff.empty()) return Fail(c, "after resuming: " + diff);
-    if (c.rank() == 0) std::printf("resume: %d ranks match the uninterrupted run bit for bit\n", c.size());
+    if (c.rank() == 0)
+      std::printf("resume: %d ranks match the uninterrupted run bit for bit\n", c.size());
     return 0;
   }
   std::fprintf(stderr, "unknown mode %s\n", mode.c_str());

@@ -34,10 +34,12 @@ void ExpectResumesBitExact(int save_world, int resume_world) {
   // First job: saves at steps 3 and kSaveAt, runs on, dies without saving.
   CKPT_ASSERT_OK(OnRanksOk(save_world, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(auto c,
+                          Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
     for (int s = 1; s <= kTotal - 2; ++s) {
       t.TrainStep();
-      if (s == 3 || s == kSaveAt) CKPT_RETURN_IF_ERROR(SaveTraining(*c, t, 0, s, 1.f / static_cast<float>(s)));
+      if (s == 3 || s == kSaveAt)
+        CKPT_RETURN_IF_ERROR(SaveTraining(*c, t, 0, s, 1.f / static_cast<float>(s)));
     }
     return Status();
   }));
@@ -46,16 +48,20 @@ void ExpectResumesBitExact(int save_world, int resume_world) {
   std::vector<std::string> diffs(static_cast<size_t>(resume_world));
   CKPT_ASSERT_OK(OnRanksOk(resume_world, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(auto c,
+                          Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
     std::string from;
     CKPT_RETURN_IF_ERROR(ResumeTraining(*c, t, save_world == resume_world, &from));
-    if (from != JoinPath(root, CheckpointName(0, kSaveAt))) return InternalError("resumed from " + from);
-    if (t.adam_step() != static_cast<float>(kSaveAt)) return InternalError("adam step not restored");
+    if (from != JoinPath(root, CheckpointName(0, kSaveAt)))
+      return InternalError("resumed from " + from);
+    if (t.adam_step() != static_cast<float>(kSaveAt))
+      return InternalError("adam step not restored");
     for (int s = kSaveAt + 1; s <= kTotal; ++s) t.TrainStep();
     diffs[static_cast<size_t>(comm.rank())] = t.Diff(reference);
     return Status();
   }));
-  for (int r = 0; r < resume_world; ++r) EXPECT_EQ(diffs[static_cast<size_t>(r)], "") << "rank " << r;
+  for (int r = 0; r < resume_world; ++r)
+    EXPECT_EQ(diffs[static_cast<size_t>(r)], "") << "rank " << r;
 }
 
 TEST(Resume, FourRanksToTwoIsBitExact) { ExpectResumesBitExact(4, 2); }
@@ -67,7 +73,8 @@ TEST(Resume, SameLayoutRestoresRankRng) {
   CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
     t.rng().gen.seed(100 + static_cast<uint64_t>(comm.rank()));
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(auto c,
+                          Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
     t.TrainStep();
     CKPT_RETURN_IF_ERROR(SaveTraining(*c, t, 0, 1, 1.f));
     next[static_cast<size_t>(comm.rank())] = t.rng().gen();
@@ -75,10 +82,12 @@ TEST(Resume, SameLayoutRestoresRankRng) {
   }));
   CKPT_ASSERT_OK(OnRanksOk(2, [&](Communicator& comm) -> Status {
     TinyTrainer t(comm.rank(), comm.size());
-    CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
+    CKPT_ASSIGN_OR_RETURN(auto c,
+                          Checkpointer::Create(ResumeConfig(root), {.dp = comm.rank()}, comm));
     std::string from;
     CKPT_RETURN_IF_ERROR(ResumeTraining(*c, t, true, &from));
-    if (t.rng().gen() != next[static_cast<size_t>(comm.rank())]) return InternalError("rng state not restored");
+    if (t.rng().gen() != next[static_cast<size_t>(comm.rank())])
+      return InternalError("rng state not restored");
     return Status();
   }));
 }

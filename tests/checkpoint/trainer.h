@@ -5,17 +5,16 @@
 #ifndef CKPT_TESTS_CHECKPOINT_TRAINER_H_
 #define CKPT_TESTS_CHECKPOINT_TRAINER_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <algorithm>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "checkpoint/synthetic_trainer.h"
 #include "ckpt/checkpointer.h"
@@ -50,13 +49,18 @@ inline std::vector<synthetic::ParamSpec> TinyModelSpecs() {
 // lr = base · 0.97^steps, as an LR scheduler's JSON state.
 class StepDecayScheduler : public Stateful {
  public:
-  float lr() const { return static_cast<float>(1e-2 * std::pow(0.97, static_cast<double>(steps_))); }
+  float lr() const {
+    return static_cast<float>(1e-2 * std::pow(0.97, static_cast<double>(steps_)));
+  }
   void Step() { ++steps_; }
   int64_t steps() const { return steps_; }
-  Result<std::string> SaveState() override { return nlohmann::json({{"last_epoch", steps_}}).dump(); }
+  Result<std::string> SaveState() override {
+    return nlohmann::json({{"last_epoch", steps_}}).dump();
+  }
   Status LoadState(std::string_view s) override {
     nlohmann::json j = nlohmann::json::parse(s, nullptr, false);
-    if (!j.is_object() || !j["last_epoch"].is_number_integer()) return InvalidArgumentError("bad scheduler state");
+    if (!j.is_object() || !j["last_epoch"].is_number_integer())
+      return InvalidArgumentError("bad scheduler state");
     steps_ = j["last_epoch"].get<int64_t>();
     return Status();
   }
@@ -108,7 +112,8 @@ class TinyTrainer : public synthetic::Trainer {
 };
 
 // Saves everything a training loop owns at (epoch, step).
-inline Status SaveTraining(Checkpointer& c, TinyTrainer& t, int64_t epoch, int64_t step, float loss) {
+inline Status SaveTraining(Checkpointer& c, TinyTrainer& t, int64_t epoch, int64_t step,
+                           float loss) {
   CKPT_ASSIGN_OR_RETURN(std::string dir, c.Reserve(epoch, step));
   CKPT_RETURN_IF_ERROR(c.SaveModel(t, dir));
   CKPT_RETURN_IF_ERROR(c.SaveOptimizer(t.optimizer_state(), dir, &t.scheduler()));

@@ -87,11 +87,11 @@ TEST(CliTest, SampleInspectVerifyAgree) {
 TEST(CliTest, BadFilesFailInspectAndVerifyWithTheSameError) {
   testing::TempDir tmp;
   const std::pair<const char*, std::string> bad[] = {
-      {"trailing", testing::RawSafetensors(
-                       R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "abc")},
+      {"trailing",
+       testing::RawSafetensors(R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "abc")},
       {"cap", std::string("\xff\xff\xff\xff\xff\xff\xff\x00", 8)},
-      {"dtype", testing::RawSafetensors(
-                    R"({"w":{"dtype":"Q8","shape":[2],"data_offsets":[0,2]}})", "ab")},
+      {"dtype",
+       testing::RawSafetensors(R"({"w":{"dtype":"Q8","shape":[2],"data_offsets":[0,2]}})", "ab")},
   };
   for (const auto& [name, bytes] : bad) {
     std::string path = tmp / (std::string(name) + ".safetensors");
@@ -172,7 +172,8 @@ TEST(CliTest, ShardedCheckpointsShowGlobalTensorsAndVerifyChecksums) {
   CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), shard, bytes));
   v = RunCkpt("verify " + dir);
   EXPECT_EQ(v.code, 1);
-  EXPECT_NE(v.out.find("shard-00002-model-00001-of-00001.safetensors: tensor '"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("shard-00002-model-00001-of-00001.safetensors: tensor '"), std::string::npos)
+      << v.out;
   EXPECT_NE(v.out.find("does not match the recorded"), std::string::npos) << v.out;
 }
 
@@ -194,11 +195,13 @@ TEST(CliTest, VerifyFindsOverlapsAndDtypeDisagreementInShardedDirs) {
     CKPT_ASSERT_OK(PosixStorage()->MakeDirs(dir));
     TensorData t0{"w", DType::kU8, Shape({2}), AsBytes("ab")};
     TensorData t1{"w", c.dtype1, Shape({2}), AsBytes("cd")};
-    CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir + "/a.safetensors", std::span(&t0, 1),
-                                    SafetensorsMetadata{{"DCP_SHARDING_INFO", R"({"w":{"saved_offsets":[0]}})"}}));
-    CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir + "/b.safetensors", std::span(&t1, 1),
-                                    SafetensorsMetadata{{"DCP_SHARDING_INFO",
-                                                         std::string(R"({"w":{"saved_offsets":)") + c.offsets1 + "}}"}}));
+    CKPT_ASSERT_OK(WriteSafetensors(
+        *PosixStorage(), dir + "/a.safetensors", std::span(&t0, 1),
+        SafetensorsMetadata{{"DCP_SHARDING_INFO", R"({"w":{"saved_offsets":[0]}})"}}));
+    CKPT_ASSERT_OK(WriteSafetensors(
+        *PosixStorage(), dir + "/b.safetensors", std::span(&t1, 1),
+        SafetensorsMetadata{
+            {"DCP_SHARDING_INFO", std::string(R"({"w":{"saved_offsets":)") + c.offsets1 + "}}"}}));
     CliRun v = RunCkpt("verify " + dir);
     EXPECT_EQ(v.code, 1) << c.want;
     EXPECT_NE(v.out.find(c.want), std::string::npos) << v.out;
@@ -292,12 +295,14 @@ TEST(Cli, TorchBinInspectVerifyConvert) {
   ASSERT_TRUE(WriteFileAtomically(*PosixStorage(), dir / "bad.bin", bad).ok());
   CliRun corrupt = RunCkpt("verify " + dir / "bad.bin");
   EXPECT_EQ(corrupt.code, 1);
-  EXPECT_NE(corrupt.out.find("pytorch_model/data/0' fails its CRC-32"), std::string::npos) << corrupt.out;
+  EXPECT_NE(corrupt.out.find("pytorch_model/data/0' fails its CRC-32"), std::string::npos)
+      << corrupt.out;
   // A hostile pickle: refused with the global it names.
   testing::PickleWriter w;
   w.Proto(2).Global("os", "system").Unicode("echo hi").Tuple1().Reduce().Stop();
   ASSERT_TRUE(WriteFileAtomically(*PosixStorage(), dir / "evil.bin",
-                                  testing::ZipBytes(testing::ArchiveRecords("evil", w.str(), {}))).ok());
+                                  testing::ZipBytes(testing::ArchiveRecords("evil", w.str(), {})))
+                  .ok());
   CliRun evil = RunCkpt("inspect " + dir / "evil.bin");
   EXPECT_EQ(evil.code, 1);
   EXPECT_NE(evil.out.find("global 'os.system' is not allowed"), std::string::npos) << evil.out;
@@ -323,18 +328,18 @@ TEST(CliTest, FifosAtEveryNameCkptOpensAreRefusedWithoutHanging) {
   struct Case {
     const char* what;
     std::function<void(const std::string& dir)> setup;  // in a fresh copy
-    std::string source;                                  // sample to copy
-    std::string fifo;                                    // relative to the copy
-    std::string command;                                 // %D: the copy, %O: an output path
+    std::string source;                                 // sample to copy
+    std::string fifo;                                   // relative to the copy
+    std::string command;                                // %D: the copy, %O: an output path
   };
   const Case cases[] = {
       {"the HF index", nullptr, hf, "model.safetensors.index.json", "inspect %D"},
       {"a weight-map shard", nullptr, hf, "model-00002-of-00002.safetensors", "verify %D"},
-      {"the single file", [](const std::string& d) { CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d)); }, "",
-       "model.safetensors", "inspect %D"},
+      {"the single file", [](const std::string& d) { CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d)); },
+       "", "model.safetensors", "inspect %D"},
       {".hf_metadata JSON",
-       [](const std::string& d) { CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d + "/.hf_metadata")); }, sharded,
-       ".hf_metadata/fqn_to_file_index_mapping.json", "consolidate %D %O"},
+       [](const std::string& d) { CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d + "/.hf_metadata")); },
+       sharded, ".hf_metadata/fqn_to_file_index_mapping.json", "consolidate %D %O"},
       {"pytorch_model.bin",
        [](const std::string& d) {
          CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d));
@@ -344,13 +349,15 @@ TEST(CliTest, FifosAtEveryNameCkptOpensAreRefusedWithoutHanging) {
       {"the .bin index",
        [&](const std::string& d) {
          CKPT_EXPECT_OK(PosixStorage()->MakeDirs(d));
-         CKPT_EXPECT_OK(WriteFileAtomically(*PosixStorage(), d + "/pytorch_model-00001-of-00001.bin", archive));
+         CKPT_EXPECT_OK(WriteFileAtomically(*PosixStorage(),
+                                            d + "/pytorch_model-00001-of-00001.bin", archive));
        },
        "", "pytorch_model.bin.index.json", "convert %D %O"},
   };
   int n = 0;
   for (const Case& c : cases) {
-    const std::string dir = tmp / ("case" + std::to_string(n)), out = tmp / ("out" + std::to_string(n++));
+    const std::string dir = tmp / ("case" + std::to_string(n)),
+                      out = tmp / ("out" + std::to_string(n++));
     if (!c.source.empty()) {
       ASSERT_EQ(std::system(("cp -r " + c.source + " " + dir).c_str()), 0);
     }
@@ -361,14 +368,16 @@ TEST(CliTest, FifosAtEveryNameCkptOpensAreRefusedWithoutHanging) {
     if (size_t o = cmd.find("%O"); o != std::string::npos) cmd.replace(o, 2, out);
     CliRun r = RunCkptAfter("timeout 30 ", cmd);
     EXPECT_EQ(r.code, 1) << c.what << " (124: it hung): " << r.out;
-    EXPECT_NE(r.out.find("not a regular file (a FIFO)"), std::string::npos) << c.what << ": " << r.out;
+    EXPECT_NE(r.out.find("not a regular file (a FIFO)"), std::string::npos)
+        << c.what << ": " << r.out;
     EXPECT_NE(r.out.find(c.fifo), std::string::npos) << c.what << ": " << r.out;
   }
   // --base's index.
   const std::string base = tmp / "base";
   ASSERT_EQ(std::system(("cp -r " + hf + " " + base).c_str()), 0);
   MakeFifo(base + "/model.safetensors.index.json");
-  CliRun r = RunCkptAfter("timeout 30 ", "consolidate " + sharded + " " + tmp / "from_base" + " --base " + base);
+  CliRun r = RunCkptAfter("timeout 30 ",
+                          "consolidate " + sharded + " " + tmp / "from_base" + " --base " + base);
   EXPECT_EQ(r.code, 1) << "(124: it hung) " << r.out;
   EXPECT_NE(r.out.find("not a regular file (a FIFO)"), std::string::npos) << r.out;
 }
@@ -379,8 +388,9 @@ TEST(CliTest, ManyRankFilesFitASmallDescriptorLimit) {
   testing::TempDir tmp;
   const std::string in = tmp / "sharded", out = tmp / "hf";
   ASSERT_EQ(RunCkpt("sample " + in + " --hidden 64 --layers 1 --ranks 150").code, 0);
-  for (const std::string& cmd : {"verify " + in, "inspect " + in, "consolidate " + in + " " + out + " --threads 8",
-                                "verify " + out}) {
+  for (const std::string& cmd :
+       {"verify " + in, "inspect " + in, "consolidate " + in + " " + out + " --threads 8",
+        "verify " + out}) {
     CliRun r = RunCkptAfter("ulimit -n 64 && ", cmd);
     EXPECT_EQ(r.code, 0) << cmd << ": " << r.out;
   }
@@ -395,7 +405,8 @@ TEST(CliTest, SampleNeverOverwritesAndBoundsWhatItGenerates) {
   CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dir + "/mine.txt", "keep"));
   CliRun again = RunCkpt("sample " + dir + " --hidden 64 --layers 1");
   EXPECT_EQ(again.code, 1) << again.out;
-  EXPECT_NE(again.out.find(dir + " already exists; it is never overwritten"), std::string::npos) << again.out;
+  EXPECT_NE(again.out.find(dir + " already exists; it is never overwritten"), std::string::npos)
+      << again.out;
   EXPECT_EQ(*ReadFileToString(*PosixStorage(), dir + "/mine.txt"), "keep");
   auto j = nlohmann::json::parse(RunCkpt("inspect --json " + dir).out);
   EXPECT_EQ(j["tensors"][0]["shape"][1], 32);
@@ -421,7 +432,8 @@ TEST(CliTest, ConsolidateRefusesCastsThatAreNotFloatCasts) {
   for (const char* d : {"I8", "F8_E4M3", "U8", "BOOL"}) {
     CliRun r = RunCkpt("consolidate " + in + " " + tmp / "out" + " --cast-dtype " + d);
     EXPECT_EQ(r.code, 1) << d << ": " << r.out;
-    EXPECT_NE(r.out.find(std::string("cast dtype ") + d + " is not a float cast"), std::string::npos)
+    EXPECT_NE(r.out.find(std::string("cast dtype ") + d + " is not a float cast"),
+              std::string::npos)
         << d << ": " << r.out;
   }
   EXPECT_FALSE(*Exists(*PosixStorage(), tmp / "out"));
@@ -434,7 +446,8 @@ TEST(CliTest, ConsolidateWithABaseModelGivesTensorsBackTheBaseDTypes) {
   Storage& fs = *PosixStorage();
   const std::string in = tmp / "sharded", base = tmp / "base";
   // Saved in F32 (as a training run keeps its weights); released in BF16.
-  std::vector<float> w = {1.f, 1.00390625f, 1.01171875f, 3.14159265f, -2.5e-3f, 1e-40f, 3e38f, -0.f};
+  std::vector<float> w = {1.f,      1.00390625f, 1.01171875f, 3.14159265f,
+                          -2.5e-3f, 1e-40f,      3e38f,       -0.f};
   std::vector<float> norm(4, 0.5f);
   CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& c) {
     // Two ranks, each saving half of w; rank 0 saves norm.
@@ -443,7 +456,8 @@ TEST(CliTest, ConsolidateWithABaseModelGivesTensorsBackTheBaseDTypes) {
     LocalChunk half{off, Shape({4}), reinterpret_cast<std::byte*>(w.data() + 4 * c.rank()), {}};
     mine.tensors.push_back({"w", DType::kF32, Shape({8}), {half}});
     if (c.rank() == 0) {
-      mine.tensors.push_back(WholeTensor("norm", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(norm.data())));
+      mine.tensors.push_back(
+          WholeTensor("norm", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(norm.data())));
     }
     return SaveSharded(c, fs, in, mine);
   }));
@@ -455,7 +469,8 @@ TEST(CliTest, ConsolidateWithABaseModelGivesTensorsBackTheBaseDTypes) {
 
   auto exported = [&](const std::string& out) {
     std::map<std::string, std::pair<std::string, std::vector<uint8_t>>> got;
-    Result<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(fs, out + "/model-00001-of-00001.safetensors");
+    Result<std::unique_ptr<SafetensorsFile>> f =
+        SafetensorsFile::Open(fs, out + "/model-00001-of-00001.safetensors");
     EXPECT_TRUE(f.ok()) << f.status().ToString();
     if (!f.ok()) return got;
     for (const TensorInfo& t : (*f)->header().tensors()) {
@@ -495,7 +510,9 @@ TEST(CliTest, ConsolidateWithABaseModelGivesTensorsBackTheBaseDTypes) {
 TEST(CliTest, InspectEscapesControlCharactersInNames) {
   testing::TempDir tmp;
   const std::string path = tmp / "evil.safetensors";
-  const std::string name = "w\x1b[2J\x07\r\xe2\x80\xae" "gnp.exe";
+  const std::string name =
+      "w\x1b[2J\x07\r\xe2\x80\xae"
+      "gnp.exe";
   TensorData t{name, DType::kU8, Shape({2}), AsBytes("ab")};
   CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), path, std::span(&t, 1),
                                   SafetensorsMetadata{{"note\x1b]0;title\x07", "v\x1b[31m"}}));
@@ -516,9 +533,11 @@ TEST(CliTest, LeftoverStagingOfAKilledRunIsCleanedUp) {
   const std::string in = tmp / "sharded", out = tmp / "hf";
   ASSERT_EQ(RunCkpt("sample " + in + " --ranks 2 --hidden 32 --layers 1").code, 0);
   // What killed runs left: ours (the same output name) and someone else's.
-  const std::string dead = tmp / ".hf.tmp-0123456789abcdef", other = tmp / ".hf2.tmp-0123456789abcdef";
+  const std::string dead = tmp / ".hf.tmp-0123456789abcdef",
+                    other = tmp / ".hf2.tmp-0123456789abcdef";
   CKPT_ASSERT_OK(PosixStorage()->MakeDirs(dead + "/sub"));
-  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dead + "/sub/model-00001-of-00001.safetensors", "junk"));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*PosixStorage(), dead + "/sub/model-00001-of-00001.safetensors", "junk"));
   CKPT_ASSERT_OK(PosixStorage()->MakeDirs(other));
   CliRun r = RunCkpt("consolidate " + in + " " + out);
   ASSERT_EQ(r.code, 0) << r.out;

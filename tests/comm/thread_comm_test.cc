@@ -34,7 +34,9 @@ TEST(ThreadCommTest, CollectivesAgreeAcrossRanks) {
           return;
         }
         for (int r = 0; r < n; ++r) {
-          if ((*all)[static_cast<size_t>(r)] != "r" + std::to_string(r) + "." + std::to_string(round)) ++errors;
+          if ((*all)[static_cast<size_t>(r)] !=
+              "r" + std::to_string(r) + "." + std::to_string(round))
+            ++errors;
         }
         std::string b = c.rank() == round % n ? "from root" : "junk";
         if (!c.Broadcast(round % n, &b, milliseconds(5000)).ok() || b != "from root") ++errors;

@@ -19,11 +19,11 @@ namespace {
 
 using std::chrono::milliseconds;
 using testing::Layout;
-using testing::StatusIs;
 using testing::Split;
+using testing::StatusIs;
 
-
-Status SaveModel(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs, const Layout& l) {
+Status SaveModel(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs,
+                 const Layout& l) {
   return testing::OnRanksOk(l.world, [&](Communicator& c) {
     testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), true);
     return SaveSharded(c, fs, dir, rs.sd, {milliseconds(20000)});
@@ -38,7 +38,8 @@ TEST(ConsolidateRulesTest, ByteSizes) {
   EXPECT_EQ(*ParseByteSize("7B"), 7u);
   for (const char* bad : {"", "GiB", "5XB", "0", "99999999999999999999", "20000000000GiB"}) {
     EXPECT_THAT(ParseByteSize(bad),
-                StatusIs(StatusCode::kInvalidArgument, "size '" + std::string(bad) + "'")) << bad;
+                StatusIs(StatusCode::kInvalidArgument, "size '" + std::string(bad) + "'"))
+        << bad;
   }
 }
 
@@ -59,14 +60,15 @@ TEST(ConsolidateRulesTest, ExportDTypes) {
     bool warns;
   };
   const Case cases[] = {
-      {D::kBF16, D::kF32, std::nullopt, D::kF32, false},  // originally F32 stays F32
-      {D::kBF16, D::kF32, D::kF16, D::kF32, false},       // ... even with a cast
-      {D::kF32, D::kBF16, std::nullopt, D::kBF16, false}, // original float dtype back
-      {D::kF32, D::kBF16, D::kF16, D::kF16, false},       // explicit cast wins over it
+      {D::kBF16, D::kF32, std::nullopt, D::kF32, false},          // originally F32 stays F32
+      {D::kBF16, D::kF32, D::kF16, D::kF32, false},               // ... even with a cast
+      {D::kF32, D::kBF16, std::nullopt, D::kBF16, false},         // original float dtype back
+      {D::kF32, D::kBF16, D::kF16, D::kF16, false},               // explicit cast wins over it
       {D::kF8_E4M3, std::nullopt, D::kBF16, D::kF8_E4M3, false},  // FP8 never cast
-      {D::kBF16, D::kF8_E4M3, std::nullopt, D::kBF16, true},      // was quantized, now float: kept, warned
-      {D::kF32, std::nullopt, std::nullopt, D::kF32, false},      // no mapping: saved dtype
-      {D::kI64, D::kI64, D::kBF16, D::kI64, false},               // integers untouched
+      {D::kBF16, D::kF8_E4M3, std::nullopt, D::kBF16,
+       true},  // was quantized, now float: kept, warned
+      {D::kF32, std::nullopt, std::nullopt, D::kF32, false},  // no mapping: saved dtype
+      {D::kI64, D::kI64, D::kBF16, D::kI64, false},           // integers untouched
   };
   for (const Case& c : cases) {
     std::string warning;
@@ -81,8 +83,8 @@ TEST(ConsolidateTest, AnyLayoutIntoAnHfDirectory) {
   auto fs = NewMemoryStorage();
   const auto defs = testing::MixedModel();
   int n = 0;
-  for (const Layout& save : {Layout{1, Split::kDim0}, Layout{4, Split::kDim1}, Layout{8, Split::k2D},
-                             Layout{2, Split::kReplicated}}) {
+  for (const Layout& save : {Layout{1, Split::kDim0}, Layout{4, Split::kDim1},
+                             Layout{8, Split::k2D}, Layout{2, Split::kReplicated}}) {
     const std::string in = "/in/" + save.Name();
     CKPT_ASSERT_OK(SaveModel(*fs, in, defs, save));
     for (int world : {1, 2, 3}) {
@@ -119,13 +121,15 @@ TEST(ConsolidateTest, AnyLayoutIntoAnHfDirectory) {
 
 TEST(ConsolidateTest, DtypesAreRestoredOrCast) {
   auto fs = NewMemoryStorage();
-  std::vector<testing::TensorDef> defs = {{"a", DType::kBF16, Shape({4, 4})}, {"b", DType::kF32, Shape({8})},
+  std::vector<testing::TensorDef> defs = {{"a", DType::kBF16, Shape({4, 4})},
+                                          {"b", DType::kF32, Shape({8})},
                                           {"q", DType::kF8_E4M3, Shape({4})}};
   CKPT_ASSERT_OK(SaveModel(*fs, "/in", defs, {2, Split::kDim0}));
   ConsolidateOptions o;
   o.original_dtypes = {{"a", DType::kF32}};
   o.cast_dtype = DType::kF16;
-  CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/in", "/out", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(
+      2, [&](Communicator& c) { return Consolidate(c, *fs, "/in", "/out", o); }));
   auto m = HfModelDir::Open(*fs, "/out");
   CKPT_ASSERT_OK(m);
   auto read = [&](const std::string& name) {
@@ -151,18 +155,23 @@ TEST(ConsolidateTest, DtypesAreRestoredOrCast) {
 
 TEST(ConsolidateTest, BaseModelLayoutAndHfArtifacts) {
   auto fs = NewMemoryStorage();
-  std::vector<testing::TensorDef> defs = {{"x.0", DType::kU8, Shape({4})}, {"x.1", DType::kU8, Shape({4})},
-                                          {"x.2", DType::kU8, Shape({4})}, {"new", DType::kU8, Shape({4})}};
+  std::vector<testing::TensorDef> defs = {{"x.0", DType::kU8, Shape({4})},
+                                          {"x.1", DType::kU8, Shape({4})},
+                                          {"x.2", DType::kU8, Shape({4})},
+                                          {"new", DType::kU8, Shape({4})}};
   CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt/model", defs, {2, Split::kDim0}));
   // The checkpoint's HF metadata and a base model whose index puts x.0 and x.2 in file 2 of 2.
   CKPT_ASSERT_OK(fs->MakeDirs("/ckpt/model/.hf_metadata"));
-  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/model/.hf_metadata/config.json", "{\"model_type\": \"llama\"}\n"));
+  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/model/.hf_metadata/config.json",
+                                     "{\"model_type\": \"llama\"}\n"));
   CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/model/.hf_metadata/tokenizer.json", "{}\n"));
-  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/model/.hf_metadata/fqn_to_dtype_mapping.json", "{}\n"));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*fs, "/ckpt/model/.hf_metadata/fqn_to_dtype_mapping.json", "{}\n"));
   CKPT_ASSERT_OK(fs->MakeDirs("/base"));
   for (int f = 1; f <= 2; ++f) {
     std::vector<TensorData> ts;
-    for (const char* n : f == 1 ? std::vector<const char*>{"x.1"} : std::vector<const char*>{"x.0", "x.2"}) {
+    for (const char* n :
+         f == 1 ? std::vector<const char*>{"x.1"} : std::vector<const char*>{"x.0", "x.2"}) {
       ts.push_back({n, DType::kU8, Shape({4}), AsBytes("abcd")});
     }
     char name[64];
@@ -170,13 +179,16 @@ TEST(ConsolidateTest, BaseModelLayoutAndHfArtifacts) {
     CKPT_ASSERT_OK(WriteSafetensors(*fs, std::string("/base/") + name, ts));
   }
   HfIndex idx;
-  idx.weight_map = {{"x.0", "model-00002-of-00002.safetensors"}, {"x.1", "model-00001-of-00002.safetensors"},
+  idx.weight_map = {{"x.0", "model-00002-of-00002.safetensors"},
+                    {"x.1", "model-00001-of-00002.safetensors"},
                     {"x.2", "model-00002-of-00002.safetensors"}};
-  CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/base/model.safetensors.index.json", SerializeHfIndex(idx)));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*fs, "/base/model.safetensors.index.json", SerializeHfIndex(idx)));
 
   ConsolidateOptions o;
   o.base_model_dir = "/base";
-  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt/model", "/hf", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(
+      1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt/model", "/hf", o); }));
   auto m = HfModelDir::Open(*fs, "/hf");
   CKPT_ASSERT_OK(m);
   const auto& wm = m->index()->weight_map;
@@ -189,7 +201,8 @@ TEST(ConsolidateTest, BaseModelLayoutAndHfArtifacts) {
 }
 
 // F32 values whose BF16 rounding is not a truncation: ties go to even.
-const std::vector<float> kNeedRounding = {1.f, 1.00390625f, 1.01171875f, 3.14159265f, -2.5e-3f, 1e-40f, 3e38f, -0.f};
+const std::vector<float> kNeedRounding = {1.f,      1.00390625f, 1.01171875f, 3.14159265f,
+                                          -2.5e-3f, 1e-40f,      3e38f,       -0.f};
 
 // A checkpoint saved in F32 (w, norm, head) and I32 (ids), and a base model
 // holding w in BF16, norm in F32 and ids in I32 (no head: a new tensor).
@@ -197,21 +210,28 @@ void WriteF32CheckpointAndBf16Base(Storage& fs, const std::string& ckpt, const s
   std::vector<float> w = kNeedRounding, norm(4, 0.1f), head = kNeedRounding;
   std::vector<int32_t> ids = {7, -7};
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({2, 4}), reinterpret_cast<std::byte*>(w.data())));
-  sd.tensors.push_back(WholeTensor("norm", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(norm.data())));
-  sd.tensors.push_back(WholeTensor("head", DType::kF32, Shape({8}), reinterpret_cast<std::byte*>(head.data())));
-  sd.tensors.push_back(WholeTensor("ids", DType::kI32, Shape({2}), reinterpret_cast<std::byte*>(ids.data())));
-  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return SaveSharded(c, fs, ckpt, sd); }));
+  sd.tensors.push_back(
+      WholeTensor("w", DType::kF32, Shape({2, 4}), reinterpret_cast<std::byte*>(w.data())));
+  sd.tensors.push_back(
+      WholeTensor("norm", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(norm.data())));
+  sd.tensors.push_back(
+      WholeTensor("head", DType::kF32, Shape({8}), reinterpret_cast<std::byte*>(head.data())));
+  sd.tensors.push_back(
+      WholeTensor("ids", DType::kI32, Shape({2}), reinterpret_cast<std::byte*>(ids.data())));
+  CKPT_ASSERT_OK(
+      testing::OnRanksOk(1, [&](Communicator& c) { return SaveSharded(c, fs, ckpt, sd); }));
   CKPT_ASSERT_OK(fs.MakeDirs(base));
   const std::string zeros(16, '\0');
-  std::vector<TensorData> ts = {{"w", DType::kBF16, Shape({2, 4}), AsBytes(zeros)},
-                                {"norm", DType::kF32, Shape({4}), AsBytes(zeros)},
-                                {"ids", DType::kI32, Shape({2}), AsBytes(std::string_view(zeros).substr(0, 8))}};
+  std::vector<TensorData> ts = {
+      {"w", DType::kBF16, Shape({2, 4}), AsBytes(zeros)},
+      {"norm", DType::kF32, Shape({4}), AsBytes(zeros)},
+      {"ids", DType::kI32, Shape({2}), AsBytes(std::string_view(zeros).substr(0, 8))}};
   CKPT_ASSERT_OK(WriteSafetensors(fs, JoinPath(base, kHfSingleFileName), ts));
 }
 
 // The exported bytes of every tensor of an HF directory.
-std::map<std::string, std::pair<DType, std::vector<std::byte>>> ReadExport(Storage& fs, const std::string& dir) {
+std::map<std::string, std::pair<DType, std::vector<std::byte>>> ReadExport(Storage& fs,
+                                                                           const std::string& dir) {
   std::map<std::string, std::pair<DType, std::vector<std::byte>>> out;
   Result<HfModelDir> m = HfModelDir::Open(fs, dir);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
@@ -242,7 +262,8 @@ TEST(ConsolidateTest, BaseModelDTypesComeBackOnExport) {
 
   ConsolidateOptions o;
   o.base_model_dir = "/base";
-  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(
+      1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
   auto out = ReadExport(*fs, "/hf");
   ASSERT_EQ(out.size(), 4u);
   EXPECT_EQ(out["w"].first, DType::kBF16);
@@ -258,7 +279,8 @@ TEST(ConsolidateTest, BaseModelDTypesComeBackOnExport) {
   CKPT_ASSERT_OK(fs->MakeDirs("/ckpt/.hf_metadata"));
   CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/ckpt/.hf_metadata/fqn_to_dtype_mapping.json",
                                      R"({"w": "torch.float16", "head": "torch.bfloat16"})"));
-  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf2", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(
+      1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf2", o); }));
   out = ReadExport(*fs, "/hf2");
   EXPECT_EQ(out["w"].first, DType::kBF16);
   EXPECT_EQ(out["head"].first, DType::kBF16);  // the record still serves tensors the base lacks
@@ -266,7 +288,8 @@ TEST(ConsolidateTest, BaseModelDTypesComeBackOnExport) {
 
   // An explicit cast wins over the base's float dtypes, but F32 originals stay F32.
   o.cast_dtype = DType::kF16;
-  CKPT_ASSERT_OK(testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf3", o); }));
+  CKPT_ASSERT_OK(testing::OnRanksOk(
+      1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf3", o); }));
   out = ReadExport(*fs, "/hf3");
   EXPECT_EQ(out["w"].first, DType::kF16);
   EXPECT_EQ(out["head"].first, DType::kF16);
@@ -276,7 +299,8 @@ TEST(ConsolidateTest, BaseModelDTypesComeBackOnExport) {
   // A base that cannot be read is an error, not a silent fallback.
   o.cast_dtype.reset();
   o.base_model_dir = "/nobase";
-  Status s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf4", o); });
+  Status s = testing::OnRanksOk(
+      1, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf4", o); });
   EXPECT_THAT(s, StatusIs(StatusCode::kNotFound, "/nobase"));
   EXPECT_FALSE(*Exists(*fs, "/hf4"));
 }
@@ -287,22 +311,26 @@ TEST(ConsolidateTest, HolesOverlapsAndExistingOutputAreErrors) {
   std::vector<float> g(3, 1.f);
   for (int r = 0; r < 2; ++r) {
     TensorData t{"w", DType::kF32, Shape({1}), std::as_bytes(std::span<const float>(g.data(), 1))};
-    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + "]}}"}};
+    SafetensorsMetadata md{
+        {"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + "]}}"}};
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/hole/" + ShardFileName(r), std::span(&t, 1), md));
   }
-  Status s = testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/hole", "/out"); });
+  Status s =
+      testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/hole", "/out"); });
   EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "chunks cover 2 of 3 elements (a hole)"));
   EXPECT_FALSE(*Exists(*fs, "/out"));
 
   CKPT_ASSERT_OK(SaveModel(*fs, "/ok", {{"w", DType::kU8, Shape({4})}}, {1, Split::kDim0}));
   CKPT_ASSERT_OK(fs->MakeDirs("/exists"));
   s = testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, *fs, "/ok", "/exists"); });
-  EXPECT_THAT(s, StatusIs(StatusCode::kAlreadyExists, "/exists already exists; it is never overwritten"));
+  EXPECT_THAT(
+      s, StatusIs(StatusCode::kAlreadyExists, "/exists already exists; it is never overwritten"));
 }
 
-Status ConsolidateOne(Storage& fs, const std::string& in, const std::string& out, const ConsolidateOptions& o = {},
-                      ConsolidateStats* stats = nullptr) {
-  return testing::OnRanksOk(1, [&](Communicator& c) { return Consolidate(c, fs, in, out, o, stats); });
+Status ConsolidateOne(Storage& fs, const std::string& in, const std::string& out,
+                      const ConsolidateOptions& o = {}, ConsolidateStats* stats = nullptr) {
+  return testing::OnRanksOk(1,
+                            [&](Communicator& c) { return Consolidate(c, fs, in, out, o, stats); });
 }
 
 // Numbers read from side files decide how many output files there are and
@@ -317,13 +345,16 @@ TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
     const char* want;
   };
   const Case cases[] = {
-      {R"({"w": 4294967296})", "fqn_to_file_index_mapping.json: tensor 'w': file number 4294967296 is not an integer"},
-      {R"({"w": 3e9})", "tensor 'w': file number 3000000000.0 is not an integer between 1 and 99999"},
+      {R"({"w": 4294967296})",
+       "fqn_to_file_index_mapping.json: tensor 'w': file number 4294967296 is not an integer"},
+      {R"({"w": 3e9})",
+       "tensor 'w': file number 3000000000.0 is not an integer between 1 and 99999"},
       {R"({"w": 20000})", "tensor 'w': file number 20000 is not between 1 and 1"},
       {R"({"w": 0})", "tensor 'w': file number 0 is not an integer"},
       {R"({"w": -1})", "tensor 'w': file number -1 is not an integer"},
       {R"({"w": 1, "x": 3})", "tensor 'x': file number 3 is not between 1 and 2"},
-      {R"({"w": 123456789012345678901234567890})", "tensor 'w': file number 1.2345678901234568e+29"},
+      {R"({"w": 123456789012345678901234567890})",
+       "tensor 'w': file number 1.2345678901234568e+29"},
   };
   for (const Case& c : cases) {
     RemoveAll(*fs, mapping).IgnoreError();
@@ -336,11 +367,15 @@ TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
 
   // --base: the numbers in the base model's file names.
   const char* bases[][2] = {
-      {"model-00000-of-00001.safetensors", "file number 0 in 'model-00000-of-00001.safetensors' is not between 1 and 1"},
-      {"model-4294967297-of-4294967297.safetensors", "file number 4294967297 in 'model-4294967297-of-4294967297"
-                                                     ".safetensors' exceeds the limit of 99999 files"},
-      {"model-99999999999999999999999-of-99999999999999999999999.safetensors", "exceeds the limit of 99999 files"},
-      {"model-00003-of-00002.safetensors", "file number 3 in 'model-00003-of-00002.safetensors' is not between 1 and 2"},
+      {"model-00000-of-00001.safetensors",
+       "file number 0 in 'model-00000-of-00001.safetensors' is not between 1 and 1"},
+      {"model-4294967297-of-4294967297.safetensors",
+       "file number 4294967297 in 'model-4294967297-of-4294967297"
+       ".safetensors' exceeds the limit of 99999 files"},
+      {"model-99999999999999999999999-of-99999999999999999999999.safetensors",
+       "exceeds the limit of 99999 files"},
+      {"model-00003-of-00002.safetensors",
+       "file number 3 in 'model-00003-of-00002.safetensors' is not between 1 and 2"},
       {"model-00002-of-00002.safetensors", "tensor 'w': file number 2 is not between 1 and 1"},
   };
   for (const auto& [file, want] : bases) {
@@ -350,7 +385,8 @@ TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
     CKPT_ASSERT_OK(WriteSafetensors(*fs, std::string("/base/") + file, std::span(&t, 1)));
     HfIndex idx;
     idx.weight_map = {{"w", file}};
-    CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/base/model.safetensors.index.json", SerializeHfIndex(idx)));
+    CKPT_ASSERT_OK(
+        WriteFileAtomically(*fs, "/base/model.safetensors.index.json", SerializeHfIndex(idx)));
     ConsolidateOptions o;
     o.base_model_dir = "/base";
     Status s = ConsolidateOne(*fs, "/ckpt", "/out", o);
@@ -361,9 +397,8 @@ TEST(ConsolidateTest, FileNumbersFromSideFilesAndBaseModelsAreChecked) {
   ConsolidateOptions o;
   o.fqn_to_file = {{"w", 7}};
   Status s = ConsolidateOne(*fs, "/ckpt", "/out", o);
-  EXPECT_THAT(s,
-              StatusIs(StatusCode::kInvalidArgument,
-                       "fqn_to_file: tensor 'w': file number 7 is not between 1 and 1"));
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
+                          "fqn_to_file: tensor 'w': file number 7 is not between 1 and 1"));
 }
 
 // Side files are copied only as regular files of artifact kinds, never over
@@ -375,8 +410,10 @@ TEST(ConsolidateTest, SideFilesNeverReplaceTheExportAndLinksAreNotFollowed) {
   CKPT_ASSERT_OK(SaveModel(fs, in, {{"w", DType::kU8, Shape({4})}}, {2, Split::kDim0}));
   const std::string meta = JoinPath(in, ".hf_metadata");
   CKPT_ASSERT_OK(fs.MakeDirs(meta));
-  CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "model.safetensors.index.json"), R"({"weight_map": {}})"));
-  CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "model-00001-of-00001.safetensors"), "evil"));
+  CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "model.safetensors.index.json"),
+                                     R"({"weight_map": {}})"));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(fs, JoinPath(meta, "model-00001-of-00001.safetensors"), "evil"));
   CKPT_ASSERT_OK(WriteFileAtomically(fs, JoinPath(meta, "config.json"), "{}"));
   CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / "secret", "top secret"));
   CKPT_ASSERT_OK(fs.Symlink(tmp / "secret", JoinPath(meta, "tokenizer.json")));
@@ -391,7 +428,8 @@ TEST(ConsolidateTest, SideFilesNeverReplaceTheExportAndLinksAreNotFollowed) {
   std::string all;
   for (const std::string& w : stats.warnings) all += w + "\n";
   EXPECT_NE(all.find("tokenizer.json is a symbolic link"), std::string::npos) << all;
-  EXPECT_NE(all.find("model.safetensors.index.json: not a Hugging Face artifact kind, or a name the export writes"),
+  EXPECT_NE(all.find("model.safetensors.index.json: not a Hugging Face artifact kind, or a name "
+                     "the export writes"),
             std::string::npos)
       << all;
 
@@ -405,7 +443,8 @@ TEST(ConsolidateTest, SideFilesNeverReplaceTheExportAndLinksAreNotFollowed) {
   CKPT_ASSERT_OK(ConsolidateOne(fs, in2, tmp / "out2", {}, &stats));
   EXPECT_FALSE(*Exists(fs, tmp / "out2/config.json"));
   ASSERT_EQ(stats.warnings.size(), 1u);
-  EXPECT_NE(stats.warnings[0].find(".hf_metadata is a symbolic link"), std::string::npos) << stats.warnings[0];
+  EXPECT_NE(stats.warnings[0].find(".hf_metadata is a symbolic link"), std::string::npos)
+      << stats.warnings[0];
 }
 
 // A bit flip in a chunk is caught while consolidating, naming the file and the tensor.
@@ -428,7 +467,8 @@ TEST(ConsolidateTest, ChunkChecksumsAreVerifiedWhileConsolidating) {
 // after the save is refused by verify and by consolidate alike.
 TEST(ConsolidateTest, ManifestCoversSideFiles) {
   auto fs = NewMemoryStorage();
-  CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt", {{"w", DType::kU8, Shape({4})}, {"v", DType::kU8, Shape({4})}},
+  CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt",
+                           {{"w", DType::kU8, Shape({4})}, {"v", DType::kU8, Shape({4})}},
                            {1, Split::kDim0}));
   CKPT_ASSERT_OK(fs->MakeDirs("/ckpt/.hf_metadata"));
   const std::string mapping = "/ckpt/.hf_metadata/fqn_to_file_index_mapping.json";
@@ -479,12 +519,15 @@ TEST(ConsolidateTest, SubByteChunksSplittingBytesAreRefusedByVerifyToo) {
   for (int r = 0; r < 2; ++r) {
     std::string data(widths[r] == 2 ? 2 : 1, '\x11');
     TensorData t{"w", DType::kF4, Shape({2, widths[r]}), AsBytes(data)};
-    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [0, " + std::to_string(2 * r) + "]}}"}};
+    SafetensorsMetadata md{
+        {"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [0, " + std::to_string(2 * r) + "]}}"}};
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/f4/" + ShardFileName(r), std::span(&t, 1), md));
   }
-  EXPECT_THAT(VerifyShardedCheckpoint(*fs, "/f4"),
-              StatusIs(StatusCode::kDataLoss,
-                       "saved tensor 'w' (F4, shape [2, 3]): chunk [0:2, 0:2]: chunk boundaries split bytes"));
+  EXPECT_THAT(
+      VerifyShardedCheckpoint(*fs, "/f4"),
+      StatusIs(
+          StatusCode::kDataLoss,
+          "saved tensor 'w' (F4, shape [2, 3]): chunk [0:2, 0:2]: chunk boundaries split bytes"));
   EXPECT_THAT(ConsolidateOne(*fs, "/f4", "/out"),
               StatusIs(StatusCode::kDataLoss, "chunk boundaries split bytes"));
 }
@@ -494,10 +537,12 @@ TEST(ConsolidateTest, SubByteChunksSplittingBytesAreRefusedByVerifyToo) {
 // minutes; correctness is checked here, speed in bench/consolidate_bench.
 TEST(ConsolidateTest, ManyNarrowPiecesAlongDim1ConsolidateExactly) {
   auto fs = NewMemoryStorage();
-  std::vector<testing::TensorDef> defs = {{"w", DType::kU16, Shape({131072, 2})}, {"b", DType::kF32, Shape({7, 3})}};
+  std::vector<testing::TensorDef> defs = {{"w", DType::kU16, Shape({131072, 2})},
+                                          {"b", DType::kF32, Shape({7, 3})}};
   CKPT_ASSERT_OK(SaveModel(*fs, "/ckpt", defs, {2, Split::kDim1}));
   ConsolidateOptions o;
-  o.cast_dtype = DType::kF16;  // U16 is never cast; F32 b is (F32 stays F32 only with an original dtype)
+  o.cast_dtype =
+      DType::kF16;  // U16 is never cast; F32 b is (F32 stays F32 only with an original dtype)
   CKPT_ASSERT_OK(ConsolidateOne(*fs, "/ckpt", "/out", o));
   auto f = SafetensorsFile::Open(*fs, "/out/model-00001-of-00001.safetensors");
   CKPT_ASSERT_OK(f);

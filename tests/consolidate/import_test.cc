@@ -16,9 +16,8 @@ namespace {
 
 using std::chrono::milliseconds;
 using testing::Layout;
-using testing::StatusIs;
 using testing::Split;
-
+using testing::StatusIs;
 
 TEST(KeyMappingTest, FirstChangingPatternWins) {
   std::vector<std::pair<std::string, std::string>> m = {
@@ -42,7 +41,8 @@ TEST(HubCacheTest, PrefersTheSnapshotWithAnIndex) {
   CKPT_ASSERT_OK(fs->MakeDirs(repo + "/snapshots/bbb"));
   CKPT_ASSERT_OK(fs->MakeDirs(repo + "/refs"));
   CKPT_ASSERT_OK(WriteFileAtomically(*fs, repo + "/snapshots/aaa/model.safetensors", "x"));
-  CKPT_ASSERT_OK(WriteFileAtomically(*fs, repo + "/snapshots/bbb/model.safetensors.index.json", "{}"));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*fs, repo + "/snapshots/bbb/model.safetensors.index.json", "{}"));
   CKPT_ASSERT_OK(WriteFileAtomically(*fs, repo + "/refs/main", "aaa\n"));
   EXPECT_EQ(*ResolveHfModelDir(*fs, repo), repo + "/snapshots/bbb");
   EXPECT_EQ(*ResolveHfModelDir(*fs, "/cache", "meta-llama/Llama-3-8B"), repo + "/snapshots/bbb");
@@ -63,11 +63,14 @@ TEST(ImportTest, ExportThenImportAcrossLayouts) {
   }));
   ConsolidateOptions o;
   o.max_shard_size = 300;
-  CKPT_ASSERT_OK(testing::OnRanksOk(2, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
-  for (const Layout& l : {Layout{1, Split::kDim0}, Layout{3, Split::kDim1}, Layout{8, Split::k2D}}) {
+  CKPT_ASSERT_OK(testing::OnRanksOk(
+      2, [&](Communicator& c) { return Consolidate(c, *fs, "/ckpt", "/hf", o); }));
+  for (const Layout& l :
+       {Layout{1, Split::kDim0}, Layout{3, Split::kDim1}, Layout{8, Split::k2D}}) {
     Status s = testing::OnRanksOk(l.world, [&](Communicator& c) -> Status {
       testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), false);
-      CKPT_RETURN_IF_ERROR(LoadSharded(c, *fs, "/hf", rs.sd, testing::WithTimeout(milliseconds(20000))));
+      CKPT_RETURN_IF_ERROR(
+          LoadSharded(c, *fs, "/hf", rs.sd, testing::WithTimeout(milliseconds(20000))));
       std::string why;
       return testing::MatchesReference(defs, rs, &why) ? Status() : DataLossError(why);
     });
@@ -80,7 +83,8 @@ class HfImportTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(fs_->MakeDirs("/m").ok());
     std::vector<TensorData> ts = {
-        {"model.embed_tokens.weight", DType::kF32, Shape({2, 2}), std::as_bytes(std::span<const float>(emb_))},
+        {"model.embed_tokens.weight", DType::kF32, Shape({2, 2}),
+         std::as_bytes(std::span<const float>(emb_))},
         {"model.layers.0.w", DType::kF32, Shape({2}), std::as_bytes(std::span<const float>(w_))},
         {"score.weight", DType::kF32, Shape({2}), std::as_bytes(std::span<const float>(w_))},
     };
@@ -94,9 +98,12 @@ TEST_F(HfImportTest, MappingPrefixesAndTiedHead) {
   auto one = NewSingleRankCommunicator();
   std::vector<float> emb(4), head(4), w(2);
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("embed.weight", DType::kF32, Shape({2, 2}), reinterpret_cast<std::byte*>(emb.data())));
-  sd.tensors.push_back(WholeTensor("lm_head.weight", DType::kF32, Shape({2, 2}), reinterpret_cast<std::byte*>(head.data())));
-  sd.tensors.push_back(WholeTensor("layers.0.w", DType::kF32, Shape({2}), reinterpret_cast<std::byte*>(w.data())));
+  sd.tensors.push_back(WholeTensor("embed.weight", DType::kF32, Shape({2, 2}),
+                                   reinterpret_cast<std::byte*>(emb.data())));
+  sd.tensors.push_back(WholeTensor("lm_head.weight", DType::kF32, Shape({2, 2}),
+                                   reinterpret_cast<std::byte*>(head.data())));
+  sd.tensors.push_back(
+      WholeTensor("layers.0.w", DType::kF32, Shape({2}), reinterpret_cast<std::byte*>(w.data())));
   LoadOptions o;
   o.key_mapping = {{R"(^model\.layers\.)", "layers."}, {R"(^model\.embed_tokens\.)", "embed."}};
   o.skip_prefixes = {"score."};
@@ -120,15 +127,16 @@ TEST_F(HfImportTest, SubsetRules) {
   auto one = NewSingleRankCommunicator();
   std::vector<float> w(2), extra(3);
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("model.layers.0.w", DType::kF32, Shape({2}), reinterpret_cast<std::byte*>(w.data())));
-  sd.tensors.push_back(WholeTensor("model.new_head", DType::kF32, Shape({3}), reinterpret_cast<std::byte*>(extra.data())));
+  sd.tensors.push_back(WholeTensor("model.layers.0.w", DType::kF32, Shape({2}),
+                                   reinterpret_cast<std::byte*>(w.data())));
+  sd.tensors.push_back(WholeTensor("model.new_head", DType::kF32, Shape({3}),
+                                   reinterpret_cast<std::byte*>(extra.data())));
   LoadOptions o;
   o.allow_missing = true;  // model keys absent from the checkpoint are dropped
   Status s = LoadSharded(*one, *fs_, "/m", sd, o);
   // ... but checkpoint keys the model lacks are an error, listed sorted.
-  EXPECT_THAT(s,
-              StatusIs(StatusCode::kInvalidArgument,
-                       "unexpected keys (2): model.embed_tokens.weight, score.weight"));
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
+                          "unexpected keys (2): model.embed_tokens.weight, score.weight"));
   o.skip_prefixes = {"score.", "model.embed_tokens."};
   LoadStats stats;
   CKPT_ASSERT_OK(LoadSharded(*one, *fs_, "/m", sd, o, &stats));
@@ -136,7 +144,8 @@ TEST_F(HfImportTest, SubsetRules) {
   EXPECT_EQ(stats.missing_keys, std::vector<std::string>{"model.new_head"});
   // Nothing in common is always an error.
   StateDict none;
-  none.tensors.push_back(WholeTensor("x", DType::kF32, Shape({3}), reinterpret_cast<std::byte*>(extra.data())));
+  none.tensors.push_back(
+      WholeTensor("x", DType::kF32, Shape({3}), reinterpret_cast<std::byte*>(extra.data())));
   o.allow_unexpected = true;
   s = LoadSharded(*one, *fs_, "/m", none, o);
   EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "no state-dict key is in the checkpoint"));
@@ -165,7 +174,8 @@ TEST(HfIndexImportTest, HostileOrBrokenIndexes) {
   auto load = [&]() {
     std::vector<float> got(2);
     StateDict sd;
-    sd.tensors.push_back(WholeTensor("a", DType::kF32, Shape({2}), reinterpret_cast<std::byte*>(got.data())));
+    sd.tensors.push_back(
+        WholeTensor("a", DType::kF32, Shape({2}), reinterpret_cast<std::byte*>(got.data())));
     LoadOptions o;
     o.allow_unexpected = true;
     return LoadSharded(*one, *fs, "/m", sd, o);
@@ -175,13 +185,19 @@ TEST(HfIndexImportTest, HostileOrBrokenIndexes) {
   };
   index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors"}})");
   CKPT_EXPECT_OK(load());  // without the index the stray file would overlap 'a'
-  index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
-  EXPECT_THAT(load(), StatusIs(StatusCode::kNotFound,
-                              "shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"));
-  index(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"}})");
-  EXPECT_THAT(load(), StatusIs(StatusCode::kDataLoss,
-                              "tensor 'ghost' is mapped to 'model-00001-of-00002.safetensors' but that shard "
-                              "does not contain it"));
+  index(
+      R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
+  EXPECT_THAT(
+      load(),
+      StatusIs(StatusCode::kNotFound,
+               "shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"));
+  index(
+      R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"}})");
+  EXPECT_THAT(
+      load(),
+      StatusIs(StatusCode::kDataLoss,
+               "tensor 'ghost' is mapped to 'model-00001-of-00002.safetensors' but that shard "
+               "does not contain it"));
   index(R"({"weight_map": {"a": "../m/model-00001-of-00002.safetensors"}})");
   EXPECT_THAT(load(), StatusIs(StatusCode::kDataLoss, "contains a path separator"));
 }

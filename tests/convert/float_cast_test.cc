@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+
 #include "test_util.h"
 
 namespace ckpt {
@@ -47,14 +48,14 @@ TEST(FloatCastTest, SpecialValues) {
 }
 
 TEST(FloatCastTest, HalfOverflowAndSubnormals) {
-  EXPECT_EQ(DoubleToHalf(65504.0), 0x7BFF);   // largest finite
-  EXPECT_EQ(DoubleToHalf(65519.0), 0x7BFF);   // below the halfway point
-  EXPECT_EQ(DoubleToHalf(65520.0), 0x7C00);   // halfway to 65536: ties to even = infinity
+  EXPECT_EQ(DoubleToHalf(65504.0), 0x7BFF);  // largest finite
+  EXPECT_EQ(DoubleToHalf(65519.0), 0x7BFF);  // below the halfway point
+  EXPECT_EQ(DoubleToHalf(65520.0), 0x7C00);  // halfway to 65536: ties to even = infinity
   EXPECT_EQ(DoubleToHalf(1e6), 0x7C00);
   EXPECT_EQ(DoubleToHalf(-1e6), 0xFC00);
-  EXPECT_EQ(DoubleToHalf(std::ldexp(1.0, -24)), 0x0001);  // smallest subnormal
-  EXPECT_EQ(DoubleToHalf(std::ldexp(1.0, -25)), 0x0000);  // halfway to it: ties to even = 0
-  EXPECT_EQ(DoubleToHalf(std::ldexp(3.0, -25)), 0x0002);  // 1.5 units: ties to even = 2
+  EXPECT_EQ(DoubleToHalf(std::ldexp(1.0, -24)), 0x0001);     // smallest subnormal
+  EXPECT_EQ(DoubleToHalf(std::ldexp(1.0, -25)), 0x0000);     // halfway to it: ties to even = 0
+  EXPECT_EQ(DoubleToHalf(std::ldexp(3.0, -25)), 0x0002);     // 1.5 units: ties to even = 2
   EXPECT_EQ(DoubleToHalf(std::ldexp(1023.0, -24)), 0x03FF);  // largest subnormal
   EXPECT_EQ(DoubleToHalf(std::ldexp(2047.0, -25)), 0x0400);  // rounds up into the smallest normal
   EXPECT_EQ(HalfToDouble(0x0001), std::ldexp(1.0, -24));

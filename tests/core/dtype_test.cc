@@ -20,13 +20,13 @@ TEST(DTypeTest, TableMatchesTheSafetensorsSpec) {
   };
   using C = DTypeClass;
   const Want want[] = {
-      {"BOOL", 8, C::kBool},        {"U8", 8, C::kInt},          {"I8", 8, C::kInt},
-      {"F8_E5M2", 8, C::kFp8},      {"F8_E4M3", 8, C::kFp8},     {"F8_E8M0", 8, C::kFp8},
-      {"F8_E4M3FNUZ", 8, C::kFp8},  {"F8_E5M2FNUZ", 8, C::kFp8}, {"I16", 16, C::kInt},
-      {"U16", 16, C::kInt},         {"F16", 16, C::kFloat},      {"BF16", 16, C::kFloat},
-      {"I32", 32, C::kInt},         {"U32", 32, C::kInt},        {"F32", 32, C::kFloat},
-      {"C64", 64, C::kComplex},     {"F64", 64, C::kFloat},      {"I64", 64, C::kInt},
-      {"U64", 64, C::kInt},         {"F4", 4, C::kSubByte},      {"F6_E2M3", 6, C::kSubByte},
+      {"BOOL", 8, C::kBool},       {"U8", 8, C::kInt},          {"I8", 8, C::kInt},
+      {"F8_E5M2", 8, C::kFp8},     {"F8_E4M3", 8, C::kFp8},     {"F8_E8M0", 8, C::kFp8},
+      {"F8_E4M3FNUZ", 8, C::kFp8}, {"F8_E5M2FNUZ", 8, C::kFp8}, {"I16", 16, C::kInt},
+      {"U16", 16, C::kInt},        {"F16", 16, C::kFloat},      {"BF16", 16, C::kFloat},
+      {"I32", 32, C::kInt},        {"U32", 32, C::kInt},        {"F32", 32, C::kFloat},
+      {"C64", 64, C::kComplex},    {"F64", 64, C::kFloat},      {"I64", 64, C::kInt},
+      {"U64", 64, C::kInt},        {"F4", 4, C::kSubByte},      {"F6_E2M3", 6, C::kSubByte},
       {"F6_E3M2", 6, C::kSubByte},
   };
   EXPECT_EQ(AllDTypes().size(), std::size(want));

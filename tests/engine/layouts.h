@@ -22,7 +22,8 @@ std::vector<Status> OnRanks(int n, Fn fn) {
   std::vector<Status> out(static_cast<size_t>(n));
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
+    threads.emplace_back(
+        [&, r] { out[static_cast<size_t>(r)] = fn(*comms[static_cast<size_t>(r)]); });
   }
   for (auto& t : threads) t.join();
   return out;
@@ -83,9 +84,14 @@ inline void BoxFor(const TensorDef& t, const Layout& l, int r, std::vector<uint6
     s = Split::kDim0;
   }
   switch (s) {
-    case Split::kReplicated: return;
-    case Split::kDim0: SplitRange(t.shape[0], l.world, r, &(*off)[0], &(*len)[0]); return;
-    case Split::kDim1: SplitRange(t.shape[1], l.world, r, &(*off)[1], &(*len)[1]); return;
+    case Split::kReplicated:
+      return;
+    case Split::kDim0:
+      SplitRange(t.shape[0], l.world, r, &(*off)[0], &(*len)[0]);
+      return;
+    case Split::kDim1:
+      SplitRange(t.shape[1], l.world, r, &(*off)[1], &(*len)[1]);
+      return;
     case Split::k2D: {
       int cols = l.world >= 4 ? 2 : 1, rows = l.world / cols;
       SplitRange(t.shape[0], rows, r / cols, &(*off)[0], &(*len)[0]);
@@ -135,8 +141,10 @@ inline void CopyBox(const TensorDef& t, const std::vector<std::byte>& global,
     }
     const std::byte* gsrc = global.data() + g * bits / 8;
     std::byte* c = chunk + chunk_bit / 8;
-    if (to_chunk) std::memcpy(c, gsrc, row_bits / 8);
-    else std::memcpy(const_cast<std::byte*>(gsrc), c, row_bits / 8);
+    if (to_chunk)
+      std::memcpy(c, gsrc, row_bits / 8);
+    else
+      std::memcpy(const_cast<std::byte*>(gsrc), c, row_bits / 8);
     chunk_bit += row_bits;
     size_t d = rank - 1;
     while (d > 0) {
@@ -164,7 +172,8 @@ inline RankState MakeRankState(const std::vector<TensorDef>& defs, const Layout&
     Shape cs(len);
     auto buf = std::make_unique<std::vector<std::byte>>(*cs.NumBytes(t.dtype), std::byte{0});
     if (fill) CopyBox(t, GlobalBytes(t), off, len, buf->data(), true);
-    st.sd.tensors.push_back(DistTensor{t.fqn, t.dtype, t.shape, {LocalChunk{off, cs, buf->data(), {}}}});
+    st.sd.tensors.push_back(
+        DistTensor{t.fqn, t.dtype, t.shape, {LocalChunk{off, cs, buf->data(), {}}}});
     st.buffers.push_back(std::move(buf));
   }
   return st;
@@ -189,10 +198,8 @@ inline bool MatchesReference(const std::vector<TensorDef>& defs, const RankState
 // an empty tensor, 1-D and 3-D tensors.
 inline std::vector<TensorDef> MixedModel() {
   std::vector<TensorDef> defs = {
-      {"model.w_uneven", DType::kF32, Shape({13, 7})},
-      {"model.scalar", DType::kI64, Shape({})},
-      {"model.empty", DType::kF16, Shape({0, 5})},
-      {"model.vec", DType::kU8, Shape({5})},
+      {"model.w_uneven", DType::kF32, Shape({13, 7})}, {"model.scalar", DType::kI64, Shape({})},
+      {"model.empty", DType::kF16, Shape({0, 5})},     {"model.vec", DType::kU8, Shape({5})},
       {"model.cube", DType::kBF16, Shape({6, 4, 3})},
   };
   for (const DTypeInfo& info : AllDTypes()) {

@@ -77,13 +77,15 @@ int RoundTrip(Communicator& c, const std::string& root) {
   auto all = c.AllGather(std::to_string(c.rank() * 7), kTimeout);
   if (!all.ok()) return Fail(c, all.status().ToString());
   for (int r = 0; r < c.size(); ++r) {
-    if ((*all)[static_cast<size_t>(r)] != std::to_string(r * 7)) return Fail(c, "all-gather content");
+    if ((*all)[static_cast<size_t>(r)] != std::to_string(r * 7))
+      return Fail(c, "all-gather content");
   }
   std::string b = c.rank() == c.size() - 1 ? "root data" : "";
   Status s = c.Broadcast(c.size() - 1, &b, kTimeout);
   if (!s.ok() || b != "root data") return Fail(c, "broadcast: " + s.ToString());
   std::vector<Layout> layouts;
-  for (Split sp : {Split::kDim0, Split::kDim1, Split::k2D, Split::kReplicated}) layouts.push_back({c.size(), sp});
+  for (Split sp : {Split::kDim0, Split::kDim1, Split::k2D, Split::kReplicated})
+    layouts.push_back({c.size(), sp});
   Storage& fs = *PosixStorage();
   for (const Layout& save : layouts) {
     const std::string dir = root + "/" + save.Name();
@@ -96,7 +98,9 @@ int RoundTrip(Communicator& c, const std::string& root) {
     s = c.Barrier(kTimeout);
     if (!s.ok()) return Fail(c, s.ToString());
   }
-  if (c.rank() == 0) std::printf("roundtrip: %zu layouts on %d MPI ranks, all bit-exact\n", layouts.size(), c.size());
+  if (c.rank() == 0)
+    std::printf("roundtrip: %zu layouts on %d MPI ranks, all bit-exact\n", layouts.size(),
+                c.size());
   return 0;
 }
 
@@ -120,7 +124,8 @@ int IoFailure(Communicator& c, const std::string& root) {
   // The next save succeeds.
   s = SaveLayout(c, fs, root + "/next", l);
   if (!s.ok()) return Fail(c, "save after a failure: " + s.ToString());
-  if (c.rank() == 0) std::printf("io-failure: every rank got: %s\n", s.ok() ? "(then recovered)" : "");
+  if (c.rank() == 0)
+    std::printf("io-failure: every rank got: %s\n", s.ok() ? "(then recovered)" : "");
   return 0;
 }
 
@@ -160,22 +165,31 @@ int MoeExpertParallel(Communicator& c, const std::string& root) {
     }
     made = fs.MakeDirs(hf);
     if (made.ok()) made = WriteSafetensors(fs, hf + "/model.safetensors", td);
-    if (made.ok()) made = WriteFileAtomically(fs, hf + "/config.json", R"({"num_hidden_layers": 2, "num_experts": 8})");
+    if (made.ok())
+      made = WriteFileAtomically(fs, hf + "/config.json",
+                                 R"({"num_hidden_layers": 2, "num_experts": 8})");
   }
   Status agreed = c.AgreeOnStatus(made, kTimeout);
   if (!agreed.ok()) return Fail(c, "writing the HF directory: " + agreed.ToString());
   // This rank's experts [e0, e0 + per).
-  const uint64_t per = E / static_cast<uint64_t>(c.size()), e0 = per * static_cast<uint64_t>(c.rank());
+  const uint64_t per = E / static_cast<uint64_t>(c.size()),
+                 e0 = per * static_cast<uint64_t>(c.rank());
   std::map<std::string, std::vector<std::byte>> mem;
   StateDict grouped;
   for (uint32_t l = 0; l < L; ++l) {
     Shape gs({per, dim, 2 * inter}), ds({per, inter, dim});
     mem[GroupedGateUpName(l)].resize(gs.NumBytes(DType::kBF16).value());
     mem[GroupedDownName(l)].resize(ds.NumBytes(DType::kBF16).value());
-    grouped.tensors.push_back(DistTensor{GroupedGateUpName(l), DType::kBF16, Shape({E, dim, 2 * inter}),
-                                         {LocalChunk{{e0, 0, 0}, gs, mem[GroupedGateUpName(l)].data(), {}}}});
-    grouped.tensors.push_back(DistTensor{GroupedDownName(l), DType::kBF16, Shape({E, inter, dim}),
-                                         {LocalChunk{{e0, 0, 0}, ds, mem[GroupedDownName(l)].data(), {}}}});
+    grouped.tensors.push_back(
+        DistTensor{GroupedGateUpName(l),
+                   DType::kBF16,
+                   Shape({E, dim, 2 * inter}),
+                   {LocalChunk{{e0, 0, 0}, gs, mem[GroupedGateUpName(l)].data(), {}}}});
+    grouped.tensors.push_back(
+        DistTensor{GroupedDownName(l),
+                   DType::kBF16,
+                   Shape({E, inter, dim}),
+                   {LocalChunk{{e0, 0, 0}, ds, mem[GroupedDownName(l)].data(), {}}}});
   }
   for (const auto& [name, shape] : shapes) {
     if (name.find(".experts.") != std::string::npos) continue;
@@ -190,21 +204,25 @@ int MoeExpertParallel(Communicator& c, const std::string& root) {
   lo.timeout = kTimeout;
   Status s = LoadSharded(c, fs, hf, *views, lo, &stats);
   if (!s.ok()) return Fail(c, "load: " + s.ToString());
-  // The grouped layout: gate_and_up[e, r, i] = gate_e[i, r], [.., inter + i] = up_e[i, r], down[e, i, r] = down_e[r, i].
+  // The grouped layout: gate_and_up[e, r, i] = gate_e[i, r], [.., inter + i] = up_e[i, r], down[e,
+  // i, r] = down_e[r, i].
   for (uint32_t l = 0; l < L; ++l) {
     const auto& gu = mem[GroupedGateUpName(l)];
     const auto& dn = mem[GroupedDownName(l)];
     for (uint64_t k = 0; k < per; ++k) {
       const auto e = static_cast<uint32_t>(e0 + k);
-      const std::string g = HfExpertName(a, l, e, MoeProj::kGate), u = HfExpertName(a, l, e, MoeProj::kUp),
+      const std::string g = HfExpertName(a, l, e, MoeProj::kGate),
+                        u = HfExpertName(a, l, e, MoeProj::kUp),
                         d = HfExpertName(a, l, e, MoeProj::kDown);
       for (uint64_t r = 0; r < dim; ++r) {
         for (uint64_t i = 0; i < inter; ++i) {
           for (uint64_t b = 0; b < 2; ++b) {
             if (gu[((k * dim + r) * 2 * inter + i) * 2 + b] != MoeByte(g, (i * dim + r) * 2 + b) ||
-                gu[((k * dim + r) * 2 * inter + inter + i) * 2 + b] != MoeByte(u, (i * dim + r) * 2 + b) ||
+                gu[((k * dim + r) * 2 * inter + inter + i) * 2 + b] !=
+                    MoeByte(u, (i * dim + r) * 2 + b) ||
                 dn[((k * inter + i) * dim + r) * 2 + b] != MoeByte(d, (r * inter + i) * 2 + b)) {
-              return Fail(c, "expert " + std::to_string(e) + " of layer " + std::to_string(l) + " misplaced");
+              return Fail(c, "expert " + std::to_string(e) + " of layer " + std::to_string(l) +
+                                 " misplaced");
             }
           }
         }
@@ -213,12 +231,14 @@ int MoeExpertParallel(Communicator& c, const std::string& root) {
   }
   uint64_t replicated = 0;
   for (const auto& [name, shape] : shapes) {
-    if (name.find(".experts.") == std::string::npos) replicated += shape.NumBytes(DType::kBF16).value();
+    if (name.find(".experts.") == std::string::npos)
+      replicated += shape.NumBytes(DType::kBF16).value();
   }
   const uint64_t own = L * per * 3 * dim * inter * 2 + replicated;
   if (stats.bytes_needed != own || stats.bytes_read != own) {
-    return Fail(c, "read " + std::to_string(stats.bytes_read) + " bytes for " + std::to_string(stats.bytes_needed) +
-                       " held; expected " + std::to_string(own));
+    return Fail(c, "read " + std::to_string(stats.bytes_read) + " bytes for " +
+                       std::to_string(stats.bytes_needed) + " held; expected " +
+                       std::to_string(own));
   }
   SaveOptions so;
   so.timeout = kTimeout;
@@ -230,21 +250,24 @@ int MoeExpertParallel(Communicator& c, const std::string& root) {
   if (c.rank() == 0) {
     Result<HfModelDir> out = HfModelDir::Open(fs, root + "/out");
     if (!out.ok()) return Fail(c, out.status().ToString());
-    if (out->tensors().size() != shapes.size()) return Fail(c, "export has " + std::to_string(out->tensors().size()) + " tensors");
+    if (out->tensors().size() != shapes.size())
+      return Fail(c, "export has " + std::to_string(out->tensors().size()) + " tensors");
     for (const auto& [name, loc] : out->tensors()) {
       std::vector<std::byte> got(loc.info->nbytes());
       Status r = out->files()[loc.file]->ReadTensor(name, got);
       if (!r.ok() || got != bytes_of(name)) return Fail(c, "export differs at " + name);
     }
-    std::printf("moe-ep: %d ranks, %llu experts each, reads = holdings (%llu bytes), export bit-exact\n", c.size(),
-                static_cast<unsigned long long>(per), static_cast<unsigned long long>(own));
+    std::printf(
+        "moe-ep: %d ranks, %llu experts each, reads = holdings (%llu bytes), export bit-exact\n",
+        c.size(), static_cast<unsigned long long>(per), static_cast<unsigned long long>(own));
   }
   return 0;
 }
 
 int Main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s roundtrip|io-failure|save|save-die|check|moe-ep DIR [DIR2]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s roundtrip|io-failure|save|save-die|check|moe-ep DIR [DIR2]\n",
+                 argv[0]);
     return 2;
   }
   auto comm = NewMpiWorldCommunicator();
@@ -266,7 +289,8 @@ int Main(int argc, char** argv) {
     Status s = LoadLayout(c, *PosixStorage(), dir, {c.size(), Split::k2D});
     if (!s.ok()) return Fail(c, "previous checkpoint: " + s.ToString());
     Result<bool> dead = Exists(*PosixStorage(), argv[3]);
-    if (!dead.ok() || *dead) return Fail(c, std::string(argv[3]) + " was published by a job that died");
+    if (!dead.ok() || *dead)
+      return Fail(c, std::string(argv[3]) + " was published by a job that died");
     if (c.rank() == 0) std::printf("check: previous checkpoint loads, nothing partial published\n");
     return 0;
   }

@@ -1,14 +1,14 @@
 // Sharded save and resharding load with thread ranks.
+#include "ckpt/sharded.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "ckpt/safetensors.h"
-#include "ckpt/sharded.h"
 #include "engine/layouts.h"
 #include "plan/box.h"
 #include "plan/load_plan.h"
@@ -19,8 +19,8 @@ namespace {
 
 using std::chrono::milliseconds;
 using testing::Layout;
-using testing::StatusIs;
 using testing::Split;
+using testing::StatusIs;
 
 using testing::OnRanks;
 
@@ -36,8 +36,9 @@ Status Save(Storage& fs, const std::string& dir, const std::vector<testing::Tens
   return Status();
 }
 
-Status LoadAndCheck(Storage& fs, const std::string& dir, const std::vector<testing::TensorDef>& defs,
-                    const Layout& l, LoadStats* stats = nullptr) {
+Status LoadAndCheck(Storage& fs, const std::string& dir,
+                    const std::vector<testing::TensorDef>& defs, const Layout& l,
+                    LoadStats* stats = nullptr) {
   std::vector<LoadStats> all(static_cast<size_t>(l.world));
   std::vector<Status> st = OnRanks(l.world, [&](Communicator& c) -> Status {
     testing::RankState rs = testing::MakeRankState(defs, l, c.rank(), false);
@@ -105,7 +106,8 @@ TEST(ShardedSaveTest, FilesFollowTheDcpLayoutExactly) {
   EXPECT_EQ(names, (std::vector<std::string>{"ckpt_manifest.json",
                                              "shard-00001-model-00001-of-00001.safetensors",
                                              "shard-00002-model-00001-of-00001.safetensors"}));
-  auto f = SafetensorsFile::Open(*PosixStorage(), dir + "/shard-00002-model-00001-of-00001.safetensors");
+  auto f =
+      SafetensorsFile::Open(*PosixStorage(), dir + "/shard-00002-model-00001-of-00001.safetensors");
   CKPT_ASSERT_OK(f);
   const auto& md = (*f)->header().metadata();
   EXPECT_EQ(md.at("DCP_VERSION"), "1.0");
@@ -115,7 +117,8 @@ TEST(ShardedSaveTest, FilesFollowTheDcpLayoutExactly) {
   EXPECT_EQ((*f)->header().Find("w")->shape, Shape({2, 2}));  // the chunk shape
   EXPECT_TRUE(nlohmann::json::parse(md.at("ckpt_chunk_xxh64"))["w"].is_string());
   EXPECT_EQ(md.size(), 4u);
-  auto manifest = nlohmann::json::parse(*ReadFileToString(*PosixStorage(), dir + "/ckpt_manifest.json"));
+  auto manifest =
+      nlohmann::json::parse(*ReadFileToString(*PosixStorage(), dir + "/ckpt_manifest.json"));
   EXPECT_EQ(manifest["world_size"], 2);
   EXPECT_EQ(manifest["files"].size(), 2u);
   CKPT_EXPECT_OK(VerifyShardedCheckpoint(*PosixStorage(), dir));
@@ -136,7 +139,8 @@ TEST(ShardedSaveTest, ReplicatedChunksAreWrittenOnceAndBalanced) {
     uint64_t bytes = (*f)->header().data_size();
     total += bytes;
     largest = std::max(largest, bytes);
-    for (const auto& t : (*f)->header().tensors()) EXPECT_TRUE(seen.insert(t.name).second) << t.name;
+    for (const auto& t : (*f)->header().tensors())
+      EXPECT_TRUE(seen.insert(t.name).second) << t.name;
   }
   EXPECT_EQ(seen.size(), 40u);
   EXPECT_EQ(total, 40u * 1024);
@@ -148,18 +152,25 @@ TEST(ShardedSaveTest, StridedSourcesAndDestinations) {
   // A 6x4 F32 tensor held transposed in memory (column-major): strides {1, 6}.
   std::vector<float> colmajor(24);
   for (int i = 0; i < 6; ++i) {
-    for (int j = 0; j < 4; ++j) colmajor[static_cast<size_t>(j * 6 + i)] = static_cast<float>(i * 10 + j);
+    for (int j = 0; j < 4; ++j)
+      colmajor[static_cast<size_t>(j * 6 + i)] = static_cast<float>(i * 10 + j);
   }
   StateDict sd;
-  sd.tensors.push_back({"t", DType::kF32, Shape({6, 4}),
-                        {{{0, 0}, Shape({6, 4}), reinterpret_cast<std::byte*>(colmajor.data()), {1, 6}}}});
+  sd.tensors.push_back(
+      {"t",
+       DType::kF32,
+       Shape({6, 4}),
+       {{{0, 0}, Shape({6, 4}), reinterpret_cast<std::byte*>(colmajor.data()), {1, 6}}}});
   auto one = NewSingleRankCommunicator();
   CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/s", sd));
   // Load rows 2..5 into a strided destination as well (every other float).
   std::vector<float> wide(32, -1.f);
   StateDict dst;
-  dst.tensors.push_back({"t", DType::kF32, Shape({6, 4}),
-                         {{{2, 0}, Shape({4, 4}), reinterpret_cast<std::byte*>(wide.data()), {8, 2}}}});
+  dst.tensors.push_back(
+      {"t",
+       DType::kF32,
+       Shape({6, 4}),
+       {{{2, 0}, Shape({4, 4}), reinterpret_cast<std::byte*>(wide.data()), {8, 2}}}});
   LoadOptions o;
   CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/s", dst, o));
   for (int i = 0; i < 4; ++i) {
@@ -181,7 +192,8 @@ TEST(ShardedSaveTest, NonTensorEntriesRoundTrip) {
   CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/x", sd));
   float w2 = 0;
   StateDict back;
-  back.tensors.push_back(WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w2)));
+  back.tensors.push_back(
+      WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w2)));
   back.json["step"] = "";
   back.bytes["rng"] = {};
   CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/x", back));
@@ -209,7 +221,8 @@ TEST(ShardedSaveTest, TheManifestCoversTheExtraState) {
   auto load = [&](const std::string& dir) {
     float w2 = 0;
     StateDict back;
-    back.tensors.push_back(WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w2)));
+    back.tensors.push_back(
+        WholeTensor("w", DType::kF32, Shape({}), reinterpret_cast<std::byte*>(&w2)));
     back.json["step"] = "";
     return LoadSharded(*one, *fs, dir, back);
   };
@@ -218,19 +231,26 @@ TEST(ShardedSaveTest, TheManifestCoversTheExtraState) {
   std::string changed = *text;
   changed[changed.find("120")] = '9';
   CKPT_ASSERT_OK(WriteFileAtomically(*fs, extra, changed));
-  EXPECT_THAT(load("/x"), StatusIs(StatusCode::kDataLoss, "ckpt_extra_state.json: its bytes hash to"));
-  EXPECT_THAT(ReadExtraState(*fs, "/x").status(), StatusIs(StatusCode::kDataLoss, "but the manifest records"));
+  EXPECT_THAT(load("/x"),
+              StatusIs(StatusCode::kDataLoss, "ckpt_extra_state.json: its bytes hash to"));
+  EXPECT_THAT(ReadExtraState(*fs, "/x").status(),
+              StatusIs(StatusCode::kDataLoss, "but the manifest records"));
   CKPT_ASSERT_OK(fs->Remove(extra));
-  EXPECT_THAT(load("/x"), StatusIs(StatusCode::kDataLoss, "extra state 'ckpt_extra_state.json' is missing"));
-  EXPECT_THAT(ReadExtraState(*fs, "/x").status(), StatusIs(StatusCode::kDataLoss, "is missing from /x"));
+  EXPECT_THAT(load("/x"),
+              StatusIs(StatusCode::kDataLoss, "extra state 'ckpt_extra_state.json' is missing"));
+  EXPECT_THAT(ReadExtraState(*fs, "/x").status(),
+              StatusIs(StatusCode::kDataLoss, "is missing from /x"));
   // A save without non-tensor entries records none; one added later is refused.
   StateDict plain;
   plain.tensors.push_back(sd.tensors[0]);
   CKPT_ASSERT_OK(SaveSharded(*one, *fs, "/y", plain));
-  EXPECT_TRUE(nlohmann::json::parse(*ReadFileToString(*fs, "/y/" + std::string(kManifestName)))["extra_state"].is_null());
+  EXPECT_TRUE(nlohmann::json::parse(
+                  *ReadFileToString(*fs, "/y/" + std::string(kManifestName)))["extra_state"]
+                  .is_null());
   CKPT_ASSERT_OK(WriteFileAtomically(*fs, "/y/" + std::string(kExtraStateName), *text));
   EXPECT_THAT(load("/y"), StatusIs(StatusCode::kDataLoss, "not part of the checkpoint's manifest"));
-  EXPECT_THAT(ReadExtraState(*fs, "/y").status(), StatusIs(StatusCode::kDataLoss, "records no extra state"));
+  EXPECT_THAT(ReadExtraState(*fs, "/y").status(),
+              StatusIs(StatusCode::kDataLoss, "records no extra state"));
 }
 
 TEST(ShardedSaveTest, ExistingDirectoryIsNeverOverwritten) {
@@ -238,7 +258,8 @@ TEST(ShardedSaveTest, ExistingDirectoryIsNeverOverwritten) {
   std::vector<testing::TensorDef> defs = {{"w", DType::kU8, Shape({4})}};
   CKPT_ASSERT_OK(Save(*fs, "/c", defs, {2, Split::kDim0}));
   Status again = Save(*fs, "/c", defs, {2, Split::kDim0});
-  EXPECT_THAT(again, StatusIs(StatusCode::kAlreadyExists, "/c already exists; it is never overwritten"));
+  EXPECT_THAT(again,
+              StatusIs(StatusCode::kAlreadyExists, "/c already exists; it is never overwritten"));
   CKPT_EXPECT_OK(LoadAndCheck(*fs, "/c", defs, {1, Split::kDim0}));
 }
 
@@ -254,16 +275,25 @@ TEST(ShardedSaveTest, BadGlobalPlansNameTensorAndChunks) {
     std::string want;
   };
   std::vector<Case> cases = {
-      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {3})}}}, {{"w", DType::kU8, Shape({4}), {chunk({2}, {2})}}}},
-       StatusCode::kInvalidArgument, "tensor 'w' of shape [4]: chunks [0:3] and [2:4] overlap in [2:3]"},
-      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {1})}}}, {{"w", DType::kU8, Shape({4}), {chunk({2}, {2})}}}},
-       StatusCode::kInvalidArgument, "chunks cover 3 of 4 elements (a hole)"},
-      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2})}}}, {{"w", DType::kU8, Shape({4}), {chunk({3}, {2})}}}},
-       StatusCode::kInvalidArgument, "chunk [3:5] is out of bounds in dimension 0"},
-      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2})}}}, {{"w", DType::kI8, Shape({4}), {chunk({2}, {2})}}}},
-       StatusCode::kInvalidArgument, "tensor 'w': rank 0 has U8 [4] but rank 1 has I8 [4]"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {3})}}},
+        {{"w", DType::kU8, Shape({4}), {chunk({2}, {2})}}}},
+       StatusCode::kInvalidArgument,
+       "tensor 'w' of shape [4]: chunks [0:3] and [2:4] overlap in [2:3]"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {1})}}},
+        {{"w", DType::kU8, Shape({4}), {chunk({2}, {2})}}}},
+       StatusCode::kInvalidArgument,
+       "chunks cover 3 of 4 elements (a hole)"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2})}}},
+        {{"w", DType::kU8, Shape({4}), {chunk({3}, {2})}}}},
+       StatusCode::kInvalidArgument,
+       "chunk [3:5] is out of bounds in dimension 0"},
+      {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2})}}},
+        {{"w", DType::kI8, Shape({4}), {chunk({2}, {2})}}}},
+       StatusCode::kInvalidArgument,
+       "tensor 'w': rank 0 has U8 [4] but rank 1 has I8 [4]"},
       {{{{"w", DType::kU8, Shape({4}), {chunk({0}, {2}), chunk({2}, {2})}}}, {}},
-       StatusCode::kInvalidArgument, "tensor 'w': rank 0 holds 2 different chunks"},
+       StatusCode::kInvalidArgument,
+       "tensor 'w': rank 0 holds 2 different chunks"},
   };
   for (const Case& c : cases) {
     std::vector<Status> st = OnRanks(2, [&](Communicator& comm) {
@@ -288,8 +318,9 @@ TEST(ShardedLoadTest, GlobalByteSizesBeyond64BitsAreRefusedWhenIndexed) {
   c.box.sizes = {1ull << 62};
   CKPT_ASSERT_OK(index.Add("w", DType::kF32, c, "a.safetensors"));
   Status s = index.Finalize();
-  EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss,
-                          "tensor 'w': global shape [4611686018427387904] of F32 is more than 2^64 bytes"));
+  EXPECT_THAT(
+      s, StatusIs(StatusCode::kDataLoss,
+                  "tensor 'w': global shape [4611686018427387904] of F32 is more than 2^64 bytes"));
 }
 
 // Tiling checks stay O(n log n) for the layouts sharding makes, however many
@@ -306,7 +337,8 @@ TEST(TilingTest, ManyChunksSharingARangeAreCheckedAndOverlapsFound) {
   // A grid of uneven 300 x 200 blocks, and 3-D slices along the last dimension.
   std::vector<plan::Box> grid;
   for (uint64_t i = 0, r = 0; i < 300; r += 1 + i % 3, ++i) {
-    for (uint64_t j = 0, c = 0; j < 200; c += 2 + j % 2, ++j) grid.push_back({{r, c}, {1 + i % 3, 2 + j % 2}});
+    for (uint64_t j = 0, c = 0; j < 200; c += 2 + j % 2, ++j)
+      grid.push_back({{r, c}, {1 + i % 3, 2 + j % 2}});
   }
   CKPT_EXPECT_OK(plan::CheckTiling("g", Shape({600, 500}), grid));
   std::vector<plan::Box> cube;
@@ -322,12 +354,15 @@ TEST(TilingTest, ManyChunksSharingARangeAreCheckedAndOverlapsFound) {
   b = cols(60000, 4);
   b[30000] = {{0, 29999}, {4, 2}};  // overlaps its neighbour
   b[30001] = {{0, 30001}, {4, 0}};  // empty (keeps the volume)
-  cases.push_back({b, Shape({4, 60000}), "chunks [0:4, 29999:30000] and [0:4, 29999:30001] overlap in [0:4, 29999:30000]"});
+  cases.push_back(
+      {b, Shape({4, 60000}),
+       "chunks [0:4, 29999:30000] and [0:4, 29999:30001] overlap in [0:4, 29999:30000]"});
   b = cols(60000, 4);
   b[7] = b[8];  // a duplicate: same volume, one column missing
   cases.push_back({b, Shape({4, 60000}), "chunks [0:4, 8:9] and [0:4, 8:9] overlap in [0:4, 8:9]"});
   cube[5] = {{0, 1, 5}, {2, 2, 2}};
-  cases.push_back({cube, Shape({2, 3, 20000}), "chunks [0:2, 0:3, 6:7] and [0:2, 1:3, 5:7] overlap in [0:2, 1:3, 6:7]"});
+  cases.push_back({cube, Shape({2, 3, 20000}),
+                   "chunks [0:2, 0:3, 6:7] and [0:2, 1:3, 5:7] overlap in [0:2, 1:3, 6:7]"});
   for (const Case& c : cases) {
     Status s = plan::CheckTiling("w", c.shape, c.boxes);
     EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, c.want));
@@ -371,15 +406,17 @@ TEST(ShardedLoadTest, ForeignDirectories) {
   for (int r = 0; r < 2; ++r) {
     TensorData t{"w", DType::kF32, Shape({2, 3}),
                  std::as_bytes(std::span<const float>(g.data() + r * 6, 6))};
-    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + ", 0]}}"},
-                           {"DCP_VERSION", "1.0"},
-                           {"format", "pt"}};
+    SafetensorsMetadata md{
+        {"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + ", 0]}}"},
+        {"DCP_VERSION", "1.0"},
+        {"format", "pt"}};
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/torch/" + ShardFileName(r), std::span(&t, 1), md));
   }
   auto one = NewSingleRankCommunicator();
   std::vector<float> got(12, -1);
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({4, 3}), reinterpret_cast<std::byte*>(got.data())));
+  sd.tensors.push_back(
+      WholeTensor("w", DType::kF32, Shape({4, 3}), reinterpret_cast<std::byte*>(got.data())));
   CKPT_ASSERT_OK(LoadSharded(*one, *fs, "/torch", sd));
   EXPECT_EQ(got, g);
 
@@ -389,12 +426,17 @@ TEST(ShardedLoadTest, ForeignDirectories) {
   std::vector<Status> st = OnRanks(2, [&](Communicator& c) -> Status {
     std::vector<float> half(6, -1);
     StateDict part;
-    part.tensors.push_back({"w", DType::kF32, Shape({4, 3}),
-                            {{{static_cast<uint64_t>(2 * c.rank()), 0}, Shape({2, 3}),
-                              reinterpret_cast<std::byte*>(half.data()), {}}}});
+    part.tensors.push_back({"w",
+                            DType::kF32,
+                            Shape({4, 3}),
+                            {{{static_cast<uint64_t>(2 * c.rank()), 0},
+                              Shape({2, 3}),
+                              reinterpret_cast<std::byte*>(half.data()),
+                              {}}}});
     CKPT_RETURN_IF_ERROR(LoadSharded(c, *fs, "/hf", part));
     for (int i = 0; i < 6; ++i) {
-      if (half[static_cast<size_t>(i)] != g[static_cast<size_t>(c.rank() * 6 + i)]) return DataLossError("mismatch");
+      if (half[static_cast<size_t>(i)] != g[static_cast<size_t>(c.rank() * 6 + i)])
+        return DataLossError("mismatch");
     }
     return Status();
   });
@@ -407,13 +449,15 @@ TEST(ShardedLoadTest, ResavedDirectoryWithOverlapOrHoleIsRefused) {
   std::vector<float> g(6, 1.f);
   for (int r = 0; r < 2; ++r) {
     TensorData t{"w", DType::kF32, Shape({3}), std::as_bytes(std::span<const float>(g.data(), 3))};
-    SafetensorsMetadata md{{"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + "]}}"}};
+    SafetensorsMetadata md{
+        {"DCP_SHARDING_INFO", "{\"w\": {\"saved_offsets\": [" + std::to_string(2 * r) + "]}}"}};
     CKPT_ASSERT_OK(WriteSafetensors(*fs, "/o/" + ShardFileName(r), std::span(&t, 1), md));
   }
   auto one = NewSingleRankCommunicator();
   std::vector<float> got(5);
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape({5}), reinterpret_cast<std::byte*>(got.data())));
+  sd.tensors.push_back(
+      WholeTensor("w", DType::kF32, Shape({5}), reinterpret_cast<std::byte*>(got.data())));
   Status s = LoadSharded(*one, *fs, "/o", sd);
   EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "chunks [0:3] and [2:5] overlap in [2:3]"));
   EXPECT_THAT(VerifyShardedCheckpoint(*fs, "/o"), StatusIs(StatusCode::kDataLoss, "overlap"));
@@ -433,7 +477,8 @@ TEST(ShardedLoadTest, CastFloatsConvertsIntoStridedChunksAndNeverFp8) {
   }
   std::vector<std::byte> fp8(8, std::byte{0x38});
   std::vector<TensorData> ts = {
-      {"w", DType::kBF16, Shape{6, 4}, std::span<const std::byte>(reinterpret_cast<const std::byte*>(bf.data()), 48)},
+      {"w", DType::kBF16, Shape{6, 4},
+       std::span<const std::byte>(reinterpret_cast<const std::byte*>(bf.data()), 48)},
       {"q", DType::kF8_E4M3, Shape{8}, fp8}};
   CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), JoinPath(dir, "model.safetensors"), ts));
 
@@ -446,8 +491,10 @@ TEST(ShardedLoadTest, CastFloatsConvertsIntoStridedChunksAndNeverFp8) {
     std::vector<float> storage(12, -1.f);
     StateDict sd;
     DistTensor t{"w", DType::kF32, Shape{6, 4}, {}};
-    t.chunks.push_back(LocalChunk{{static_cast<uint64_t>(3 * comm.rank()), 0}, Shape{3, 4},
-                                  reinterpret_cast<std::byte*>(storage.data()), {1, 3}});
+    t.chunks.push_back(LocalChunk{{static_cast<uint64_t>(3 * comm.rank()), 0},
+                                  Shape{3, 4},
+                                  reinterpret_cast<std::byte*>(storage.data()),
+                                  {1, 3}});
     sd.tensors.push_back(t);
     CKPT_RETURN_IF_ERROR(LoadSharded(comm, *PosixStorage(), dir, sd, cast));
     for (int r = 0; r < 3; ++r) {
@@ -464,13 +511,15 @@ TEST(ShardedLoadTest, CastFloatsConvertsIntoStridedChunksAndNeverFp8) {
   auto comm = NewSingleRankCommunicator();
   std::vector<float> w(24), q(8);
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("w", DType::kF32, Shape{6, 4}, reinterpret_cast<std::byte*>(w.data())));
+  sd.tensors.push_back(
+      WholeTensor("w", DType::kF32, Shape{6, 4}, reinterpret_cast<std::byte*>(w.data())));
   LoadOptions strict;
   strict.allow_unexpected = true;
   Status refused = LoadSharded(*comm, *PosixStorage(), dir, sd, strict);
-  EXPECT_THAT(refused,
-              StatusIs(StatusCode::kInvalidArgument, "'w' is BF16 [6, 4] in the checkpoint but F32 [6, 4]"));
-  sd.tensors.push_back(WholeTensor("q", DType::kF32, Shape{8}, reinterpret_cast<std::byte*>(q.data())));
+  EXPECT_THAT(refused, StatusIs(StatusCode::kInvalidArgument,
+                                "'w' is BF16 [6, 4] in the checkpoint but F32 [6, 4]"));
+  sd.tensors.push_back(
+      WholeTensor("q", DType::kF32, Shape{8}, reinterpret_cast<std::byte*>(q.data())));
   Status no_fp8 = LoadSharded(*comm, *PosixStorage(), dir, sd, cast);
   EXPECT_THAT(no_fp8, StatusIs(StatusCode::kInvalidArgument, "'q' is F8_E4M3"));
 }
@@ -480,7 +529,8 @@ TEST(ShardedLoadTest, CastFloatsConvertsIntoStridedChunksAndNeverFp8) {
 TEST(ShardedLoadTest, ChecksumsAreVerifiedOnSameLayoutLoads) {
   testing::TempDir tmp;
   const std::string dir = tmp / "c";
-  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({64, 4})}, {"b", DType::kBF16, Shape({16})}};
+  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({64, 4})},
+                                          {"b", DType::kBF16, Shape({16})}};
   CKPT_ASSERT_OK(Save(*PosixStorage(), dir, defs, {2, Split::kDim0}));
   CKPT_ASSERT_OK(LoadAndCheck(*PosixStorage(), dir, defs, {2, Split::kDim0}));
   const std::string shard = dir + "/" + ShardFileName(1);
@@ -493,9 +543,8 @@ TEST(ShardedLoadTest, ChecksumsAreVerifiedOnSameLayoutLoads) {
     return LoadSharded(c, *PosixStorage(), dir, rs.sd, testing::WithTimeout(milliseconds(20000)));
   });
   for (const Status& s : st) {
-    EXPECT_THAT(s,
-                StatusIs(StatusCode::kDataLoss,
-                         ShardFileName(1) + ": tensor 'b' chunk at [8:16], bytes [856, 872)"));
+    EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss,
+                            ShardFileName(1) + ": tensor 'b' chunk at [8:16], bytes [856, 872)"));
     EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "does not match the recorded"));
   }
   // Switched off, the load goes through (and the flipped value shows).
@@ -505,7 +554,8 @@ TEST(ShardedLoadTest, ChecksumsAreVerifiedOnSameLayoutLoads) {
     o.verify_checksums = false;
     CKPT_RETURN_IF_ERROR(LoadSharded(c, *PosixStorage(), dir, rs.sd, o));
     std::string why;
-    return testing::MatchesReference(defs, rs, &why) == (c.rank() == 0) ? Status() : InternalError(why);
+    return testing::MatchesReference(defs, rs, &why) == (c.rank() == 0) ? Status()
+                                                                        : InternalError(why);
   });
   for (const Status& s : off) CKPT_EXPECT_OK(s);
 }
@@ -516,7 +566,8 @@ TEST(ShardedLoadTest, ChecksumsAreVerifiedOnSameLayoutLoads) {
 TEST(ShardedLoadTest, BitFlipSweepIsAlwaysDetected) {
   testing::TempDir tmp;
   const std::string dir = tmp / "c";
-  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({8, 4})}, {"b", DType::kBF16, Shape({6})}};
+  std::vector<testing::TensorDef> defs = {{"w", DType::kF32, Shape({8, 4})},
+                                          {"b", DType::kBF16, Shape({6})}};
   CKPT_ASSERT_OK(Save(*PosixStorage(), dir, defs, {2, Split::kDim0}));
   auto comm = NewSingleRankCommunicator();
   auto load = [&]() -> Status {
@@ -530,9 +581,12 @@ TEST(ShardedLoadTest, BitFlipSweepIsAlwaysDetected) {
           bufs.emplace_back(*c.shape.NumBytes(t.dtype));
           c.data = bufs.back().data();
         }
-        auto it = std::find_if(sd.tensors.begin(), sd.tensors.end(), [&](const DistTensor& x) { return x.fqn == t.fqn; });
-        if (it == sd.tensors.end()) sd.tensors.push_back(t);
-        else it->chunks.insert(it->chunks.end(), t.chunks.begin(), t.chunks.end());
+        auto it = std::find_if(sd.tensors.begin(), sd.tensors.end(),
+                               [&](const DistTensor& x) { return x.fqn == t.fqn; });
+        if (it == sd.tensors.end())
+          sd.tensors.push_back(t);
+        else
+          it->chunks.insert(it->chunks.end(), t.chunks.begin(), t.chunks.end());
       }
     }
     return LoadSharded(*comm, *PosixStorage(), dir, sd);
@@ -550,9 +604,11 @@ TEST(ShardedLoadTest, BitFlipSweepIsAlwaysDetected) {
       bad[bit / 8] = static_cast<char>(bad[bit / 8] ^ (1 << (bit % 8)));
       CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), shard, bad));
       Status s = load();
-      ASSERT_THAT(s, StatusIs(StatusCode::kDataLoss, ShardFileName(r))) << "bit " << bit << " of " << shard;
+      ASSERT_THAT(s, StatusIs(StatusCode::kDataLoss, ShardFileName(r)))
+          << "bit " << bit << " of " << shard;
       if (bit >= header_end * 8) {
-        ASSERT_THAT(s, StatusIs(StatusCode::kDataLoss, "bytes [")) << "bit " << bit << " of " << shard;
+        ASSERT_THAT(s, StatusIs(StatusCode::kDataLoss, "bytes ["))
+            << "bit " << bit << " of " << shard;
         ++data_bits;
       } else {
         ++header_bits;
@@ -566,7 +622,8 @@ TEST(ShardedLoadTest, BitFlipSweepIsAlwaysDetected) {
     CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), shard, good));
   }
   CKPT_ASSERT_OK(load());
-  std::printf("bit-flip sweep: %d header bits and %d data bits flipped, all detected\n", header_bits, data_bits);
+  std::printf("bit-flip sweep: %d header bits and %d data bits flipped, all detected\n",
+              header_bits, data_bits);
 }
 
 TEST(ShardedVerifyTest, ChecksumsCatchFlippedDataAndManifestCatchesMissingFiles) {
@@ -584,7 +641,8 @@ TEST(ShardedVerifyTest, ChecksumsCatchFlippedDataAndManifestCatchesMissingFiles)
   EXPECT_THAT(v, StatusIs(StatusCode::kDataLoss, "does not match the recorded"));
   CKPT_ASSERT_OK(PosixStorage()->Remove(shard));
   v = VerifyShardedCheckpoint(*PosixStorage(), dir);
-  EXPECT_THAT(v, StatusIs(StatusCode::kDataLoss, "shard-00002-model-00001-of-00001.safetensors' is missing"));
+  EXPECT_THAT(v, StatusIs(StatusCode::kDataLoss,
+                          "shard-00002-model-00001-of-00001.safetensors' is missing"));
 }
 
 TEST(ShardedSaveTest, ARankThatStopsMidSaveFailsTheOthersAndPublishesNothing) {
@@ -612,7 +670,8 @@ TEST(ShardedSaveTest, ARankThatStopsMidSaveFailsTheOthersAndPublishesNothing) {
   for (auto& t : threads) t.join();
   for (int r : {0, 1, 3}) {
     EXPECT_THAT(st[static_cast<size_t>(r)],
-                StatusIs(StatusCode::kUnavailable, "timed out after 300 ms waiting for rank(s) 2")) << r;
+                StatusIs(StatusCode::kUnavailable, "timed out after 300 ms waiting for rank(s) 2"))
+        << r;
     EXPECT_LT(secs[static_cast<size_t>(r)], 10.0);
   }
   EXPECT_FALSE(*Exists(*fs, "/dead"));

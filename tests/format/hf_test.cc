@@ -1,7 +1,8 @@
+#include "ckpt/hf.h"
+
 #include <gtest/gtest.h>
 
 #include "ckpt/comm.h"
-#include "ckpt/hf.h"
 #include "engine/shard_dir.h"
 #include "test_util.h"
 
@@ -62,7 +63,8 @@ TEST(HfIndexTest, RejectsHostileWeightMaps) {
       {R"({"weight_map": {"w": 3}})", StatusCode::kDataLoss, "must be a file name string"},
       {R"({"weight_map": []})", StatusCode::kDataLoss, "\"weight_map\" must be an object"},
       {R"({"metadata": {}})", StatusCode::kDataLoss, "missing \"weight_map\""},
-      {R"({"metadata": {"total_size": -3}, "weight_map": {}})", StatusCode::kDataLoss, "total_size must be"},
+      {R"({"metadata": {"total_size": -3}, "weight_map": {}})", StatusCode::kDataLoss,
+       "total_size must be"},
       {R"([])", StatusCode::kDataLoss, "index must be a JSON object"},
       {R"({"weight_map": )", StatusCode::kDataLoss, "not valid JSON"},
       {R"({"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}})", StatusCode::kDataLoss,
@@ -81,13 +83,14 @@ class HfModelDirTest : public ::testing::Test {
   void WriteShard(const std::string& file, const std::vector<std::string>& names) {
     std::vector<TensorData> ts;
     for (const auto& n : names) ts.push_back({n, DType::kU8, Shape({2}), AsBytes("ab")});
-    ASSERT_TRUE(WriteSafetensors(*fs_, "/m/" + file, ts, SafetensorsMetadata{{"format", "pt"}}).ok());
+    ASSERT_TRUE(
+        WriteSafetensors(*fs_, "/m/" + file, ts, SafetensorsMetadata{{"format", "pt"}}).ok());
   }
   void WriteIndex(const std::map<std::string, std::string>& wm) {
     HfIndex idx;
     idx.weight_map = wm;
-    ASSERT_TRUE(WriteFileAtomically(*fs_, "/m/model.safetensors.index.json",
-                                    SerializeHfIndex(idx)).ok());
+    ASSERT_TRUE(
+        WriteFileAtomically(*fs_, "/m/model.safetensors.index.json", SerializeHfIndex(idx)).ok());
   }
   std::shared_ptr<Storage> fs_ = NewMemoryStorage();
 };
@@ -129,19 +132,24 @@ TEST_F(HfModelDirTest, DiffusersIndexName) {
 
 TEST_F(HfModelDirTest, MissingShardIsAnError) {
   WriteShard("model-00001-of-00002.safetensors", {"a"});
-  WriteIndex({{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
+  WriteIndex(
+      {{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
   auto m = HfModelDir::Open(*fs_, "/m");
-  EXPECT_THAT(m, StatusIs(StatusCode::kNotFound,
-                          "shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"));
+  EXPECT_THAT(
+      m, StatusIs(StatusCode::kNotFound,
+                  "shard 'model-00002-of-00002.safetensors' named in weight_map does not exist"));
 }
 
 TEST_F(HfModelDirTest, TensorMissingFromItsShardIsAnError) {
   WriteShard("model-00001-of-00001.safetensors", {"a"});
-  WriteIndex({{"a", "model-00001-of-00001.safetensors"}, {"ghost", "model-00001-of-00001.safetensors"}});
+  WriteIndex(
+      {{"a", "model-00001-of-00001.safetensors"}, {"ghost", "model-00001-of-00001.safetensors"}});
   auto m = HfModelDir::Open(*fs_, "/m");
-  EXPECT_THAT(m, StatusIs(StatusCode::kDataLoss,
-                          "tensor 'ghost' is mapped to 'model-00001-of-00001.safetensors' but that shard does "
-                          "not contain it"));
+  EXPECT_THAT(
+      m,
+      StatusIs(StatusCode::kDataLoss,
+               "tensor 'ghost' is mapped to 'model-00001-of-00001.safetensors' but that shard does "
+               "not contain it"));
 }
 
 // Exactly what sharded loads and consolidation read through an index: the
@@ -154,7 +162,8 @@ TEST_F(HfModelDirTest, IndexNamingHiddenOrNonSafetensorsShardsOrNothingIsRefused
     const char* want;
   };
   const Case cases[] = {
-      {{{"a", ".hidden.safetensors"}}, "weight_map['a'] names '.hidden.safetensors', a hidden file"},
+      {{{"a", ".hidden.safetensors"}},
+       "weight_map['a'] names '.hidden.safetensors', a hidden file"},
       {{{"a", "model.bin"}}, "weight_map['a'] names 'model.bin', not a .safetensors file"},
       {{}, "weight_map is empty"},
   };
@@ -171,7 +180,8 @@ TEST_F(HfModelDirTest, IndexNamingHiddenOrNonSafetensorsShardsOrNothingIsRefused
 TEST_F(HfModelDirTest, StaleCopyInAnotherShardIsUnindexedAndIgnoredByLoads) {
   WriteShard("model-00001-of-00002.safetensors", {"a"});
   WriteShard("model-00002-of-00002.safetensors", {"a", "b"});
-  WriteIndex({{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
+  WriteIndex(
+      {{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
   auto m = HfModelDir::Open(*fs_, "/m");
   CKPT_ASSERT_OK(m);
   EXPECT_EQ(m->unindexed(), std::vector<std::string>{"a"});
@@ -179,7 +189,8 @@ TEST_F(HfModelDirTest, StaleCopyInAnotherShardIsUnindexedAndIgnoredByLoads) {
   auto ck = engine::ReadCheckpointCollective(*one, *fs_, "/m", kDefaultCollectiveTimeout);
   CKPT_ASSERT_OK(ck);
   ASSERT_EQ(ck->index.Find("a")->chunks.size(), 1u);
-  EXPECT_EQ(ck->listing.files[ck->index.Find("a")->chunks[0].file], "model-00001-of-00002.safetensors");
+  EXPECT_EQ(ck->listing.files[ck->index.Find("a")->chunks[0].file],
+            "model-00001-of-00002.safetensors");
 }
 
 // Listings travel from rank 0 as bytes: a file name that is not UTF-8 arrives unchanged.

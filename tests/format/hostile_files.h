@@ -14,15 +14,16 @@ namespace ckpt::testing {
 
 inline std::string LengthOnly(uint64_t n) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
   return out;
 }
 
 inline std::string T(std::string_view name, std::string_view dtype, std::string_view shape,
-              uint64_t begin, uint64_t end) {
-  return "\"" + std::string(name) + "\":{\"dtype\":\"" + std::string(dtype) + "\",\"shape\":" +
-         std::string(shape) + ",\"data_offsets\":[" + std::to_string(begin) + "," +
-         std::to_string(end) + "]}";
+                     uint64_t begin, uint64_t end) {
+  return "\"" + std::string(name) + "\":{\"dtype\":\"" + std::string(dtype) +
+         "\",\"shape\":" + std::string(shape) + ",\"data_offsets\":[" + std::to_string(begin) +
+         "," + std::to_string(end) + "]}";
 }
 
 struct HostileCase {
@@ -53,8 +54,7 @@ inline std::vector<HostileCase> HostileFiles() {
        "not valid UTF-8"},
       {"utf8_bom", RawSafetensors("\xEF\xBB\xBF{}", ""), StatusCode::kDataLoss,
        "header starts with a UTF-8 byte-order mark"},
-      {"not_json", RawSafetensors("{\"a\":", ""), StatusCode::kDataLoss,
-       "header: not valid JSON"},
+      {"not_json", RawSafetensors("{\"a\":", ""), StatusCode::kDataLoss, "header: not valid JSON"},
       {"nul_padding", RawSafetensors(std::string("{}") + std::string(6, '\0'), ""),
        StatusCode::kDataLoss, "header contains a NUL byte at byte 2 of the header"},
       {"deep_nesting",
@@ -72,15 +72,17 @@ inline std::vector<HostileCase> HostileFiles() {
        RawSafetensors(R"({"w":{"dtype":3,"shape":[4],"data_offsets":[0,4]}})", "xxxx"),
        StatusCode::kDataLoss, "tensor 'w': dtype must be a string"},
       {"negative_dim", RawSafetensors("{" + T("w", "U8", "[-1]", 0, 0) + "}", ""),
-       StatusCode::kDataLoss, "tensor 'w': shape must hold non-negative integers below 2^64, got -1"},
+       StatusCode::kDataLoss,
+       "tensor 'w': shape must hold non-negative integers below 2^64, got -1"},
       {"float_dim", RawSafetensors("{" + T("w", "U8", "[2.5]", 0, 2) + "}", "xx"),
-       StatusCode::kDataLoss, "tensor 'w': shape must hold non-negative integers below 2^64, got 2.5"},
+       StatusCode::kDataLoss,
+       "tensor 'w': shape must hold non-negative integers below 2^64, got 2.5"},
       {"negative_offset",
        RawSafetensors(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[-1,0]}})", ""),
        StatusCode::kDataLoss, "tensor 'w': data_offsets must hold non-negative integers"},
       {"offset_above_u64",
-       RawSafetensors(
-           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551616]}})", ""),
+       RawSafetensors(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551616]}})",
+                      ""),
        StatusCode::kDataLoss, "tensor 'w': data_offsets must hold non-negative integers"},
       {"three_offsets",
        RawSafetensors(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1,2]}})", "x"),
@@ -103,8 +105,7 @@ inline std::vector<HostileCase> HostileFiles() {
                       d16),
        StatusCode::kDataLoss, "header: JSON has a duplicate top-level key 'a'"},
       {"duplicate_field",
-       RawSafetensors(R"({"w":{"dtype":"U8","dtype":"I8","shape":[1],"data_offsets":[0,1]}})",
-                      "x"),
+       RawSafetensors(R"({"w":{"dtype":"U8","dtype":"I8","shape":[1],"data_offsets":[0,1]}})", "x"),
        StatusCode::kDataLoss, "header: JSON has a duplicate key in a nested object 'dtype'"},
       {"truncated_data", RawSafetensors("{" + T("w", "F32", "[4]", 0, 16) + "}", d8),
        StatusCode::kDataLoss, "file is truncated: tensors need 16 data bytes but only 8"},
@@ -129,11 +130,15 @@ inline std::vector<HostileCase> HostileFiles() {
        StatusCode::kDataLoss, "tensor 'w': data_offsets [0, 8) span 8 bytes but F32 [4] needs 16"},
       {"shape_overflow",
        RawSafetensors("{" + T("w", "U8", "[4294967296,4294967296]", 0, 0) + "}", ""),
-       StatusCode::kDataLoss, "tensor 'w': shape [4294967296, 4294967296]: element count overflows"},
-      {"bits_overflow", RawSafetensors("{" + T("w", "F64", "[2305843009213693952]", 0, 0) + "}", ""),
-       StatusCode::kDataLoss, "tensor 'w': shape [2305843009213693952] of F64: bit count overflows"},
+       StatusCode::kDataLoss,
+       "tensor 'w': shape [4294967296, 4294967296]: element count overflows"},
+      {"bits_overflow",
+       RawSafetensors("{" + T("w", "F64", "[2305843009213693952]", 0, 0) + "}", ""),
+       StatusCode::kDataLoss,
+       "tensor 'w': shape [2305843009213693952] of F64: bit count overflows"},
       {"sub_byte_bits", RawSafetensors("{" + T("w", "F4", "[3]", 0, 2) + "}", "xx"),
-       StatusCode::kDataLoss, "tensor 'w': shape [3] of F4: 12 bits is not a whole number of bytes"},
+       StatusCode::kDataLoss,
+       "tensor 'w': shape [3] of F4: 12 bits is not a whole number of bytes"},
       {"f6_bits", RawSafetensors("{" + T("w", "F6_E2M3", "[5]", 0, 4) + "}", "xxxx"),
        StatusCode::kDataLoss, "30 bits is not a whole number of bytes"},
       {"polyglot_zip_tail", RawSafetensors("{}", "PK\x05\x06" + std::string(18, '\0')),

@@ -55,11 +55,13 @@ TEST(SafetensorsAcceptTest, EdgeCasesThatAreValid) {
       {"leading_whitespace", RawSafetensors("  \n{}", "")},
       {"null_metadata", RawSafetensors(R"({"__metadata__":null})", "")},
       {"scalar", RawSafetensors("{" + T("s", "F32", "[]", 0, 4) + "}", "abcd")},
-      {"zero_elements", RawSafetensors("{" + T("z", "F32", "[0,5]", 0, 0) + "," +
-                                       T("y", "U8", "[2]", 0, 2) + "}", "ab")},
+      {"zero_elements",
+       RawSafetensors("{" + T("z", "F32", "[0,5]", 0, 0) + "," + T("y", "U8", "[2]", 0, 2) + "}",
+                      "ab")},
       {"unaligned_header_len", RawSafetensors("{" + T("b", "U8", "[1]", 0, 1) + "}", "b")},
-      {"unsorted_offsets", RawSafetensors("{" + T("b", "U8", "[2]", 2, 4) + "," +
-                                          T("a", "U8", "[2]", 0, 2) + "}", "aabb")},
+      {"unsorted_offsets",
+       RawSafetensors("{" + T("b", "U8", "[2]", 2, 4) + "," + T("a", "U8", "[2]", 0, 2) + "}",
+                      "aabb")},
       {"f4_pairs", RawSafetensors("{" + T("q", "F4", "[2,3]", 0, 3) + "}", "qqq")},
   };
   for (const Ok& c : ok) {

@@ -1,10 +1,11 @@
+#include "ckpt/safetensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <map>
 #include <random>
 
-#include "ckpt/safetensors.h"
 #include "test_util.h"
 
 namespace ckpt {
@@ -35,8 +36,7 @@ TEST(SafetensorsWriterTest, ByteIdenticalToReferenceWriter) {
   std::vector<std::byte> data = F32s({0, 1, 2, 3, 4, 5});
   TensorData t{"attn.0", DType::kF32, Shape({1, 2, 3}), data};
   CKPT_ASSERT_OK(WriteSafetensors(*fs, "/a.safetensors", std::span(&t, 1)));
-  std::string header =
-      R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})";
+  std::string header = R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})";
   ASSERT_EQ(header.size(), 64u);  // already a multiple of 8: no padding
   EXPECT_EQ(ReadAll(*fs, "/a.safetensors"), testing::RawSafetensors(header, ToString(data)));
 
@@ -51,8 +51,8 @@ TEST(SafetensorsWriterTest, ByteIdenticalToReferenceWriter) {
   // Empty file, with and without metadata.
   CKPT_ASSERT_OK(WriteSafetensors(*fs, "/e.safetensors", {}));
   EXPECT_EQ(ReadAll(*fs, "/e.safetensors"), testing::RawSafetensors("{}      ", ""));
-  CKPT_ASSERT_OK(WriteSafetensors(*fs, "/m.safetensors", {},
-                                  SafetensorsMetadata{{"framework", "pt"}}));
+  CKPT_ASSERT_OK(
+      WriteSafetensors(*fs, "/m.safetensors", {}, SafetensorsMetadata{{"framework", "pt"}}));
   EXPECT_EQ(ReadAll(*fs, "/m.safetensors"),
             testing::RawSafetensors(R"({"__metadata__":{"framework":"pt"}}     )", ""));
 }
@@ -146,18 +146,17 @@ TEST(SafetensorsHeaderTest, HundredThousandTensorsParseAndDuplicatesAreStillFoun
   std::string h = "{";
   for (int i = 0; i < n; ++i) {
     if (i) h += ',';
-    h += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" + std::to_string(i) + "," +
-         std::to_string(i + 1) + "]}";
+    h += "\"t" + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" +
+         std::to_string(i) + "," + std::to_string(i + 1) + "]}";
   }
   auto parsed = SafetensorsHeader::Parse(h + "}", n, "big.safetensors");
   CKPT_ASSERT_OK(parsed);
   EXPECT_EQ(parsed->tensors().size(), static_cast<size_t>(n));
   EXPECT_EQ(parsed->Find("t99999")->begin, 99999u);
-  auto dup = SafetensorsHeader::Parse(h + ",\"t5\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", n,
-                                      "big.safetensors");
-  EXPECT_THAT(dup,
-              StatusIs(StatusCode::kDataLoss,
-                       "big.safetensors: header: JSON has a duplicate top-level key 't5'"));
+  auto dup = SafetensorsHeader::Parse(
+      h + ",\"t5\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", n, "big.safetensors");
+  EXPECT_THAT(dup, StatusIs(StatusCode::kDataLoss,
+                            "big.safetensors: header: JSON has a duplicate top-level key 't5'"));
 }
 
 TEST(SafetensorsReaderTest, RangedReadsTouchOnlyTheirBytes) {
@@ -174,17 +173,20 @@ TEST(SafetensorsReaderTest, RangedReadsTouchOnlyTheirBytes) {
   EXPECT_TRUE(std::equal(part.begin(), part.end(), a.begin() + 1200));
   Status s = (*f)->ReadRange("a", 3800, part);
   EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "[3800, 4200) is outside its 4000 bytes"));
-  EXPECT_THAT((*f)->ReadRange("nope", 0, part), StatusIs(StatusCode::kNotFound, "no tensor named 'nope'"));
+  EXPECT_THAT((*f)->ReadRange("nope", 0, part),
+              StatusIs(StatusCode::kNotFound, "no tensor named 'nope'"));
   std::vector<std::byte> wrong(3);
-  EXPECT_THAT((*f)->ReadTensor("b", wrong),
-              StatusIs(StatusCode::kInvalidArgument, "tensor 'b' has 800 bytes, destination has 3"));
+  EXPECT_THAT(
+      (*f)->ReadTensor("b", wrong),
+      StatusIs(StatusCode::kInvalidArgument, "tensor 'b' has 800 bytes, destination has 3"));
   CKPT_EXPECT_OK((*f)->ReadAllData());
 }
 
 TEST(SafetensorsReaderTest, ViewsAreZeroCopyOverOneMapping) {
   TempDir tmp;
   std::vector<std::byte> a = Bytes({1, 2, 3, 4}), b = Bytes({5, 6});
-  std::vector<TensorData> ts = {{"a", DType::kU8, Shape({4}), a}, {"b", DType::kI16, Shape({1}), b}};
+  std::vector<TensorData> ts = {{"a", DType::kU8, Shape({4}), a},
+                                {"b", DType::kI16, Shape({1}), b}};
   CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), tmp / "v.safetensors", ts));
   auto f = SafetensorsFile::Open(*PosixStorage(), tmp / "v.safetensors");
   CKPT_ASSERT_OK(f);
@@ -192,7 +194,7 @@ TEST(SafetensorsReaderTest, ViewsAreZeroCopyOverOneMapping) {
   auto vb = (*f)->View("b");
   CKPT_ASSERT_OK(va);
   CKPT_ASSERT_OK(vb);
-  EXPECT_EQ(va->owner, vb->owner);  // one mapping shared by all views
+  EXPECT_EQ(va->owner, vb->owner);                  // one mapping shared by all views
   EXPECT_EQ(vb->data.data() + 2, va->data.data());  // I16 sorts first
   EXPECT_EQ(ToString(va->data), ToString(a));
   f->reset();  // views keep the mapping alive
@@ -208,12 +210,14 @@ TEST(SafetensorsWriterTest, PiecesInAnyOrderAndCoverageChecked) {
   CKPT_ASSERT_OK((*w)->Write("w", 0, AsBytes("012")));
   Status overlap = (*w)->Write("w", 2, AsBytes("XY"));
   EXPECT_THAT(overlap, StatusIs(StatusCode::kInvalidArgument, "[2, 4) were already written"));
-  EXPECT_THAT((*w)->Write("w", 9, AsBytes("XY")),
-              StatusIs(StatusCode::kInvalidArgument, "tensor 'w': bytes [9, 11) are outside its 10 bytes"));
+  EXPECT_THAT(
+      (*w)->Write("w", 9, AsBytes("XY")),
+      StatusIs(StatusCode::kInvalidArgument, "tensor 'w': bytes [9, 11) are outside its 10 bytes"));
   EXPECT_THAT((*w)->Write("q", 0, AsBytes("X")),
               StatusIs(StatusCode::kInvalidArgument, "tensor 'q': not in the file's layout"));
   Status incomplete = (*w)->Commit();
-  EXPECT_THAT(incomplete, StatusIs(StatusCode::kFailedPrecondition, "tensor 's' has 0 of 1 bytes written"));
+  EXPECT_THAT(incomplete,
+              StatusIs(StatusCode::kFailedPrecondition, "tensor 's' has 0 of 1 bytes written"));
   EXPECT_FALSE(*Exists(*fs, "/p.safetensors"));
 
   auto w2 = SafetensorsWriter::Create(*fs, "/p.safetensors", specs, std::nullopt);
@@ -242,10 +246,18 @@ TEST(SafetensorsWriterTest, RejectsBadInputsWithoutPublishing) {
       {{{"a", DType::kU8, Shape({4}), four}, {"a", DType::kU8, Shape({4}), four}},
        StatusCode::kInvalidArgument,
        "duplicate tensor name 'a'"},
-      {{{"__metadata__", DType::kU8, Shape({4}), four}}, StatusCode::kInvalidArgument, "'__metadata__' is reserved"},
-      {{{"a", DType::kF32, Shape({2}), four}}, StatusCode::kInvalidArgument, "needs 8 bytes, caller gave 4"},
-      {{{"a", DType::kF4, Shape({3}), four}}, StatusCode::kInvalidArgument, "12 bits is not a whole number of bytes"},
-      {{{"bad\xff", DType::kU8, Shape({4}), four}}, StatusCode::kInvalidArgument, "not valid UTF-8"},
+      {{{"__metadata__", DType::kU8, Shape({4}), four}},
+       StatusCode::kInvalidArgument,
+       "'__metadata__' is reserved"},
+      {{{"a", DType::kF32, Shape({2}), four}},
+       StatusCode::kInvalidArgument,
+       "needs 8 bytes, caller gave 4"},
+      {{{"a", DType::kF4, Shape({3}), four}},
+       StatusCode::kInvalidArgument,
+       "12 bits is not a whole number of bytes"},
+      {{{"bad\xff", DType::kU8, Shape({4}), four}},
+       StatusCode::kInvalidArgument,
+       "not valid UTF-8"},
   };
   for (const Case& c : cases) {
     Status s = WriteSafetensors(*fs, "/x.safetensors", c.tensors);

@@ -50,7 +50,8 @@ class PickleWriter {
   PickleWriter& Int(int64_t v) {
     if (v >= 0 && v < 256) return Op('K').Le(static_cast<uint64_t>(v), 1);
     if (v >= 0 && v < 65536) return Op('M').Le(static_cast<uint64_t>(v), 2);
-    if (v >= INT32_MIN && v <= INT32_MAX) return Op('J').Le(static_cast<uint64_t>(static_cast<uint32_t>(v)), 4);
+    if (v >= INT32_MIN && v <= INT32_MAX)
+      return Op('J').Le(static_cast<uint64_t>(static_cast<uint32_t>(v)), 4);
     return Long1(v);
   }
   PickleWriter& BinInt(int32_t v) { return Op('J').Le(static_cast<uint32_t>(v), 4); }
@@ -116,7 +117,13 @@ inline void EmitTensor(PickleWriter& w, const PickledTensor& t) {
   if (t.parameter) w.Global("torch._utils", "_rebuild_parameter");
   w.Global("torch._utils", v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
   w.Mark();
-  w.Mark().Unicode("storage").Global("torch", t.storage_type).Unicode(t.key).Unicode("cpu").Int(t.storage_numel).Tuple();
+  w.Mark()
+      .Unicode("storage")
+      .Global("torch", t.storage_type)
+      .Unicode(t.key)
+      .Unicode("cpu")
+      .Int(t.storage_numel)
+      .Tuple();
   w.PersId();
   w.Int(t.offset);
   w.Mark();
@@ -134,7 +141,8 @@ inline void EmitTensor(PickleWriter& w, const PickledTensor& t) {
 
 // A state dict pickle the way torch.save writes one: an OrderedDict filled
 // by SETITEMS, and the `_metadata` attribute set by BUILD.
-inline std::string StateDictPickle(const std::vector<PickledTensor>& tensors, bool with_metadata = true) {
+inline std::string StateDictPickle(const std::vector<PickledTensor>& tensors,
+                                   bool with_metadata = true) {
   PickleWriter w;
   w.Proto(2).OrderedDict().BinPut(0).Mark();
   for (const PickledTensor& t : tensors) {
@@ -143,8 +151,18 @@ inline std::string StateDictPickle(const std::vector<PickledTensor>& tensors, bo
   }
   w.SetItems();
   if (with_metadata) {
-    w.EmptyDict().Unicode("_metadata").OrderedDict().Mark().Unicode("").EmptyDict().Unicode("version").Int(1).SetItem()
-        .SetItems().SetItem().Build();
+    w.EmptyDict()
+        .Unicode("_metadata")
+        .OrderedDict()
+        .Mark()
+        .Unicode("")
+        .EmptyDict()
+        .Unicode("version")
+        .Int(1)
+        .SetItem()
+        .SetItems()
+        .SetItem()
+        .Build();
   }
   w.Stop();
   return w.str();
@@ -159,13 +177,14 @@ struct ZipRecord {
 };
 
 struct ZipOptions {
-  bool zip64 = false;      // ZIP64 extra fields and end records
-  bool align64 = true;     // pad each entry's data to 64 bytes, as torch does
-  std::string prefix;      // bytes before the first entry
+  bool zip64 = false;   // ZIP64 extra fields and end records
+  bool align64 = true;  // pad each entry's data to 64 bytes, as torch does
+  std::string prefix;   // bytes before the first entry
 };
 
 inline uint32_t Crc(const std::string& s) {
-  return static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
+  return static_cast<uint32_t>(
+      crc32(0, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
 }
 
 inline std::string ZipBytes(const std::vector<ZipRecord>& records, const ZipOptions& o = {}) {
@@ -257,9 +276,10 @@ inline std::string ZipBytes(const std::vector<ZipRecord>& records, const ZipOpti
 
 // A complete archive under root folder `root`: data.pkl, byteorder,
 // data/<key> for each storage, version and serialization id.
-inline std::vector<ZipRecord> ArchiveRecords(const std::string& root, const std::string& pickle,
-                                             const std::vector<std::pair<std::string, std::string>>& storages,
-                                             const std::string& byteorder = "little") {
+inline std::vector<ZipRecord> ArchiveRecords(
+    const std::string& root, const std::string& pickle,
+    const std::vector<std::pair<std::string, std::string>>& storages,
+    const std::string& byteorder = "little") {
   std::vector<ZipRecord> r;
   r.push_back({root + "/data.pkl", pickle});
   if (!byteorder.empty()) r.push_back({root + "/byteorder", byteorder});

@@ -1,5 +1,7 @@
 // torch.save archives: hand-built good ones read bit-exactly, hostile ones
 // refused with the reason, directories converted into verified safetensors.
+#include "ckpt/torch_bin.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,20 +16,19 @@
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
-#include "ckpt/torch_bin.h"
-#include "format/torch_pickle.h"
 #include "format/torch_archive_builder.h"
+#include "format/torch_pickle.h"
 #include "test_util.h"
 
 namespace ckpt {
 namespace {
 
 using testing::ArchiveRecords;
-using testing::PickledTensor;
 using testing::IsOk;
+using testing::PickledTensor;
 using testing::PickleWriter;
-using testing::StatusIs;
 using testing::StateDictPickle;
+using testing::StatusIs;
 using testing::TempDir;
 using testing::ZipBytes;
 using testing::ZipOptions;
@@ -72,10 +73,12 @@ struct DtypeCase {
 // plain and ZIP64 archives with and without torch's 64-byte alignment.
 TEST(TorchBin, ReadsEveryDtypeBitExactly) {
   const DtypeCase cases[] = {
-      {"FloatStorage", DType::kF32}, {"DoubleStorage", DType::kF64}, {"HalfStorage", DType::kF16},
-      {"BFloat16Storage", DType::kBF16}, {"LongStorage", DType::kI64}, {"IntStorage", DType::kI32},
-      {"ShortStorage", DType::kI16}, {"CharStorage", DType::kI8}, {"ByteStorage", DType::kU8},
-      {"BoolStorage", DType::kBool}, {"ComplexFloatStorage", DType::kC64},
+      {"FloatStorage", DType::kF32},        {"DoubleStorage", DType::kF64},
+      {"HalfStorage", DType::kF16},         {"BFloat16Storage", DType::kBF16},
+      {"LongStorage", DType::kI64},         {"IntStorage", DType::kI32},
+      {"ShortStorage", DType::kI16},        {"CharStorage", DType::kI8},
+      {"ByteStorage", DType::kU8},          {"BoolStorage", DType::kBool},
+      {"ComplexFloatStorage", DType::kC64},
   };
   std::vector<PickledTensor> tensors;
   std::vector<std::pair<std::string, std::string>> storages;
@@ -95,7 +98,8 @@ TEST(TorchBin, ReadsEveryDtypeBitExactly) {
       ZipOptions zo;
       zo.zip64 = zip64;
       zo.align64 = align;
-      auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("pytorch_model", StateDictPickle(tensors), storages), zo));
+      auto a = OpenBytes(
+          dir, ZipBytes(ArchiveRecords("pytorch_model", StateDictPickle(tensors), storages), zo));
       ASSERT_TRUE(a.ok()) << a.status().ToString();
       ASSERT_EQ((*a)->tensors().size(), std::size(cases));
       EXPECT_TRUE((*a)->skipped().empty());
@@ -126,7 +130,8 @@ TEST(TorchBin, SharedStoragesAndViewsMaterializeCorrectly) {
       {"scalar", "FloatStorage", "", "0", 24, 5, {}, {}},
       {"broadcast", "FloatStorage", "", "0", 24, 3, {3, 2}, {0, 1}},
   };
-  auto expect = [&](const std::vector<uint64_t>& size, const std::vector<uint64_t>& stride, uint64_t offset) {
+  auto expect = [&](const std::vector<uint64_t>& size, const std::vector<uint64_t>& stride,
+                    uint64_t offset) {
     std::vector<float> out;
     std::vector<uint64_t> idx(size.size(), 0);
     uint64_t n = 1;
@@ -144,14 +149,16 @@ TEST(TorchBin, SharedStoragesAndViewsMaterializeCorrectly) {
   };
   for (bool memory : {false, true}) {
     TempDir dir;
-    const std::string bytes = ZipBytes(ArchiveRecords("archive", StateDictPickle(tensors), {{"0", storage}}));
+    const std::string bytes =
+        ZipBytes(ArchiveRecords("archive", StateDictPickle(tensors), {{"0", storage}}));
     std::shared_ptr<Storage> st = memory ? NewMemoryStorage() : PosixStorage();
     const std::string path = memory ? "/m.bin" : dir / "m.bin";
     CKPT_ASSERT_OK(WriteFileAtomically(*st, path, bytes));
     auto a = TorchArchive::Open(*st, path);
     ASSERT_TRUE(a.ok()) << a.status().ToString();
     for (const PickledTensor& t : tensors) {
-      std::vector<uint64_t> size(t.size.begin(), t.size.end()), stride(t.stride.begin(), t.stride.end());
+      std::vector<uint64_t> size(t.size.begin(), t.size.end()),
+          stride(t.stride.begin(), t.stride.end());
       EXPECT_EQ(Read(**a, t.name), expect(size, stride, static_cast<uint64_t>(t.offset))) << t.name;
     }
     EXPECT_FALSE((*a)->Find("transposed")->contiguous);
@@ -159,11 +166,14 @@ TEST(TorchBin, SharedStoragesAndViewsMaterializeCorrectly) {
     EXPECT_TRUE((*a)->Find("a_tied")->contiguous);
     // A range from the middle of a strided view: elements 5..13 of the transpose.
     std::string part(9 * 4, '\0');
-    CKPT_ASSERT_OK((*a)->ReadRange("transposed", 5 * 4, std::as_writable_bytes(std::span<char>(part.data(), part.size()))));
+    CKPT_ASSERT_OK((*a)->ReadRange(
+        "transposed", 5 * 4, std::as_writable_bytes(std::span<char>(part.data(), part.size()))));
     EXPECT_EQ(part, expect({6, 4}, {1, 6}, 0).substr(5 * 4, 9 * 4));
     // Ranges that are not whole elements are refused.
-    EXPECT_THAT((*a)->ReadRange("transposed", 2, std::as_writable_bytes(std::span<char>(part.data(), 4))),
-                StatusIs(StatusCode::kInvalidArgument, "tensor 'transposed': bytes [2, +4) are not whole elements"));
+    EXPECT_THAT(
+        (*a)->ReadRange("transposed", 2, std::as_writable_bytes(std::span<char>(part.data(), 4))),
+        StatusIs(StatusCode::kInvalidArgument,
+                 "tensor 'transposed': bytes [2, +4) are not whole elements"));
   }
 }
 
@@ -175,7 +185,14 @@ TEST(TorchBin, UntypedStorageV3ParameterAndTorchSize) {
   w.Proto(2).Global("collections", "OrderedDict").EmptyTuple().NewObj().BinPut(0);
   w.Unicode("w").Global("torch._utils", "_rebuild_parameter");
   w.Global("torch._utils", "_rebuild_tensor_v3").Mark();
-  w.Mark().Unicode("storage").Global("torch", "UntypedStorage").Unicode("0").Unicode("cpu").Int(20).Tuple().PersId();
+  w.Mark()
+      .Unicode("storage")
+      .Global("torch", "UntypedStorage")
+      .Unicode("0")
+      .Unicode("cpu")
+      .Int(20)
+      .Tuple()
+      .PersId();
   w.Int(2);  // element offset
   w.Global("torch", "Size").Mark().Int(2).Int(4).Tuple().Tuple1().Reduce();
   w.Int(4).Int(1).Tuple2();
@@ -199,16 +216,25 @@ TEST(TorchBin, V3DtypesWithoutStorageClasses) {
     const char* torch;
     DType dtype;
   };
-  const Case cases[] = {{"float8_e4m3fn", DType::kF8_E4M3}, {"float8_e5m2", DType::kF8_E5M2},
-                        {"uint16", DType::kU16},           {"uint32", DType::kU32},
-                        {"uint64", DType::kU64},           {"bfloat16", DType::kBF16}};
+  const Case cases[] = {{"float8_e4m3fn", DType::kF8_E4M3},
+                        {"float8_e5m2", DType::kF8_E5M2},
+                        {"uint16", DType::kU16},
+                        {"uint32", DType::kU32},
+                        {"uint64", DType::kU64},
+                        {"bfloat16", DType::kBF16}};
   std::vector<PickledTensor> tensors;
   std::vector<std::pair<std::string, std::string>> storages;
   for (size_t i = 0; i < std::size(cases); ++i) {
     const uint64_t esz = DTypeBits(cases[i].dtype) / 8;
     const std::string key = std::to_string(i);
-    tensors.push_back({cases[i].torch, "UntypedStorage", cases[i].torch, key, static_cast<int64_t>(esz * 12), 0,
-                       {3, 4}, {4, 1}});
+    tensors.push_back({cases[i].torch,
+                       "UntypedStorage",
+                       cases[i].torch,
+                       key,
+                       static_cast<int64_t>(esz * 12),
+                       0,
+                       {3, 4},
+                       {4, 1}});
     storages.push_back({key, RandomString(esz * 12, 40 + i)});
   }
   TempDir dir;
@@ -221,9 +247,10 @@ TEST(TorchBin, V3DtypesWithoutStorageClasses) {
     EXPECT_EQ(Read(**a, t->name), storages[i].second) << cases[i].torch;
   }
   // An untyped storage whose bytes are not whole elements of the dtype.
-  auto odd = OpenBytes(dir, ZipBytes(ArchiveRecords(
-                                "new", StateDictPickle({{"x", "UntypedStorage", "float32", "0", 10, 0, {2}, {1}}}),
-                                {{"0", std::string(10, 'a')}})));
+  auto odd = OpenBytes(
+      dir, ZipBytes(ArchiveRecords(
+               "new", StateDictPickle({{"x", "UntypedStorage", "float32", "0", 10, 0, {2}, {1}}}),
+               {{"0", std::string(10, 'a')}})));
   EXPECT_THAT(odd, StatusIs(StatusCode::kInvalidArgument, "not a whole number of F32 elements"));
 }
 
@@ -235,23 +262,69 @@ TEST(TorchBin, EveryOpcode) {
   w.Proto(2).EmptyDict().LongBinPut(1000);
   // A tensor: storage tuple memoized with LONG_BINPUT, reused with LONG_BINGET.
   w.ShortBinString("big").Global("torch._utils", "_rebuild_tensor_v2").Mark();
-  w.Mark().Unicode("storage").Global("torch", "LongStorage").Unicode("0").Unicode("cpu").Int(400).Tuple();
+  w.Mark()
+      .Unicode("storage")
+      .Global("torch", "LongStorage")
+      .Unicode("0")
+      .Unicode("cpu")
+      .Int(400)
+      .Tuple();
   w.LongBinPut(70000).PersId();
-  w.Long1(100);               // offset (LONG1)
-  w.Int(300).Tuple1();        // size (BININT2)
-  w.BinInt(1).Tuple1();       // stride (BININT)
+  w.Long1(100);          // offset (LONG1)
+  w.Int(300).Tuple1();   // size (BININT2)
+  w.BinInt(1).Tuple1();  // stride (BININT)
   w.False().None().Tuple().Reduce().SetItem();
   w.Unicode("small").Global("torch._utils", "_rebuild_tensor_v2").Mark();
-  w.LongBinGet(70000).PersId().Int(0).Int(2).Int(3).Tuple2().Int(3).Int(1).Tuple2().False().EmptyDict();
+  w.LongBinGet(70000)
+      .PersId()
+      .Int(0)
+      .Int(2)
+      .Int(3)
+      .Tuple2()
+      .Int(3)
+      .Int(1)
+      .Tuple2()
+      .False()
+      .EmptyDict();
   w.Tuple().Reduce().SetItem();
   // Values that are not tensors: lists, sets, floats, bools, bytes, nesting.
   w.Unicode("extra").EmptyList().BinPut(5).Float(2.5).Append();
-  w.Mark().True().False().None().EmptySet().Mark().Int(-5).Long1(-300).Long1(1LL << 40).Tuple().Tuple3().Appends();
+  w.Mark()
+      .True()
+      .False()
+      .None()
+      .EmptySet()
+      .Mark()
+      .Int(-5)
+      .Long1(-300)
+      .Long1(1LL << 40)
+      .Tuple()
+      .Tuple3()
+      .Appends();
   w.SetItem();
-  w.Unicode("blob").Global("_codecs", "encode").Unicode("\xc3\xbf\x01").Unicode("latin1").Tuple2().Reduce().SetItem();
+  w.Unicode("blob")
+      .Global("_codecs", "encode")
+      .Unicode("\xc3\xbf\x01")
+      .Unicode("latin1")
+      .Tuple2()
+      .Reduce()
+      .SetItem();
   w.Unicode("again").BinGet(5).SetItem();
-  w.Unicode("nested").EmptyDict().Unicode("inner").Global("torch._utils", "_rebuild_tensor_v2").Mark();
-  w.LongBinGet(70000).PersId().Int(399).EmptyTuple().EmptyTuple().False().EmptyDict().Tuple().Reduce().SetItem();
+  w.Unicode("nested")
+      .EmptyDict()
+      .Unicode("inner")
+      .Global("torch._utils", "_rebuild_tensor_v2")
+      .Mark();
+  w.LongBinGet(70000)
+      .PersId()
+      .Int(399)
+      .EmptyTuple()
+      .EmptyTuple()
+      .False()
+      .EmptyDict()
+      .Tuple()
+      .Reduce()
+      .SetItem();
   w.SetItem();
   w.Stop();
   TempDir dir;
@@ -265,7 +338,14 @@ TEST(TorchBin, EveryOpcode) {
   // LONG1 sign extension: a negative offset is refused.
   PickleWriter neg;
   neg.Proto(2).EmptyDict().Unicode("x").Global("torch._utils", "_rebuild_tensor_v2").Mark();
-  neg.Mark().Unicode("storage").Global("torch", "LongStorage").Unicode("0").Unicode("cpu").Int(400).Tuple().PersId();
+  neg.Mark()
+      .Unicode("storage")
+      .Global("torch", "LongStorage")
+      .Unicode("0")
+      .Unicode("cpu")
+      .Int(400)
+      .Tuple()
+      .PersId();
   neg.Long1(-1).EmptyTuple().EmptyTuple().False().EmptyDict().Tuple().Reduce().SetItem().Stop();
   auto bad = OpenBytes(dir, ZipBytes(ArchiveRecords("root", neg.str(), {{"0", data}})));
   EXPECT_THAT(bad, StatusIs(StatusCode::kInvalidArgument, "storage offset"));
@@ -297,15 +377,17 @@ TEST(TorchBin, BigEndianArchivesAreSwapped) {
   const int64_t l[2] = {-3, 1LL << 50};
   auto be = [](const void* p, size_t n, size_t w) {
     std::string s(static_cast<const char*>(p), n);
-    for (size_t i = 0; i < n; i += w) std::reverse(s.begin() + static_cast<long>(i), s.begin() + static_cast<long>(i + w));
+    for (size_t i = 0; i < n; i += w)
+      std::reverse(s.begin() + static_cast<long>(i), s.begin() + static_cast<long>(i + w));
     return s;
   };
   std::vector<PickledTensor> tensors = {{"f", "FloatStorage", "", "0", 3, 0, {3}, {1}},
                                         {"l", "LongStorage", "", "1", 2, 0, {2}, {1}},
                                         {"lt", "LongStorage", "", "1", 2, 1, {1}, {1}}};
   TempDir dir;
-  auto a = OpenBytes(dir, ZipBytes(ArchiveRecords("a", StateDictPickle(tensors), {{"0", be(f, 12, 4)}, {"1", be(l, 16, 8)}},
-                                                  "big")));
+  auto a =
+      OpenBytes(dir, ZipBytes(ArchiveRecords("a", StateDictPickle(tensors),
+                                             {{"0", be(f, 12, 4)}, {"1", be(l, 16, 8)}}, "big")));
   ASSERT_TRUE(a.ok()) << a.status().ToString();
   EXPECT_TRUE((*a)->big_endian());
   EXPECT_EQ(Read(**a, "f"), std::string(reinterpret_cast<const char*>(f), 12));
@@ -329,7 +411,8 @@ std::string Pkl(const std::function<void(PickleWriter&)>& body) {
   return w.str();
 }
 
-std::string Arch(const std::string& pickle, const std::vector<std::pair<std::string, std::string>>& st = {}) {
+std::string Arch(const std::string& pickle,
+                 const std::vector<std::pair<std::string, std::string>>& st = {}) {
   return ZipBytes(ArchiveRecords("archive", pickle, st));
 }
 
@@ -344,65 +427,81 @@ std::vector<Hostile> HostileArchives() {
                  w.Global("builtins", "eval").Unicode("1+1").Tuple1().Reduce().Stop();
                })),
                "global 'builtins.eval' is not allowed"});
-  h.push_back({"posix.system via a torch-looking module", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) {
-                 w.Global("torch.os", "system").Stop();
-               })),
+  h.push_back({"posix.system via a torch-looking module", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.Global("torch.os", "system").Stop(); })),
                "not allowed"});
-  h.push_back({"REDUCE on a storage class", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) {
+  h.push_back({"REDUCE on a storage class", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) {
                  w.Global("torch", "FloatStorage").EmptyTuple().Reduce().Stop();
                })),
                "REDUCE on 'torch.FloatStorage' is not allowed"});
-  h.push_back({"REDUCE on a string", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) {
-                 w.Unicode("os.system").EmptyTuple().Reduce().Stop();
-               })),
-               "REDUCE on a str"});
-  h.push_back({"SETITEM on a list", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) {
-                 w.EmptyList().Unicode("k").Unicode("v").SetItem().Stop();
-               })),
-               "SETITEM on a list, not a dict"});
-  h.push_back({"SETITEMS on a tensor-less tuple", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) {
+  h.push_back(
+      {"REDUCE on a string", StatusCode::kInvalidArgument,
+       Arch(Pkl([](PickleWriter& w) { w.Unicode("os.system").EmptyTuple().Reduce().Stop(); })),
+       "REDUCE on a str"});
+  h.push_back(
+      {"SETITEM on a list", StatusCode::kInvalidArgument,
+       Arch(Pkl([](PickleWriter& w) { w.EmptyList().Unicode("k").Unicode("v").SetItem().Stop(); })),
+       "SETITEM on a list, not a dict"});
+  h.push_back({"SETITEMS on a tensor-less tuple", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) {
                  w.EmptyTuple().Mark().Unicode("k").Unicode("v").SetItems().Stop();
                })),
                "SETITEMS on a tuple"});
-  h.push_back({"APPEND on a dict", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.EmptyDict().Int(1).Append().Stop(); })),
+  h.push_back({"APPEND on a dict", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.EmptyDict().Int(1).Append().Stop(); })),
                "APPEND on a dict"});
-  h.push_back({"BUILD on a plain dict", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.EmptyDict().EmptyDict().Build().Stop(); })),
+  h.push_back({"BUILD on a plain dict", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.EmptyDict().EmptyDict().Build().Stop(); })),
                "BUILD on a dict"});
   h.push_back({"numel larger than the record", StatusCode::kInvalidArgument,
-               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 1000, 0, {1000}, {1}}}), {{"0", storage}}),
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 1000, 0, {1000}, {1}}}),
+                    {{"0", storage}}),
                "declares 4000 bytes but its record holds 96"});
   h.push_back({"strides outside the storage", StatusCode::kInvalidArgument,
-               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {4, 6}, {7, 1}}}), {{"0", storage}}),
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {4, 6}, {7, 1}}}),
+                    {{"0", storage}}),
                "reaches element 26 but the storage holds 24"});
-  h.push_back({"offset outside the storage", StatusCode::kInvalidArgument,
-               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 20, {5}, {1}}}), {{"0", storage}}),
-               "reaches element 24"});
-  h.push_back({"overflowing strides", StatusCode::kInvalidArgument,
-               Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {5, 2}, {INT64_MAX, 1}}}), {{"0", storage}}),
-               "overflow"});
-  h.push_back({"missing storage record", StatusCode::kInvalidArgument, Arch(StateDictPickle({{"w", "FloatStorage", "", "7", 24, 0, {24}, {1}}}),
-                                              {{"0", storage}}),
-               "data/7 is missing"});
-  h.push_back({"storage key with a slash", StatusCode::kInvalidArgument, Arch(StateDictPickle({{"w", "FloatStorage", "", "../0", 24, 0, {24}, {1}}}),
-                                                {{"0", storage}}),
+  h.push_back(
+      {"offset outside the storage", StatusCode::kInvalidArgument,
+       Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 20, {5}, {1}}}), {{"0", storage}}),
+       "reaches element 24"});
+  h.push_back(
+      {"overflowing strides", StatusCode::kInvalidArgument,
+       Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {5, 2}, {INT64_MAX, 1}}}),
+            {{"0", storage}}),
+       "overflow"});
+  h.push_back(
+      {"missing storage record", StatusCode::kInvalidArgument,
+       Arch(StateDictPickle({{"w", "FloatStorage", "", "7", 24, 0, {24}, {1}}}), {{"0", storage}}),
+       "data/7 is missing"});
+  h.push_back({"storage key with a slash", StatusCode::kInvalidArgument,
+               Arch(StateDictPickle({{"w", "FloatStorage", "", "../0", 24, 0, {24}, {1}}}),
+                    {{"0", storage}}),
                "characters outside"});
   h.push_back({"same storage, two sizes", StatusCode::kInvalidArgument,
                Arch(StateDictPickle({{"a", "FloatStorage", "", "0", 24, 0, {24}, {1}},
                                      {"b", "FloatStorage", "", "0", 12, 0, {12}, {1}}}),
                     {{"0", storage}}),
                "declared twice"});
-  h.push_back({"unknown opcode (INST)", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.Raw("ios\nsystem\n").Stop(); })),
+  h.push_back({"unknown opcode (INST)", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.Raw("ios\nsystem\n").Stop(); })),
                "opcode 0x69 ('i') is not allowed"});
-  h.push_back({"STACK_GLOBAL", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.Unicode("os").Unicode("system").Op(0x93).Stop(); })),
-               "opcode 0x93"});
-  h.push_back({"GET of an unset memo", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.BinGet(9).Stop(); })),
-               "never PUT"});
-  h.push_back({"stack underflow", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.Tuple2().Stop(); })), "empty stack"});
-  h.push_back({"no STOP", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.EmptyDict(); })), "without STOP"});
-  h.push_back({"bytes after STOP", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.EmptyDict().Stop().Raw("junk"); })),
+  h.push_back(
+      {"STACK_GLOBAL", StatusCode::kInvalidArgument,
+       Arch(Pkl([](PickleWriter& w) { w.Unicode("os").Unicode("system").Op(0x93).Stop(); })),
+       "opcode 0x93"});
+  h.push_back({"GET of an unset memo", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.BinGet(9).Stop(); })), "never PUT"});
+  h.push_back({"stack underflow", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.Tuple2().Stop(); })), "empty stack"});
+  h.push_back({"no STOP", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.EmptyDict(); })), "without STOP"});
+  h.push_back({"bytes after STOP", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.EmptyDict().Stop().Raw("junk"); })),
                "follow STOP"});
-  h.push_back({"string past the end", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.Op('X').Le(1u << 30, 4).Raw("abc"); })),
-               "string"});
+  h.push_back({"string past the end", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.Op('X').Le(1u << 30, 4).Raw("abc"); })), "string"});
   h.push_back({"deep nesting", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) {
                  w.EmptyTuple();
                  for (int i = 0; i < 200; ++i) w.Tuple1();
@@ -415,14 +514,22 @@ std::vector<Hostile> HostileArchives() {
                  w.SetItem().Stop();
                })),
                "nested deeper"});
-  h.push_back({"LONG1 wider than 64 bits", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.Op(0x8a).Le(9, 1).Raw(std::string(9, 'a')); })),
+  h.push_back({"LONG1 wider than 64 bits", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.Op(0x8a).Le(9, 1).Raw(std::string(9, 'a')); })),
                "does not fit 64 bits"});
-  h.push_back({"not a dict", StatusCode::kInvalidArgument, Arch(Pkl([](PickleWriter& w) { w.EmptyList().Stop(); })), "not a state dict"});
-  h.push_back({"v2 on untyped storage", StatusCode::kInvalidArgument, Arch(StateDictPickle({{"w", "UntypedStorage", "float32", "0", 96, 0, {24}, {1}}}).replace(
-                                                 StateDictPickle({{"w", "UntypedStorage", "float32", "0", 96, 0, {24}, {1}}}).find("_v3"), 3, "_v2"),
-                                             {{"0", storage}}),
+  h.push_back({"not a dict", StatusCode::kInvalidArgument,
+               Arch(Pkl([](PickleWriter& w) { w.EmptyList().Stop(); })), "not a state dict"});
+  h.push_back({"v2 on untyped storage", StatusCode::kInvalidArgument,
+               Arch(StateDictPickle({{"w", "UntypedStorage", "float32", "0", 96, 0, {24}, {1}}})
+                        .replace(StateDictPickle(
+                                     {{"w", "UntypedStorage", "float32", "0", 96, 0, {24}, {1}}})
+                                     .find("_v3"),
+                                 3, "_v2"),
+                    {{"0", storage}}),
                "_rebuild_tensor_v2"});
-  h.push_back({"complex128", StatusCode::kInvalidArgument, Arch(StateDictPickle({{"w", "ComplexDoubleStorage", "", "0", 6, 0, {6}, {1}}}), {{"0", storage}}),
+  h.push_back({"complex128", StatusCode::kInvalidArgument,
+               Arch(StateDictPickle({{"w", "ComplexDoubleStorage", "", "0", 6, 0, {6}, {1}}}),
+                    {{"0", storage}}),
                "complex128 has no safetensors dtype"});
   // Zip-level attacks.
   const std::string pkl = StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {24}, {1}}});
@@ -431,26 +538,44 @@ std::vector<Hostile> HostileArchives() {
     edit(r);
     return ZipBytes(r);
   };
-  h.push_back({"traversal name", StatusCode::kInvalidArgument, with([](auto& r) { r[2].name = "archive/../../etc/passwd"; }), "'..' path component"});
-  h.push_back({"absolute name", StatusCode::kInvalidArgument, with([](auto& r) { r[2].name = "/archive/data/0"; }), "absolute name"});
-  h.push_back({"backslash name", StatusCode::kInvalidArgument, with([](auto& r) { r[2].name = "archive\\data\\0"; }), "backslash"});
-  h.push_back({"duplicate entry", StatusCode::kInvalidArgument, with([](auto& r) { r.push_back(r[2]); }), "appears twice"});
-  h.push_back({"compressed entry", StatusCode::kInvalidArgument, with([](auto& r) { r[0].method = 8; }), "is compressed (method 8)"});
-  h.push_back({"encrypted entry", StatusCode::kInvalidArgument, with([](auto& r) { r[2].flags = 1; }), "is encrypted"});
-  h.push_back({"two roots", StatusCode::kInvalidArgument, with([](auto& r) { r[2].name = "other/data/0"; }), "two root folders"});
-  h.push_back({"no root folder", StatusCode::kInvalidArgument, with([](auto& r) { r[1].name = "byteorder"; }), "not inside a root folder"});
-  h.push_back({"data.pkl CRC mismatch", StatusCode::kDataLoss, with([](auto& r) { r[0].bad_crc = true; }), "CRC-32"});
-  h.push_back({"TorchScript", StatusCode::kInvalidArgument, with([](auto& r) { r.push_back({"archive/constants.pkl", "\x80\x02)."}); }),
+  h.push_back({"traversal name", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[2].name = "archive/../../etc/passwd"; }),
+               "'..' path component"});
+  h.push_back({"absolute name", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[2].name = "/archive/data/0"; }), "absolute name"});
+  h.push_back({"backslash name", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[2].name = "archive\\data\\0"; }), "backslash"});
+  h.push_back({"duplicate entry", StatusCode::kInvalidArgument,
+               with([](auto& r) { r.push_back(r[2]); }), "appears twice"});
+  h.push_back({"compressed entry", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[0].method = 8; }), "is compressed (method 8)"});
+  h.push_back({"encrypted entry", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[2].flags = 1; }), "is encrypted"});
+  h.push_back({"two roots", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[2].name = "other/data/0"; }), "two root folders"});
+  h.push_back({"no root folder", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[1].name = "byteorder"; }), "not inside a root folder"});
+  h.push_back({"data.pkl CRC mismatch", StatusCode::kDataLoss,
+               with([](auto& r) { r[0].bad_crc = true; }), "CRC-32"});
+  h.push_back({"TorchScript", StatusCode::kInvalidArgument, with([](auto& r) {
+                 r.push_back({"archive/constants.pkl", "\x80\x02)."});
+               }),
                "TorchScript"});
-  h.push_back({"bad byteorder", StatusCode::kInvalidArgument, with([](auto& r) { r[1].data = "middle"; }), "neither 'little' nor 'big'"});
-  h.push_back({"no data.pkl", StatusCode::kInvalidArgument, with([](auto& r) { r[0].name = "archive/data.pickle"; }), "no data.pkl"});
-  h.push_back({"legacy stream", StatusCode::kInvalidArgument, std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e", 15) + "...",
-               "legacy torch.save stream"});
-  h.push_back({"not an archive", StatusCode::kInvalidArgument, "hello world, this is not a zip", "not a torch.save archive"});
+  h.push_back({"bad byteorder", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[1].data = "middle"; }), "neither 'little' nor 'big'"});
+  h.push_back({"no data.pkl", StatusCode::kInvalidArgument,
+               with([](auto& r) { r[0].name = "archive/data.pickle"; }), "no data.pkl"});
+  h.push_back(
+      {"legacy stream", StatusCode::kInvalidArgument,
+       std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e", 15) + "...",
+       "legacy torch.save stream"});
+  h.push_back({"not an archive", StatusCode::kInvalidArgument, "hello world, this is not a zip",
+               "not a torch.save archive"});
   {
     std::string truncated = Arch(pkl, {{"0", storage}});
     truncated.resize(truncated.size() - 10);
-    h.push_back({"truncated end record", StatusCode::kInvalidArgument, truncated, "end-of-central-directory"});
+    h.push_back({"truncated end record", StatusCode::kInvalidArgument, truncated,
+                 "end-of-central-directory"});
   }
   {
     // The central directory claims an entry whose data runs past it.
@@ -458,7 +583,8 @@ std::vector<Hostile> HostileArchives() {
     const size_t cd = z.rfind(std::string("PK\x01\x02", 4));
     z[cd + 20] = '\xff';
     z[cd + 24] = '\xff';
-    h.push_back({"entry larger than the file", StatusCode::kInvalidArgument, z, "runs into the central directory"});
+    h.push_back({"entry larger than the file", StatusCode::kInvalidArgument, z,
+                 "runs into the central directory"});
   }
   return h;
 }
@@ -491,10 +617,15 @@ TEST(TorchBin, LimitsAreEnforced) {
   a = OpenBytes(dir, Arch(pkl, {{"0", storage}}));
   CKPT_EXPECT_OK(a.status());
   // A broadcast view: 4 GiB from 96 bytes is refused; 12 KiB is read.
-  a = OpenBytes(dir, Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {1 << 20, 1 << 10}, {0, 0}}}),
-                          {{"0", storage}}));
-  EXPECT_THAT(a, StatusIs(StatusCode::kInvalidArgument, "repeats its elements more than 1024 times"));
-  a = OpenBytes(dir, Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {128, 24}, {0, 1}}}), {{"0", storage}}));
+  a = OpenBytes(
+      dir,
+      Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {1 << 20, 1 << 10}, {0, 0}}}),
+           {{"0", storage}}));
+  EXPECT_THAT(a,
+              StatusIs(StatusCode::kInvalidArgument, "repeats its elements more than 1024 times"));
+  a = OpenBytes(dir,
+                Arch(StateDictPickle({{"w", "FloatStorage", "", "0", 24, 0, {128, 24}, {0, 1}}}),
+                     {{"0", storage}}));
   CKPT_EXPECT_OK(a.status());
 }
 
@@ -515,7 +646,8 @@ TEST(TorchBin, AmplificationIsBoundedInAll) {
     w.Proto(2).EmptyDict().Mark().Unicode("leaf").Int(1).SetItems().BinPut(0);
     for (int level = 1; level < 7; ++level) {
       w.EmptyDict().Mark();
-      for (int k = 0; k < 1000; ++k) w.Unicode("k" + std::to_string(k)).BinGet(static_cast<uint8_t>(level - 1));
+      for (int k = 0; k < 1000; ++k)
+        w.Unicode("k" + std::to_string(k)).BinGet(static_cast<uint8_t>(level - 1));
       w.SetItems().BinPut(static_cast<uint8_t>(level));
     }
     w.Stop();
@@ -527,18 +659,26 @@ TEST(TorchBin, AmplificationIsBoundedInAll) {
     PickleWriter w;
     w.Proto(2).Unicode(big).BinPut(0).EmptyDict().Mark();
     for (int k = 0; k < 200; ++k) {
-      w.Unicode("k" + std::to_string(k)).Global("_codecs", "encode").BinGet(0).Unicode("latin1").Tuple2().Reduce();
+      w.Unicode("k" + std::to_string(k))
+          .Global("_codecs", "encode")
+          .BinGet(0)
+          .Unicode("latin1")
+          .Tuple2()
+          .Reduce();
     }
     w.SetItems().Stop();
-    cases.push_back({"repeated encode", w.str(), "bytes of strings built, copied or hashed in all"});
+    cases.push_back(
+        {"repeated encode", w.str(), "bytes of strings built, copied or hashed in all"});
   }
   {
     // One memoized 16 MiB key set into 200 dicts.
     PickleWriter w;
     w.Proto(2).Unicode(big).BinPut(0).EmptyDict();
-    for (int k = 0; k < 200; ++k) w.Unicode("d" + std::to_string(k)).EmptyDict().BinGet(0).Int(1).SetItem().SetItem();
+    for (int k = 0; k < 200; ++k)
+      w.Unicode("d" + std::to_string(k)).EmptyDict().BinGet(0).Int(1).SetItem().SetItem();
     w.Stop();
-    cases.push_back({"one big key in many dicts", w.str(), "bytes of strings built, copied or hashed in all"});
+    cases.push_back(
+        {"one big key in many dicts", w.str(), "bytes of strings built, copied or hashed in all"});
   }
   for (const Case& c : cases) {
     auto a = OpenBytes(dir, Arch(c.pickle));
@@ -549,11 +689,13 @@ TEST(TorchBin, AmplificationIsBoundedInAll) {
   // per-tensor bound): 1 TiB in all is refused at the second view.
   std::vector<PickledTensor> views;
   for (int k = 0; k < 1000; ++k) {
-    views.push_back({"v" + std::to_string(k), "FloatStorage", "", "0", 4, 0, {1 << 18, 1 << 10}, {0, 0}});
+    views.push_back(
+        {"v" + std::to_string(k), "FloatStorage", "", "0", 4, 0, {1 << 18, 1 << 10}, {0, 0}});
   }
   auto a = OpenBytes(dir, Arch(StateDictPickle(views), {{"0", std::string(16, 'x')}}));
-  EXPECT_THAT(a, StatusIs(StatusCode::kInvalidArgument,
-                          "tensor 'v1': the archive's tensors materialize 2147483648 bytes from 16 bytes"));
+  EXPECT_THAT(
+      a, StatusIs(StatusCode::kInvalidArgument,
+                  "tensor 'v1': the archive's tensors materialize 2147483648 bytes from 16 bytes"));
   // One such view alone is still read.
   a = OpenBytes(dir, Arch(StateDictPickle({views[0]}), {{"0", std::string(16, 'x')}}));
   CKPT_EXPECT_OK(a.status());
@@ -620,20 +762,26 @@ TEST(TorchBin, ConvertShardedDirectoryIntoVerifiedSafetensors) {
   for (const auto& [name, bytes] : m.bytes) {
     const auto& loc = hf->tensors().at(name);
     std::string got(loc.info->nbytes(), '\0');
-    CKPT_ASSERT_OK(hf->files()[loc.file]->ReadTensor(name, std::as_writable_bytes(std::span<char>(got.data(), got.size()))));
+    CKPT_ASSERT_OK(hf->files()[loc.file]->ReadTensor(
+        name, std::as_writable_bytes(std::span<char>(got.data(), got.size()))));
     EXPECT_EQ(got, bytes) << name;
   }
   EXPECT_EQ(hf->tensors().at("model.layers.0.mlp.weight").info->dtype, DType::kBF16);
   EXPECT_EQ(hf->tensors().at("model.mask").info->dtype, DType::kBool);
-  EXPECT_EQ(ReadFileToString(*PosixStorage(), dir / "out/config.json").value(), "{\"model_type\": \"llama\"}\n");
+  EXPECT_EQ(ReadFileToString(*PosixStorage(), dir / "out/config.json").value(),
+            "{\"model_type\": \"llama\"}\n");
   EXPECT_TRUE(Exists(*PosixStorage(), dir / "out/tokenizer.json").value());
   EXPECT_FALSE(Exists(*PosixStorage(), dir / "out/pytorch_model.bin.index.json").value());
   // An existing output is never touched.
   Status again = ConvertTorchBinDir(*PosixStorage(), in, dir / "out");
-  EXPECT_THAT(again, StatusIs(StatusCode::kAlreadyExists, "/out already exists; it is never overwritten"));
+  EXPECT_THAT(again,
+              StatusIs(StatusCode::kAlreadyExists, "/out already exists; it is never overwritten"));
   // An index naming a tensor its shard lacks: refused, nothing left behind.
-  HfIndex bad = ParseHfIndex(ReadFileToString(*PosixStorage(), JoinPath(in, "pytorch_model.bin.index.json")).value(), "x")
-                    .value();
+  HfIndex bad =
+      ParseHfIndex(
+          ReadFileToString(*PosixStorage(), JoinPath(in, "pytorch_model.bin.index.json")).value(),
+          "x")
+          .value();
   bad.weight_map["model.ghost"] = "pytorch_model-00001-of-00002.bin";
   WriteFile(JoinPath(in, "pytorch_model.bin.index.json"), SerializeHfIndex(bad));
   Status ghost = ConvertTorchBinDir(*PosixStorage(), in, dir / "out2");
@@ -659,13 +807,23 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
       StateDict sd;
-      DistTensor e{"model.embed_tokens.weight", DType::kF32, Shape({100, 16}),
-                   {LocalChunk{{static_cast<uint64_t>(r) * 50, 0}, Shape({50, 16}), emb[r].data(), {}}}};
-      DistTensor w{"model.layers.1.mlp.weight", DType::kBF16, Shape({64, 32}),
-                   {LocalChunk{{static_cast<uint64_t>(r) * 32, 0}, Shape({32, 32}), mlp[r].data(), {}}}};
-      DistTensor c{"model.layers.2.mlp.weight", DType::kF32, Shape({64, 32}),
-                   {LocalChunk{{0, static_cast<uint64_t>(r) * 16}, Shape({64, 16}),
-                               reinterpret_cast<std::byte*>(cols[r].data()), {1, 64}}}};
+      DistTensor e{
+          "model.embed_tokens.weight",
+          DType::kF32,
+          Shape({100, 16}),
+          {LocalChunk{{static_cast<uint64_t>(r) * 50, 0}, Shape({50, 16}), emb[r].data(), {}}}};
+      DistTensor w{
+          "model.layers.1.mlp.weight",
+          DType::kBF16,
+          Shape({64, 32}),
+          {LocalChunk{{static_cast<uint64_t>(r) * 32, 0}, Shape({32, 32}), mlp[r].data(), {}}}};
+      DistTensor c{"model.layers.2.mlp.weight",
+                   DType::kF32,
+                   Shape({64, 32}),
+                   {LocalChunk{{0, static_cast<uint64_t>(r) * 16},
+                               Shape({64, 16}),
+                               reinterpret_cast<std::byte*>(cols[r].data()),
+                               {1, 64}}}};
       sd.tensors = {e, w, c};
       LoadOptions o;
       o.allow_unexpected = true;
@@ -677,8 +835,14 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
   for (auto& t : threads) t.join();
   for (int r = 0; r < world; ++r) {
     ASSERT_THAT(errors[r], IsOk()) << r;
-    EXPECT_EQ(std::memcmp(emb[r].data(), m.bytes.at("model.embed_tokens.weight").data() + r * 50 * 16 * 4, emb[r].size()), 0);
-    EXPECT_EQ(std::memcmp(mlp[r].data(), m.bytes.at("model.layers.1.mlp.weight").data() + r * 32 * 32 * 2, mlp[r].size()), 0);
+    EXPECT_EQ(
+        std::memcmp(emb[r].data(), m.bytes.at("model.embed_tokens.weight").data() + r * 50 * 16 * 4,
+                    emb[r].size()),
+        0);
+    EXPECT_EQ(
+        std::memcmp(mlp[r].data(), m.bytes.at("model.layers.1.mlp.weight").data() + r * 32 * 32 * 2,
+                    mlp[r].size()),
+        0);
     const std::string& src = m.bytes.at("model.layers.2.mlp.weight");
     for (uint64_t i = 0; i < 64; ++i) {
       for (uint64_t j = 0; j < 16; ++j) {
@@ -709,7 +873,8 @@ TEST(TorchBin, LoadShardedReadsBinDirectoriesInAnyLayout) {
   }
   for (auto& t : threads) t.join();
   for (int r = 0; r < world; ++r) {
-    EXPECT_THAT(errors[r], StatusIs(StatusCode::kInvalidArgument, "missing keys (1): model.absent")) << r;
+    EXPECT_THAT(errors[r], StatusIs(StatusCode::kInvalidArgument, "missing keys (1): model.absent"))
+        << r;
   }
 }
 
@@ -718,12 +883,15 @@ TEST(TorchBin, SafetensorsBesideBinWin) {
   TempDir dir;
   WriteShardedBin(dir.path());
   std::vector<float> v(4, 3.25f);
-  const TensorData t{"model.extra", DType::kF32, Shape({4}), std::as_bytes(std::span<const float>(v))};
-  CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir / "model.safetensors", std::span<const TensorData>(&t, 1)));
+  const TensorData t{"model.extra", DType::kF32, Shape({4}),
+                     std::as_bytes(std::span<const float>(v))};
+  CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir / "model.safetensors",
+                                  std::span<const TensorData>(&t, 1)));
   auto comms = NewThreadCommunicators(1);
   std::vector<float> got(4, 0.f);
   StateDict sd;
-  sd.tensors.push_back(WholeTensor("model.extra", DType::kF32, Shape({4}), reinterpret_cast<std::byte*>(got.data())));
+  sd.tensors.push_back(WholeTensor("model.extra", DType::kF32, Shape({4}),
+                                   reinterpret_cast<std::byte*>(got.data())));
   CKPT_ASSERT_OK(LoadSharded(*comms[0], *PosixStorage(), dir.path(), sd));
   EXPECT_EQ(got, v);
 }
@@ -751,8 +919,8 @@ TEST(TorchBin, CheckpointerImportsBinBaseModel) {
   const BinModel m = WriteShardedBin(dir / "base");
   CheckpointingConfig cfg;
   cfg.checkpoint_dir = dir / "ckpts";
-  cfg.skip_task_head_prefixes_for_base_model = {"lm_head.", "model.embed_tokens.", "model.layers.0.",
-                                                "model.layers.2."};
+  cfg.skip_task_head_prefixes_for_base_model = {"lm_head.", "model.embed_tokens.",
+                                                "model.layers.0.", "model.layers.2."};
   auto comms = NewThreadCommunicators(1);
   TwoTensorModel model;
   auto c = Checkpointer::Create(cfg, {}, *comms[0]);
@@ -776,8 +944,11 @@ TEST(TorchBin, CheckpointerImportsBinBaseModel) {
   auto d = (*c)->Reserve(0, 1);
   ASSERT_TRUE(d.ok());
   CKPT_ASSERT_OK((*c)->SaveModel(model, *d));
-  const std::string dtypes = ReadFileToString(*PosixStorage(), *d + "/model/.hf_metadata/fqn_to_dtype_mapping.json").value();
-  EXPECT_NE(dtypes.find("\"model.layers.1.mlp.weight\": \"torch.bfloat16\""), std::string::npos) << dtypes;
+  const std::string dtypes =
+      ReadFileToString(*PosixStorage(), *d + "/model/.hf_metadata/fqn_to_dtype_mapping.json")
+          .value();
+  EXPECT_NE(dtypes.find("\"model.layers.1.mlp.weight\": \"torch.bfloat16\""), std::string::npos)
+      << dtypes;
 }
 
 }  // namespace

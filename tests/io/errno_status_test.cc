@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cerrno>
+
 #include "test_util.h"
 
 namespace ckpt {

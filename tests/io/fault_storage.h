@@ -68,15 +68,18 @@ class FaultStorage final : public StorageWrapper {
   Status Hit(Op op, const std::string& what) {
     const uint64_t n = ++counts_[static_cast<size_t>(op)];
     if (k_ == 0 || op != op_ || n != k_) return Status();
-    if (op == Op::kWrite && (fault_ == Fault::kShortWrite || fault_ == Fault::kTornWrite)) return Status();
+    if (op == Op::kWrite && (fault_ == Fault::kShortWrite || fault_ == Fault::kTornWrite))
+      return Status();
     fired_ = true;
-    return IOError(what + ": injected " + FaultName(fault_) +
-                   (fault_ == Fault::kNoSpace ? " (No space left on device)" : " (Input/output error)"));
+    return IOError(
+        what + ": injected " + FaultName(fault_) +
+        (fault_ == Fault::kNoSpace ? " (No space left on device)" : " (Input/output error)"));
   }
   // For the write just counted: how many of `n` bytes to really write, and
   // whether to report an error after them.
   bool Tear(uint64_t* n, bool* fail) {
-    if (k_ == 0 || op_ != Op::kWrite || counts_[static_cast<size_t>(Op::kWrite)] != k_) return false;
+    if (k_ == 0 || op_ != Op::kWrite || counts_[static_cast<size_t>(Op::kWrite)] != k_)
+      return false;
     if (fault_ != Fault::kShortWrite && fault_ != Fault::kTornWrite) return false;
     if (*n < 2) return false;  // nothing to tear
     fired_ = true;
@@ -87,7 +90,8 @@ class FaultStorage final : public StorageWrapper {
 
   class Writer final : public WritableFileWrapper {
    public:
-    Writer(FaultStorage* fs, std::unique_ptr<WritableFile> f) : WritableFileWrapper(std::move(f)), fs_(fs) {}
+    Writer(FaultStorage* fs, std::unique_ptr<WritableFile> f)
+        : WritableFileWrapper(std::move(f)), fs_(fs) {}
     Status Append(std::span<const std::byte> d) override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kWrite, "writing " + path()));
       uint64_t n = d.size();
@@ -122,7 +126,8 @@ class FaultStorage final : public StorageWrapper {
 
   class Reader final : public ReadableFileWrapper {
    public:
-    Reader(FaultStorage* fs, std::unique_ptr<ReadableFile> f) : ReadableFileWrapper(std::move(f)), fs_(fs) {}
+    Reader(FaultStorage* fs, std::unique_ptr<ReadableFile> f)
+        : ReadableFileWrapper(std::move(f)), fs_(fs) {}
     Status ReadAt(uint64_t off, std::span<std::byte> dst) const override {
       CKPT_RETURN_IF_ERROR(fs_->Hit(Op::kRead, "reading " + path()));
       return target().ReadAt(off, dst);

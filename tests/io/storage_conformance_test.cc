@@ -1,6 +1,6 @@
 // One suite that every Storage backend must pass.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,8 +19,8 @@
 namespace ckpt {
 namespace {
 
-using testing::TempDir;
 using testing::StatusIs;
+using testing::TempDir;
 using testing::ToString;
 
 struct Backend {
@@ -58,7 +58,8 @@ class ForwardingStorage final : public StorageWrapper {
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, target().OpenRead(path));
     return std::unique_ptr<ReadableFile>(std::make_unique<ReadableFileWrapper>(std::move(f)));
   }
-  Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path, CreateMode mode) override {
+  Result<std::unique_ptr<WritableFile>> OpenWrite(const std::string& path,
+                                                  CreateMode mode) override {
     CKPT_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, target().OpenWrite(path, mode));
     return std::unique_ptr<WritableFile>(std::make_unique<WritableFileWrapper>(std::move(f)));
   }
@@ -115,7 +116,8 @@ TEST_P(StorageConformanceTest, ReadPastEndIsDataLossNamingTheRange) {
   EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "[8, 12)"));
   EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss, "10-byte file"));
   EXPECT_THAT((*f)->ReadAt(~0ull, buf),
-              StatusIs(StatusCode::kDataLoss, "range [18446744073709551615, 3) is past the end of the 10-byte file"));
+              StatusIs(StatusCode::kDataLoss,
+                       "range [18446744073709551615, 3) is past the end of the 10-byte file"));
   std::vector<std::byte> none;
   CKPT_EXPECT_OK((*f)->ReadAt(10, none));
 }
@@ -133,8 +135,8 @@ TEST_P(StorageConformanceTest, ParallelReadsMatchSerialReads) {
   }
   std::vector<std::byte> past(data.size());
   Status s = ReadAtParallel(**f, 1, past, 4, 4096);
-  EXPECT_THAT(s,
-              StatusIs(StatusCode::kDataLoss, "range [786433, 1048577) is past the end of the 1048576-byte file"));
+  EXPECT_THAT(s, StatusIs(StatusCode::kDataLoss,
+                          "range [786433, 1048577) is past the end of the 1048576-byte file"));
 }
 
 TEST_P(StorageConformanceTest, MapGivesTheBytesAndOutlivesTheFile) {
@@ -143,7 +145,8 @@ TEST_P(StorageConformanceTest, MapGivesTheBytesAndOutlivesTheFile) {
     auto f = storage_->OpenRead(P("m.bin"));
     CKPT_ASSERT_OK(f);
     EXPECT_THAT((*f)->Map(10000, 4), StatusIs(StatusCode::kFailedPrecondition, "cannot map"));
-    EXPECT_THAT((*f)->Map(10000, 5), StatusIs(StatusCode::kDataLoss, "past the end of the 10004-byte file"));
+    EXPECT_THAT((*f)->Map(10000, 5),
+                StatusIs(StatusCode::kDataLoss, "past the end of the 10004-byte file"));
     return;
   }
   MappedRegion region;
@@ -154,7 +157,8 @@ TEST_P(StorageConformanceTest, MapGivesTheBytesAndOutlivesTheFile) {
     CKPT_ASSERT_OK(m);
     region = *m;
     EXPECT_THAT((*f)->Map(10000, 5),
-                StatusIs(StatusCode::kDataLoss, "range [10000, 10005) is past the end of the 10004-byte file"));
+                StatusIs(StatusCode::kDataLoss,
+                         "range [10000, 10005) is past the end of the 10004-byte file"));
   }
   EXPECT_EQ(ToString(region.bytes), "tail");
 }
@@ -169,7 +173,8 @@ TEST_P(StorageConformanceTest, PositionalWritesAndHoles) {
   CKPT_ASSERT_OK((*f)->Sync());
   CKPT_ASSERT_OK((*f)->Close());
   CKPT_EXPECT_OK((*f)->Close());
-  EXPECT_THAT((*f)->Append(AsBytes("x")), StatusIs(StatusCode::kFailedPrecondition, "file is closed"));
+  EXPECT_THAT((*f)->Append(AsBytes("x")),
+              StatusIs(StatusCode::kFailedPrecondition, "file is closed"));
   EXPECT_EQ(*ReadFileToString(*storage_, P("p.bin")), std::string("AB\0\0EFGH", 8));
 }
 
@@ -181,15 +186,19 @@ TEST_P(StorageConformanceTest, CreateModes) {
   EXPECT_EQ(*ReadFileToString(*storage_, P("x")), "n");
   if (GetParam().object_store) return;  // keys need no parent
   auto missing_parent = storage_->OpenWrite(P("no/such/x"), CreateMode::kTruncate);
-  EXPECT_THAT(missing_parent, StatusIs(StatusCode::kNotFound, "creating \"" + P("no/such/x") + "\""));
+  EXPECT_THAT(missing_parent,
+              StatusIs(StatusCode::kNotFound, "creating \"" + P("no/such/x") + "\""));
 }
 
 TEST_P(StorageConformanceTest, MissingThingsAreNotFound) {
   EXPECT_THAT(storage_->OpenRead(P("nope")),
               StatusIs(StatusCode::kNotFound, "opening \"" + P("nope") + "\""));
-  EXPECT_THAT(storage_->Stat(P("nope")), StatusIs(StatusCode::kNotFound, "stat of \"" + P("nope") + "\""));
-  EXPECT_THAT(storage_->List(P("nope")), StatusIs(StatusCode::kNotFound, "listing \"" + P("nope") + "\""));
-  EXPECT_THAT(storage_->Remove(P("nope")), StatusIs(StatusCode::kNotFound, "removing \"" + P("nope") + "\""));
+  EXPECT_THAT(storage_->Stat(P("nope")),
+              StatusIs(StatusCode::kNotFound, "stat of \"" + P("nope") + "\""));
+  EXPECT_THAT(storage_->List(P("nope")),
+              StatusIs(StatusCode::kNotFound, "listing \"" + P("nope") + "\""));
+  EXPECT_THAT(storage_->Remove(P("nope")),
+              StatusIs(StatusCode::kNotFound, "removing \"" + P("nope") + "\""));
   if (!GetParam().object_store) {
     EXPECT_THAT(storage_->Rename(P("nope"), P("b")),
                 StatusIs(StatusCode::kNotFound, "renaming \"" + P("nope") + "\""));
@@ -217,9 +226,11 @@ TEST_P(StorageConformanceTest, DirectoriesListSortedWithTypesAndSizes) {
   CKPT_ASSERT_OK(st);
   EXPECT_EQ(st->type, EntryType::kDirectory);
   EXPECT_THAT(storage_->OpenRead(P("d/e")),
-              StatusIs(StatusCode::kFailedPrecondition, "opening \"" + P("d/e") + "\": not a regular file"));
-  EXPECT_THAT(storage_->MakeDirs(P("d/a.txt/x")),
-              StatusIs(StatusCode::kFailedPrecondition, "creating directory \"" + P("d/a.txt/x") + "\""));
+              StatusIs(StatusCode::kFailedPrecondition,
+                       "opening \"" + P("d/e") + "\": not a regular file"));
+  EXPECT_THAT(
+      storage_->MakeDirs(P("d/a.txt/x")),
+      StatusIs(StatusCode::kFailedPrecondition, "creating directory \"" + P("d/a.txt/x") + "\""));
 }
 
 TEST_P(StorageConformanceTest, RemoveRefusesNonEmptyDirsAndRemoveAllDoesNot) {
@@ -250,10 +261,12 @@ TEST_P(StorageConformanceTest, SymlinksOrAClearRefusal) {
   Result<std::string> target = storage_->ReadLink(P("link"));
   ASSERT_TRUE(target.ok()) << target.status().ToString();
   EXPECT_EQ(*target, "target");
-  EXPECT_THAT(storage_->Symlink("target", P("link")),
-              StatusIs(StatusCode::kAlreadyExists, "creating link \"" + P("link") + "\" to \"target\""));
-  EXPECT_THAT(storage_->ReadLink(P("plain")),
-              StatusIs(StatusCode::kInvalidArgument, "\"" + P("plain") + "\" is not a symbolic link"));
+  EXPECT_THAT(
+      storage_->Symlink("target", P("link")),
+      StatusIs(StatusCode::kAlreadyExists, "creating link \"" + P("link") + "\" to \"target\""));
+  EXPECT_THAT(
+      storage_->ReadLink(P("plain")),
+      StatusIs(StatusCode::kInvalidArgument, "\"" + P("plain") + "\" is not a symbolic link"));
   EXPECT_THAT(storage_->ReadLink(P("absent")),
               StatusIs(StatusCode::kNotFound, "reading link \"" + P("absent") + "\""));
   // Through the link the directory is visible; removing the link keeps it.
@@ -271,7 +284,8 @@ TEST_P(StorageConformanceTest, RenameReplacesFilesAndMovesDirectories) {
   if (GetParam().object_store) {
     EXPECT_FALSE(storage_->CanRename());
     CKPT_ASSERT_OK(Write(P("src"), "new"));
-    EXPECT_THAT(storage_->Rename(P("src"), P("dst")), StatusIs(StatusCode::kFailedPrecondition, "no rename"));
+    EXPECT_THAT(storage_->Rename(P("src"), P("dst")),
+                StatusIs(StatusCode::kFailedPrecondition, "no rename"));
     EXPECT_FALSE(*Exists(*storage_, P("dst")));
     return;
   }
@@ -303,7 +317,8 @@ TEST_P(StorageConformanceTest, OpenReadersKeepTheirSnapshotAcrossReplace) {
   std::vector<std::byte> buf(11);
   if (GetParam().object_store) {
     // The old version is gone: the reader says so instead of mixing versions.
-    EXPECT_THAT((*reader)->ReadAt(0, buf), StatusIs(StatusCode::kDataLoss, "replaced since it was opened"));
+    EXPECT_THAT((*reader)->ReadAt(0, buf),
+                StatusIs(StatusCode::kDataLoss, "replaced since it was opened"));
     EXPECT_EQ(*ReadFileToString(*storage_, P("f")), "v2");
     return;
   }
@@ -337,7 +352,8 @@ TEST_P(StorageConformanceTest, AtomicWriterPublishesOnlyOnCommit) {
   EXPECT_EQ(*ReadFileToString(*storage_, P("pub.json")), "{}");
   EXPECT_THAT((*w)->Append(AsBytes("x")),
               StatusIs(StatusCode::kFailedPrecondition, "write after commit or abort"));
-  EXPECT_THAT((*w)->Commit(), StatusIs(StatusCode::kFailedPrecondition, "already committed or aborted"));
+  EXPECT_THAT((*w)->Commit(),
+              StatusIs(StatusCode::kFailedPrecondition, "already committed or aborted"));
   list = storage_->List(root_);
   ASSERT_EQ(list->size(), 1u);
 }
@@ -422,7 +438,8 @@ TEST(PosixStorageTest, FifosAreRefusedWithoutBlocking) {
   Status open = WithFifoDeadline<Status>(fifo, [&] { return fs.OpenRead(fifo).status(); });
   EXPECT_THAT(open, StatusIs(StatusCode::kFailedPrecondition, "not a regular file (a FIFO)"));
   EXPECT_THAT(open, StatusIs(StatusCode::kFailedPrecondition, fifo));
-  Status whole = WithFifoDeadline<Status>(fifo, [&] { return ReadFileToString(fs, fifo).status(); });
+  Status whole =
+      WithFifoDeadline<Status>(fifo, [&] { return ReadFileToString(fs, fifo).status(); });
   EXPECT_THAT(whole, StatusIs(StatusCode::kFailedPrecondition, "not a regular file (a FIFO)"));
   Status dir = fs.OpenRead(tmp.path()).status();
   EXPECT_THAT(dir, StatusIs(StatusCode::kFailedPrecondition, "a directory"));
@@ -433,7 +450,8 @@ TEST(PosixStorageTest, OpenReadersHoldABoundedNumberOfDescriptors) {
   Storage& fs = *PosixStorage();
   const size_t files = 3 * kMaxOpenReadFiles;
   for (size_t i = 0; i < files; ++i) {
-    CKPT_ASSERT_OK(WriteFileAtomically(fs, tmp / ("f" + std::to_string(i)), "file " + std::to_string(i)));
+    CKPT_ASSERT_OK(
+        WriteFileAtomically(fs, tmp / ("f" + std::to_string(i)), "file " + std::to_string(i)));
   }
   const size_t before = OpenDescriptors();
   std::vector<std::unique_ptr<ReadableFile>> open;
@@ -502,8 +520,8 @@ TEST(PosixStorageTest, SideFilesReadWholeAreCappedAndCopiesStream) {
   Result<std::string> r = ReadFileToString(fs, big);
   EXPECT_THAT(r, StatusIs(StatusCode::kFailedPrecondition,
                           big + ": file of " + std::to_string(kMaxSideFileBytes + 1) + " bytes"));
-  EXPECT_THAT(r,
-              StatusIs(StatusCode::kFailedPrecondition, std::to_string(kMaxSideFileBytes) + "-byte limit"));
+  EXPECT_THAT(r, StatusIs(StatusCode::kFailedPrecondition,
+                          std::to_string(kMaxSideFileBytes) + "-byte limit"));
   // CopyFile streams any size: 20 MiB of random bytes, bit-exact.
   std::mt19937_64 rng(5);
   const std::vector<std::byte> data = testing::RandomBytes(20u << 20, rng);
@@ -523,12 +541,13 @@ TEST(PosixStorageTest, SideFilesReadWholeAreCappedAndCopiesStream) {
 
 INSTANTIATE_TEST_SUITE_P(
     Backends, StorageConformanceTest,
-    ::testing::Values(Backend{"posix", [] { return PosixStorage(); }, true},
-                      Backend{"memory", [] { return NewMemoryStorage(); }, false},
-                      Backend{"forwarding_posix",
-                              [] { return std::make_shared<ForwardingStorage>(PosixStorage()); }, true},
-                      Backend{"forwarding_memory",
-                              [] { return std::make_shared<ForwardingStorage>(NewMemoryStorage()); }, false}),
+    ::testing::Values(
+        Backend{"posix", [] { return PosixStorage(); }, true},
+        Backend{"memory", [] { return NewMemoryStorage(); }, false},
+        Backend{"forwarding_posix",
+                [] { return std::make_shared<ForwardingStorage>(PosixStorage()); }, true},
+        Backend{"forwarding_memory",
+                [] { return std::make_shared<ForwardingStorage>(NewMemoryStorage()); }, false}),
     [](const ::testing::TestParamInfo<Backend>& p) { return std::string(p.param.name); });
 
 // Only with a server: test_s3.py runs these and fails unless they ran.
@@ -583,10 +602,11 @@ TEST_P(S3StorageTest, ScatteredWritesPastTheMemoryBudgetFail) {
   auto f = storage_->OpenWrite(P("scattered.bin"), CreateMode::kTruncate);
   CKPT_ASSERT_OK(f);
   for (uint64_t k = 0; k < 4; ++k) CKPT_ASSERT_OK((*f)->WriteAt(k * part + 7, one));
-  EXPECT_THAT((*f)->WriteAt(4 * part + 7, one),
-              StatusIs(StatusCode::kFailedPrecondition,
-                       "bytes [20971527, 20971537) into part 5: the memory budget of 25165824 bytes "
-                       "(CKPT_S3_MEMORY_BUDGET) is held by 20971520 bytes of partly written parts"));
+  EXPECT_THAT(
+      (*f)->WriteAt(4 * part + 7, one),
+      StatusIs(StatusCode::kFailedPrecondition,
+               "bytes [20971527, 20971537) into part 5: the memory budget of 25165824 bytes "
+               "(CKPT_S3_MEMORY_BUDGET) is held by 20971520 bytes of partly written parts"));
   EXPECT_FALSE((*f)->Close().ok());
   EXPECT_FALSE(*Exists(*storage_, P("scattered.bin")));
 }
@@ -647,9 +667,13 @@ TEST_P(S3StorageTest, ListingAndRemovalPastOnePage) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Server, StorageConformanceTest, ::testing::ValuesIn(S3Backends()),
-                         [](const ::testing::TestParamInfo<Backend>& p) { return std::string(p.param.name); });
+                         [](const ::testing::TestParamInfo<Backend>& p) {
+                           return std::string(p.param.name);
+                         });
 INSTANTIATE_TEST_SUITE_P(Server, S3StorageTest, ::testing::ValuesIn(S3Backends()),
-                         [](const ::testing::TestParamInfo<Backend>& p) { return std::string(p.param.name); });
+                         [](const ::testing::TestParamInfo<Backend>& p) {
+                           return std::string(p.param.name);
+                         });
 
 }  // namespace
 }  // namespace ckpt

@@ -1,11 +1,13 @@
 // Mixture-of-experts adapters: per-expert Hugging Face tensors ⇄ grouped
 // tensors, in files and in memory under expert parallelism; FP8 block
 // dequantization.
+#include "ckpt/moe.h"
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <algorithm>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -14,7 +16,6 @@
 #include "ckpt/comm.h"
 #include "ckpt/consolidate.h"
 #include "ckpt/hf.h"
-#include "ckpt/moe.h"
 #include "ckpt/safetensors.h"
 #include "ckpt/sharded.h"
 #include "test_util.h"
@@ -43,9 +44,9 @@ std::vector<std::byte> Random(size_t n, uint64_t seed) {
 }
 
 std::string Config(const MoeAdapter& a, uint32_t layers, uint32_t experts) {
-  return "{\"model_type\": \"" + a.name + "\", \"num_hidden_layers\": " + std::to_string(layers) + ", \"" +
-         a.expert_count_keys.front() + "\": " + std::to_string(experts) + ", \"hidden_size\": " +
-         std::to_string(kDim) + "}";
+  return "{\"model_type\": \"" + a.name + "\", \"num_hidden_layers\": " + std::to_string(layers) +
+         ", \"" + a.expert_count_keys.front() + "\": " + std::to_string(experts) +
+         ", \"hidden_size\": " + std::to_string(kDim) + "}";
 }
 
 // A BF16 model: layer 0 dense, layers 1.. MoE; embeddings, attention, a router
@@ -59,11 +60,14 @@ HfModel WriteHfModel(const std::string& dir, const MoeAdapter& a, uint32_t exper
   };
   add("model.embed_tokens.weight", Shape({50, kDim}));
   add("model.layers.0.mlp.gate_proj.weight", Shape({kInter, kDim}));
-  for (uint32_t l = 0; l < kLayers; ++l) add("model.layers." + std::to_string(l) + ".self_attn.q_proj.weight", Shape({kDim, kDim}));
+  for (uint32_t l = 0; l < kLayers; ++l)
+    add("model.layers." + std::to_string(l) + ".self_attn.q_proj.weight", Shape({kDim, kDim}));
   for (uint32_t l = 1; l < kLayers; ++l) {
     const std::string moe = a.name == "mixtral" ? ".block_sparse_moe" : ".mlp";
     add("model.layers." + std::to_string(l) + moe + ".gate.weight", Shape({experts, kDim}));
-    if (a.name == "deepseek_v3") add("model.layers." + std::to_string(l) + ".mlp.shared_experts.up_proj.weight", Shape({kInter, kDim}));
+    if (a.name == "deepseek_v3")
+      add("model.layers." + std::to_string(l) + ".mlp.shared_experts.up_proj.weight",
+          Shape({kInter, kDim}));
     for (uint32_t e = 0; e < experts; ++e) {
       add(HfExpertName(a, l, e, MoeProj::kGate), Shape({kInter, kDim}));
       add(HfExpertName(a, l, e, MoeProj::kUp), Shape({kInter, kDim}));
@@ -76,13 +80,22 @@ HfModel WriteHfModel(const std::string& dir, const MoeAdapter& a, uint32_t exper
   for (const auto& [name, bytes] : m.tensors) {
     const bool first = i++ % 2 == 0;
     (first ? f1 : f2).push_back(TensorData{name, DType::kBF16, m.shapes[name], bytes});
-    index.weight_map[name] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+    index.weight_map[name] =
+        first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
   }
   EXPECT_TRUE(PosixStorage()->MakeDirs(dir).ok());
-  EXPECT_TRUE(WriteSafetensors(*PosixStorage(), JoinPath(dir, "model-00001-of-00002.safetensors"), f1).ok());
-  EXPECT_TRUE(WriteSafetensors(*PosixStorage(), JoinPath(dir, "model-00002-of-00002.safetensors"), f2).ok());
-  EXPECT_TRUE(WriteFileAtomically(*PosixStorage(), JoinPath(dir, kHfIndexName), SerializeHfIndex(index)).ok());
-  EXPECT_TRUE(WriteFileAtomically(*PosixStorage(), JoinPath(dir, "config.json"), Config(a, kLayers, kExperts)).ok());
+  EXPECT_TRUE(
+      WriteSafetensors(*PosixStorage(), JoinPath(dir, "model-00001-of-00002.safetensors"), f1)
+          .ok());
+  EXPECT_TRUE(
+      WriteSafetensors(*PosixStorage(), JoinPath(dir, "model-00002-of-00002.safetensors"), f2)
+          .ok());
+  EXPECT_TRUE(
+      WriteFileAtomically(*PosixStorage(), JoinPath(dir, kHfIndexName), SerializeHfIndex(index))
+          .ok());
+  EXPECT_TRUE(WriteFileAtomically(*PosixStorage(), JoinPath(dir, "config.json"),
+                                  Config(a, kLayers, kExperts))
+                  .ok());
   return m;
 }
 
@@ -112,13 +125,15 @@ TEST_P(MoeAdapters, FilesRoundTripBitExactly) {
   TempDir dir;
   const HfModel m = WriteHfModel(dir / "hf", a);
   MoeConvertStats to_grouped, to_hf;
-  CKPT_ASSERT_OK(ConvertMoeDir(*PosixStorage(), dir / "hf", dir / "grouped", a, MoeDirection::kToGrouped, {}, &to_grouped));
+  CKPT_ASSERT_OK(ConvertMoeDir(*PosixStorage(), dir / "hf", dir / "grouped", a,
+                               MoeDirection::kToGrouped, {}, &to_grouped));
   const auto grouped = ReadAll(dir / "grouped");
   // Layer 0 is dense: only layers 1 and 2 are grouped; passthrough kept.
   EXPECT_EQ(grouped.count(GroupedGateUpName(0)), 0u);
   ASSERT_EQ(grouped.count(GroupedGateUpName(1)), 1u);
   EXPECT_EQ(grouped.size(), m.tensors.size() - 2 * 3 * kExperts + 2 * 2);
-  EXPECT_EQ(grouped.at("model.layers.0.mlp.gate_proj.weight"), m.tensors.at("model.layers.0.mlp.gate_proj.weight"));
+  EXPECT_EQ(grouped.at("model.layers.0.mlp.gate_proj.weight"),
+            m.tensors.at("model.layers.0.mlp.gate_proj.weight"));
   // The layout, element by element.
   for (uint32_t l = 1; l < kLayers; ++l) {
     const auto& gu = grouped.at(GroupedGateUpName(l));
@@ -136,11 +151,13 @@ TEST_P(MoeAdapters, FilesRoundTripBitExactly) {
       }
     }
   }
-  CKPT_ASSERT_OK(ConvertMoeDir(*PosixStorage(), dir / "grouped", dir / "back", a, MoeDirection::kToHf, {}, &to_hf));
+  CKPT_ASSERT_OK(ConvertMoeDir(*PosixStorage(), dir / "grouped", dir / "back", a,
+                               MoeDirection::kToHf, {}, &to_hf));
   const auto back = ReadAll(dir / "back");
   ASSERT_EQ(back.size(), m.tensors.size());
   for (const auto& [name, bytes] : m.tensors) EXPECT_EQ(back.at(name), bytes) << name;
-  EXPECT_EQ(ReadFileToString(*PosixStorage(), dir / "back/config.json").value(), Config(a, kLayers, kExperts));
+  EXPECT_EQ(ReadFileToString(*PosixStorage(), dir / "back/config.json").value(),
+            Config(a, kLayers, kExperts));
   // Export transient memory: one expert projection (the grouped file is mapped).
   const uint64_t expert = kDim * kInter * 2;
   EXPECT_EQ(to_hf.largest_expert, expert);
@@ -148,7 +165,8 @@ TEST_P(MoeAdapters, FilesRoundTripBitExactly) {
   EXPECT_EQ(to_grouped.peak_transient, 2 * expert);  // one expert's [dim, 2·inter] block
 }
 
-INSTANTIATE_TEST_SUITE_P(All, MoeAdapters, ::testing::Values("mixtral", "qwen3_moe", "deepseek_v3"));
+INSTANTIATE_TEST_SUITE_P(All, MoeAdapters,
+                         ::testing::Values("mixtral", "qwen3_moe", "deepseek_v3"));
 
 TEST(Moe, ConfigAndTensorsMustAgree) {
   const MoeAdapter a = FindMoeAdapter("qwen3_moe").value();
@@ -156,23 +174,25 @@ TEST(Moe, ConfigAndTensorsMustAgree) {
   TempDir dir;
   WriteHfModel(dir / "hf", a, 6);  // the config says 8 experts
   Status s = ConvertMoeDir(*PosixStorage(), dir / "hf", dir / "out", a, MoeDirection::kToGrouped);
-  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
-                          "layer 1 lacks 'model.layers.1.mlp.experts.6.gate_proj.weight' (config.json says "
-                          "num_experts = 8"));
+  EXPECT_THAT(
+      s, StatusIs(StatusCode::kInvalidArgument,
+                  "layer 1 lacks 'model.layers.1.mlp.experts.6.gate_proj.weight' (config.json says "
+                  "num_experts = 8"));
   EXPECT_FALSE(Exists(*PosixStorage(), dir / "out").value());
   // More layers in the tensors than the config has.
   CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dir / "hf/config.json", Config(a, 2, 6)));
   s = ConvertMoeDir(*PosixStorage(), dir / "hf", dir / "out", a, MoeDirection::kToGrouped);
-  EXPECT_THAT(s,
-              StatusIs(StatusCode::kInvalidArgument,
-                       "is in layer 2 but config.json says num_hidden_layers = 2"));
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
+                          "is in layer 2 but config.json says num_hidden_layers = 2"));
   // No expert count at all.
-  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dir / "hf/config.json", "{\"num_hidden_layers\": 3}"));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*PosixStorage(), dir / "hf/config.json", "{\"num_hidden_layers\": 3}"));
   s = ConvertMoeDir(*PosixStorage(), dir / "hf", dir / "out", a, MoeDirection::kToGrouped);
   EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "no num_experts"));
   // Mixtral names in a Qwen conversion: nothing to group.
   const MoeAdapter mixtral = FindMoeAdapter("mixtral").value();
-  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), dir / "hf/config.json", Config(mixtral, 3, 6)));
+  CKPT_ASSERT_OK(
+      WriteFileAtomically(*PosixStorage(), dir / "hf/config.json", Config(mixtral, 3, 6)));
   s = ConvertMoeDir(*PosixStorage(), dir / "hf", dir / "out", mixtral, MoeDirection::kToGrouped);
   EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "no mixtral expert tensors"));
 }
@@ -187,9 +207,10 @@ TEST(Moe, GroupedTensorsThatExpandToTooManyExpertTensorsAreRefused) {
     grouped[GroupedDownName(l)] = TensorMeta{DType::kBF16, Shape({1000000, 0, 0})};
   }
   Result<MoePlan> p = PlanGroupedToHf(a, MoeConfig{20, 1000000}, grouped, "in/model.safetensors");
-  EXPECT_THAT(p, StatusIs(StatusCode::kInvalidArgument,
-                          "in/model.safetensors: 20 grouped layers of 1000000 experts (num_experts) "
-                          "expand to 60000000 per-expert tensors, more than 1048576"));
+  EXPECT_THAT(p,
+              StatusIs(StatusCode::kInvalidArgument,
+                       "in/model.safetensors: 20 grouped layers of 1000000 experts (num_experts) "
+                       "expand to 60000000 per-expert tensors, more than 1048576"));
 }
 
 // Grouped memory on `world` expert-parallel ranks (optionally each expert
@@ -197,7 +218,8 @@ TEST(Moe, GroupedTensorsThatExpandToTooManyExpertTensorsAreRefused) {
 // directory through HF views, then saved through the same views and
 // consolidated: bit-exact, and every rank reads exactly the bytes it holds.
 void ExpertParallelRoundTrip(const MoeAdapter& a, int world, bool split_hidden) {
-  SCOPED_TRACE(a.name + " on " + std::to_string(world) + " ranks" + (split_hidden ? ", hidden split" : ""));
+  SCOPED_TRACE(a.name + " on " + std::to_string(world) + " ranks" +
+               (split_hidden ? ", hidden split" : ""));
   TempDir dir;
   const HfModel m = WriteHfModel(dir / "hf", a);
   const MoeConfig config{kLayers, kExperts};
@@ -215,16 +237,21 @@ void ExpertParallelRoundTrip(const MoeAdapter& a, int world, bool split_hidden) 
       StateDict grouped;
       auto& mem = memory[r];
       for (uint32_t l = 1; l < kLayers; ++l) {
-        // gate_and_up [E, dim, 2I] split on dim; down_projs [E, I, dim] split on dim (the last axis).
+        // gate_and_up [E, dim, 2I] split on dim; down_projs [E, I, dim] split on dim (the last
+        // axis).
         const uint64_t rows = split_hidden ? kDim / 2 : kDim;
         Shape gs({per, rows, 2 * kInter}), ds({per, kInter, rows});
         auto& gu = mem[GroupedGateUpName(l)];
         auto& dn = mem[GroupedDownName(l)];
         gu.assign(gs.NumBytes(DType::kBF16).value(), std::byte{0});
         dn.assign(ds.NumBytes(DType::kBF16).value(), std::byte{0});
-        grouped.tensors.push_back(DistTensor{GroupedGateUpName(l), DType::kBF16, Shape({kExperts, kDim, 2 * kInter}),
+        grouped.tensors.push_back(DistTensor{GroupedGateUpName(l),
+                                             DType::kBF16,
+                                             Shape({kExperts, kDim, 2 * kInter}),
                                              {LocalChunk{{e0, h * rows, 0}, gs, gu.data(), {}}}});
-        grouped.tensors.push_back(DistTensor{GroupedDownName(l), DType::kBF16, Shape({kExperts, kInter, kDim}),
+        grouped.tensors.push_back(DistTensor{GroupedDownName(l),
+                                             DType::kBF16,
+                                             Shape({kExperts, kInter, kDim}),
                                              {LocalChunk{{e0, 0, h * rows}, ds, dn.data(), {}}}});
       }
       // Passthrough tensors: rank 0 of each hidden half... simply replicated everywhere.
@@ -257,13 +284,17 @@ void ExpertParallelRoundTrip(const MoeAdapter& a, int world, bool split_hidden) 
       const auto& gu = memory[r].at(GroupedGateUpName(l));
       const auto& dn = memory[r].at(GroupedDownName(l));
       for (uint64_t k = 0; k < per; ++k) {
-        const auto& g = m.tensors.at(HfExpertName(a, l, static_cast<uint32_t>(e0 + k), MoeProj::kGate));
-        const auto& u = m.tensors.at(HfExpertName(a, l, static_cast<uint32_t>(e0 + k), MoeProj::kUp));
-        const auto& d = m.tensors.at(HfExpertName(a, l, static_cast<uint32_t>(e0 + k), MoeProj::kDown));
+        const auto& g =
+            m.tensors.at(HfExpertName(a, l, static_cast<uint32_t>(e0 + k), MoeProj::kGate));
+        const auto& u =
+            m.tensors.at(HfExpertName(a, l, static_cast<uint32_t>(e0 + k), MoeProj::kUp));
+        const auto& d =
+            m.tensors.at(HfExpertName(a, l, static_cast<uint32_t>(e0 + k), MoeProj::kDown));
         for (uint64_t rr = 0; rr < rows; ++rr) {
           for (uint64_t i = 0; i < kInter; ++i) {
             ASSERT_EQ(Bf16At(gu, (k * rows + rr) * 2 * kInter + i), Bf16At(g, i * kDim + h0 + rr));
-            ASSERT_EQ(Bf16At(gu, (k * rows + rr) * 2 * kInter + kInter + i), Bf16At(u, i * kDim + h0 + rr));
+            ASSERT_EQ(Bf16At(gu, (k * rows + rr) * 2 * kInter + kInter + i),
+                      Bf16At(u, i * kDim + h0 + rr));
             ASSERT_EQ(Bf16At(dn, (k * kInter + i) * rows + rr), Bf16At(d, (h0 + rr) * kInter + i));
           }
         }
@@ -299,7 +330,7 @@ struct Fp8Value {
   uint8_t byte;
   float value;
 };
-constexpr Fp8Value kFp8[] = {{0x38, 1.0f}, {0x40, 2.0f},  {0x3c, 1.5f},   {0xb8, -1.0f},
+constexpr Fp8Value kFp8[] = {{0x38, 1.0f}, {0x40, 2.0f},  {0x3c, 1.5f},    {0xb8, -1.0f},
                              {0x00, 0.0f}, {0x7e, 448.f}, {0x01, 0x1p-9f}, {0x0f, 0x1.ep-6f}};
 
 // Scales per 128×128 block of a [130, 260] weight: 2 × 3 blocks, the last
@@ -325,8 +356,10 @@ TEST(Fp8, BlockDequantizationIsExactIncludingPartialBlocks) {
   std::memcpy(scales.data(), kScales, sizeof kScales);
   const std::vector<std::byte> extra = Random(8, 5);
   std::vector<TensorData> t = {
-      {"model.layers.0.mlp.down_proj.weight", DType::kF8_E4M3, Shape({R, C}), std::as_bytes(std::span<const uint8_t>(w))},
-      {"model.layers.0.mlp.down_proj.weight_scale_inv", DType::kF32, Shape({2, 3}), std::as_bytes(std::span<const float>(scales))},
+      {"model.layers.0.mlp.down_proj.weight", DType::kF8_E4M3, Shape({R, C}),
+       std::as_bytes(std::span<const uint8_t>(w))},
+      {"model.layers.0.mlp.down_proj.weight_scale_inv", DType::kF32, Shape({2, 3}),
+       std::as_bytes(std::span<const float>(scales))},
       {"model.norm.weight", DType::kBF16, Shape({4}), extra},
   };
   CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir / "model.safetensors", t));
@@ -338,14 +371,22 @@ TEST(Fp8, BlockDequantizationIsExactIncludingPartialBlocks) {
     const float scale = kScales[i / 128][j / 128];
     if (scale != 0.1f) return Bf16Bits(v.value * scale);
     switch (v.byte) {
-      case 0x38: return 0x3dcd;  // 0x3dcccccd rounds up
-      case 0x40: return 0x3e4d;  // 0x3e4ccccd
-      case 0x3c: return 0x3e1a;  // 0.15f = 0x3e19999a
-      case 0xb8: return 0xbdcd;
-      case 0x00: return 0x0000;
-      case 0x7e: return 0x4233;  // 44.8f = 0x42333333 rounds down
-      case 0x01: return 0x394d;  // 0x394ccccd
-      default: return 0x3b40;    // 15·2^-9 × 0.1f = 0x3b400000 in float32, exact in bf16
+      case 0x38:
+        return 0x3dcd;  // 0x3dcccccd rounds up
+      case 0x40:
+        return 0x3e4d;  // 0x3e4ccccd
+      case 0x3c:
+        return 0x3e1a;  // 0.15f = 0x3e19999a
+      case 0xb8:
+        return 0xbdcd;
+      case 0x00:
+        return 0x0000;
+      case 0x7e:
+        return 0x4233;  // 44.8f = 0x42333333 rounds down
+      case 0x01:
+        return 0x394d;  // 0x394ccccd
+      default:
+        return 0x3b40;  // 15·2^-9 × 0.1f = 0x3b400000 in float32, exact in bf16
     }
   };
   // Two ranks, rows split at 65: every box crosses block edges.
@@ -359,9 +400,13 @@ TEST(Fp8, BlockDequantizationIsExactIncludingPartialBlocks) {
     threads.emplace_back([&, r] {
       std::vector<std::byte> norm(8);
       StateDict sd;
-      sd.tensors.push_back(DistTensor{"model.layers.0.mlp.down_proj.weight", DType::kBF16, Shape({R, C}),
-                                      {LocalChunk{{static_cast<uint64_t>(r) * 65, 0}, Shape({65, C}),
-                                                  reinterpret_cast<std::byte*>(got[r].data()), {}}}});
+      sd.tensors.push_back(DistTensor{"model.layers.0.mlp.down_proj.weight",
+                                      DType::kBF16,
+                                      Shape({R, C}),
+                                      {LocalChunk{{static_cast<uint64_t>(r) * 65, 0},
+                                                  Shape({65, C}),
+                                                  reinterpret_cast<std::byte*>(got[r].data()),
+                                                  {}}}});
       sd.tensors.push_back(WholeTensor("model.norm.weight", DType::kBF16, Shape({4}), norm.data()));
       LoadOptions o;
       o.dequantize_fp8 = true;
@@ -395,7 +440,8 @@ TEST(Fp8, WithoutScalesOrWithoutTheOptionItIsRefused) {
   std::vector<float> bad_scale(4, 1.f);
   std::vector<TensorData> t = {
       {"a.weight", DType::kF8_E4M3, Shape({4, 4}), std::as_bytes(std::span<const uint8_t>(w))},
-      {"a.weight_scale_inv", DType::kF32, Shape({2, 2}), std::as_bytes(std::span<const float>(bad_scale))},
+      {"a.weight_scale_inv", DType::kF32, Shape({2, 2}),
+       std::as_bytes(std::span<const float>(bad_scale))},
       {"b.weight", DType::kF8_E4M3, Shape({4, 4}), std::as_bytes(std::span<const uint8_t>(w))},
   };
   CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), dir / "model.safetensors", t));
@@ -403,21 +449,23 @@ TEST(Fp8, WithoutScalesOrWithoutTheOptionItIsRefused) {
   std::vector<uint16_t> out(16);
   auto load = [&](const std::string& name, bool dequant) {
     StateDict sd;
-    sd.tensors.push_back(WholeTensor(name, DType::kBF16, Shape({4, 4}), reinterpret_cast<std::byte*>(out.data())));
+    sd.tensors.push_back(
+        WholeTensor(name, DType::kBF16, Shape({4, 4}), reinterpret_cast<std::byte*>(out.data())));
     LoadOptions o;
     o.dequantize_fp8 = dequant;
     o.allow_unexpected = true;
     return LoadSharded(*comms[0], *PosixStorage(), dir.path(), sd, o);
   };
   Status s = load("a.weight", false);
-  EXPECT_THAT(s,
-              StatusIs(StatusCode::kInvalidArgument,
-                       "'a.weight' is F8_E4M3 [4, 4] in the checkpoint but BF16"));
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
+                          "'a.weight' is F8_E4M3 [4, 4] in the checkpoint but BF16"));
   s = load("a.weight", true);
   EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
-                          "'a.weight_scale_inv' is F32 [2, 2]; dequantizing FP8 weight 'a.weight' [4, 4] needs F32 [1, 1]"));
+                          "'a.weight_scale_inv' is F32 [2, 2]; dequantizing FP8 weight 'a.weight' "
+                          "[4, 4] needs F32 [1, 1]"));
   s = load("b.weight", true);
-  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument, "FP8 weight 'b.weight' has no 'b.weight_scale_inv'"));
+  EXPECT_THAT(s, StatusIs(StatusCode::kInvalidArgument,
+                          "FP8 weight 'b.weight' has no 'b.weight_scale_inv'"));
 }
 
 // The Checkpointer with a grouped model: a DeepSeek-V3-style FP8 base model
@@ -429,12 +477,20 @@ class GroupedModel : public Model {
     gu_.assign(per * kDim * 2 * kInter, 0);
     dn_.assign(per * kInter * kDim, 0);
     norm_.assign(kDim, 0);
-    sd_.tensors.push_back(DistTensor{GroupedGateUpName(1), DType::kBF16, Shape({4, kDim, 2 * kInter}),
-                                     {LocalChunk{{e0, 0, 0}, Shape({per, kDim, 2 * kInter}),
-                                                 reinterpret_cast<std::byte*>(gu_.data()), {}}}});
-    sd_.tensors.push_back(DistTensor{GroupedDownName(1), DType::kBF16, Shape({4, kInter, kDim}),
-                                     {LocalChunk{{e0, 0, 0}, Shape({per, kInter, kDim}),
-                                                 reinterpret_cast<std::byte*>(dn_.data()), {}}}});
+    sd_.tensors.push_back(DistTensor{GroupedGateUpName(1),
+                                     DType::kBF16,
+                                     Shape({4, kDim, 2 * kInter}),
+                                     {LocalChunk{{e0, 0, 0},
+                                                 Shape({per, kDim, 2 * kInter}),
+                                                 reinterpret_cast<std::byte*>(gu_.data()),
+                                                 {}}}});
+    sd_.tensors.push_back(DistTensor{GroupedDownName(1),
+                                     DType::kBF16,
+                                     Shape({4, kInter, kDim}),
+                                     {LocalChunk{{e0, 0, 0},
+                                                 Shape({per, kInter, kDim}),
+                                                 reinterpret_cast<std::byte*>(dn_.data()),
+                                                 {}}}});
     sd_.tensors.push_back(WholeTensor("model.norm.weight", DType::kBF16, Shape({kDim}),
                                       reinterpret_cast<std::byte*>(norm_.data())));
   }
@@ -463,15 +519,19 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
       for (size_t i = 0; i < w.back().size(); ++i) w.back()[i] = (i % 3 == 0) ? 0x40 : 0x38;
       sc.push_back({std::ldexp(1.f, static_cast<int>(e) + static_cast<int>(p))});
       const std::string name = HfExpertName(a, 1, e, p);
-      t.push_back({name, DType::kF8_E4M3, shape, std::as_bytes(std::span<const uint8_t>(w.back()))});
-      t.push_back({name + "_scale_inv", DType::kF32, Shape({1, 1}), std::as_bytes(std::span<const float>(sc.back()))});
+      t.push_back(
+          {name, DType::kF8_E4M3, shape, std::as_bytes(std::span<const uint8_t>(w.back()))});
+      t.push_back({name + "_scale_inv", DType::kF32, Shape({1, 1}),
+                   std::as_bytes(std::span<const float>(sc.back()))});
     }
   }
   std::vector<uint16_t> norm(kDim, 0x3f80);  // 1.0
-  t.push_back({"model.norm.weight", DType::kBF16, Shape({kDim}), std::as_bytes(std::span<const uint16_t>(norm))});
+  t.push_back({"model.norm.weight", DType::kBF16, Shape({kDim}),
+               std::as_bytes(std::span<const uint16_t>(norm))});
   CKPT_ASSERT_OK(WriteSafetensors(*PosixStorage(), base + "/model.safetensors", t));
-  CKPT_ASSERT_OK(WriteFileAtomically(*PosixStorage(), base + "/config.json",
-                                     R"({"model_type": "deepseek_v3", "num_hidden_layers": 2, "n_routed_experts": 4})"));
+  CKPT_ASSERT_OK(WriteFileAtomically(
+      *PosixStorage(), base + "/config.json",
+      R"({"model_type": "deepseek_v3", "num_hidden_layers": 2, "n_routed_experts": 4})"));
   CheckpointingConfig cfg;
   cfg.checkpoint_dir = tmp / "ckpts";
   cfg.timeout = std::chrono::seconds(60);
@@ -486,9 +546,11 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
       auto run = [&]() -> Status {
         models[r] = std::make_unique<GroupedModel>(static_cast<uint64_t>(r) * 2, 2);
         CKPT_ASSIGN_OR_RETURN(auto hf, MoeHfModel::Create(*models[r], a, MoeConfig{2, 4}));
-        CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 2}, *comms[r]));
+        CKPT_ASSIGN_OR_RETURN(
+            auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 2}, *comms[r]));
         CKPT_ASSIGN_OR_RETURN(const LoadStats stats, c->LoadBaseModel(*hf, {.model_name = base}));
-        if (!stats.unexpected_keys.empty()) return InternalError("unexpected: " + stats.unexpected_keys[0]);
+        if (!stats.unexpected_keys.empty())
+          return InternalError("unexpected: " + stats.unexpected_keys[0]);
         CKPT_ASSIGN_OR_RETURN(std::string dir, c->Reserve(0, 1));
         CKPT_RETURN_IF_ERROR(c->SaveModel(*hf, dir, {.is_final_checkpoint = true}));
         return c->Publish(dir, {});
@@ -534,8 +596,8 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
         std::memcpy(&gb, &g, 4);
         std::memcpy(&ub, &u, 4);
         std::memcpy(&db, &d, 4);
-        if (m.gu_[row * 2 * kInter + i] != gb >> 16 || m.gu_[row * 2 * kInter + kInter + i] != ub >> 16 ||
-            m.dn_[i * kDim + row] != db >> 16) {
+        if (m.gu_[row * 2 * kInter + i] != gb >> 16 ||
+            m.gu_[row * 2 * kInter + kInter + i] != ub >> 16 || m.dn_[i * kDim + row] != db >> 16) {
           return InternalError("expert " + std::to_string(e) + " differs");
         }
       }
@@ -552,7 +614,8 @@ TEST(Moe, CheckpointerLoadsFp8BaseIntoGroupedExpertsAndExportsHf) {
       auto run = [&]() -> Status {
         GroupedModel m(static_cast<uint64_t>(r), 1);
         CKPT_ASSIGN_OR_RETURN(auto hf, MoeHfModel::Create(m, a, MoeConfig{2, 4}));
-        CKPT_ASSIGN_OR_RETURN(auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 4}, *comms4[r]));
+        CKPT_ASSIGN_OR_RETURN(
+            auto c, Checkpointer::Create(cfg, {.dp = 0, .ep = r, .ep_size = 4}, *comms4[r]));
         CKPT_RETURN_IF_ERROR(c->LoadModel(*hf, tmp / "ckpts/epoch_0_step_1/model"));
         CKPT_RETURN_IF_ERROR(check(m, r));
         CKPT_ASSIGN_OR_RETURN(std::string dir, c->Reserve(0, 2));
@@ -590,13 +653,16 @@ TEST(Moe, CliConvertBothWays) {
   };
   ASSERT_EQ(run("convert --adapter mixtral --to grouped " + tmp / "hf" + " " + tmp / "grouped"), 0);
   ASSERT_EQ(run("verify " + tmp / "grouped"), 0);
-  ASSERT_EQ(run("convert --adapter mixtral --to hf --max-shard-size 4000 " + tmp / "grouped" + " " + tmp / "back"), 0);
+  ASSERT_EQ(run("convert --adapter mixtral --to hf --max-shard-size 4000 " + tmp / "grouped" + " " +
+                tmp / "back"),
+            0);
   const auto back = ReadAll(tmp / "back");
   ASSERT_EQ(back.size(), m.tensors.size());
   for (const auto& [name, bytes] : m.tensors) EXPECT_EQ(back.at(name), bytes) << name;
   EXPECT_NE(run("convert --adapter gpt_oss --to hf " + tmp / "grouped" + " " + tmp / "x"), 0);
   EXPECT_NE(run("convert --adapter mixtral " + tmp / "grouped" + " " + tmp / "x"), 0);  // no --to
-  EXPECT_NE(run("convert --adapter mixtral --to hf " + tmp / "hf" + " " + tmp / "x"), 0);  // not grouped
+  EXPECT_NE(run("convert --adapter mixtral --to hf " + tmp / "hf" + " " + tmp / "x"),
+            0);  // not grouped
   EXPECT_FALSE(Exists(*PosixStorage(), tmp / "x").value());
 }
 

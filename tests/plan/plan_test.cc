@@ -36,7 +36,8 @@ Result<std::vector<LocalPlan>> FullPlans(const std::vector<StateDict>& ranks) {
 
 // The protocol as rank `me` runs it: compact plans first, full plans when
 // the ranks' tables differ. `*compact` tells which one decided.
-Result<GlobalPlan> Plan(const std::vector<StateDict>& ranks, bool* compact = nullptr, size_t me = 0) {
+Result<GlobalPlan> Plan(const std::vector<StateDict>& ranks, bool* compact = nullptr,
+                        size_t me = 0) {
   std::vector<std::string> wires;
   for (const StateDict& sd : ranks) wires.push_back(EncodeChunkPlan(sd));
   CKPT_ASSIGN_OR_RETURN(std::optional<std::vector<LocalPlan>> shared,
@@ -52,9 +53,9 @@ std::vector<StateDict> RowShards(int n, int tensors, uint64_t rows, uint64_t col
   std::vector<StateDict> ranks(static_cast<size_t>(n));
   for (int r = 0; r < n; ++r) {
     for (int t = 0; t < tensors; ++t) {
-      ranks[static_cast<size_t>(r)].tensors.push_back(Piece("layers." + std::to_string(t) + ".w",
-                                                            Shape({rows * static_cast<uint64_t>(n), cols}),
-                                                            {static_cast<uint64_t>(r) * rows, 0}, Shape({rows, cols})));
+      ranks[static_cast<size_t>(r)].tensors.push_back(Piece(
+          "layers." + std::to_string(t) + ".w", Shape({rows * static_cast<uint64_t>(n), cols}),
+          {static_cast<uint64_t>(r) * rows, 0}, Shape({rows, cols})));
     }
   }
   return ranks;
@@ -124,7 +125,8 @@ TEST(SavePlan, EveryRankReachesTheSameDecision) {
   ranks[2].tensors[1].dtype = DType::kBF16;  // a different table on rank 2
   for (size_t me = 0; me < ranks.size(); ++me) {
     bool compact = true;
-    EXPECT_THAT(Plan(ranks, &compact, me), StatusIs(StatusCode::kInvalidArgument, "rank 0 has F32"));
+    EXPECT_THAT(Plan(ranks, &compact, me),
+                StatusIs(StatusCode::kInvalidArgument, "rank 0 has F32"));
     EXPECT_FALSE(compact) << "rank " << me;
   }
 }
@@ -132,7 +134,8 @@ TEST(SavePlan, EveryRankReachesTheSameDecision) {
 TEST(SavePlan, ReplicatedChunksAreWrittenOnceAndSpreadOverTheirHolders) {
   std::vector<StateDict> ranks(4);
   for (StateDict& sd : ranks) {
-    for (int t = 0; t < 8; ++t) sd.tensors.push_back(Piece("bias." + std::to_string(t), Shape({16}), {0}, Shape({16})));
+    for (int t = 0; t < 8; ++t)
+      sd.tensors.push_back(Piece("bias." + std::to_string(t), Shape({16}), {0}, Shape({16})));
   }
   Result<GlobalPlan> g = Plan(ranks);
   ASSERT_THAT(g, IsOk());
@@ -193,7 +196,8 @@ TEST(SavePlan, ChunksOfTheWrongRankAreNamedByTheFullPlan) {
   std::vector<StateDict> ranks = RowShards(2, 1, 4, 4);
   ranks[1].tensors[0].chunks[0].offsets = {4};
   bool compact = true;
-  EXPECT_THAT(Plan(ranks, &compact), StatusIs(StatusCode::kInvalidArgument, "a chunk has 1 offsets for a rank-2"));
+  EXPECT_THAT(Plan(ranks, &compact),
+              StatusIs(StatusCode::kInvalidArgument, "a chunk has 1 offsets for a rank-2"));
   EXPECT_FALSE(compact);
 }
 
@@ -210,7 +214,8 @@ TEST(SavePlan, MalformedCompactPlansAreDataLoss) {
               StatusIs(StatusCode::kDataLoss, "trailing bytes"));
   std::vector<std::string> kind = wires;
   kind[1][0] = '\x07';
-  EXPECT_THAT(DecodeChunkPlans(TensorTable::Of(ranks[0]), kind), StatusIs(StatusCode::kDataLoss, "plan kind"));
+  EXPECT_THAT(DecodeChunkPlans(TensorTable::Of(ranks[0]), kind),
+              StatusIs(StatusCode::kDataLoss, "plan kind"));
 }
 
 TEST(SavePlan, LargePlansReportTheLowestTensorsError) {
@@ -244,7 +249,9 @@ uint64_t BytesRead(const std::vector<ReadOp>& ops) {
 
 TEST(LoadPlan, ARowSliceIsOneDirectRead) {
   std::vector<ReadOp> ops;
-  ASSERT_THAT(PlanChunkReads(Saved(Box{{0, 0}, {8, 16}}, 100), DType::kF32, Box{{2, 0}, {3, 16}}, {}, &ops), IsOk());
+  ASSERT_THAT(
+      PlanChunkReads(Saved(Box{{0, 0}, {8, 16}}, 100), DType::kF32, Box{{2, 0}, {3, 16}}, {}, &ops),
+      IsOk());
   ASSERT_EQ(ops.size(), 1u);
   EXPECT_EQ(ops[0].file_offset, 100u + 2 * 16 * 4);
   EXPECT_EQ(ops[0].length, 3u * 16 * 4);
@@ -254,7 +261,9 @@ TEST(LoadPlan, ARowSliceIsOneDirectRead) {
 TEST(LoadPlan, SmallGapsBetweenRowsAreMergedIntoOneRead) {
   // Columns 0..62 of 64: each row skips 1 column, well under 5% extra.
   std::vector<ReadOp> ops;
-  ASSERT_THAT(PlanChunkReads(Saved(Box{{0, 0}, {8, 64}}, 0), DType::kF32, Box{{0, 0}, {8, 63}}, {}, &ops), IsOk());
+  ASSERT_THAT(
+      PlanChunkReads(Saved(Box{{0, 0}, {8, 64}}, 0), DType::kF32, Box{{0, 0}, {8, 63}}, {}, &ops),
+      IsOk());
   ASSERT_EQ(ops.size(), 1u);
   EXPECT_EQ(ops[0].pieces.size(), 8u);
   EXPECT_LE(BytesRead(ops), 8u * 63 * 4 * 105 / 100);
@@ -264,7 +273,9 @@ TEST(LoadPlan, SmallGapsBetweenRowsAreMergedIntoOneRead) {
 TEST(LoadPlan, LargeGapsAreNotReadAndNoMoreThanFivePercentExtraIsRead) {
   // Half the columns: merging would read twice the bytes needed.
   std::vector<ReadOp> ops;
-  ASSERT_THAT(PlanChunkReads(Saved(Box{{0, 0}, {8, 64}}, 0), DType::kF32, Box{{0, 0}, {8, 32}}, {}, &ops), IsOk());
+  ASSERT_THAT(
+      PlanChunkReads(Saved(Box{{0, 0}, {8, 64}}, 0), DType::kF32, Box{{0, 0}, {8, 32}}, {}, &ops),
+      IsOk());
   EXPECT_EQ(ops.size(), 8u);
   EXPECT_EQ(BytesRead(ops), 8u * 32 * 4);
 }
