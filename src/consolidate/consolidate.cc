@@ -24,6 +24,7 @@
 #include "engine/dcp_dir.h"
 #include "engine/shard_dir.h"
 #include "format/json_util.h"
+#include "io/staged_dir.h"
 
 namespace ckpt {
 namespace {
@@ -480,9 +481,10 @@ Status Consolidate(Communicator& comm, Storage& storage, const std::string& in_d
         published =
             WriteFileAtomically(storage, JoinPath(staging, index_name), SerializeHfIndex(index));
       }
-      if (published.ok()) published = storage.SyncDir(staging);
-      if (published.ok() && staging != out_dir) published = storage.Rename(staging, out_dir);
-      if (published.ok()) published = storage.SyncDir(std::string(Dirname(out_dir)));
+      if (published.ok()) {
+        published = staging != out_dir ? CommitStagingDir(storage, staging, out_dir)
+                                       : storage.SyncDir(staging);
+      }
     }
     if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
   }

@@ -20,6 +20,7 @@
 #include "core/encoding.h"
 #include "core/strided.h"
 #include "engine/shard_dir.h"
+#include "io/staged_dir.h"
 #include "plan/save_plan.h"
 
 namespace ckpt {
@@ -168,8 +169,7 @@ Status PublishStagingDir(Storage& storage, const std::string& staging, const std
   }
   // Without rename (object stores) staging is `dir` and the manifest, written
   // last, was the commit.
-  if (published.ok() && staging != dir) published = storage.Rename(staging, dir);
-  if (published.ok() && staging != dir) published = storage.SyncDir(std::string(Dirname(dir)));
+  if (published.ok() && staging != dir) published = CommitStagingDir(storage, staging, dir);
   if (!published.ok()) RemoveAll(storage, staging).IgnoreError();
   return published;
 }
