@@ -11,7 +11,7 @@ namespace {
 
 std::vector<std::byte> Bytes(std::string_view s) {
   std::vector<std::byte> out(s.size());
-  std::memcpy(out.data(), s.data(), s.size());
+  if (!s.empty()) std::memcpy(out.data(), s.data(), s.size());  // never with a null pointer
   return out;
 }
 
