@@ -223,11 +223,9 @@ Result<std::string> Checkpointer::Reserve(int64_t epoch, int64_t step) {
       }
       if (st.CanRename()) {
         // Assembled under a hidden name, so the directory appears with its marker.
-        const std::string staging = JoinPath(root, "." + name + ".tmp-" + RandomToken());
-        CKPT_RETURN_IF_ERROR(st.MakeDirs(staging));
-        CKPT_RETURN_IF_ERROR(WriteFileAtomically(st, JoinPath(staging, kIncompleteMarker), ""));
-        CKPT_RETURN_IF_ERROR(st.Rename(staging, path));
-        CKPT_RETURN_IF_ERROR(st.SyncDir(root));
+        CKPT_RETURN_IF_ERROR(BuildDirAtomically(st, path, [&](const std::string& staging) {
+          return WriteFileAtomically(st, JoinPath(staging, kIncompleteMarker), "");
+        }));
       } else {
         // An object store: the marker is the prefix's first object, so the
         // prefix never exists without it; then the directory's own marker,
